@@ -1,0 +1,95 @@
+//! Wiring: settings → dataset catalog → storage (lazy) → router → listener.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+use crate::config::Settings;
+use crate::datasets::Catalog;
+use crate::http::{self, AppState};
+use crate::storage;
+
+/// Logs go to stderr (stdout belongs to command output); `RUST_LOG` filters them.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Everything a command needs. Building it opens no connection: pools connect on first use, so a
+/// Functions instance answers the host's first probe at once.
+pub struct Context {
+    pub settings: Settings,
+    pub state: AppState,
+}
+
+impl Context {
+    pub fn from_settings(settings: Settings) -> anyhow::Result<Context> {
+        let catalog = Catalog::load_dir(&settings.datasets_dir)?;
+        let storage = storage::open(settings.database_url.expose())?;
+        Ok(Context {
+            settings,
+            state: AppState {
+                catalog: Arc::new(catalog),
+                storage,
+            },
+        })
+    }
+}
+
+/// A bound, not yet running server. Binding first lets tests use port 0.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    pub async fn bind(state: AppState, port: u16) -> anyhow::Result<Application> {
+        let address = SocketAddr::from(([127, 0, 0, 1], port));
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address}"))?;
+        Ok(Application { listener, state })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
+    }
+
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let router = http::router(self.state);
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
+        Ok(())
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

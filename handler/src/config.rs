@@ -1,0 +1,135 @@
+//! Settings, read once at start-up from the environment (Function App settings in Azure).
+//!
+//! Variables read here:
+//! - `DATABASE_URL`: `sqlite://…` (default [`DEFAULT_DATABASE_URL`]) or `postgres://…`;
+//! - `DATASETS_DIR`: where the dataset declarations live (default `datasets`);
+//! - `FUNCTIONS_CUSTOMHANDLER_PORT` (set by the Functions host), else `FUNCTIONS_HTTPWORKER_PORT`
+//!   (older hosts), else `PORT`, else [`DEFAULT_PORT`].
+//!
+//! Errors name the variable. Secrets (a database password) are never printed.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://smartcache.db";
+pub const DEFAULT_DATASETS_DIR: &str = "datasets";
+pub const DEFAULT_PORT: u16 = 7071;
+const PORT_VARIABLES: [&str; 3] = [
+    "FUNCTIONS_CUSTOMHANDLER_PORT",
+    "FUNCTIONS_HTTPWORKER_PORT",
+    "PORT",
+];
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database_url: Secret,
+    pub datasets_dir: PathBuf,
+    pub port: u16,
+}
+
+impl Settings {
+    pub fn from_env() -> anyhow::Result<Settings> {
+        Settings::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`, so tests need not touch the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Settings> {
+        let non_empty = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let database_url =
+            non_empty("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
+        let datasets_dir =
+            non_empty("DATASETS_DIR").unwrap_or_else(|| DEFAULT_DATASETS_DIR.to_owned());
+        let mut port = DEFAULT_PORT;
+        for name in PORT_VARIABLES {
+            if let Some(value) = non_empty(name) {
+                port = value.trim().parse().with_context(|| {
+                    format!("{name} must be a TCP port number from 0 to 65535, not {value:?}")
+                })?;
+                break;
+            }
+        }
+        if !database_url.contains(':') {
+            bail!(
+                "DATABASE_URL must be a URL such as sqlite://smartcache.db or postgres://host/db"
+            );
+        }
+        Ok(Settings {
+            database_url: Secret(database_url),
+            datasets_dir: datasets_dir.into(),
+            port,
+        })
+    }
+}
+
+/// A value that must not reach logs: `Debug` and `Display` print a redacted form.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Keep the scheme: it is useful and never secret.
+        match self.0.split_once("://") {
+            Some((scheme, _)) => write!(f, "{scheme}://[redacted]"),
+            None => f.write_str("[redacted]"),
+        }
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> anyhow::Result<Settings> {
+        Settings::from_lookup(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn defaults_serve_the_embedded_database_on_7071() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.port, 7071);
+        assert_eq!(s.database_url.expose(), DEFAULT_DATABASE_URL);
+    }
+
+    #[test]
+    fn the_functions_host_port_wins() {
+        let s = settings(&[("PORT", "8080"), ("FUNCTIONS_CUSTOMHANDLER_PORT", "4321")]).unwrap();
+        assert_eq!(s.port, 4321);
+    }
+
+    #[test]
+    fn a_bad_port_names_the_variable() {
+        let err = settings(&[("FUNCTIONS_CUSTOMHANDLER_PORT", "http")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("FUNCTIONS_CUSTOMHANDLER_PORT"), "{err}");
+    }
+
+    #[test]
+    fn the_database_password_never_prints() {
+        let s = settings(&[("DATABASE_URL", "postgres://app:hunter2@db/x")]).unwrap();
+        assert_eq!(format!("{:?}", s.database_url), "postgres://[redacted]");
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,289 @@
+//! The data endpoints: list, item, export and facets of a dataset.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+
+use super::{ApiError, AppState, json_response};
+use crate::datasets::{Dataset, Value};
+use crate::query::{Cursor, ExportFormat, Query, QueryKind, encode_cursor};
+use crate::storage::Row;
+
+fn dataset(state: &AppState, name: &str) -> Result<Arc<Dataset>, ApiError> {
+    state
+        .catalog
+        .get(name)
+        .cloned()
+        .ok_or_else(|| ApiError::NotFound(format!("There is no dataset named {name:?}.")))
+}
+
+/// Path parameters that are not valid UTF-8 are the client's error, reported as problem+json.
+fn path_params<T>(path: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+    path.map(|Path(p)| p)
+        .map_err(|rejection| ApiError::invalid("path", rejection.body_text()))
+}
+
+fn timing(db_started: Instant, total_started: Instant) -> String {
+    format!(
+        "db;dur={:.1}, total;dur={:.1}",
+        db_started.elapsed().as_secs_f64() * 1000.0,
+        total_started.elapsed().as_secs_f64() * 1000.0
+    )
+}
+
+/// `GET /api/{dataset}`: `{"items": [...], "next_cursor": ...}`.
+pub async fn list(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let dataset = dataset(&state, &path_params(path)?)?;
+    let query = Query::parse(&dataset, QueryKind::List, raw.as_deref().unwrap_or(""))?;
+    let db_started = Instant::now();
+    let mut rows = state.storage.list(&dataset, &query).await?;
+    let db_done = timing(db_started, started);
+
+    let has_more = rows.len() > query.limit as usize;
+    rows.truncate(query.limit as usize);
+    let next_cursor = match rows.last() {
+        Some(last) if has_more => Some(encode_cursor(
+            &dataset,
+            query.sort,
+            &Cursor {
+                sort_value: last[query.sort.column].clone(),
+                key: last[dataset.key.column].clone(),
+            },
+        )),
+        _ => None,
+    };
+    let mut body = Vec::with_capacity(rows.len() * 256 + 64);
+    body.extend_from_slice(b"{\"items\":[");
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        write_row_json(&dataset, row, &mut body);
+    }
+    body.extend_from_slice(b"],\"next_cursor\":");
+    match next_cursor {
+        Some(cursor) => {
+            serde_json::to_writer(&mut body, &cursor).expect("writing to a Vec cannot fail")
+        }
+        None => body.extend_from_slice(b"null"),
+    }
+    body.push(b'}');
+    Ok(json_response(StatusCode::OK, body, &db_done))
+}
+
+/// `GET /api/{dataset}/{id}`.
+pub async fn item(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let (name, id) = path_params(path)?;
+    let dataset = dataset(&state, &name)?;
+    let key_type = dataset.key_column().ty;
+    let key =
+        Value::parse_scalar(key_type, &id).map_err(|e| ApiError::invalid("id", e.to_string()))?;
+    let db_started = Instant::now();
+    let row = state.storage.get(&dataset, &key).await?;
+    let row =
+        row.ok_or_else(|| ApiError::NotFound(format!("{name} has no row with id {id:?}.")))?;
+    let mut body = Vec::with_capacity(512);
+    write_row_json(&dataset, &row, &mut body);
+    Ok(json_response(
+        StatusCode::OK,
+        body,
+        &timing(db_started, started),
+    ))
+}
+
+/// `GET /api/{dataset}/facets/{column}`: `{"column": ..., "values": [{"value", "count"}]}`.
+pub async fn facets(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let (name, column_name) = path_params(path)?;
+    let dataset = dataset(&state, &name)?;
+    let column = dataset
+        .column_index(&column_name)
+        .filter(|&i| dataset.columns[i].filterable)
+        .ok_or_else(|| {
+            let names: Vec<_> = dataset
+                .columns
+                .iter()
+                .filter(|c| c.filterable)
+                .map(|c| c.name.as_str())
+                .collect();
+            ApiError::invalid(
+                "column",
+                format!(
+                    "{column_name:?} has no facets; use one of {}",
+                    names.join(", ")
+                ),
+            )
+        })?;
+    let query = Query::parse(&dataset, QueryKind::Facets, raw.as_deref().unwrap_or(""))?;
+    let db_started = Instant::now();
+    let values = state.storage.facets(&dataset, column, &query).await?;
+    let body = serde_json::json!({
+        "column": column_name,
+        "values": values
+            .into_iter()
+            .map(|(value, count)| serde_json::json!({"value": value.to_json(), "count": count}))
+            .collect::<Vec<_>>(),
+    });
+    let body = serde_json::to_vec(&body).expect("a JSON value always serialises");
+    Ok(json_response(
+        StatusCode::OK,
+        body,
+        &timing(db_started, started),
+    ))
+}
+
+/// `GET /api/{dataset}/export`: every matching row, written as the database yields them. Memory
+/// stays flat: at most a few batches are in flight between the query and the socket.
+pub async fn export(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let dataset = dataset(&state, &path_params(path)?)?;
+    let query = Query::parse(&dataset, QueryKind::Export, raw.as_deref().unwrap_or(""))?;
+    let format = query.format;
+    let mut encoder = ExportEncoder::new(Arc::clone(&dataset), format);
+    let head = encoder.head();
+    let rows = state.storage.export(Arc::clone(&dataset), query);
+    let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(head) })
+        .chain(rows.map(move |batch| match batch {
+            Ok(batch) => Ok(encoder.rows(&batch)),
+            // The status is sent already: cut the body so the client sees a failed transfer,
+            // never a short file that looks complete.
+            Err(error) => {
+                tracing::error!(error = %error, "export failed mid-stream");
+                Err(std::io::Error::other("export failed"))
+            }
+        }))
+        .chain(futures_util::stream::once(async move {
+            Ok(ExportEncoder::tail(format))
+        }));
+    let mut response = Body::from_stream(body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    if format == ExportFormat::Csv {
+        let disposition = format!("attachment; filename=\"{}.csv\"", dataset.name);
+        headers.insert(
+            header::CONTENT_DISPOSITION,
+            HeaderValue::from_str(&disposition).expect("dataset names are ASCII"),
+        );
+    }
+    Ok(response)
+}
+
+/// Writes batches of rows in one export format.
+struct ExportEncoder {
+    dataset: Arc<Dataset>,
+    format: ExportFormat,
+    first: bool,
+}
+
+impl ExportEncoder {
+    fn new(dataset: Arc<Dataset>, format: ExportFormat) -> Self {
+        ExportEncoder {
+            dataset,
+            format,
+            first: true,
+        }
+    }
+
+    fn head(&mut self) -> Bytes {
+        match self.format {
+            ExportFormat::Json => Bytes::from_static(b"["),
+            ExportFormat::Ndjson => Bytes::new(),
+            ExportFormat::Csv => {
+                let names = self.dataset.columns.iter().map(|c| c.name.as_str());
+                csv_line(names)
+            }
+        }
+    }
+
+    fn rows(&mut self, rows: &[Row]) -> Bytes {
+        let mut out = Vec::with_capacity(rows.len() * 256);
+        match self.format {
+            ExportFormat::Json => {
+                for row in rows {
+                    if !std::mem::take(&mut self.first) {
+                        out.push(b',');
+                    }
+                    write_row_json(&self.dataset, row, &mut out);
+                }
+            }
+            ExportFormat::Ndjson => {
+                for row in rows {
+                    write_row_json(&self.dataset, row, &mut out);
+                    out.push(b'\n');
+                }
+            }
+            ExportFormat::Csv => {
+                let mut writer = csv::WriterBuilder::new().from_writer(out);
+                for row in rows {
+                    let fields = row
+                        .iter()
+                        .zip(&self.dataset.columns)
+                        .map(|(value, column)| {
+                            value.to_text_with(column.list_delimiter.as_deref().unwrap_or(","))
+                        });
+                    writer
+                        .write_record(fields)
+                        .expect("writing to a Vec cannot fail");
+                }
+                out = writer.into_inner().expect("flushing a Vec cannot fail");
+            }
+        }
+        Bytes::from(out)
+    }
+
+    fn tail(format: ExportFormat) -> Bytes {
+        match format {
+            ExportFormat::Json => Bytes::from_static(b"]"),
+            ExportFormat::Ndjson | ExportFormat::Csv => Bytes::new(),
+        }
+    }
+}
+
+fn csv_line<'a>(fields: impl Iterator<Item = &'a str>) -> Bytes {
+    let mut writer = csv::WriterBuilder::new().from_writer(Vec::new());
+    writer
+        .write_record(fields)
+        .expect("writing to a Vec cannot fail");
+    Bytes::from(writer.into_inner().expect("flushing a Vec cannot fail"))
+}
+
+/// A row as a JSON object, columns in declaration order.
+pub fn write_row_json(dataset: &Dataset, row: &Row, out: &mut Vec<u8>) {
+    out.push(b'{');
+    for (i, (column, value)) in dataset.columns.iter().zip(row).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'"');
+        out.extend_from_slice(column.name.as_bytes()); // identifiers need no escaping
+        out.extend_from_slice(b"\":");
+        value.write_json(out);
+    }
+    out.push(b'}');
+}

@@ -1,0 +1,227 @@
+//! The OpenAPI 3.1 document, generated from [`ENDPOINTS`] and the dataset declarations: every
+//! dataset gets concrete paths with its own filter, sort and facet parameters, and a row schema.
+
+use serde_json::{Map, Value as Json, json};
+
+use super::{ENDPOINTS, Handler};
+use crate::datasets::{Catalog, Column, ColumnType, Dataset};
+use crate::query::{DEFAULT_LIMIT, MAX_LIMIT};
+
+pub fn document(catalog: &Catalog) -> Json {
+    let mut paths = Map::new();
+    for endpoint in ENDPOINTS {
+        let per_dataset = endpoint.route.contains("{dataset}");
+        let targets: Vec<Option<&Dataset>> = if per_dataset {
+            catalog.iter().map(|d| Some(d.as_ref())).collect()
+        } else {
+            vec![None]
+        };
+        for dataset in targets {
+            let route = match dataset {
+                Some(d) => endpoint.route.replace("{dataset}", &d.name),
+                None => endpoint.route.to_owned(),
+            };
+            let operation = operation(
+                endpoint.function,
+                endpoint.summary,
+                endpoint.handler,
+                dataset,
+            );
+            let item = paths
+                .entry(format!("/{route}"))
+                .or_insert_with(|| json!({}));
+            item[endpoint.method.to_ascii_lowercase()] = operation;
+        }
+    }
+    let mut schemas = Map::new();
+    schemas.insert("Problem".into(), problem_schema());
+    for dataset in catalog.iter() {
+        schemas.insert(schema_name(dataset), row_schema(dataset));
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Smartcache API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Datasets behind a cached HTTP API. Errors are application/problem+json.",
+        },
+        "servers": [{"url": "/api"}],
+        "paths": paths,
+        "components": {"schemas": schemas},
+    })
+}
+
+fn schema_name(dataset: &Dataset) -> String {
+    let mut chars = dataset.name.chars();
+    let first = chars.next().map(|c| c.to_ascii_uppercase()).into_iter();
+    first.chain(chars).collect::<String>() + "Row"
+}
+
+fn schema_ref(name: &str) -> Json {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+fn operation(function: &str, summary: &str, handler: Handler, dataset: Option<&Dataset>) -> Json {
+    let operation_id = match dataset {
+        Some(d) => format!("{function}_{}", d.name),
+        None => function.to_owned(),
+    };
+    let mut parameters = Vec::new();
+    let mut ok = json!({"description": "OK", "content": {"application/json": {"schema": {}}}});
+    match (handler, dataset) {
+        (Handler::List, Some(d)) => {
+            parameters.extend(filter_parameters(d));
+            parameters.push(sort_parameter(d));
+            parameters.push(json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}}));
+            parameters.push(json!({"name": "cursor", "in": "query", "description": "next_cursor of the previous page", "schema": {"type": "string"}}));
+            ok["content"]["application/json"]["schema"] = json!({
+                "type": "object",
+                "required": ["items", "next_cursor"],
+                "properties": {
+                    "items": {"type": "array", "items": schema_ref(&schema_name(d))},
+                    "next_cursor": {"type": ["string", "null"]},
+                },
+            });
+        }
+        (Handler::Export, Some(d)) => {
+            parameters.extend(filter_parameters(d));
+            parameters.push(sort_parameter(d));
+            parameters.push(json!({"name": "format", "in": "query", "schema": {"enum": ["json", "ndjson", "csv"], "default": "json"}}));
+            ok = json!({"description": "Every matching row, streamed", "content": {
+                "application/json": {"schema": {"type": "array", "items": schema_ref(&schema_name(d))}},
+                "application/x-ndjson": {"schema": schema_ref(&schema_name(d))},
+                "text/csv": {"schema": {"type": "string"}},
+            }});
+        }
+        (Handler::Facets, Some(d)) => {
+            let columns: Vec<&str> = d
+                .columns
+                .iter()
+                .filter(|c| c.filterable)
+                .map(|c| c.name.as_str())
+                .collect();
+            parameters.push(json!({"name": "column", "in": "path", "required": true, "schema": {"enum": columns}}));
+            parameters.extend(filter_parameters(d));
+            parameters.push(json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}}));
+            ok["content"]["application/json"]["schema"] = json!({
+                "type": "object",
+                "properties": {
+                    "column": {"type": "string"},
+                    "values": {"type": "array", "items": {"type": "object", "properties": {"value": {}, "count": {"type": "integer"}}}},
+                },
+            });
+        }
+        (Handler::Item, Some(d)) => {
+            parameters.push(json!({"name": "id", "in": "path", "required": true, "schema": json_type(d.key_column())}));
+            ok["content"]["application/json"]["schema"] = schema_ref(&schema_name(d));
+        }
+        (Handler::Docs, _) => {
+            ok = json!({"description": "HTML page", "content": {"text/html": {}}})
+        }
+        _ => {}
+    }
+    let problem =
+        json!({"content": {"application/problem+json": {"schema": schema_ref("Problem")}}});
+    let mut responses = Map::new();
+    responses.insert("200".into(), ok);
+    if dataset.is_some() {
+        for (code, description) in [
+            ("400", "Invalid parameter"),
+            ("404", "Unknown dataset or row"),
+            ("503", "Database unavailable"),
+        ] {
+            let mut response = problem.clone();
+            response["description"] = json!(description);
+            responses.insert(code.into(), response);
+        }
+    }
+    json!({"operationId": operation_id, "summary": summary, "parameters": parameters, "responses": responses})
+}
+
+fn filter_parameters(dataset: &Dataset) -> Vec<Json> {
+    let mut out = Vec::new();
+    for column in dataset.columns.iter().filter(|c| c.filterable) {
+        let schema = if column.is_list() {
+            json!({"type": "string"})
+        } else {
+            json_type(column)
+        };
+        let description = if column.is_list() {
+            "has this element (case-insensitive); repeat to require several"
+        } else if column.ty == ColumnType::Text {
+            "equals (case-insensitive)"
+        } else {
+            "equals"
+        };
+        out.push(json!({"name": column.name, "in": "query", "description": description, "schema": schema}));
+        if column.supports_range() {
+            for op in ["gt", "gte", "lt", "lte"] {
+                out.push(json!({"name": format!("{}.{op}", column.name), "in": "query", "schema": json_type(column)}));
+            }
+        }
+    }
+    out
+}
+
+fn sort_parameter(dataset: &Dataset) -> Json {
+    let values: Vec<String> = dataset
+        .columns
+        .iter()
+        .filter(|c| c.sortable)
+        .flat_map(|c| [c.name.clone(), format!("-{}", c.name)])
+        .collect();
+    json!({"name": "sort", "in": "query", "description": "column, or -column for descending", "schema": {"enum": values}})
+}
+
+fn json_type(column: &Column) -> Json {
+    let base = match column.ty {
+        ColumnType::Text => json!({"type": "string"}),
+        ColumnType::Integer => json!({"type": "integer"}),
+        ColumnType::Float => json!({"type": "number"}),
+        ColumnType::Boolean => json!({"type": "boolean"}),
+        ColumnType::Date => json!({"type": "string", "format": "date"}),
+        ColumnType::Timestamp => json!({"type": "string", "format": "date-time"}),
+    };
+    match column.max_length {
+        Some(max) if column.ty == ColumnType::Text && !column.is_list() => {
+            let mut base = base;
+            base["maxLength"] = json!(max);
+            base
+        }
+        _ => base,
+    }
+}
+
+fn row_schema(dataset: &Dataset) -> Json {
+    let mut properties = Map::new();
+    let mut required = Vec::new();
+    for column in &dataset.columns {
+        let mut schema = if column.is_list() {
+            json!({"type": "array", "items": {"type": "string"}})
+        } else {
+            json_type(column)
+        };
+        if column.nullable {
+            let ty = schema["type"].clone();
+            schema["type"] = json!([ty, "null"]);
+        }
+        if let Some(description) = &column.description {
+            schema["description"] = json!(description);
+        }
+        properties.insert(column.name.clone(), schema);
+        required.push(column.name.clone());
+    }
+    json!({"type": "object", "title": dataset.title, "description": dataset.description, "properties": properties, "required": required})
+}
+
+fn problem_schema() -> Json {
+    json!({
+        "type": "object",
+        "description": "RFC 9457 problem details",
+        "properties": {
+            "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+            "detail": {"type": "string"},
+            "invalid_params": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}, "reason": {"type": "string"}}}},
+        },
+    })
+}

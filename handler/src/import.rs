@@ -1,0 +1,352 @@
+//! `handler import`: streams a CSV file (optionally gzipped) into a dataset's storage.
+//!
+//! A blocking thread reads and converts records into typed rows and hands batches over a bounded
+//! channel to the async side, which writes them into the storage's staging area; parsing and
+//! loading overlap, and memory holds at most a few batches whatever the file size. Bad rows are
+//! rejected with their line number and reason; the good ones replace the dataset's rows in one
+//! atomic swap at the end, and only if at least one row was good.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, IsTerminal as _, Read};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::sync::mpsc;
+
+use crate::datasets::{Column, Dataset, Value};
+use crate::storage::{Row, Storage};
+
+/// Rows per staging write: large enough to amortise a round trip, small enough to stay flat.
+pub const BATCH_ROWS: usize = 10_000;
+/// Rejections kept in the report (the count is always exact).
+const MAX_REPORTED_REJECTIONS: usize = 1000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// 1-based line of the file where the record starts.
+    pub line: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ImportReport {
+    pub dataset: String,
+    pub imported: u64,
+    pub rejected: u64,
+    /// The first rejections, in file order.
+    pub rejections: Vec<Rejection>,
+    pub elapsed: Duration,
+}
+
+impl ImportReport {
+    pub fn rows_per_second(&self) -> f64 {
+        self.imported as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The one-line summary printed at the end of `handler import`.
+    pub fn summary(&self) -> String {
+        format!(
+            "imported {} rows into {}, rejected {}, {:.2} s, {:.0} rows/s",
+            self.imported,
+            self.dataset,
+            self.rejected,
+            self.elapsed.as_secs_f64(),
+            self.rows_per_second()
+        )
+    }
+}
+
+/// Imports `path` into `dataset`, replacing its rows. Fails, leaving the previous rows in place,
+/// when the file cannot be read, its header lacks a declared column, no row is valid, or the
+/// database fails.
+pub async fn import_file(
+    storage: &dyn Storage,
+    dataset: &Dataset,
+    path: &Path,
+    show_progress: bool,
+) -> anyhow::Result<ImportReport> {
+    let started = Instant::now();
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let progress = progress_bar(size, show_progress && std::io::stderr().is_terminal());
+    let gzipped = path.extension().is_some_and(|e| e == "gz");
+    let reader: Box<dyn Read + Send> = if gzipped {
+        Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(
+            progress.wrap_read(file),
+        )))
+    } else {
+        Box::new(progress.wrap_read(file))
+    };
+    let mut csv = csv::ReaderBuilder::new()
+        .flexible(true)
+        .buffer_capacity(1 << 16)
+        .from_reader(reader);
+    let plan = ReadPlan::new(dataset, &mut csv)
+        .with_context(|| format!("cannot import {}", path.display()))?;
+
+    let (sender, mut receiver) = mpsc::channel::<Vec<Row>>(2);
+    let reading = tokio::task::spawn_blocking({
+        let dataset = dataset.clone();
+        move || plan.read_all(&dataset, &mut csv, &sender)
+    });
+
+    let mut sink = storage
+        .begin_import(dataset)
+        .await
+        .context("cannot start the import")?;
+    let mut imported = 0u64;
+    let mut write_error = None;
+    while let Some(batch) = receiver.recv().await {
+        if let Err(error) = sink.write(&batch).await {
+            write_error = Some(error);
+            break;
+        }
+        imported += batch.len() as u64;
+    }
+    drop(receiver); // stops the reader early if a write failed
+    let outcome = reading
+        .await
+        .map_err(|e| anyhow!("the CSV reader crashed: {e}"))?;
+    progress.finish_and_clear();
+
+    let result = match (write_error, outcome) {
+        (Some(error), _) => Err(anyhow::Error::new(error).context("the database refused the rows")),
+        (None, Err(error)) => Err(error.context(format!("cannot read {}", path.display()))),
+        (None, Ok(outcome)) if imported == 0 => Err(match outcome.rejections.first() {
+            Some(first) => anyhow!(
+                "no row of {} could be imported: {} rejected, the first on line {}: {}",
+                path.display(),
+                outcome.rejected,
+                first.line,
+                first.reason
+            ),
+            None => anyhow!("{} holds no rows", path.display()),
+        }),
+        (None, Ok(outcome)) => Ok(outcome),
+    };
+    let outcome = match result {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            if let Err(abort_error) = sink.abort().await {
+                tracing::warn!(error = %abort_error, "could not discard the staged rows");
+            }
+            return Err(error);
+        }
+    };
+    sink.commit()
+        .await
+        .context("cannot replace the dataset's rows with the imported ones")?;
+    Ok(ImportReport {
+        dataset: dataset.name.clone(),
+        imported,
+        rejected: outcome.rejected,
+        rejections: outcome.rejections,
+        elapsed: started.elapsed(),
+    })
+}
+
+fn progress_bar(size: u64, visible: bool) -> ProgressBar {
+    if !visible {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(size);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .expect("the template is valid"),
+    );
+    bar
+}
+
+/// Where each declared column is read from in the CSV.
+struct ReadPlan {
+    sources: Vec<Option<usize>>,
+    fields: usize,
+}
+
+/// What the reader thread found besides the rows it sent.
+struct ReadOutcome {
+    rejected: u64,
+    rejections: Vec<Rejection>,
+}
+
+impl ReadPlan {
+    fn new<R: Read>(dataset: &Dataset, csv: &mut csv::Reader<R>) -> anyhow::Result<ReadPlan> {
+        let headers = csv
+            .byte_headers()
+            .context("cannot read the header line")?
+            .clone();
+        let names: Vec<String> = headers
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let h = String::from_utf8_lossy(h);
+                // A byte-order mark is not part of the first column's name.
+                if i == 0 {
+                    h.trim_start_matches('\u{feff}').trim().to_owned()
+                } else {
+                    h.trim().to_owned()
+                }
+            })
+            .collect();
+        let mut sources = Vec::with_capacity(dataset.columns.len());
+        for column in &dataset.columns {
+            let Some(source) = &column.source else {
+                sources.push(None);
+                continue;
+            };
+            let Some(index) = names.iter().position(|n| n == source) else {
+                bail!(
+                    "the header has no column {source:?} (the source of {:?}); it has: {}",
+                    column.name,
+                    names.join(", ")
+                );
+            };
+            sources.push(Some(index));
+        }
+        Ok(ReadPlan {
+            sources,
+            fields: names.len(),
+        })
+    }
+
+    fn read_all<R: Read>(
+        &self,
+        dataset: &Dataset,
+        csv: &mut csv::Reader<R>,
+        sender: &mpsc::Sender<Vec<Row>>,
+    ) -> anyhow::Result<ReadOutcome> {
+        let mut outcome = ReadOutcome {
+            rejected: 0,
+            rejections: Vec::new(),
+        };
+        let mut reject = |line: u64, reason: String| {
+            outcome.rejected += 1;
+            if outcome.rejections.len() < MAX_REPORTED_REJECTIONS {
+                outcome.rejections.push(Rejection { line, reason });
+            }
+        };
+        // Keys seen so far and the line of each: a duplicate is rejected, naming the first.
+        let mut keys: HashMap<KeyOf, u64> = HashMap::new();
+        let mut batch = Vec::with_capacity(BATCH_ROWS);
+        let mut record = csv::ByteRecord::new();
+        let mut ordinal = 0i64;
+        loop {
+            match csv.read_byte_record(&mut record) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(error) => {
+                    // A malformed record is that line's problem; an I/O error ends the import.
+                    match error.kind() {
+                        csv::ErrorKind::Io(_) => return Err(error.into()),
+                        _ => {
+                            let line = error.position().map_or(0, |p| p.line());
+                            reject(line, error.to_string());
+                            continue;
+                        }
+                    }
+                }
+            }
+            ordinal += 1;
+            let line = record.position().map_or(0, |p| p.line());
+            if record.len() != self.fields {
+                reject(
+                    line,
+                    format!("expected {} fields, found {}", self.fields, record.len()),
+                );
+                continue;
+            }
+            let row = match self.convert(dataset, &record, ordinal) {
+                Ok(row) => row,
+                Err(reason) => {
+                    reject(line, reason);
+                    continue;
+                }
+            };
+            let key = KeyOf::of(&row[dataset.key.column]);
+            if let Some(first) = keys.get(&key) {
+                reject(
+                    line,
+                    format!(
+                        "duplicate key {} (first on line {first})",
+                        row[dataset.key.column].to_text()
+                    ),
+                );
+                continue;
+            }
+            keys.insert(key, line);
+            batch.push(row);
+            if batch.len() == BATCH_ROWS {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
+                if sender.blocking_send(full).is_err() {
+                    return Ok(outcome); // the writer stopped; it reports why
+                }
+            }
+        }
+        if !batch.is_empty() {
+            let _ = sender.blocking_send(batch);
+        }
+        Ok(outcome)
+    }
+
+    fn convert(
+        &self,
+        dataset: &Dataset,
+        record: &csv::ByteRecord,
+        ordinal: i64,
+    ) -> Result<Row, String> {
+        let mut row = Vec::with_capacity(dataset.columns.len());
+        for (column, source) in dataset.columns.iter().zip(&self.sources) {
+            let value = match source {
+                None => Value::Integer(ordinal), // a generated row_number key
+                Some(index) => {
+                    let raw = std::str::from_utf8(&record[*index])
+                        .map_err(|_| format!("column {:?}: not valid UTF-8", column.name))?;
+                    convert_field(column, raw)?
+                }
+            };
+            row.push(value);
+        }
+        Ok(row)
+    }
+}
+
+/// One CSV field to a typed value, or the reason it is not one.
+pub fn convert_field(column: &Column, raw: &str) -> Result<Value, String> {
+    if column.is_null_marker(raw) {
+        if !column.nullable {
+            return Err(format!("column {:?} is required", column.name));
+        }
+        return Ok(Value::Null);
+    }
+    if let Some(max) = column.max_length
+        && raw.chars().count() > max
+    {
+        return Err(format!(
+            "column {:?}: longer than {max} characters",
+            column.name
+        ));
+    }
+    match &column.list_delimiter {
+        Some(delimiter) => Ok(Value::parse_list(raw, delimiter)),
+        None => Value::parse_scalar(column.ty, raw)
+            .map_err(|e| format!("column {:?}: {e}", column.name)),
+    }
+}
+
+#[derive(Hash, PartialEq, Eq)]
+enum KeyOf {
+    Integer(i64),
+    Text(String),
+}
+
+impl KeyOf {
+    fn of(value: &Value) -> KeyOf {
+        match value {
+            Value::Integer(i) => KeyOf::Integer(*i),
+            other => KeyOf::Text(other.to_text()),
+        }
+    }
+}

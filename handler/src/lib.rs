@@ -1,0 +1,22 @@
+//! Smartcache: a dataset behind a fast, cached HTTP API, run as an Azure Functions custom handler.
+//!
+//! # Layout
+//! - [`config`]: settings from the environment, read once at start-up.
+//! - [`datasets`]: dataset declarations (`datasets/*.toml`) and typed values.
+//! - [`query`]: a request's query string as typed filters, sort, limit and cursor; its canonical
+//!   text is what cache keys are made of.
+//! - [`storage`]: the `Storage` trait and the SQL backends (SQLite, PostgreSQL).
+//! - [`import`]: CSV → typed rows → a storage's staging area → atomic swap.
+//! - [`http`]: the axum router, built from one endpoint table shared with the OpenAPI document and
+//!   checked against `functions/*/function.json`.
+//! - [`app`]: wiring: settings → catalog → storage → router → listener.
+//! - [`cli`]: the `handler` subcommands.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod datasets;
+pub mod http;
+pub mod import;
+pub mod query;
+pub mod storage;

@@ -1,0 +1,440 @@
+//! Turns a request's query string into a typed, validated [`Query`] for one dataset, and back into
+//! its canonical text (sorted, values normalised the way the filters compare them) for cache keys.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use crate::datasets::{ColumnType, Dataset, Value, normalise_text};
+
+pub const DEFAULT_LIMIT: u32 = 100;
+pub const MAX_LIMIT: u32 = 1000;
+
+/// Which endpoint the query is for: each accepts a different set of reserved parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryKind {
+    List,
+    Export,
+    Facets,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterOp {
+    Eq,
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+}
+
+impl FilterOp {
+    fn from_suffix(suffix: &str) -> Option<Self> {
+        Some(match suffix {
+            "gt" => FilterOp::Gt,
+            "gte" => FilterOp::Gte,
+            "lt" => FilterOp::Lt,
+            "lte" => FilterOp::Lte,
+            _ => return None,
+        })
+    }
+
+    pub fn suffix(self) -> &'static str {
+        match self {
+            FilterOp::Eq => "",
+            FilterOp::Gt => ".gt",
+            FilterOp::Gte => ".gte",
+            FilterOp::Lt => ".lt",
+            FilterOp::Lte => ".lte",
+        }
+    }
+
+    pub fn sql(self) -> &'static str {
+        match self {
+            FilterOp::Eq => "=",
+            FilterOp::Gt => ">",
+            FilterOp::Gte => ">=",
+            FilterOp::Lt => "<",
+            FilterOp::Lte => "<=",
+        }
+    }
+}
+
+/// One condition. For text equality (scalar or list element) `value` is already normalised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Filter {
+    pub column: usize,
+    pub op: FilterOp,
+    pub value: Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sort {
+    pub column: usize,
+    pub descending: bool,
+}
+
+/// Where the previous page ended: the sort value and key of its last row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cursor {
+    pub sort_value: Value,
+    pub key: Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    Json,
+    Ndjson,
+    Csv,
+}
+
+impl ExportFormat {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            ExportFormat::Json => "application/json",
+            ExportFormat::Ndjson => "application/x-ndjson",
+            ExportFormat::Csv => "text/csv; charset=utf-8",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            ExportFormat::Json => "json",
+            ExportFormat::Ndjson => "ndjson",
+            ExportFormat::Csv => "csv",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Query {
+    pub kind: QueryKind,
+    pub filters: Vec<Filter>,
+    pub sort: Sort,
+    pub limit: u32,
+    pub cursor: Option<Cursor>,
+    pub format: ExportFormat,
+}
+
+/// A parameter the client got wrong; becomes a 400 naming it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("parameter {parameter:?}: {reason}")]
+pub struct QueryError {
+    pub parameter: String,
+    pub reason: String,
+}
+
+fn invalid(parameter: &str, reason: impl Into<String>) -> QueryError {
+    QueryError {
+        parameter: parameter.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+impl Query {
+    /// Parses a raw (still percent-encoded) query string.
+    pub fn parse(dataset: &Dataset, kind: QueryKind, raw: &str) -> Result<Query, QueryError> {
+        let mut query = Query {
+            kind,
+            filters: Vec::new(),
+            sort: Sort {
+                column: dataset.key.column,
+                descending: false,
+            },
+            limit: DEFAULT_LIMIT,
+            cursor: None,
+            format: ExportFormat::Json,
+        };
+        let mut seen: Vec<String> = Vec::new();
+        let mut raw_cursor = None;
+        for (name, value) in url::form_urlencoded::parse(raw.as_bytes()) {
+            let repeatable = is_list_equality(dataset, &name);
+            if seen.contains(&name.to_string()) && !repeatable {
+                return Err(invalid(&name, "given more than once"));
+            }
+            seen.push(name.to_string());
+            match (name.as_ref(), kind) {
+                ("limit", QueryKind::List | QueryKind::Facets) => {
+                    query.limit = value
+                        .parse()
+                        .ok()
+                        .filter(|l| (1..=MAX_LIMIT).contains(l))
+                        .ok_or_else(|| {
+                            invalid("limit", format!("must be an integer from 1 to {MAX_LIMIT}"))
+                        })?;
+                }
+                ("sort", QueryKind::List | QueryKind::Export) => {
+                    query.sort = parse_sort(dataset, &value)?;
+                }
+                ("cursor", QueryKind::List) => raw_cursor = Some(value.into_owned()),
+                ("format", QueryKind::Export) => {
+                    query.format = match value.as_ref() {
+                        "json" => ExportFormat::Json,
+                        "ndjson" => ExportFormat::Ndjson,
+                        "csv" => ExportFormat::Csv,
+                        _ => return Err(invalid("format", "must be json, ndjson or csv")),
+                    };
+                }
+                _ => query.filters.push(parse_filter(dataset, &name, &value)?),
+            }
+        }
+        if let Some(raw_cursor) = raw_cursor {
+            query.cursor = Some(decode_cursor(dataset, query.sort, &raw_cursor)?);
+        }
+        Ok(query)
+    }
+
+    /// The canonical form used in cache keys: parameters sorted, values normalised, so the same
+    /// question asked in another order or case gives the same text.
+    pub fn canonical(&self, dataset: &Dataset) -> String {
+        let mut parts: Vec<String> = self
+            .filters
+            .iter()
+            .map(|f| {
+                let column = &dataset.columns[f.column];
+                format!(
+                    "{}{}={}",
+                    column.name,
+                    f.op.suffix(),
+                    escape(&f.value.to_text())
+                )
+            })
+            .collect();
+        if self.sort
+            != (Sort {
+                column: dataset.key.column,
+                descending: false,
+            })
+        {
+            let sign = if self.sort.descending { "-" } else { "" };
+            parts.push(format!(
+                "sort={sign}{}",
+                dataset.columns[self.sort.column].name
+            ));
+        }
+        match self.kind {
+            QueryKind::List => {
+                parts.push(format!("limit={}", self.limit));
+                if let Some(cursor) = &self.cursor {
+                    parts.push(format!(
+                        "cursor={}",
+                        encode_cursor(dataset, self.sort, cursor)
+                    ));
+                }
+            }
+            QueryKind::Facets => parts.push(format!("limit={}", self.limit)),
+            QueryKind::Export => parts.push(format!("format={}", self.format.name())),
+        }
+        parts.sort();
+        parts.join("&")
+    }
+}
+
+fn is_list_equality(dataset: &Dataset, name: &str) -> bool {
+    dataset
+        .column(name)
+        .is_some_and(|c| c.is_list() && c.filterable)
+}
+
+fn parse_sort(dataset: &Dataset, raw: &str) -> Result<Sort, QueryError> {
+    let (descending, name) = match raw.strip_prefix('-') {
+        Some(name) => (true, name),
+        None => (false, raw),
+    };
+    let column = dataset
+        .column_index(name)
+        .filter(|&i| dataset.columns[i].sortable)
+        .ok_or_else(|| {
+            let sortable: Vec<_> = dataset
+                .columns
+                .iter()
+                .filter(|c| c.sortable)
+                .map(|c| c.name.as_str())
+                .collect();
+            invalid(
+                "sort",
+                format!(
+                    "{name:?} is not sortable; use one of {}",
+                    sortable.join(", ")
+                ),
+            )
+        })?;
+    Ok(Sort { column, descending })
+}
+
+fn parse_filter(dataset: &Dataset, name: &str, raw: &str) -> Result<Filter, QueryError> {
+    let (column_name, op) = match name.rsplit_once('.') {
+        Some((column, suffix)) => match FilterOp::from_suffix(suffix) {
+            Some(op) => (column, op),
+            None => {
+                return Err(invalid(
+                    name,
+                    "unknown operator; use .gt, .gte, .lt or .lte",
+                ));
+            }
+        },
+        None => (name, FilterOp::Eq),
+    };
+    let Some(column_index) = dataset.column_index(column_name) else {
+        return Err(invalid(name, "unknown parameter"));
+    };
+    let column = &dataset.columns[column_index];
+    if !column.filterable {
+        return Err(invalid(
+            name,
+            format!("column {column_name:?} is not filterable"),
+        ));
+    }
+    if op != FilterOp::Eq && !column.supports_range() {
+        return Err(invalid(
+            name,
+            format!("column {column_name:?} supports equality only"),
+        ));
+    }
+    if column
+        .max_length
+        .is_some_and(|max| raw.chars().count() > max)
+        || raw.len() > 1024
+    {
+        return Err(invalid(name, "value is too long"));
+    }
+    let value = match column.ty {
+        // Text compares normalised: see `normalise_text`.
+        ColumnType::Text if op == FilterOp::Eq => Value::Text(normalise_text(raw)),
+        ty => Value::parse_scalar(ty, raw).map_err(|e| invalid(name, e.to_string()))?,
+    };
+    Ok(Filter {
+        column: column_index,
+        op,
+        value,
+    })
+}
+
+// ---- cursors ---------------------------------------------------------------------------------
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CursorWire {
+    /// The sort it was made for: a cursor from another sort is refused, not misread.
+    s: String,
+    v: Option<String>,
+    k: String,
+}
+
+fn sort_spec(dataset: &Dataset, sort: Sort) -> String {
+    let sign = if sort.descending { "-" } else { "" };
+    format!("{sign}{}", dataset.columns[sort.column].name)
+}
+
+pub fn encode_cursor(dataset: &Dataset, sort: Sort, cursor: &Cursor) -> String {
+    let wire = CursorWire {
+        s: sort_spec(dataset, sort),
+        v: (!cursor.sort_value.is_null()).then(|| cursor.sort_value.to_text()),
+        k: cursor.key.to_text(),
+    };
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(&wire).expect("a cursor always serialises"))
+}
+
+fn decode_cursor(dataset: &Dataset, sort: Sort, raw: &str) -> Result<Cursor, QueryError> {
+    let bad = || invalid("cursor", "is not a cursor returned by this endpoint");
+    let bytes = URL_SAFE_NO_PAD
+        .decode(raw.trim_end_matches('='))
+        .map_err(|_| bad())?;
+    let wire: CursorWire = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    if wire.s != sort_spec(dataset, sort) {
+        return Err(invalid("cursor", "was made for another sort order"));
+    }
+    let sort_type = dataset.columns[sort.column].ty;
+    let sort_value = match wire.v {
+        None => Value::Null,
+        Some(v) => Value::parse_scalar(sort_type, &v).map_err(|_| bad())?,
+    };
+    let key = Value::parse_scalar(dataset.key_column().ty, &wire.k).map_err(|_| bad())?;
+    Ok(Cursor { sort_value, key })
+}
+
+/// Keeps keys readable while making `&`, `=` and `%` in values unambiguous.
+fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for ch in value.chars() {
+        match ch {
+            '%' | '&' | '=' | ' ' => out.push_str(&format!("%{:02X}", ch as u32)),
+            c if c.is_control() => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("%{b:02X}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datasets::parse_declaration;
+
+    fn movies() -> Dataset {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../datasets/movies.toml");
+        parse_declaration(&std::fs::read_to_string(path).unwrap(), None).unwrap()
+    }
+
+    fn err(raw: &str) -> QueryError {
+        Query::parse(&movies(), QueryKind::List, raw).unwrap_err()
+    }
+
+    #[test]
+    fn the_same_question_in_any_order_or_case_has_one_canonical_form() {
+        let ds = movies();
+        let a = Query::parse(&ds, QueryKind::List, "year.gte=2000&genres=Drama").unwrap();
+        let b = Query::parse(
+            &ds,
+            QueryKind::List,
+            "genres=%20drama&limit=100&year.gte=2000.0",
+        );
+        assert_eq!(a.canonical(&ds), "genres=drama&limit=100&year.gte=2000");
+        assert_eq!(a.canonical(&ds), b.unwrap().canonical(&ds));
+    }
+
+    #[test]
+    fn values_with_separators_cannot_forge_another_key() {
+        let ds = movies();
+        let q = Query::parse(&ds, QueryKind::List, "title=a%26limit%3D5").unwrap();
+        assert_eq!(q.canonical(&ds), "limit=100&title=a%26limit%3D5");
+    }
+
+    #[test]
+    fn bad_parameters_are_named() {
+        assert_eq!(err("nope=1").parameter, "nope");
+        assert_eq!(err("year=abc").parameter, "year");
+        assert_eq!(err("year.between=1").parameter, "year.between");
+        assert_eq!(err("genres.gte=a").parameter, "genres.gte");
+        assert_eq!(err("limit=0").parameter, "limit");
+        assert_eq!(err("limit=1001").parameter, "limit");
+        assert_eq!(err("sort=genres").parameter, "sort");
+        assert_eq!(err("cursor=!!!").parameter, "cursor");
+        assert_eq!(err("year=1&year=2").parameter, "year");
+        assert_eq!(err("format=csv").parameter, "format");
+    }
+
+    #[test]
+    fn list_filters_may_repeat_to_require_every_element() {
+        let ds = movies();
+        let q = Query::parse(&ds, QueryKind::List, "genres=Drama&genres=Comedy").unwrap();
+        assert_eq!(q.filters.len(), 2);
+    }
+
+    #[test]
+    fn cursors_round_trip_and_are_bound_to_their_sort() {
+        let ds = movies();
+        let sort = parse_sort(&ds, "-year").unwrap();
+        let cursor = Cursor {
+            sort_value: Value::Integer(1999),
+            key: Value::Integer(42),
+        };
+        let raw = encode_cursor(&ds, sort, &cursor);
+        let q = Query::parse(&ds, QueryKind::List, &format!("sort=-year&cursor={raw}")).unwrap();
+        assert_eq!(q.cursor, Some(cursor));
+        let other = Query::parse(&ds, QueryKind::List, &format!("sort=year&cursor={raw}"));
+        assert_eq!(other.unwrap_err().parameter, "cursor");
+    }
+}

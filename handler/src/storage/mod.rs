@@ -1,0 +1,134 @@
+//! Storage: one [`Storage`] trait, one implementation over SQL ([`SqlStore`]) and one small
+//! [`Driver`] per database engine that knows how to bind, decode and bulk-load.
+//!
+//! ```text
+//!  http / import ──> dyn Storage ──> SqlStore<D> ──(sql::Statement)──> D: Driver ──> sqlx pool
+//! ```
+//! The SQL text is built by [`sql`] from the dataset declaration only; every value from a request
+//! or a CSV file travels as a bound parameter.
+
+mod postgres;
+mod sql;
+mod sqlite;
+mod store;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures_util::stream::BoxStream;
+
+use crate::datasets::{Dataset, Value};
+use crate::query::Query;
+
+pub use sql::Dialect;
+pub use store::SqlStore;
+
+/// One row: a value per column of the dataset, in declaration order.
+pub type Row = Vec<Value>;
+
+/// A stream of row batches (batched so that streaming an export costs one channel hop per
+/// batch, not per row).
+pub type RowStream = BoxStream<'static, Result<Vec<Row>, StorageError>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The database cannot be reached (down, refusing connections, pool timed out).
+    #[error("the database is unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// Another import of the same dataset holds the import lock.
+    #[error("another import of dataset {0:?} is running")]
+    ImportRunning(String),
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+    #[error("unexpected value in column {column:?}: {reason}")]
+    Decode { column: String, reason: String },
+}
+
+impl From<sqlx::Error> for StorageError {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => StorageError::Unavailable(error),
+            other => StorageError::Database(other),
+        }
+    }
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// Everything the service asks of a database. Connections open lazily on first use.
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// `sqlite`, `postgres`, ...
+    fn backend(&self) -> &'static str;
+
+    /// A cheap round trip, for `/api/health`.
+    async fn ping(&self) -> Result<()>;
+
+    /// Creates the dataset's tables and indexes, or adds what a changed declaration needs.
+    async fn migrate(&self, dataset: &Dataset) -> Result<()>;
+
+    /// Rows in the dataset (0 when its table does not exist yet).
+    async fn count(&self, dataset: &Dataset) -> Result<u64>;
+
+    /// One page: at most `query.limit + 1` rows, so the caller can tell whether a next page exists.
+    async fn list(&self, dataset: &Dataset, query: &Query) -> Result<Vec<Row>>;
+
+    async fn get(&self, dataset: &Dataset, key: &Value) -> Result<Option<Row>>;
+
+    /// Value counts of one column under the query's filters, most frequent first.
+    async fn facets(
+        &self,
+        dataset: &Dataset,
+        column: usize,
+        query: &Query,
+    ) -> Result<Vec<(Value, u64)>>;
+
+    /// Every matching row, streamed in the query's sort order.
+    fn export(&self, dataset: Arc<Dataset>, query: Query) -> RowStream;
+
+    /// Starts a bulk import into a staging area; nothing is visible until [`ImportSink::commit`].
+    async fn begin_import(&self, dataset: &Dataset) -> Result<Box<dyn ImportSink>>;
+}
+
+/// Receives an import's rows. Dropping it without `commit` leaves the previous data in place.
+#[async_trait]
+pub trait ImportSink: Send {
+    async fn write(&mut self, rows: &[Row]) -> Result<()>;
+
+    /// Makes the imported rows the dataset's rows, replacing the previous ones atomically.
+    async fn commit(self: Box<Self>) -> Result<()>;
+
+    /// Discards the staged rows.
+    async fn abort(self: Box<Self>) -> Result<()>;
+}
+
+/// Opens the storage named by `DATABASE_URL` without connecting yet.
+pub fn open(database_url: &str) -> anyhow::Result<Arc<dyn Storage>> {
+    let scheme = database_url
+        .split_once(':')
+        .map(|(s, _)| s)
+        .unwrap_or_default();
+    match scheme {
+        "sqlite" => Ok(Arc::new(SqlStore::new(sqlite::SqliteDriver::open(
+            database_url,
+        )?))),
+        "postgres" | "postgresql" => Ok(Arc::new(SqlStore::new(postgres::PgDriver::open(
+            database_url,
+        )?))),
+        "mysql" | "mariadb" | "mssql" | "sqlserver" => anyhow::bail!(
+            "DATABASE_URL names a {scheme} database, which this build does not support yet; \
+             use sqlite:// or postgres://"
+        ),
+        _ if database_url.to_ascii_lowercase().contains("server=") => anyhow::bail!(
+            "DATABASE_URL is a SQL Server connection string, which this build does not support yet"
+        ),
+        _ => anyhow::bail!(
+            "DATABASE_URL must start with sqlite:// or postgres:// (got a value starting with {:?})",
+            scheme.chars().take(16).collect::<String>()
+        ),
+    }
+}

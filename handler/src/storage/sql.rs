@@ -1,0 +1,577 @@
+//! SQL text for every statement the service runs, built from the dataset declaration.
+//!
+//! Identifiers come only from validated declarations (`[a-z][a-z0-9_]*`), so quoting them is
+//! enough; every value becomes a bound parameter of the [`Statement`].
+//!
+//! Storage layout of a dataset `t`:
+//! - table `t`: one column per declared column, plus a hidden `<col>__key` (normalised text) for
+//!   each filterable text column, so case-insensitive equality uses a plain index everywhere;
+//! - table `t__<list>` per list column: `(row_id, value, value_key)`, one row per element, so
+//!   "has element" is an indexed lookup and `Docudrama` never matches `drama`.
+
+use std::fmt::Write as _;
+
+use crate::datasets::{Column, ColumnType, Dataset, Value, normalise_text};
+use crate::query::{Cursor, FilterOp, Query, Sort};
+
+use super::Row;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    pub fn quote(self, ident: &str) -> String {
+        debug_assert!(
+            ident
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        );
+        format!("\"{ident}\"")
+    }
+
+    fn placeholder(self, n: usize) -> String {
+        match self {
+            Dialect::Sqlite => "?".to_owned(),
+            Dialect::Postgres => format!("${n}"),
+        }
+    }
+
+    pub fn column_type(self, ty: ColumnType) -> &'static str {
+        match (self, ty) {
+            (_, ColumnType::Text) => "TEXT",
+            (Dialect::Sqlite, ColumnType::Integer | ColumnType::Boolean) => "INTEGER",
+            (Dialect::Sqlite, ColumnType::Float) => "REAL",
+            // SQLite keeps dates and timestamps as fixed-width ISO text, which sorts correctly.
+            (Dialect::Sqlite, ColumnType::Date | ColumnType::Timestamp) => "TEXT",
+            (Dialect::Postgres, ColumnType::Integer) => "BIGINT",
+            (Dialect::Postgres, ColumnType::Float) => "DOUBLE PRECISION",
+            (Dialect::Postgres, ColumnType::Boolean) => "BOOLEAN",
+            (Dialect::Postgres, ColumnType::Date) => "DATE",
+            (Dialect::Postgres, ColumnType::Timestamp) => "TIMESTAMPTZ",
+        }
+    }
+}
+
+/// SQL text and its parameters, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statement {
+    pub sql: String,
+    pub params: Vec<Value>,
+}
+
+/// How to read one result column back into a [`Value`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decode {
+    Scalar(ColumnType),
+    List(String),
+}
+
+impl Decode {
+    pub fn of(column: &Column) -> Decode {
+        match &column.list_delimiter {
+            Some(delimiter) => Decode::List(delimiter.clone()),
+            None => Decode::Scalar(column.ty),
+        }
+    }
+
+    pub fn row(dataset: &Dataset) -> Vec<Decode> {
+        dataset.columns.iter().map(Decode::of).collect()
+    }
+}
+
+/// One column as stored: a declared column or the hidden normalised key of one.
+#[derive(Debug, Clone, Copy)]
+pub enum StoredColumn {
+    Declared(usize),
+    NormalisedKey(usize),
+}
+
+pub fn stored_columns(dataset: &Dataset) -> Vec<StoredColumn> {
+    let declared = (0..dataset.columns.len()).map(StoredColumn::Declared);
+    let keys = dataset
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.has_key_column())
+        .map(|(i, _)| StoredColumn::NormalisedKey(i));
+    declared.chain(keys).collect()
+}
+
+pub fn stored_name(dataset: &Dataset, column: StoredColumn) -> String {
+    match column {
+        StoredColumn::Declared(i) => dataset.columns[i].name.clone(),
+        StoredColumn::NormalisedKey(i) => format!("{}__key", dataset.columns[i].name),
+    }
+}
+
+/// The value stored for `column` of `row`; a list is stored joined with its delimiter.
+pub fn stored_value(dataset: &Dataset, row: &Row, column: StoredColumn) -> Value {
+    match column {
+        StoredColumn::Declared(i) => match (&row[i], &dataset.columns[i].list_delimiter) {
+            (Value::List(items), Some(delimiter)) => Value::Text(items.join(delimiter)),
+            (value, _) => value.clone(),
+        },
+        StoredColumn::NormalisedKey(i) => match &row[i] {
+            Value::Text(s) => Value::Text(normalise_text(s)),
+            _ => Value::Null,
+        },
+    }
+}
+
+/// `(row_id, value, value_key)` triples of a row's list column, one per distinct element.
+pub fn list_elements(row: &Row, key: usize, column: usize) -> Vec<(&Value, &str, String)> {
+    let Value::List(items) = &row[column] else {
+        return Vec::new();
+    };
+    let mut seen: Vec<String> = Vec::with_capacity(items.len());
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let normalised = normalise_text(item);
+        if !seen.contains(&normalised) {
+            seen.push(normalised.clone());
+            out.push((&row[key], item.as_str(), normalised));
+        }
+    }
+    out
+}
+
+/// The dataset's main table followed by its list tables.
+pub fn tables(dataset: &Dataset) -> Vec<String> {
+    let mut tables = vec![dataset.table.clone()];
+    tables.extend(dataset.list_columns().map(|(_, c)| dataset.list_table(c)));
+    tables
+}
+
+pub const LIST_TABLE_COLUMNS: [&str; 3] = ["row_id", "value", "value_key"];
+
+// ---- DDL -------------------------------------------------------------------------------------
+
+/// Where a dataset's tables live: `prefix` qualifies them (a schema), `suffix` renames them (a
+/// staging copy).
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    pub schema: Option<String>,
+    pub suffix: &'static str,
+}
+
+impl Placement {
+    pub fn table(&self, dialect: Dialect, base: &str) -> String {
+        let name = dialect.quote(&format!("{base}{}", self.suffix));
+        match &self.schema {
+            Some(schema) => format!("{}.{name}", dialect.quote(schema)),
+            None => name,
+        }
+    }
+}
+
+/// `CREATE TABLE` statements for the dataset's main and list tables.
+pub fn create_tables(
+    dataset: &Dataset,
+    dialect: Dialect,
+    placement: &Placement,
+    primary_key: bool,
+) -> Vec<String> {
+    let key = dataset.key_column();
+    let mut columns = Vec::new();
+    for stored in stored_columns(dataset) {
+        let (ty, not_null) = match stored {
+            StoredColumn::Declared(i) => {
+                let c = &dataset.columns[i];
+                (dialect.column_type(c.ty), !c.nullable)
+            }
+            StoredColumn::NormalisedKey(_) => ("TEXT", false),
+        };
+        let name = dialect.quote(&stored_name(dataset, stored));
+        let mut def = format!("{name} {ty}");
+        if not_null {
+            def.push_str(" NOT NULL");
+        }
+        if primary_key && matches!(stored, StoredColumn::Declared(i) if i == dataset.key.column) {
+            def.push_str(" PRIMARY KEY");
+        }
+        columns.push(def);
+    }
+    let mut statements = vec![format!(
+        "CREATE TABLE IF NOT EXISTS {} ({})",
+        placement.table(dialect, &dataset.table),
+        columns.join(", ")
+    )];
+    for (_, column) in dataset.list_columns() {
+        statements.push(format!(
+            "CREATE TABLE IF NOT EXISTS {} (\"row_id\" {} NOT NULL, \"value\" TEXT NOT NULL, \
+             \"value_key\" TEXT NOT NULL)",
+            placement.table(dialect, &dataset.list_table(column)),
+            dialect.column_type(key.ty),
+        ));
+    }
+    statements
+}
+
+/// An index: its name (derived from the final table name) and definition.
+#[derive(Debug, Clone)]
+pub struct IndexDef {
+    pub name: String,
+    pub table: String,
+    pub columns: Vec<String>,
+}
+
+/// The indexes that serve the declared filters and sorts. Sort indexes end with the key so that
+/// keyset pagination walks the index.
+pub fn indexes(dataset: &Dataset) -> Vec<IndexDef> {
+    let key = dataset.key_column().name.clone();
+    let mut out = Vec::new();
+    let mut add = |table: &str, suffix: &str, columns: Vec<String>| {
+        out.push(IndexDef {
+            name: format!("{table}__{suffix}__idx"),
+            table: table.to_owned(),
+            columns,
+        })
+    };
+    for (i, column) in dataset.columns.iter().enumerate() {
+        if i == dataset.key.column {
+            continue;
+        }
+        if column.is_list() {
+            let table = dataset.list_table(column);
+            add(
+                &table,
+                "value_key",
+                vec!["value_key".into(), "row_id".into()],
+            );
+            add(&table, "row_id", vec!["row_id".into()]);
+            continue;
+        }
+        if column.has_key_column() {
+            add(
+                &dataset.table,
+                &format!("{}__key", column.name),
+                vec![format!("{}__key", column.name)],
+            );
+        }
+        let range_filter = column.supports_range();
+        if column.sortable || range_filter || (column.filterable && !column.has_key_column()) {
+            add(
+                &dataset.table,
+                &column.name,
+                vec![column.name.clone(), key.clone()],
+            );
+        }
+    }
+    out
+}
+
+pub fn create_index(dialect: Dialect, index: &IndexDef, placement: &Placement) -> String {
+    let columns: Vec<String> = index.columns.iter().map(|c| dialect.quote(c)).collect();
+    // An index lives in its table's schema, so only the table is qualified.
+    format!(
+        "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
+        dialect.quote(&index.name),
+        placement.table(dialect, &index.table),
+        columns.join(", ")
+    )
+}
+
+// ---- queries ---------------------------------------------------------------------------------
+
+struct Builder {
+    dialect: Dialect,
+    sql: String,
+    params: Vec<Value>,
+}
+
+impl Builder {
+    fn new(dialect: Dialect) -> Self {
+        Builder {
+            dialect,
+            sql: String::with_capacity(256),
+            params: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, text: &str) -> &mut Self {
+        self.sql.push_str(text);
+        self
+    }
+
+    fn bind(&mut self, value: Value) -> &mut Self {
+        self.params.push(value);
+        let placeholder = self.dialect.placeholder(self.params.len());
+        self.sql.push_str(&placeholder);
+        self
+    }
+
+    fn column(&mut self, name: &str) -> &mut Self {
+        let quoted = self.dialect.quote(name);
+        write!(self.sql, "t.{quoted}").expect("writing to a String cannot fail");
+        self
+    }
+
+    fn finish(self) -> Statement {
+        Statement {
+            sql: self.sql,
+            params: self.params,
+        }
+    }
+}
+
+fn select_from(dataset: &Dataset, b: &mut Builder) {
+    b.push("SELECT ");
+    for (i, column) in dataset.columns.iter().enumerate() {
+        if i > 0 {
+            b.push(", ");
+        }
+        b.column(&column.name);
+    }
+    let table = b.dialect.quote(&dataset.table);
+    b.push(" FROM ").push(&table).push(" t");
+}
+
+/// Appends ` WHERE ...` for the query's filters and cursor (nothing when there are none).
+fn where_clause(dataset: &Dataset, query: &Query, b: &mut Builder) {
+    let mut first = true;
+    let mut and = |b: &mut Builder| {
+        b.push(if first { " WHERE " } else { " AND " });
+        first = false;
+    };
+    for (n, filter) in query.filters.iter().enumerate() {
+        let column = &dataset.columns[filter.column];
+        and(b);
+        if column.is_list() {
+            let key = dataset.key_column().name.clone();
+            let list_table = b.dialect.quote(&dataset.list_table(column));
+            b.column(&key);
+            b.push(&format!(
+                " IN (SELECT e{n}.\"row_id\" FROM {list_table} e{n} WHERE e{n}.\"value_key\" = "
+            ));
+            b.bind(filter.value.clone()).push(")");
+        } else if column.has_key_column() && filter.op == FilterOp::Eq {
+            b.column(&format!("{}__key", column.name))
+                .push(" = ")
+                .bind(filter.value.clone());
+        } else {
+            b.column(&column.name)
+                .push(" ")
+                .push(filter.op.sql())
+                .push(" ");
+            b.bind(filter.value.clone());
+        }
+    }
+    if let Some(cursor) = &query.cursor {
+        and(b);
+        keyset_predicate(dataset, query.sort, cursor, b);
+    }
+}
+
+/// Rows strictly after the cursor in the order of [`order_by`]: non-null sort values first (in
+/// the requested direction), then nulls, ties broken by ascending key.
+fn keyset_predicate(dataset: &Dataset, sort: Sort, cursor: &Cursor, b: &mut Builder) {
+    let key = dataset.key_column().name.clone();
+    let after = if sort.descending { " < " } else { " > " };
+    if sort.column == dataset.key.column {
+        b.column(&key).push(after).bind(cursor.key.clone());
+        return;
+    }
+    let column = dataset.columns[sort.column].name.clone();
+    if cursor.sort_value.is_null() {
+        b.push("(")
+            .column(&column)
+            .push(" IS NULL AND ")
+            .column(&key)
+            .push(" > ");
+        b.bind(cursor.key.clone()).push(")");
+    } else {
+        b.push("(")
+            .column(&column)
+            .push(after)
+            .bind(cursor.sort_value.clone());
+        b.push(" OR (")
+            .column(&column)
+            .push(" = ")
+            .bind(cursor.sort_value.clone());
+        b.push(" AND ")
+            .column(&key)
+            .push(" > ")
+            .bind(cursor.key.clone())
+            .push(")");
+        b.push(" OR ").column(&column).push(" IS NULL)");
+    }
+}
+
+fn order_by(dataset: &Dataset, sort: Sort, b: &mut Builder) {
+    let key = dataset.key_column().name.clone();
+    let direction = if sort.descending { " DESC" } else { " ASC" };
+    b.push(" ORDER BY ");
+    if sort.column == dataset.key.column {
+        b.column(&key).push(direction);
+    } else {
+        let column = dataset.columns[sort.column].name.clone();
+        b.push("(")
+            .column(&column)
+            .push(" IS NULL), ")
+            .column(&column)
+            .push(direction);
+        b.push(", ").column(&key).push(" ASC");
+    }
+}
+
+/// One page plus one row, so the caller knows whether another page follows.
+pub fn list(dataset: &Dataset, query: &Query, dialect: Dialect) -> Statement {
+    let mut b = Builder::new(dialect);
+    select_from(dataset, &mut b);
+    where_clause(dataset, query, &mut b);
+    order_by(dataset, query.sort, &mut b);
+    b.push(" LIMIT ")
+        .bind(Value::Integer(i64::from(query.limit) + 1));
+    b.finish()
+}
+
+pub fn export(dataset: &Dataset, query: &Query, dialect: Dialect) -> Statement {
+    let mut b = Builder::new(dialect);
+    select_from(dataset, &mut b);
+    where_clause(dataset, query, &mut b);
+    order_by(dataset, query.sort, &mut b);
+    b.finish()
+}
+
+pub fn get(dataset: &Dataset, key: &Value, dialect: Dialect) -> Statement {
+    let mut b = Builder::new(dialect);
+    select_from(dataset, &mut b);
+    b.push(" WHERE ")
+        .column(&dataset.key_column().name)
+        .push(" = ")
+        .bind(key.clone());
+    b.finish()
+}
+
+pub fn count(dataset: &Dataset, dialect: Dialect) -> Statement {
+    Statement {
+        sql: format!("SELECT COUNT(*) FROM {}", dialect.quote(&dataset.table)),
+        params: vec![],
+    }
+}
+
+/// `(value, count)` rows for a column under the query's filters. Text groups by its normalised
+/// form (as equality compares) and shows one spelling of it; nulls are not a facet value.
+pub fn facets(
+    dataset: &Dataset,
+    column_index: usize,
+    query: &Query,
+    dialect: Dialect,
+) -> Statement {
+    let column = &dataset.columns[column_index];
+    let mut b = Builder::new(dialect);
+    let table = dialect.quote(&dataset.table);
+    if column.is_list() {
+        let list_table = dialect.quote(&dataset.list_table(column));
+        b.push("SELECT MIN(l.\"value\"), COUNT(*) AS n FROM ")
+            .push(&list_table)
+            .push(" l");
+        if !query.filters.is_empty() {
+            let key = dataset.key_column().name.clone();
+            b.push(" WHERE l.\"row_id\" IN (SELECT ")
+                .column(&key)
+                .push(" FROM ");
+            b.push(&table).push(" t");
+            where_clause(dataset, query, &mut b);
+            b.push(")");
+        }
+        b.push(" GROUP BY l.\"value_key\" ORDER BY n DESC, MIN(l.\"value\")");
+    } else {
+        let group = if column.has_key_column() {
+            format!("{}__key", column.name)
+        } else {
+            column.name.clone()
+        };
+        b.push("SELECT MIN(")
+            .column(&column.name)
+            .push("), COUNT(*) AS n FROM ");
+        b.push(&table).push(" t");
+        where_clause(dataset, query, &mut b);
+        b.push(if query.filters.is_empty() {
+            " WHERE "
+        } else {
+            " AND "
+        });
+        b.column(&column.name)
+            .push(" IS NOT NULL GROUP BY ")
+            .column(&group);
+        b.push(" ORDER BY n DESC, MIN(")
+            .column(&column.name)
+            .push(")");
+    }
+    b.push(" LIMIT ")
+        .bind(Value::Integer(i64::from(query.limit)));
+    b.finish()
+}
+
+/// How facet rows decode: the value column as the scalar type of its elements, then a count.
+pub fn facet_decode(column: &Column) -> Vec<Decode> {
+    vec![
+        Decode::Scalar(column.ty),
+        Decode::Scalar(ColumnType::Integer),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datasets::parse_declaration;
+    use crate::query::QueryKind;
+
+    fn movies() -> Dataset {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../datasets/movies.toml");
+        parse_declaration(&std::fs::read_to_string(path).unwrap(), None).unwrap()
+    }
+
+    #[test]
+    fn filter_values_are_parameters_never_sql() {
+        let ds = movies();
+        let q = Query::parse(&ds, QueryKind::List, "title=x'%20OR%201=1--&genres=Drama").unwrap();
+        let st = list(&ds, &q, Dialect::Postgres);
+        assert!(!st.sql.contains("OR 1=1"), "{}", st.sql);
+        assert_eq!(st.params[0], Value::Text("x' or 1=1--".into()));
+        assert!(st.sql.contains("t.\"title__key\" = $1"), "{}", st.sql);
+        assert!(st.sql.contains("e1.\"value_key\" = $2"), "{}", st.sql);
+        assert!(st.sql.ends_with("LIMIT $3"), "{}", st.sql);
+    }
+
+    #[test]
+    fn sorting_puts_nulls_last_and_breaks_ties_by_key() {
+        let ds = movies();
+        let q = Query::parse(&ds, QueryKind::Export, "sort=-year").unwrap();
+        let st = export(&ds, &q, Dialect::Sqlite);
+        assert!(
+            st.sql
+                .ends_with("ORDER BY (t.\"year\" IS NULL), t.\"year\" DESC, t.\"id\" ASC"),
+            "{}",
+            st.sql
+        );
+    }
+
+    #[test]
+    fn every_filterable_column_has_an_index() {
+        let ds = movies();
+        let idx = indexes(&ds);
+        let names: Vec<_> = idx.iter().map(|i| i.name.as_str()).collect();
+        assert!(
+            names.contains(&"movies__genres__value_key__idx"),
+            "{names:?}"
+        );
+        assert!(names.contains(&"movies__rating__key__idx"), "{names:?}");
+        assert!(names.contains(&"movies__year__idx"), "{names:?}");
+    }
+
+    #[test]
+    fn list_elements_are_distinct_per_row() {
+        let row = vec![
+            Value::Integer(7),
+            Value::List(vec!["Drama".into(), "drama ".into()]),
+        ];
+        let elements = list_elements(&row, 0, 1);
+        assert_eq!(elements.len(), 1);
+        assert_eq!(elements[0].2, "drama");
+    }
+}

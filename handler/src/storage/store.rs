@@ -1,0 +1,201 @@
+//! [`SqlStore`]: the [`Storage`] trait implemented once over any SQL [`Driver`].
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures_util::{Stream, StreamExt as _, TryStreamExt as _};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::sql::{self, Decode, Dialect, Placement, Statement};
+use super::{ImportSink, Result, Row, RowStream, Storage};
+use crate::datasets::{Dataset, Value};
+use crate::query::Query;
+
+/// Rows per batch handed from the database task to an export's writer.
+pub const STREAM_BATCH_ROWS: usize = 512;
+
+/// What differs between database engines: binding, decoding, catalog look-ups and bulk loading.
+#[async_trait]
+pub trait Driver: Send + Sync + 'static {
+    const NAME: &'static str;
+    const DIALECT: Dialect;
+
+    async fn fetch(&self, statement: Statement, decode: &[Decode]) -> Result<Vec<Row>>;
+
+    /// Runs the statement in a task of its own and sends batches of rows as they arrive; the
+    /// channel is bounded, so a slow client slows the query instead of filling memory.
+    fn stream(
+        &self,
+        statement: Statement,
+        decode: Vec<Decode>,
+        sender: mpsc::Sender<Result<Vec<Row>>>,
+    );
+
+    async fn execute(&self, sql: &str) -> Result<()>;
+
+    /// The table's column names, or `None` when it does not exist.
+    async fn table_columns(&self, table: &str) -> Result<Option<Vec<String>>>;
+
+    async fn begin_import(&self, dataset: &Dataset) -> Result<Box<dyn ImportSink>>;
+}
+
+pub struct SqlStore<D> {
+    driver: D,
+}
+
+impl<D: Driver> SqlStore<D> {
+    pub fn new(driver: D) -> Self {
+        SqlStore { driver }
+    }
+}
+
+#[async_trait]
+impl<D: Driver> Storage for SqlStore<D> {
+    fn backend(&self) -> &'static str {
+        D::NAME
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.driver.execute("SELECT 1").await
+    }
+
+    #[tracing::instrument(name = "db.migrate", skip_all, fields(dataset = %dataset.name))]
+    async fn migrate(&self, dataset: &Dataset) -> Result<()> {
+        let placement = Placement::default();
+        for statement in sql::create_tables(dataset, D::DIALECT, &placement, true) {
+            self.driver.execute(&statement).await?;
+        }
+        // A declaration may have gained columns since the table was created.
+        if let Some(existing) = self.driver.table_columns(&dataset.table).await? {
+            for stored in sql::stored_columns(dataset) {
+                let name = sql::stored_name(dataset, stored);
+                if existing.iter().any(|e| e == &name) {
+                    continue;
+                }
+                let ty = match stored {
+                    sql::StoredColumn::Declared(i) => D::DIALECT.column_type(dataset.columns[i].ty),
+                    sql::StoredColumn::NormalisedKey(_) => "TEXT",
+                };
+                let table = placement.table(D::DIALECT, &dataset.table);
+                let column = D::DIALECT.quote(&name);
+                self.driver
+                    .execute(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))
+                    .await?;
+                tracing::info!(dataset = %dataset.name, column = %name, "added a column");
+            }
+        }
+        for index in sql::indexes(dataset) {
+            self.driver
+                .execute(&sql::create_index(D::DIALECT, &index, &placement))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn count(&self, dataset: &Dataset) -> Result<u64> {
+        if self.driver.table_columns(&dataset.table).await?.is_none() {
+            return Ok(0);
+        }
+        let statement = sql::count(dataset, D::DIALECT);
+        let rows = self
+            .driver
+            .fetch(
+                statement,
+                &[Decode::Scalar(crate::datasets::ColumnType::Integer)],
+            )
+            .await?;
+        Ok(match rows.first().and_then(|r| r.first()) {
+            Some(Value::Integer(n)) => u64::try_from(*n).unwrap_or(0),
+            _ => 0,
+        })
+    }
+
+    #[tracing::instrument(name = "db.list", skip_all, fields(dataset = %dataset.name))]
+    async fn list(&self, dataset: &Dataset, query: &Query) -> Result<Vec<Row>> {
+        let statement = sql::list(dataset, query, D::DIALECT);
+        self.driver.fetch(statement, &Decode::row(dataset)).await
+    }
+
+    #[tracing::instrument(name = "db.get", skip_all, fields(dataset = %dataset.name))]
+    async fn get(&self, dataset: &Dataset, key: &Value) -> Result<Option<Row>> {
+        let statement = sql::get(dataset, key, D::DIALECT);
+        Ok(self
+            .driver
+            .fetch(statement, &Decode::row(dataset))
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    #[tracing::instrument(name = "db.facets", skip_all, fields(dataset = %dataset.name))]
+    async fn facets(
+        &self,
+        dataset: &Dataset,
+        column: usize,
+        query: &Query,
+    ) -> Result<Vec<(Value, u64)>> {
+        let statement = sql::facets(dataset, column, query, D::DIALECT);
+        let rows = self
+            .driver
+            .fetch(statement, &sql::facet_decode(&dataset.columns[column]))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|mut row| {
+                let count = match row.pop() {
+                    Some(Value::Integer(n)) => u64::try_from(n).unwrap_or(0),
+                    _ => 0,
+                };
+                (row.pop().unwrap_or(Value::Null), count)
+            })
+            .collect())
+    }
+
+    fn export(&self, dataset: Arc<Dataset>, query: Query) -> RowStream {
+        let statement = sql::export(&dataset, &query, D::DIALECT);
+        let (sender, receiver) = mpsc::channel(4);
+        self.driver.stream(statement, Decode::row(&dataset), sender);
+        ReceiverStream::new(receiver).boxed()
+    }
+
+    #[tracing::instrument(name = "db.import", skip_all, fields(dataset = %dataset.name))]
+    async fn begin_import(&self, dataset: &Dataset) -> Result<Box<dyn ImportSink>> {
+        self.driver.begin_import(dataset).await
+    }
+}
+
+/// Decodes a database row stream into batches and sends them until the stream ends, fails, or the
+/// receiver (an export being written to a client) goes away.
+pub async fn forward_rows<S, R>(
+    mut rows: S,
+    decode: impl Fn(&R) -> Result<Row>,
+    sender: mpsc::Sender<Result<Vec<Row>>>,
+) where
+    S: Stream<Item = std::result::Result<R, sqlx::Error>> + Unpin,
+{
+    let mut batch = Vec::with_capacity(STREAM_BATCH_ROWS);
+    loop {
+        let next = match rows.try_next().await {
+            Ok(Some(row)) => decode(&row),
+            Ok(None) => break,
+            Err(error) => Err(error.into()),
+        };
+        match next {
+            Ok(row) => batch.push(row),
+            Err(error) => {
+                let _ = sender.send(Err(error)).await;
+                return;
+            }
+        }
+        if batch.len() == STREAM_BATCH_ROWS {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(STREAM_BATCH_ROWS));
+            if sender.send(Ok(full)).await.is_err() {
+                return;
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = sender.send(Ok(batch)).await;
+    }
+}
