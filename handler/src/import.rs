@@ -83,7 +83,7 @@ pub async fn import_file(
     let mut csv = csv::ReaderBuilder::new()
         .flexible(true)
         .buffer_capacity(1 << 16)
-        .from_reader(reader);
+        .from_reader(CrlfToLf::new(reader));
     let plan = ReadPlan::new(dataset, &mut csv)
         .with_context(|| format!("cannot import {}", path.display()))?;
 
@@ -336,6 +336,70 @@ pub fn convert_field(column: &Column, raw: &str) -> Result<Value, String> {
     }
 }
 
+/// Turns `\r\n` into `\n`. The csv crate counts a CRLF record's line one short (it has not yet
+/// consumed the `\n` when the next record starts), and rejections must name the right line.
+struct CrlfToLf<R> {
+    inner: R,
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    /// A `\r` that ended the last chunk: held back until we know whether `\n` follows.
+    pending_cr: bool,
+    eof: bool,
+}
+
+impl<R: Read> CrlfToLf<R> {
+    fn new(inner: R) -> Self {
+        CrlfToLf {
+            inner,
+            buf: vec![0; 1 << 16].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            pending_cr: false,
+            eof: false,
+        }
+    }
+
+    fn fill(&mut self) -> std::io::Result<()> {
+        let offset = usize::from(self.pending_cr);
+        if self.pending_cr {
+            self.buf[0] = b'\r';
+        }
+        let n = self.inner.read(&mut self.buf[offset..])?;
+        self.start = 0;
+        if n == 0 {
+            self.eof = true;
+            self.pending_cr = false;
+            self.end = offset; // a lone final `\r` is kept
+            return Ok(());
+        }
+        let len = offset + n;
+        let mut write = 0;
+        for read in 0..len {
+            if self.buf[read] == b'\r' && read + 1 < len && self.buf[read + 1] == b'\n' {
+                continue;
+            }
+            self.buf[write] = self.buf[read];
+            write += 1;
+        }
+        self.pending_cr = self.buf[write - 1] == b'\r';
+        self.end = write - usize::from(self.pending_cr);
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for CrlfToLf<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.start == self.end && !self.eof {
+            self.fill()?;
+        }
+        let n = out.len().min(self.end - self.start);
+        out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+        self.start += n;
+        Ok(n)
+    }
+}
+
 #[derive(Hash, PartialEq, Eq)]
 enum KeyOf {
     Integer(i64),
@@ -347,6 +411,40 @@ impl KeyOf {
         match value {
             Value::Integer(i) => KeyOf::Integer(*i),
             other => KeyOf::Text(other.to_text()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn through(input: &[u8], chunk: usize) -> Vec<u8> {
+        /// Hands out at most `chunk` bytes per read, to split CRLFs across reads.
+        struct Trickle<'a>(&'a [u8], usize);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = self.1.min(buf.len()).min(self.0.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut out = Vec::new();
+        CrlfToLf::new(Trickle(input, chunk))
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn crlf_becomes_lf_even_split_across_reads() {
+        for chunk in [1, 2, 3, 1000] {
+            assert_eq!(
+                through(b"a\r\nb\r\n\r\nc\rd\r", chunk),
+                b"a\nb\n\nc\rd\r",
+                "chunk {chunk}"
+            );
         }
     }
 }

@@ -1,0 +1,301 @@
+//! The read API end to end on real databases: `movies.csv` imported into SQLite and PostgreSQL,
+//! every answer checked against counts computed independently from the CSV.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{MoviesCsv, TestApp};
+
+/// Follows `next_cursor` from `first` to the end; returns every id in page order.
+async fn walk_pages(app: &TestApp, first: &str) -> Vec<i64> {
+    let mut ids = Vec::new();
+    let mut uri = first.to_owned();
+    let mut pages = 0;
+    loop {
+        let response = app.get(&uri).await;
+        assert_eq!(response.status, 200, "{uri}: {}", response.text());
+        let page = response.json();
+        let items = page["items"].as_array().unwrap();
+        ids.extend(items.iter().map(|row| row["id"].as_i64().unwrap()));
+        pages += 1;
+        assert!(pages < 1000, "pagination does not end");
+        match page["next_cursor"].as_str() {
+            Some(cursor) => {
+                assert!(!items.is_empty(), "a page with a cursor must not be empty");
+                uri = format!("{first}&cursor={cursor}");
+            }
+            None => return ids,
+        }
+    }
+}
+
+fn assert_each_once(ids: &[i64], expected: &HashSet<i64>, what: &str) {
+    let seen: HashSet<i64> = ids.iter().copied().collect();
+    assert_eq!(seen.len(), ids.len(), "{what}: some row came twice");
+    assert_eq!(&seen, expected, "{what}: not every row was visited");
+}
+
+async fn check_movies_api(url: &str) {
+    let csv = MoviesCsv::load();
+    let catalog = common::catalog();
+    let storage = common::open(url);
+    let report = common::import_movies(storage.as_ref(), &catalog).await;
+    assert_eq!((report.imported, report.rejected), (csv.rows as u64, 0));
+    let app = TestApp::new(storage.clone(), catalog);
+    let movies = app.dataset("movies");
+    assert_eq!(storage.count(&movies).await.unwrap(), 17_472);
+    let all_ids: HashSet<i64> = csv.ids.iter().copied().collect();
+
+    // A list filter against the count computed from the CSV, in any case.
+    let drama = csv.count_with_element("Genre", "drama");
+    assert!(drama > 8000, "the CSV has {drama} dramas");
+    let drama_ids = walk_pages(&app, "/api/movies?genres=Drama&limit=1000").await;
+    assert_eq!(drama_ids.len(), drama);
+    assert_eq!(
+        walk_pages(&app, "/api/movies?genres=dRAMA&limit=1000").await,
+        drama_ids
+    );
+
+    // Two elements: both required.
+    let both = csv.count_where(|f| {
+        let genres = f("Genre").to_lowercase();
+        let has = |g: &str| genres.split(',').any(|e| e.trim() == g);
+        has("comedy") && has("drama")
+    });
+    assert_eq!(
+        walk_pages(&app, "/api/movies?genres=comedy&genres=drama&limit=1000")
+            .await
+            .len(),
+        both
+    );
+
+    // Range filters on a number, combined with a list filter.
+    let french_recent = csv.count_where(|f| {
+        f("Year").parse::<i64>().unwrap() >= 2000
+            && f("Language").split(',').any(|l| l.trim() == "French")
+    });
+    assert_eq!(
+        walk_pages(&app, "/api/movies?languages=french&year.gte=2000&limit=500")
+            .await
+            .len(),
+        french_recent
+    );
+
+    // Pagination visits every row exactly once, whatever the sort (metacritic is mostly null).
+    for sort in [
+        "",
+        "&sort=-year",
+        "&sort=metacritic",
+        "&sort=-box_office",
+        "&sort=title",
+    ] {
+        let ids = walk_pages(&app, &format!("/api/movies?limit=997{sort}")).await;
+        assert_each_once(&ids, &all_ids, sort);
+    }
+
+    // Sorted pages really are in order, with nulls last.
+    let page = app
+        .get("/api/movies?sort=-metacritic&limit=1000")
+        .await
+        .json();
+    let scores: Vec<Option<i64>> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["metacritic"].as_i64())
+        .collect();
+    assert!(
+        scores.windows(2).all(|w| w[0] >= w[1] || w[1].is_none()),
+        "descending"
+    );
+
+    // Exports: every format has every matching row.
+    let json = app.get("/api/movies/export").await;
+    assert_eq!(json.content_type(), "application/json");
+    assert_eq!(json.json().as_array().unwrap().len(), csv.rows);
+    let ndjson = app.get("/api/movies/export?format=ndjson").await;
+    let lines: Vec<&str> = std::str::from_utf8(&ndjson.body).unwrap().lines().collect();
+    assert_eq!(lines.len(), csv.rows);
+    assert!(
+        lines
+            .iter()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+    );
+    let csv_export = app.get("/api/movies/export?format=csv").await;
+    assert!(csv_export.content_type().starts_with("text/csv"));
+    let mut reader = csv::Reader::from_reader(csv_export.body.as_ref());
+    assert_eq!(reader.headers().unwrap().iter().next(), Some("id"));
+    assert_eq!(reader.records().map(Result::unwrap).count(), csv.rows);
+    let filtered = app
+        .get("/api/movies/export?format=ndjson&genres=drama")
+        .await;
+    assert_eq!(
+        std::str::from_utf8(&filtered.body).unwrap().lines().count(),
+        drama
+    );
+
+    // Facets: the Drama count matches the CSV, and a filter narrows the counts.
+    let facets = app.get("/api/movies/facets/genres?limit=50").await.json();
+    let drama_facet = facets["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["value"] == "Drama")
+        .unwrap();
+    assert_eq!(drama_facet["count"].as_u64().unwrap() as usize, drama);
+    let rating = app
+        .get("/api/movies/facets/rating?genres=drama")
+        .await
+        .json();
+    let r_dramas = csv
+        .count_where(|f| f("Rating") == "R" && f("Genre").split(',').any(|g| g.trim() == "Drama"));
+    let r = rating["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["value"] == "R")
+        .unwrap();
+    assert_eq!(r["count"].as_u64().unwrap() as usize, r_dramas);
+
+    // One row, with typed values and lists as arrays.
+    let item = app.get("/api/movies/595").await;
+    assert_eq!(item.status, 200);
+    let item = item.json();
+    assert_eq!(item["title"], "The Intouchables");
+    assert_eq!(
+        item["genres"],
+        serde_json::json!(["Biography", "Comedy", "Drama"])
+    );
+    assert_eq!(item["runtime"], 112);
+    assert_eq!(item["director"], "Olivier Nakache, Éric Toledano");
+    assert_eq!(app.get("/api/movies/1").await.status, 404);
+
+    // Re-running the same import leaves the same rows.
+    let again = common::import_movies(storage.as_ref(), &app.state.catalog).await;
+    assert_eq!(again.imported, csv.rows as u64);
+    assert_eq!(storage.count(&movies).await.unwrap(), 17_472);
+    assert_eq!(
+        walk_pages(&app, "/api/movies?genres=drama&limit=1000")
+            .await
+            .len(),
+        drama
+    );
+}
+
+#[tokio::test]
+async fn sqlite_serves_the_imported_movies() {
+    check_movies_api(&common::sqlite_url()).await;
+}
+
+#[tokio::test]
+async fn postgres_serves_the_imported_movies() {
+    let Some(url) = common::postgres_url().await else {
+        return;
+    };
+    check_movies_api(&url).await;
+}
+
+/// Client mistakes are 400 problem+json naming the parameter; unknown things are 404.
+#[tokio::test]
+async fn bad_requests_get_problem_details_naming_the_parameter() {
+    let catalog = common::catalog();
+    let storage = common::open(&common::sqlite_url());
+    let app = TestApp::new(storage.clone(), catalog);
+    for dataset in app.state.catalog.iter() {
+        storage.migrate(dataset).await.unwrap();
+    }
+    let cases = [
+        ("/api/movies?colour=red", "colour"),
+        ("/api/movies?year=nineteen", "year"),
+        ("/api/movies?year.gte=1e999", "year.gte"),
+        ("/api/movies?box_office.lt=NaN", "box_office.lt"),
+        ("/api/movies?limit=0", "limit"),
+        ("/api/movies?limit=5000", "limit"),
+        ("/api/movies?limit=-1", "limit"),
+        ("/api/movies?sort=director", "sort"),
+        ("/api/movies?cursor=bm9wZQ", "cursor"),
+        ("/api/movies?genres.gt=a", "genres.gt"),
+        ("/api/movies?director=x", "director"),
+        ("/api/movies/export?format=xml", "format"),
+        ("/api/movies/export?limit=5", "limit"),
+        ("/api/movies/facets/director", "column"),
+        ("/api/movies/abc", "id"),
+        ("/api/movies/99999999999999999999999", "id"),
+        ("/api/flights?time_hour.gte=yesterday", "time_hour.gte"),
+    ];
+    for (uri, parameter) in cases {
+        let response = app.get(uri).await;
+        assert_eq!(response.status, 400, "{uri}: {}", response.text());
+        assert_eq!(response.content_type(), "application/problem+json", "{uri}");
+        let body = response.json();
+        assert_eq!(
+            body["invalid_params"][0]["name"], parameter,
+            "{uri}: {body}"
+        );
+        assert_eq!(body["status"], 400);
+    }
+    // SQL in a filter value is just a value that matches nothing.
+    let injection = app.get("/api/movies?title=x%27%20OR%20%271%27=%271").await;
+    assert_eq!(injection.status, 200);
+    assert_eq!(injection.json()["items"], serde_json::json!([]));
+    for uri in [
+        "/api/nope",
+        "/api/nope/export",
+        "/api/movies/1/2/3",
+        "/elsewhere",
+    ] {
+        let response = app.get(uri).await;
+        assert_eq!(response.status, 404, "{uri}");
+        assert_eq!(response.content_type(), "application/problem+json", "{uri}");
+    }
+    let response = app.request("POST", "/api/health").await;
+    assert_eq!(response.status, 405);
+    assert_eq!(response.content_type(), "application/problem+json");
+}
+
+#[tokio::test]
+async fn health_reports_a_database_that_is_down() {
+    // Nothing listens on port 9 (discard): the check must answer 503 quickly, not hang.
+    let storage = common::open("postgres://nobody@127.0.0.1:9/none");
+    let app = TestApp::new(storage, common::catalog());
+    let response = app.get("/api/health").await;
+    assert_eq!(response.status, 503);
+    let body = response.json();
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["checks"]["database"]["status"], "down");
+    // Data requests say the database is unavailable: 503 problem+json, not a 500.
+    let list = app.get("/api/movies").await;
+    assert_eq!(list.status, 503, "{}", list.text());
+    assert_eq!(list.content_type(), "application/problem+json");
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_dataset() {
+    let app = TestApp::new(common::open(&common::sqlite_url()), common::catalog());
+    let doc = app.get("/api/openapi.json").await.json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let movies = &doc["paths"]["/movies"]["get"];
+    let names: Vec<&str> = movies["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for expected in ["genres", "year", "year.gte", "sort", "limit", "cursor"] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    assert!(doc["paths"]["/flights/facets/{column}"]["get"].is_object());
+    assert!(doc["components"]["schemas"]["MoviesRow"]["properties"]["genres"].is_object());
+    let docs = app.get("/api/docs").await;
+    assert_eq!(docs.status, 200);
+    let html = docs.text();
+    assert!(html.contains("openapi.json"));
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "the docs page must not fetch from the internet"
+    );
+}

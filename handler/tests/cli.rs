@@ -1,0 +1,176 @@
+//! The `handler` binary as a user runs it: configuration errors end with one clear sentence, the
+//! import prints its summary, and `serve` answers on the Functions port.
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn handler() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_handler"));
+    command.env("DATASETS_DIR", common::repo_root().join("datasets"));
+    command
+        .env_remove("DATABASE_URL")
+        .env_remove("FUNCTIONS_CUSTOMHANDLER_PORT")
+        .env_remove("PORT");
+    command.env("RUST_LOG", "warn");
+    command
+}
+
+/// Runs the command and returns (exit code, stdout, stderr).
+fn run(command: &mut Command) -> (i32, String, String) {
+    let output = command.output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (
+        output.status.code().unwrap_or(-1),
+        text(&output.stdout),
+        text(&output.stderr),
+    )
+}
+
+fn assert_one_clear_sentence(stderr: &str, expected: &str) {
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line, not a backtrace: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(lines[0].contains(expected), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn configuration_errors_are_one_sentence() {
+    let (code, _, stderr) = run(handler()
+        .arg("migrate")
+        .env("DATABASE_URL", "oracle://scott:tiger@db"));
+    assert_eq!(code, 2);
+    assert_one_clear_sentence(
+        &stderr,
+        "DATABASE_URL must start with sqlite:// or postgres://",
+    );
+    assert!(!stderr.contains("tiger"), "the password leaked: {stderr}");
+
+    let (code, _, stderr) = run(handler()
+        .arg("migrate")
+        .env("DATABASE_URL", "postgres://app:s3cret@127.0.0.1:9/x"));
+    assert_eq!(code, 2);
+    assert_one_clear_sentence(&stderr, "cannot create the tables");
+    assert!(!stderr.contains("s3cret"), "the password leaked: {stderr}");
+
+    let (code, _, stderr) = run(handler()
+        .arg("serve")
+        .env("DATASETS_DIR", "/nonexistent/datasets"));
+    assert_eq!(code, 2);
+    assert_one_clear_sentence(
+        &stderr,
+        "cannot read the datasets directory /nonexistent/datasets",
+    );
+
+    let (code, _, stderr) = run(handler()
+        .arg("serve")
+        .env("FUNCTIONS_CUSTOMHANDLER_PORT", "eighty"));
+    assert_eq!(code, 2);
+    assert_one_clear_sentence(&stderr, "FUNCTIONS_CUSTOMHANDLER_PORT must be a TCP port");
+
+    let url = common::sqlite_url();
+    let (code, _, stderr) = run(handler()
+        .args([
+            "import",
+            "--dataset",
+            "movies",
+            "--file",
+            "/nonexistent.csv",
+        ])
+        .env("DATABASE_URL", &url));
+    assert_eq!(code, 2);
+    assert_one_clear_sentence(&stderr, "cannot open /nonexistent.csv");
+
+    let (code, _, stderr) = run(handler()
+        .args(["import", "--dataset", "films", "--file", "/dev/null"])
+        .env("DATABASE_URL", &url));
+    assert_eq!(code, 2);
+    assert_one_clear_sentence(
+        &stderr,
+        "there is no dataset named \"films\"; declared: flights, movies",
+    );
+
+    let dir = std::env::temp_dir().join(format!("smartcache_unreadable_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (code, _, stderr) = run(handler()
+        .args(["import", "--dataset", "movies", "--file"])
+        .arg(&dir)
+        .env("DATABASE_URL", &url));
+    assert_eq!(code, 2);
+    assert_one_clear_sentence(&stderr, "cannot import");
+}
+
+#[test]
+fn import_prints_rejections_and_a_summary() {
+    let url = common::sqlite_url();
+    let path = std::env::temp_dir().join(format!("smartcache_cli_{}.csv", std::process::id()));
+    let mut movies = std::fs::read_to_string(common::movies_csv()).unwrap();
+    movies.push_str("99,tt9,Broken,not-a-year,,,,,,,,0,,,\n");
+    std::fs::write(&path, movies).unwrap();
+    let (code, stdout, stderr) = run(handler()
+        .args(["import", "--dataset", "movies", "--file"])
+        .arg(&path)
+        .env("DATABASE_URL", &url));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(
+            "rejected line 17474: column \"year\": \"not-a-year\" is not a valid integer"
+        ),
+        "{stderr}"
+    );
+    let summary = stdout.lines().last().unwrap();
+    assert!(
+        summary.starts_with("imported 17472 rows into movies, rejected 1, "),
+        "{summary}"
+    );
+    assert!(summary.ends_with(" rows/s"), "{summary}");
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+#[test]
+fn serve_listens_on_the_functions_port_and_is_ready_at_once() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = handler()
+        .arg("serve")
+        .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+        .env("PORT", "1") // the Functions variable wins
+        .env("DATABASE_URL", common::sqlite_url())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = None;
+    while started.elapsed() < Duration::from_secs(10) {
+        if let Some(response) = http_get(port, "/api/health") {
+            answer = Some(response);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let answer = answer.expect("serve never answered");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"status\":\"ok\""), "{answer}");
+}

@@ -1,0 +1,201 @@
+//! Helpers shared by the integration tests: real databases, the real router, the real data.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode};
+use bytes::Bytes;
+use handler::datasets::{Catalog, Dataset};
+use handler::http::{AppState, router};
+use handler::storage::{self, Storage};
+use http_body_util::BodyExt as _;
+use sqlx::AssertSqlSafe;
+use tower::ServiceExt as _;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn catalog() -> Catalog {
+    Catalog::load_dir(&repo_root().join("datasets")).expect("the shipped declarations load")
+}
+
+pub fn movies_csv() -> PathBuf {
+    repo_root().join("datasets/movies.csv")
+}
+
+fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A fresh SQLite database file in the temp directory.
+pub fn sqlite_url() -> String {
+    let path = std::env::temp_dir().join(format!("{}.db", unique_name("smartcache_test")));
+    format!("sqlite://{}", path.display())
+}
+
+/// A fresh PostgreSQL database on the local server (`SMARTCACHE_TEST_POSTGRES_URL`, default
+/// `postgres://postgres@127.0.0.1:5432/test`). `None`, with a visible line, when no server is
+/// reachable; under `CI=true` a missing server fails the test instead.
+pub async fn postgres_url() -> Option<String> {
+    let admin = std::env::var("SMARTCACHE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let pool = match sqlx::PgPool::connect(&admin).await {
+        Ok(pool) => pool,
+        Err(error) => {
+            let message = format!(
+                "PostgreSQL is not reachable at {admin} ({error}): install and start postgresql"
+            );
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("{message}");
+            }
+            eprintln!("SKIPPED: {message}");
+            return None;
+        }
+    };
+    let name = unique_name("smartcache_test");
+    sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let base = admin.rsplit_once('/').map(|(base, _)| base).unwrap();
+    Some(format!("{base}/{name}"))
+}
+
+pub fn open(url: &str) -> Arc<dyn Storage> {
+    storage::open(url).expect("the URL is valid")
+}
+
+pub async fn import_movies(
+    storage: &dyn Storage,
+    catalog: &Catalog,
+) -> handler::import::ImportReport {
+    let movies = catalog.get("movies").unwrap();
+    handler::import::import_file(storage, movies, &movies_csv(), false)
+        .await
+        .expect("movies import")
+}
+
+/// The router over a storage, called in-process as the Functions host would over HTTP.
+pub struct TestApp {
+    pub state: AppState,
+}
+
+pub struct TestResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl TestResponse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8(self.body.to_vec()).expect("UTF-8 body")
+    }
+
+    pub fn content_type(&self) -> &str {
+        self.headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+impl TestApp {
+    pub fn new(storage: Arc<dyn Storage>, catalog: Catalog) -> Self {
+        TestApp {
+            state: AppState {
+                catalog: Arc::new(catalog),
+                storage,
+            },
+        }
+    }
+
+    pub async fn request(&self, method: &str, uri: &str) -> TestResponse {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap();
+        let response = router(self.state.clone()).oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        TestResponse {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, uri: &str) -> TestResponse {
+        self.request("GET", uri).await
+    }
+
+    pub fn dataset(&self, name: &str) -> Arc<Dataset> {
+        self.state.catalog.get(name).unwrap().clone()
+    }
+}
+
+/// Counts computed straight from the CSV with the csv crate, independently of the importer.
+pub struct MoviesCsv {
+    pub rows: usize,
+    pub ids: Vec<i64>,
+    records: Vec<csv::StringRecord>,
+    headers: csv::StringRecord,
+}
+
+impl MoviesCsv {
+    pub fn load() -> Self {
+        let mut reader = csv::Reader::from_path(movies_csv()).unwrap();
+        let headers = reader.headers().unwrap().clone();
+        let records: Vec<_> = reader.records().map(Result::unwrap).collect();
+        let id = headers.iter().position(|h| h == "ID").unwrap();
+        let ids = records.iter().map(|r| r[id].parse().unwrap()).collect();
+        MoviesCsv {
+            rows: records.len(),
+            ids,
+            records,
+            headers,
+        }
+    }
+
+    fn field<'a>(&self, record: &'a csv::StringRecord, header: &str) -> &'a str {
+        &record[self.headers.iter().position(|h| h == header).unwrap()]
+    }
+
+    /// Films whose comma-separated `header` field has `element` (case-insensitive).
+    pub fn count_with_element(&self, header: &str, element: &str) -> usize {
+        self.records
+            .iter()
+            .filter(|r| {
+                self.field(r, header)
+                    .split(',')
+                    .any(|e| e.trim().eq_ignore_ascii_case(element))
+            })
+            .count()
+    }
+
+    pub fn count_where(&self, predicate: impl Fn(&dyn Fn(&str) -> String) -> bool) -> usize {
+        self.records
+            .iter()
+            .filter(|r| predicate(&|h: &str| self.field(r, h).to_owned()))
+            .count()
+    }
+}

@@ -1,0 +1,160 @@
+//! The Azure Functions contract: every `functions/*/function.json` is served by the router exactly
+//! as the host forwards it, and every endpoint the router serves is declared as a function.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::TestApp;
+use handler::http::ENDPOINTS;
+use serde_json::Value;
+
+struct Declared {
+    function: String,
+    methods: Vec<String>,
+    route: String,
+}
+
+fn declared_functions() -> Vec<Declared> {
+    let dir = common::repo_root().join("functions");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let function = path.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(path.join("function.json"))
+            .unwrap_or_else(|e| panic!("{function}: no function.json ({e})"));
+        let doc: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{function}: {e}"));
+        let bindings = doc["bindings"].as_array().unwrap();
+        // The host forwards the original HTTP request only for exactly one httpTrigger in and one
+        // http out; anything else would arrive as a JSON invocation instead.
+        assert_eq!(bindings.len(), 2, "{function}: bindings");
+        let trigger = bindings
+            .iter()
+            .find(|b| b["type"] == "httpTrigger")
+            .unwrap_or_else(|| panic!("{function}: no httpTrigger"));
+        assert_eq!(trigger["direction"], "in");
+        let output = bindings
+            .iter()
+            .find(|b| b["type"] == "http")
+            .unwrap_or_else(|| panic!("{function}: no http output"));
+        assert_eq!(output["direction"], "out");
+        assert!(trigger["authLevel"].is_string(), "{function}: authLevel");
+        let methods = trigger["methods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_str().unwrap().to_uppercase())
+            .collect();
+        let route = trigger["route"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{function}: no route"))
+            .to_owned();
+        out.push(Declared {
+            function,
+            methods,
+            route,
+        });
+    }
+    out
+}
+
+fn fill_route(route: &str) -> String {
+    route
+        .replace("{dataset}", "movies")
+        .replace("{id}", "595")
+        .replace("{column}", "genres")
+}
+
+#[test]
+fn host_json_forwards_http_requests_under_api() {
+    let host: Value = serde_json::from_str(
+        &std::fs::read_to_string(common::repo_root().join("host.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(host["version"], "2.0");
+    assert_eq!(host["customHandler"]["enableForwardingHttpRequest"], true);
+    assert_eq!(
+        host["customHandler"]["description"]["defaultExecutablePath"],
+        "handler"
+    );
+    assert_eq!(
+        host["customHandler"]["description"]["arguments"],
+        serde_json::json!(["serve"])
+    );
+    assert_eq!(host["extensions"]["http"]["routePrefix"], "api");
+    let settings: Value = serde_json::from_str(
+        &std::fs::read_to_string(common::repo_root().join("local.settings.example.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(settings["Values"]["FUNCTIONS_WORKER_RUNTIME"], "Custom");
+    for name in [
+        "DATABASE_URL",
+        "REDIS_URL",
+        "CACHE_PREFIX",
+        "CACHE_TTL_SECONDS",
+        "JWT_SECRET",
+        "JWT_TTL_SECONDS",
+        "AUTH_PROVIDER",
+        "FIREBASE_API_KEY",
+        "FIREBASE_PROJECT_ID",
+        "FIREBASE_AUTH_EMULATOR_HOST",
+        "APPLICATIONINSIGHTS_CONNECTION_STRING",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "DATASETS_DIR",
+        "WARMUP_SCHEDULE",
+    ] {
+        assert!(
+            settings["Values"][name].is_string(),
+            "local.settings.example.json lacks {name}"
+        );
+    }
+}
+
+#[test]
+fn every_served_endpoint_is_declared_and_every_declaration_is_served() {
+    let declared: BTreeSet<(String, String, String)> = declared_functions()
+        .into_iter()
+        .flat_map(|d| {
+            d.methods
+                .into_iter()
+                .map(move |m| (d.function.clone(), m, d.route.clone()))
+        })
+        .collect();
+    let served: BTreeSet<(String, String, String)> = ENDPOINTS
+        .iter()
+        .map(|e| {
+            (
+                e.function.to_owned(),
+                e.method.to_owned(),
+                e.route.to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        declared, served,
+        "functions/ and the router's endpoint table differ"
+    );
+}
+
+/// Sends each declared function's request to the router, as the host would, and expects it answered
+/// by that endpoint (not by the not-found fallback).
+#[tokio::test]
+async fn the_router_answers_every_declared_function() {
+    let catalog = common::catalog();
+    let storage = common::open(&common::sqlite_url());
+    common::import_movies(storage.as_ref(), &catalog).await;
+    let app = TestApp::new(storage, catalog);
+    for function in declared_functions() {
+        for method in &function.methods {
+            let uri = format!("/api/{}", fill_route(&function.route));
+            let response = app.request(method, &uri).await;
+            assert_eq!(
+                response.status,
+                200,
+                "{} {method} {uri}: {}",
+                function.function,
+                String::from_utf8_lossy(&response.body)
+            );
+        }
+    }
+}
