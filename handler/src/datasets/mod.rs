@@ -71,9 +71,15 @@ impl Column {
         self.filterable && !self.is_list() && self.ty == ColumnType::Text
     }
 
-    /// Range filters (`.gte`, `.lt`, ...) make sense on ordered scalar types only.
+    /// Range filters (`.gte`, `.lt`, ...) apply to numbers, dates and timestamps. Text compares
+    /// case-insensitively for equality, an order that a range over the raw text would not share.
     pub fn supports_range(&self) -> bool {
-        self.filterable && !self.is_list() && self.ty.is_ordered()
+        self.filterable
+            && !self.is_list()
+            && matches!(
+                self.ty,
+                ColumnType::Integer | ColumnType::Float | ColumnType::Date | ColumnType::Timestamp
+            )
     }
 
     pub fn is_null_marker(&self, raw: &str) -> bool {

@@ -17,10 +17,6 @@ pub enum ColumnType {
 }
 
 impl ColumnType {
-    pub fn is_ordered(self) -> bool {
-        !matches!(self, ColumnType::Boolean)
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             ColumnType::Text => "text",

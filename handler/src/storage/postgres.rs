@@ -1,13 +1,15 @@
 //! PostgreSQL: bulk import with `COPY`, in one transaction that builds the new tables in a
 //! staging schema and moves them over the old ones at the end.
 
+use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
-use sqlx::postgres::{PgArguments, PgPool, PgPoolOptions, PgRow};
+use sqlx::ConnectOptions as _;
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Arguments as _, AssertSqlSafe, Postgres, Row as _, Transaction};
 use tokio::sync::mpsc;
 
@@ -25,11 +27,14 @@ pub struct PgDriver {
 
 impl PgDriver {
     pub fn open(url: &str) -> anyhow::Result<Self> {
+        let options = PgConnectOptions::from_str(url)
+            .context("DATABASE_URL is not a valid PostgreSQL URL (e.g. postgres://user@host/db)")?
+            // Exports of whole datasets are long on purpose; warn only about the truly slow.
+            .log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(30));
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy(url)
-            .context("DATABASE_URL is not a valid PostgreSQL URL (e.g. postgres://user@host/db)")?;
+            .connect_lazy_with(options);
         Ok(PgDriver { pool })
     }
 }
@@ -150,10 +155,14 @@ impl Driver for PgDriver {
             schema: Some(STAGING_SCHEMA.to_owned()),
             suffix: "",
         };
-        let mut setup = vec![format!(
-            "CREATE SCHEMA IF NOT EXISTS {}",
-            Dialect::Postgres.quote(STAGING_SCHEMA)
-        )];
+        let mut setup = vec![
+            // Index builds dominate a large import; give them memory for this transaction only.
+            "SET LOCAL maintenance_work_mem = '256MB'".to_owned(),
+            format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                Dialect::Postgres.quote(STAGING_SCHEMA)
+            ),
+        ];
         for table in sql::tables(dataset) {
             setup.push(format!(
                 "DROP TABLE IF EXISTS {}",
@@ -283,9 +292,11 @@ impl ImportSink for PgImport {
             ));
         }
         for statement in statements {
-            sqlx::raw_sql(AssertSqlSafe(statement))
+            let started = std::time::Instant::now();
+            sqlx::raw_sql(AssertSqlSafe(statement.clone()))
                 .execute(&mut *self.tx)
                 .await?;
+            tracing::debug!(%statement, elapsed_ms = started.elapsed().as_millis() as u64, "import swap step");
         }
         self.tx.commit().await?;
         Ok(())

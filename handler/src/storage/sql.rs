@@ -245,14 +245,15 @@ pub fn indexes(dataset: &Dataset) -> Vec<IndexDef> {
             continue;
         }
         if column.has_key_column() {
+            // Ends with the key: a filtered page walks the index in key order, no sort needed.
+            let key_column = format!("{}__key", column.name);
             add(
                 &dataset.table,
-                &format!("{}__key", column.name),
-                vec![format!("{}__key", column.name)],
+                &key_column,
+                vec![key_column.clone(), key.clone()],
             );
         }
-        let range_filter = column.supports_range();
-        if column.sortable || range_filter || (column.filterable && !column.has_key_column()) {
+        if column.sortable || (column.filterable && !column.has_key_column()) {
             add(
                 &dataset.table,
                 &column.name,

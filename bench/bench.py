@@ -1,0 +1,288 @@
+#!/usr/bin/env python3
+"""Import, export and start-up benchmarks for the handler, each against a baseline measured in the
+same run on the same machine (see bench/README.md). Standard library only.
+
+    bench/run.sh            # builds the release binary first
+    bench/run.sh --runs 3   # best of 3 instead of best of 2
+"""
+
+import argparse
+import gzip
+import http.client
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+HANDLER = ROOT / "target" / "release" / "handler"
+PG_ADMIN = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
+PG_BENCH_DB = "smartcache_bench"
+ROWS = 336_776
+
+PG_NATIVE_TABLE = """CREATE TABLE flights (year int, month int, day int, dep_time int, sched_dep_time int,
+  dep_delay int, arr_time int, sched_arr_time int, arr_delay int, carrier text, flight int, tailnum text,
+  origin text, dest text, air_time int, distance int, hour int, minute int, time_hour timestamptz)"""
+
+
+def sh(*args, env=None, capture=True, stdin=None):
+    result = subprocess.run(args, env=env, capture_output=capture, text=True, stdin=stdin)
+    if result.returncode != 0:
+        sys.exit(f"failed: {' '.join(map(str, args))}\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+def timed(fn, runs):
+    """Best wall time of `runs` calls of fn(); fn may prepare state before its timed part by
+    returning a (prepare, measure) pair instead."""
+    best = None
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        elapsed = time.perf_counter() - started
+        best = elapsed if best is None else min(best, elapsed)
+    return best
+
+
+def psql(db, *commands, stdout=None):
+    url = PG_ADMIN.rsplit("/", 1)[0] + "/" + db
+    args = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", url]
+    for command in commands:
+        args += ["-c", command]
+    subprocess.run(args, check=True, stdout=stdout or subprocess.DEVNULL)
+
+
+def handler_env(database_url, **extra):
+    env = dict(os.environ, DATASETS_DIR=str(ROOT / "datasets"), DATABASE_URL=database_url, RUST_LOG="warn")
+    env.update(extra)
+    return env
+
+
+def flights_csv():
+    local = ROOT / "datasets" / "flights.csv"
+    if local.exists():
+        return local
+    shared = ROOT.parent / "shared" / "datasets" / "flights.csv.gz"
+    target = OUT / "flights.csv"
+    if not target.exists():
+        if shared.exists():
+            with gzip.open(shared, "rb") as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        else:
+            sh(str(ROOT / "datasets" / "fetch-flights.sh"), capture=False)
+            return local
+    return target
+
+
+def import_with_handler(database_url, csv):
+    sh(str(HANDLER), "import", "--dataset", "flights", "--file", str(csv), env=handler_env(database_url))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_status(port, path):
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    except OSError:
+        return None
+
+
+def rss_kib(pid, field="VmRSS"):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def row(name, seconds, rows=ROWS, baseline=None):
+    rate = rows / seconds
+    ratio = f"{(baseline / seconds):5.2f}x" if baseline else "  base"
+    print(f"  {name:<58} {seconds:7.2f} s {rate:>11,.0f} rows/s  {ratio}")
+
+
+def bench_postgres_import(csv, runs):
+    print("\nPostgreSQL import (336,776 flights; ratio = baseline time / this time, higher is faster)")
+    handler_db = PG_ADMIN.rsplit("/", 1)[0] + "/" + PG_BENCH_DB
+    psql("test", "SET client_min_messages = warning", f"DROP DATABASE IF EXISTS {PG_BENCH_DB}", f"CREATE DATABASE {PG_BENCH_DB}")
+
+    def native():
+        psql(PG_BENCH_DB, "SET client_min_messages = warning", "DROP SCHEMA IF EXISTS native CASCADE", "CREATE SCHEMA native")
+        psql(PG_BENCH_DB, "SET search_path = native; " + PG_NATIVE_TABLE + ";",
+             f"\\copy native.flights FROM '{csv}' WITH (FORMAT csv, HEADER, NULL 'NA')")
+
+    native_s = timed(native, runs)
+    ours_s = timed(lambda: import_with_handler(handler_db, csv), runs)
+    staged = last_staged_seconds(handler_db, csv)
+
+    # The same indexes as the handler's, replayed on the natively loaded table.
+    out = subprocess.run(["psql", "-X", "-At", handler_db, "-c",
+                          "SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema() AND tablename = 'flights'"],
+                         check=True, capture_output=True, text=True).stdout.split("\n")
+    index_defs = [d.replace(" public.flights ", " native.flights ").replace("__key", "")
+                  .replace("CREATE UNIQUE INDEX flights_pkey", "CREATE UNIQUE INDEX flights_pkey_native")
+                  .replace(" ON ", " ON ", 1) for d in out if d]
+    index_defs = [d.replace("CREATE INDEX ", "CREATE INDEX native_", 1) if d.startswith("CREATE INDEX ") else d for d in index_defs]
+
+    def native_indexed():
+        native()
+        psql(PG_BENCH_DB, "ALTER TABLE native.flights ADD COLUMN id bigserial PRIMARY KEY",
+             *[d for d in index_defs if "UNIQUE" not in d], "ANALYZE native.flights")
+
+    native_indexed_s = timed(native_indexed, runs)
+    row("psql \\copy into a plain table (baseline)", native_s)
+    row(f"handler import, staging phase ({staged:.2f} s of the total)", staged, baseline=native_s)
+    row("handler import, total (typed, deduplicated, indexed, swapped)", ours_s, baseline=native_s)
+    row(f"psql \\copy + the same {len(index_defs) - 1} indexes + primary key (baseline 2)", native_indexed_s)
+    row("handler import, total, against baseline 2", ours_s, baseline=native_indexed_s)
+    return handler_db
+
+
+def last_staged_seconds(database_url, csv):
+    out = sh(str(HANDLER), "import", "--dataset", "flights", "--file", str(csv), env=handler_env(database_url))
+    summary = out.strip().splitlines()[-1]
+    return float(summary.split("staged in ")[1].split(" s")[0])
+
+
+def bench_sqlite_import(csv, runs):
+    print("\nSQLite import (336,776 flights)")
+    ours_db = OUT / "handler.db"
+    native_db = OUT / "native.db"
+
+    def fresh(path):
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+
+    def native():
+        fresh(native_db)
+        sh("sqlite3", str(native_db), f".import --csv {csv} flights")
+
+    def ours():
+        fresh(ours_db)
+        import_with_handler(f"sqlite://{ours_db}", csv)
+
+    native_s = timed(native, runs)
+    ours_s = timed(ours, runs)
+    fresh(ours_db)
+    staged = last_staged_seconds(f"sqlite://{ours_db}", csv)
+    index_sql = sh("sqlite3", str(ours_db), "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'flights' AND sql IS NOT NULL")
+    index_defs = [d.replace("__key", "") + ";" for d in index_sql.strip().splitlines()]
+
+    def native_indexed():
+        native()
+        sh("sqlite3", str(native_db), " ".join(index_defs) + " ANALYZE flights;")
+
+    native_indexed_s = timed(native_indexed, runs)
+    row("sqlite3 .import into a new table (baseline)", native_s)
+    row(f"handler import, staging phase ({staged:.2f} s of the total)", staged, baseline=native_s)
+    row("handler import, total (typed, deduplicated, indexed, swapped)", ours_s, baseline=native_s)
+    row(f"sqlite3 .import + the same {len(index_defs)} indexes (baseline 2)", native_indexed_s)
+    row("handler import, total, against baseline 2", ours_s, baseline=native_indexed_s)
+
+
+def bench_export(handler_db, runs):
+    print("\nFull export of flights as JSON from PostgreSQL, uncached")
+    port = free_port()
+    server = subprocess.Popen([str(HANDLER), "serve"], env=handler_env(handler_db, FUNCTIONS_CUSTOMHANDLER_PORT=str(port)))
+    try:
+        while get_status(port, "/api/health") != 200:
+            time.sleep(0.01)
+        idle_rss = rss_kib(server.pid)
+        peak = [idle_rss]
+        done = threading.Event()
+
+        def sample():
+            while not done.is_set():
+                peak[0] = max(peak[0], rss_kib(server.pid))
+                time.sleep(0.005)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        sizes = []
+
+        def export():
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            conn.request("GET", "/api/flights/export?format=json")
+            response = conn.getresponse()
+            assert response.status == 200, response.status
+            total, rows, tail = 0, 0, b""
+            while chunk := response.read(1 << 16):
+                total += len(chunk)
+                rows += (tail + chunk).count(b'{"id":') - tail.count(b'{"id":')
+                tail = chunk[-8:]
+            sizes.append((total, rows))
+
+        ours_s = timed(export, runs)
+        done.set()
+        sampler.join()
+        total, rows = sizes[-1]
+        assert rows == ROWS, f"the export had {rows} rows"
+
+        def native():
+            with open(os.devnull, "w") as devnull:
+                psql(PG_BENCH_DB, "\\copy (SELECT row_to_json(f) FROM flights f ORDER BY id) TO STDOUT", stdout=devnull)
+
+        native_s = timed(native, runs)
+        row("psql \\copy (select row_to_json(...)) to stdout (baseline)", native_s)
+        row(f"handler GET /api/flights/export ({total / 1e6:.0f} MB)", ours_s, baseline=native_s)
+        print(f"  handler memory: {idle_rss / 1024:.1f} MiB idle, peak {peak[0] / 1024:.1f} MiB during the exports "
+              f"(VmHWM {rss_kib(server.pid, 'VmHWM') / 1024:.1f} MiB); the body is {total / 1e6:.0f} MB")
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def bench_startup(samples):
+    print(f"\nStart-up: `handler serve` to the first 200 from /api/health ({samples} runs, SQLite)")
+    times = []
+    for _ in range(samples):
+        port = free_port()
+        db = OUT / "startup.db"
+        started = time.perf_counter()
+        server = subprocess.Popen([str(HANDLER), "serve"], env=handler_env(f"sqlite://{db}", FUNCTIONS_CUSTOMHANDLER_PORT=str(port)))
+        try:
+            while get_status(port, "/api/health") != 200:
+                if time.perf_counter() - started > 10:
+                    sys.exit("the server did not become healthy in 10 s")
+                time.sleep(0.0005)
+            times.append((time.perf_counter() - started) * 1000)
+        finally:
+            server.terminate()
+            server.wait()
+    print(f"  median {statistics.median(times):.1f} ms, max {max(times):.1f} ms (target: under 100 ms)")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=2, help="best of this many runs per measurement")
+    parser.add_argument("--no-build", action="store_true")
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    if not args.no_build:
+        sh("cargo", "build", "--release", "--quiet", "-p", "handler", capture=False)
+    for tool in ("psql", "sqlite3"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is needed for the baselines: apt-get install postgresql-client sqlite3")
+    csv = flights_csv()
+    print(f"machine: {os.cpu_count()} cores; file: {csv} ({csv.stat().st_size / 1e6:.0f} MB); best of {args.runs}")
+    handler_db = bench_postgres_import(csv, args.runs)
+    bench_sqlite_import(csv, args.runs)
+    bench_export(handler_db, args.runs)
+    bench_startup(10)
+
+
+if __name__ == "__main__":
+    main()
