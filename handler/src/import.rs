@@ -142,9 +142,10 @@ pub async fn import_file(
         }
     };
     let staged = started.elapsed();
-    sink.commit()
-        .await
-        .context("cannot replace the dataset's rows with the imported ones")?;
+    let spinner = spinner(&progress, "building indexes and swapping in the new rows");
+    let committed = sink.commit().await;
+    spinner.finish_and_clear();
+    committed.context("cannot replace the dataset's rows with the imported ones")?;
     Ok(ImportReport {
         dataset: dataset.name.clone(),
         imported,
@@ -153,6 +154,16 @@ pub async fn import_file(
         elapsed: started.elapsed(),
         staged,
     })
+}
+
+/// A spinner for the phase after staging, shown only where the progress bar was.
+fn spinner(progress: &ProgressBar, message: &'static str) -> ProgressBar {
+    if progress.is_hidden() {
+        return ProgressBar::hidden();
+    }
+    let spinner = ProgressBar::new_spinner().with_message(message);
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    spinner
 }
 
 fn progress_bar(size: u64, visible: bool) -> ProgressBar {
