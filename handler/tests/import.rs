@@ -212,3 +212,29 @@ async fn migrate_is_idempotent_and_adds_new_columns() {
         assert_eq!(response.status, 200, "{url}: {}", response.text());
     }
 }
+
+#[tokio::test]
+async fn a_second_concurrent_postgres_import_of_a_dataset_is_refused() {
+    let Some(url) = common::postgres_url().await else {
+        return;
+    };
+    let storage = common::open(&url);
+    let catalog = things_catalog();
+    let things = catalog.get("things").unwrap();
+    let first = storage.begin_import(things).await.unwrap();
+    let second = storage.begin_import(things).await;
+    let error = second
+        .err()
+        .expect("the second import must not start")
+        .to_string();
+    assert_eq!(error, "another import of dataset \"things\" is running");
+    first.abort().await.unwrap();
+    // The lock went with the first import: a new one may start.
+    storage
+        .begin_import(things)
+        .await
+        .unwrap()
+        .abort()
+        .await
+        .unwrap();
+}

@@ -1,5 +1,5 @@
-//! PostgreSQL: bulk import with `COPY`, in one transaction that builds the new tables in a
-//! staging schema and moves them over the old ones at the end.
+//! PostgreSQL: bulk import with `COPY` streams into tables of a staging schema, indexes built
+//! in parallel, then one short transaction that moves the new tables over the old ones.
 
 use std::str::FromStr as _;
 use std::sync::Arc;
@@ -8,9 +8,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use sqlx::ConnectOptions as _;
-use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Arguments as _, AssertSqlSafe, Postgres, Row as _, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{
+    PgArguments, PgConnectOptions, PgConnection, PgCopyIn, PgPool, PgPoolCopyExt as _,
+    PgPoolOptions, PgRow,
+};
+use sqlx::{Arguments as _, AssertSqlSafe, Connection as _, Postgres, Row as _};
 use tokio::sync::mpsc;
 
 use super::sql::{self, Decode, Dialect, Placement, Statement};
@@ -18,11 +23,14 @@ use super::store::{Driver, forward_rows};
 use super::{ImportSink, Result, Row, StorageError};
 use crate::datasets::{ColumnType, Dataset, Value};
 
-/// Imports are built here, invisible to readers until their transaction commits.
+/// Imports are built here, out of readers' sight, until the swap moves them.
 const STAGING_SCHEMA: &str = "smartcache_import";
+/// Index builds run this many at a time (each one may also use PostgreSQL's parallel workers).
+const PARALLEL_INDEX_BUILDS: usize = 2;
 
 pub struct PgDriver {
     pool: PgPool,
+    options: PgConnectOptions,
 }
 
 impl PgDriver {
@@ -34,8 +42,8 @@ impl PgDriver {
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy_with(options);
-        Ok(PgDriver { pool })
+            .connect_lazy_with(options.clone());
+        Ok(PgDriver { pool, options })
     }
 }
 
@@ -137,40 +145,33 @@ impl Driver for PgDriver {
     }
 
     async fn begin_import(&self, dataset: &Dataset) -> Result<Box<dyn ImportSink>> {
-        let mut tx = self.pool.begin().await?;
-        // Two imports of one dataset would race for the same staging tables: the second waits
-        // for nothing and reports instead. The lock ends with the transaction, even on a crash.
+        // A connection of its own, outside the pool, holds the import lock: two imports of one
+        // dataset would race for the same staging tables, and if this process dies the
+        // connection closes and the lock goes with it.
+        let mut lock = PgConnection::connect_with(&self.options).await?;
         let lock_name = format!("smartcache-import:{}", dataset.table);
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext($1))")
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
             .bind(lock_name)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut lock)
             .await?;
         if !locked {
             return Err(StorageError::ImportRunning(dataset.name.clone()));
         }
         let target_schema: String = sqlx::query_scalar("SELECT current_schema()::text")
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut lock)
             .await?;
         let staging = Placement {
             schema: Some(STAGING_SCHEMA.to_owned()),
             suffix: "",
         };
-        let mut setup = vec![
-            // Index builds dominate a large import; give them memory for this transaction only.
-            "SET LOCAL maintenance_work_mem = '256MB'".to_owned(),
-            format!(
-                "CREATE SCHEMA IF NOT EXISTS {}",
-                Dialect::Postgres.quote(STAGING_SCHEMA)
-            ),
-        ];
-        for table in sql::tables(dataset) {
-            setup.push(format!(
-                "DROP TABLE IF EXISTS {}",
-                staging.table(Dialect::Postgres, &table)
-            ));
-        }
-        // No primary key while loading: keys are unique already (the importer checks) and one
-        // index build at the end is much faster than maintaining it row by row.
+        // Tables left by an import that died are stale: start afresh. No primary key while
+        // loading: keys are unique already (the importer checks) and one index build at the end
+        // is much faster than maintaining it row by row.
+        let mut setup = vec![format!(
+            "CREATE SCHEMA IF NOT EXISTS {}",
+            Dialect::Postgres.quote(STAGING_SCHEMA)
+        )];
+        setup.extend(drop_tables(dataset, &staging));
         setup.extend(sql::create_tables(
             dataset,
             Dialect::Postgres,
@@ -179,39 +180,92 @@ impl Driver for PgDriver {
         ));
         for statement in setup {
             sqlx::raw_sql(AssertSqlSafe(statement))
-                .execute(&mut *tx)
+                .execute(&mut lock)
                 .await?;
         }
+        // One COPY stream per table, open for the whole import: PostgreSQL ingests a batch while
+        // the next one is being converted.
+        let stored = sql::stored_columns(dataset);
+        let names: Vec<String> = stored
+            .iter()
+            .map(|&c| sql::stored_name(dataset, c))
+            .collect();
+        let main = open_copy(
+            &self.pool,
+            &staging.table(Dialect::Postgres, &dataset.table),
+            &names,
+        )
+        .await?;
+        let list_names: Vec<String> = sql::LIST_TABLE_COLUMNS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut lists = Vec::new();
+        for (index, column) in dataset.list_columns() {
+            let table = staging.table(Dialect::Postgres, &dataset.list_table(column));
+            lists.push((index, open_copy(&self.pool, &table, &list_names).await?));
+        }
         Ok(Box::new(PgImport {
-            tx,
+            pool: self.pool.clone(),
+            lock,
             dataset: Arc::new(dataset.clone()),
             staging,
             target_schema,
+            main,
+            lists,
         }))
     }
 }
 
+type CopyStream = PgCopyIn<PoolConnection<Postgres>>;
+
+async fn open_copy(pool: &PgPool, table: &str, columns: &[String]) -> Result<CopyStream> {
+    let quoted: Vec<String> = columns.iter().map(|c| Dialect::Postgres.quote(c)).collect();
+    Ok(pool
+        .copy_in_raw(&format!("COPY {table} ({}) FROM STDIN", quoted.join(", ")))
+        .await?)
+}
+
+fn drop_tables(dataset: &Dataset, placement: &Placement) -> Vec<String> {
+    sql::tables(dataset)
+        .iter()
+        .map(|table| {
+            format!(
+                "DROP TABLE IF EXISTS {}",
+                placement.table(Dialect::Postgres, table)
+            )
+        })
+        .collect()
+}
+
 struct PgImport {
-    tx: Transaction<'static, Postgres>,
+    pool: PgPool,
+    lock: PgConnection,
     dataset: Arc<Dataset>,
     staging: Placement,
     target_schema: String,
+    main: CopyStream,
+    lists: Vec<(usize, CopyStream)>,
 }
 
 impl PgImport {
-    async fn copy(&mut self, table: &str, columns: &[String], data: Vec<u8>) -> Result<()> {
-        if data.is_empty() {
-            return Ok(());
+    /// Ends the COPY streams without keeping their rows, and drops the staging tables.
+    async fn discard(
+        mut lock: PgConnection,
+        copies: Vec<CopyStream>,
+        dataset: &Dataset,
+        staging: &Placement,
+    ) -> Result<()> {
+        for copy in copies {
+            // The stream may have failed already; either way it is over.
+            let _ = copy.abort("import abandoned").await;
         }
-        let quoted: Vec<String> = columns.iter().map(|c| Dialect::Postgres.quote(c)).collect();
-        let statement = format!(
-            "COPY {} ({}) FROM STDIN",
-            self.staging.table(Dialect::Postgres, table),
-            quoted.join(", ")
-        );
-        let mut copy = self.tx.copy_in_raw(&statement).await?;
-        copy.send(data).await?;
-        copy.finish().await?;
+        for statement in drop_tables(dataset, staging) {
+            sqlx::raw_sql(AssertSqlSafe(statement))
+                .execute(&mut lock)
+                .await?;
+        }
+        lock.close().await?;
         Ok(())
     }
 }
@@ -221,10 +275,6 @@ impl ImportSink for PgImport {
     async fn write(&mut self, rows: &[Row]) -> Result<()> {
         let dataset = Arc::clone(&self.dataset);
         let stored = sql::stored_columns(&dataset);
-        let names: Vec<String> = stored
-            .iter()
-            .map(|&c| sql::stored_name(&dataset, c))
-            .collect();
         let mut data = Vec::with_capacity(rows.len() * 128);
         for row in rows {
             for (i, &column) in stored.iter().enumerate() {
@@ -235,16 +285,11 @@ impl ImportSink for PgImport {
             }
             data.push(b'\n');
         }
-        self.copy(&dataset.table, &names, data).await?;
-
-        let list_columns: Vec<String> = sql::LIST_TABLE_COLUMNS
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        for (index, column) in dataset.list_columns() {
+        self.main.send(data).await?;
+        for (index, copy) in &mut self.lists {
             let mut data = Vec::new();
             for row in rows {
-                for (key, value, value_key) in sql::list_elements(row, dataset.key.column, index) {
+                for (key, value, value_key) in sql::list_elements(row, dataset.key.column, *index) {
                     write_copy_value(&mut data, key);
                     data.push(b'\t');
                     write_copy_text(&mut data, value);
@@ -253,58 +298,122 @@ impl ImportSink for PgImport {
                     data.push(b'\n');
                 }
             }
-            self.copy(&dataset.list_table(column), &list_columns, data)
-                .await?;
+            if !data.is_empty() {
+                copy.send(data).await?;
+            }
         }
         Ok(())
     }
 
-    async fn commit(mut self: Box<Self>) -> Result<()> {
-        let dataset = Arc::clone(&self.dataset);
-        let key = Dialect::Postgres.quote(&dataset.key_column().name);
-        let mut statements = vec![format!(
-            "ALTER TABLE {} ADD PRIMARY KEY ({key})",
-            self.staging.table(Dialect::Postgres, &dataset.table)
-        )];
-        for index in sql::indexes(&dataset) {
-            statements.push(sql::create_index(Dialect::Postgres, &index, &self.staging));
+    async fn commit(self: Box<Self>) -> Result<()> {
+        let PgImport {
+            pool,
+            mut lock,
+            dataset,
+            staging,
+            target_schema,
+            main,
+            lists,
+        } = *self;
+        let mut copies = vec![main];
+        copies.extend(lists.into_iter().map(|(_, copy)| copy));
+        let mut finishing = Vec::new();
+        let mut failed = None;
+        for copy in copies {
+            if failed.is_some() {
+                finishing.push(copy);
+                continue;
+            }
+            if let Err(error) = copy.finish().await {
+                failed = Some(error);
+            }
         }
+        if let Some(error) = failed {
+            PgImport::discard(lock, finishing, &dataset, &staging).await?;
+            return Err(error.into());
+        }
+
+        // Key and indexes on the staged tables, several at a time; readers are not affected.
+        let key_index = format!("{}_pkey", dataset.table);
+        let mut builds = vec![format!(
+            "CREATE UNIQUE INDEX {} ON {} ({})",
+            Dialect::Postgres.quote(&key_index),
+            staging.table(Dialect::Postgres, &dataset.table),
+            Dialect::Postgres.quote(&dataset.key_column().name)
+        )];
+        builds.extend(
+            sql::indexes(&dataset, Dialect::Postgres)
+                .iter()
+                .map(|i| sql::create_index(Dialect::Postgres, i, &staging)),
+        );
+        builds.extend(
+            sql::tables(&dataset)
+                .iter()
+                .map(|t| format!("ANALYZE {}", staging.table(Dialect::Postgres, t))),
+        );
+        let built = futures_util::stream::iter(builds)
+            .map(|statement| {
+                let pool = pool.clone();
+                async move {
+                    let started = std::time::Instant::now();
+                    // Sorting in memory makes index builds several times faster; SET LOCAL keeps
+                    // the setting to this statement's transaction, not the pooled connection.
+                    let sql = format!("BEGIN; SET LOCAL maintenance_work_mem = '256MB'; {statement}; COMMIT");
+                    let result = sqlx::raw_sql(AssertSqlSafe(sql)).execute(&pool).await;
+                    tracing::debug!(%statement, elapsed_ms = started.elapsed().as_millis() as u64, "import index step");
+                    result
+                }
+            })
+            .buffer_unordered(PARALLEL_INDEX_BUILDS)
+            .try_collect::<Vec<_>>()
+            .await;
+        if let Err(error) = built {
+            PgImport::discard(lock, Vec::new(), &dataset, &staging).await?;
+            return Err(error.into());
+        }
+
+        // The swap: readers of the old tables wait only for this short transaction.
         let target = Placement {
-            schema: Some(self.target_schema.clone()),
+            schema: Some(target_schema.clone()),
             suffix: "",
         };
+        let mut swap = vec![format!(
+            "ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY USING INDEX {}",
+            staging.table(Dialect::Postgres, &dataset.table),
+            Dialect::Postgres.quote(&key_index),
+            Dialect::Postgres.quote(&key_index)
+        )];
+        swap.extend(drop_tables(&dataset, &target));
         for table in sql::tables(&dataset) {
-            statements.push(format!(
-                "ANALYZE {}",
-                self.staging.table(Dialect::Postgres, &table)
-            ));
-        }
-        // The swap: readers of the old tables wait only from here to the commit.
-        for table in sql::tables(&dataset) {
-            statements.push(format!(
-                "DROP TABLE IF EXISTS {}",
-                target.table(Dialect::Postgres, &table)
-            ));
-            statements.push(format!(
+            swap.push(format!(
                 "ALTER TABLE {} SET SCHEMA {}",
-                self.staging.table(Dialect::Postgres, &table),
-                Dialect::Postgres.quote(&self.target_schema)
+                staging.table(Dialect::Postgres, &table),
+                Dialect::Postgres.quote(&target_schema)
             ));
         }
-        for statement in statements {
-            let started = std::time::Instant::now();
-            sqlx::raw_sql(AssertSqlSafe(statement.clone()))
-                .execute(&mut *self.tx)
+        let mut tx = lock.begin().await?;
+        for statement in swap {
+            sqlx::raw_sql(AssertSqlSafe(statement))
+                .execute(&mut *tx)
                 .await?;
-            tracing::debug!(%statement, elapsed_ms = started.elapsed().as_millis() as u64, "import swap step");
         }
-        self.tx.commit().await?;
+        tx.commit().await?;
+        lock.close().await?;
         Ok(())
     }
 
     async fn abort(self: Box<Self>) -> Result<()> {
-        self.tx.rollback().await?;
-        Ok(())
+        let PgImport {
+            lock,
+            dataset,
+            staging,
+            main,
+            lists,
+            ..
+        } = *self;
+        let mut copies = vec![main];
+        copies.extend(lists.into_iter().map(|(_, copy)| copy));
+        PgImport::discard(lock, copies, &dataset, &staging).await
     }
 }
 

@@ -39,6 +39,15 @@ impl Dialect {
         }
     }
 
+    /// The type of normalised keys (hidden `__key` and list `value_key` columns): compared for
+    /// equality only, so byte order is enough, and much faster to index than a locale's order.
+    pub fn key_text_type(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "TEXT",
+            Dialect::Postgres => "TEXT COLLATE \"C\"",
+        }
+    }
+
     pub fn column_type(self, ty: ColumnType) -> &'static str {
         match (self, ty) {
             (_, ColumnType::Text) => "TEXT",
@@ -182,7 +191,7 @@ pub fn create_tables(
                 let c = &dataset.columns[i];
                 (dialect.column_type(c.ty), !c.nullable)
             }
-            StoredColumn::NormalisedKey(_) => ("TEXT", false),
+            StoredColumn::NormalisedKey(_) => (dialect.key_text_type(), false),
         };
         let name = dialect.quote(&stored_name(dataset, stored));
         let mut def = format!("{name} {ty}");
@@ -202,9 +211,10 @@ pub fn create_tables(
     for (_, column) in dataset.list_columns() {
         statements.push(format!(
             "CREATE TABLE IF NOT EXISTS {} (\"row_id\" {} NOT NULL, \"value\" TEXT NOT NULL, \
-             \"value_key\" TEXT NOT NULL)",
+             \"value_key\" {} NOT NULL)",
             placement.table(dialect, &dataset.list_table(column)),
             dialect.column_type(key.ty),
+            dialect.key_text_type(),
         ));
     }
     statements
@@ -218,10 +228,17 @@ pub struct IndexDef {
     pub columns: Vec<String>,
 }
 
-/// The indexes that serve the declared filters and sorts. Sort indexes end with the key so that
-/// keyset pagination walks the index.
-pub fn indexes(dataset: &Dataset) -> Vec<IndexDef> {
-    let key = dataset.key_column().name.clone();
+/// The indexes that serve the declared filters and sorts. They end with the key, so a filtered
+/// or sorted page walks the index in key order without a sort. (In SQLite an integer key is the
+/// rowid, which every index ends with already: naming it again would only store it twice.)
+pub fn indexes(dataset: &Dataset, dialect: Dialect) -> Vec<IndexDef> {
+    let implicit_key = dialect == Dialect::Sqlite && dataset.key_column().ty == ColumnType::Integer;
+    let key: Vec<String> = if implicit_key {
+        vec![]
+    } else {
+        vec![dataset.key_column().name.clone()]
+    };
+    let with_key = |column: String| [vec![column], key.clone()].concat();
     let mut out = Vec::new();
     let mut add = |table: &str, suffix: &str, columns: Vec<String>| {
         out.push(IndexDef {
@@ -245,20 +262,11 @@ pub fn indexes(dataset: &Dataset) -> Vec<IndexDef> {
             continue;
         }
         if column.has_key_column() {
-            // Ends with the key: a filtered page walks the index in key order, no sort needed.
             let key_column = format!("{}__key", column.name);
-            add(
-                &dataset.table,
-                &key_column,
-                vec![key_column.clone(), key.clone()],
-            );
+            add(&dataset.table, &key_column, with_key(key_column.clone()));
         }
         if column.sortable || (column.filterable && !column.has_key_column()) {
-            add(
-                &dataset.table,
-                &column.name,
-                vec![column.name.clone(), key.clone()],
-            );
+            add(&dataset.table, &column.name, with_key(column.name.clone()));
         }
     }
     out
@@ -555,7 +563,7 @@ mod tests {
     #[test]
     fn every_filterable_column_has_an_index() {
         let ds = movies();
-        let idx = indexes(&ds);
+        let idx = indexes(&ds, Dialect::Postgres);
         let names: Vec<_> = idx.iter().map(|i| i.name.as_str()).collect();
         assert!(
             names.contains(&"movies__genres__value_key__idx"),

@@ -308,7 +308,7 @@ impl ImportSink for SqliteImport {
                 Dialect::Sqlite.quote(&table)
             ));
         }
-        for index in sql::indexes(&dataset) {
+        for index in sql::indexes(&dataset, Dialect::Sqlite) {
             statements.push(sql::create_index(
                 Dialect::Sqlite,
                 &index,

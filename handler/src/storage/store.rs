@@ -75,7 +75,7 @@ impl<D: Driver> Storage for SqlStore<D> {
                 }
                 let ty = match stored {
                     sql::StoredColumn::Declared(i) => D::DIALECT.column_type(dataset.columns[i].ty),
-                    sql::StoredColumn::NormalisedKey(_) => "TEXT",
+                    sql::StoredColumn::NormalisedKey(_) => D::DIALECT.key_text_type(),
                 };
                 let table = placement.table(D::DIALECT, &dataset.table);
                 let column = D::DIALECT.quote(&name);
@@ -85,7 +85,7 @@ impl<D: Driver> Storage for SqlStore<D> {
                 tracing::info!(dataset = %dataset.name, column = %name, "added a column");
             }
         }
-        for index in sql::indexes(dataset) {
+        for index in sql::indexes(dataset, D::DIALECT) {
             self.driver
                 .execute(&sql::create_index(D::DIALECT, &index, &placement))
                 .await?;
