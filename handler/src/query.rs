@@ -66,6 +66,39 @@ pub struct Filter {
     pub value: Value,
 }
 
+impl Filter {
+    fn matches(&self, column: &crate::datasets::Column, cell: &Value) -> bool {
+        use std::cmp::Ordering;
+        let Value::Text(wanted) = &self.value else {
+            // Numbers, dates, timestamps and booleans: SQL comparison, where null never matches.
+            let ordering = match (cell, &self.value) {
+                (Value::Integer(a), Value::Integer(b)) => a.partial_cmp(b),
+                (Value::Float(a), Value::Float(b)) => a.partial_cmp(b),
+                (Value::Integer(a), Value::Float(b)) => (*a as f64).partial_cmp(b),
+                (Value::Float(a), Value::Integer(b)) => a.partial_cmp(&(*b as f64)),
+                (Value::Date(a), Value::Date(b)) => a.partial_cmp(b),
+                (Value::Timestamp(a), Value::Timestamp(b)) => a.partial_cmp(b),
+                (Value::Boolean(a), Value::Boolean(b)) => a.partial_cmp(b),
+                _ => None,
+            };
+            return match (ordering, self.op) {
+                (None, _) => false,
+                (Some(o), FilterOp::Eq) => o == Ordering::Equal,
+                (Some(o), FilterOp::Gt) => o == Ordering::Greater,
+                (Some(o), FilterOp::Gte) => o != Ordering::Less,
+                (Some(o), FilterOp::Lt) => o == Ordering::Less,
+                (Some(o), FilterOp::Lte) => o != Ordering::Greater,
+            };
+        };
+        // Text filters are equality on the normalised form (of the value, or of any element).
+        match cell {
+            Value::Text(text) if !column.is_list() => normalise_text(text) == *wanted,
+            Value::List(items) => items.iter().any(|item| normalise_text(item) == *wanted),
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sort {
     pub column: usize,
@@ -180,6 +213,14 @@ impl Query {
             query.cursor = Some(decode_cursor(dataset, query.sort, &raw_cursor)?);
         }
         Ok(query)
+    }
+
+    /// Whether `row` passes every filter: the rule the SQL applies, evaluated in Rust, so a
+    /// write can tell exactly which cached answers it could have changed.
+    pub fn matches(&self, dataset: &Dataset, row: &[Value]) -> bool {
+        self.filters
+            .iter()
+            .all(|filter| filter.matches(&dataset.columns[filter.column], &row[filter.column]))
     }
 
     /// The canonical form used in cache keys: parameters sorted, values normalised, so the same
@@ -414,6 +455,27 @@ mod tests {
         assert_eq!(err("cursor=!!!").parameter, "cursor");
         assert_eq!(err("year=1&year=2").parameter, "year");
         assert_eq!(err("format=csv").parameter, "format");
+    }
+
+    #[test]
+    fn matches_applies_the_same_rules_as_the_sql() {
+        let ds = movies();
+        let mut row: Vec<Value> = vec![Value::Null; ds.columns.len()];
+        row[ds.column_index("genres").unwrap()] =
+            Value::List(vec!["Comedy".into(), "Drama".into()]);
+        row[ds.column_index("year").unwrap()] = Value::Integer(2001);
+        row[ds.column_index("rating").unwrap()] = Value::Text("PG-13".into());
+        let q = |raw: &str| Query::parse(&ds, QueryKind::List, raw).unwrap();
+        assert!(q("genres=drama&year.gte=2000&rating=pg-13").matches(&ds, &row));
+        assert!(q("").matches(&ds, &row));
+        assert!(!q("genres=docudrama").matches(&ds, &row));
+        assert!(!q("year.gt=2001").matches(&ds, &row));
+        assert!(q("year.lte=2001").matches(&ds, &row));
+        assert!(
+            !q("metacritic.gte=0").matches(&ds, &row),
+            "null never matches a comparison"
+        );
+        assert!(!q("genres=comedy&genres=horror").matches(&ds, &row));
     }
 
     #[test]
