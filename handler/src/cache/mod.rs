@@ -60,8 +60,14 @@ pub struct Stamp {
 #[derive(Default)]
 struct WriteLog {
     stamp: Stamp,
-    /// `(seq, old row, new row)` of recent writes, oldest first.
-    recent: VecDeque<(u64, Option<Vec<Value>>, Option<Vec<Value>>)>,
+    /// Recent writes, oldest first.
+    recent: VecDeque<RecordedWrite>,
+}
+
+struct RecordedWrite {
+    seq: u64,
+    old: Option<Vec<Value>>,
+    new: Option<Vec<Value>>,
 }
 
 pub struct Cache {
@@ -132,7 +138,11 @@ impl Cache {
         let mut writes = self.writes.lock().expect("write log lock");
         let log = writes.entry(dataset.to_owned()).or_default();
         log.stamp.seq += 1;
-        log.recent.push_back((log.stamp.seq, old, new));
+        log.recent.push_back(RecordedWrite {
+            seq: log.stamp.seq,
+            old,
+            new,
+        });
         while log.recent.len() > WRITE_LOG_CAPACITY {
             log.recent.pop_front();
         }
@@ -240,6 +250,11 @@ impl Cache {
             }
         }
         result.map(|entry| (entry, Outcome::Miss))
+    }
+
+    /// `(entries, bytes)` held by this instance.
+    pub fn usage(&self) -> (usize, usize) {
+        self.store.usage()
     }
 
     pub fn hit_count(&self) -> u64 {
