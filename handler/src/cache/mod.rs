@@ -175,10 +175,7 @@ impl Cache {
             return true;
         }
         // Every write since the stamp must be remembered, and none may touch the answer.
-        let remembered_from = log
-            .recent
-            .front()
-            .map_or(log.stamp.seq + 1, |(seq, _, _)| *seq);
+        let remembered_from = log.recent.front().map_or(log.stamp.seq + 1, |w| w.seq);
         if remembered_from > stamp.seq + 1 {
             return false;
         }
@@ -194,8 +191,8 @@ impl Cache {
             |row: &Option<Vec<Value>>| row.as_ref().is_some_and(|r| query.matches(dataset, r));
         !log.recent
             .iter()
-            .filter(|(seq, _, _)| *seq > stamp.seq)
-            .any(|(_, old, new)| touches(old) || touches(new))
+            .filter(|w| w.seq > stamp.seq)
+            .any(|w| touches(&w.old) || touches(&w.new))
     }
 
     /// Returns the cached answer for `key`, or computes it once, however many callers ask at once.
