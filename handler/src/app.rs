@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
+use crate::cache::{self, Cache};
 use crate::config::Settings;
 use crate::datasets::Catalog;
 use crate::http::{self, AppState};
@@ -32,11 +33,18 @@ impl Context {
     pub fn from_settings(settings: Settings) -> anyhow::Result<Context> {
         let catalog = Catalog::load_dir(&settings.datasets_dir)?;
         let storage = storage::open(settings.database_url.expose())?;
+        // In-process for now; the Redis store (REDIS_URL) arrives with the rest of issue #3.
+        let cache = Cache::in_process(
+            &settings.cache_prefix,
+            settings.cache_ttl,
+            cache::DEFAULT_MAX_BYTES,
+        );
         Ok(Context {
             settings,
             state: AppState {
                 catalog: Arc::new(catalog),
                 storage,
+                cache: Arc::new(cache),
             },
         })
     }

@@ -4,7 +4,9 @@
 //! - `DATABASE_URL`: `sqlite://…` (default [`DEFAULT_DATABASE_URL`]) or `postgres://…`;
 //! - `DATASETS_DIR`: where the dataset declarations live (default `datasets`);
 //! - `FUNCTIONS_CUSTOMHANDLER_PORT` (set by the Functions host), else `FUNCTIONS_HTTPWORKER_PORT`
-//!   (older hosts), else `PORT`, else [`DEFAULT_PORT`].
+//!   (older hosts), else `PORT`, else [`DEFAULT_PORT`];
+//! - `CACHE_PREFIX` (default `smartcache`): the first part of every cache key;
+//! - `CACHE_TTL_SECONDS` (default 1800): lifetime of cached answers of datasets that declare none.
 //!
 //! Errors name the variable. Secrets (a database password) are never printed.
 
@@ -16,6 +18,8 @@ use anyhow::{Context as _, bail};
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://smartcache.db";
 pub const DEFAULT_DATASETS_DIR: &str = "datasets";
 pub const DEFAULT_PORT: u16 = 7071;
+pub const DEFAULT_CACHE_PREFIX: &str = "smartcache";
+pub const DEFAULT_CACHE_TTL_SECONDS: u64 = 1800;
 const PORT_VARIABLES: [&str; 3] = [
     "FUNCTIONS_CUSTOMHANDLER_PORT",
     "FUNCTIONS_HTTPWORKER_PORT",
@@ -27,6 +31,8 @@ pub struct Settings {
     pub database_url: Secret,
     pub datasets_dir: PathBuf,
     pub port: u16,
+    pub cache_prefix: String,
+    pub cache_ttl: std::time::Duration,
 }
 
 impl Settings {
@@ -50,6 +56,22 @@ impl Settings {
                 break;
             }
         }
+        let cache_prefix =
+            non_empty("CACHE_PREFIX").unwrap_or_else(|| DEFAULT_CACHE_PREFIX.to_owned());
+        if cache_prefix.contains(char::is_whitespace) {
+            bail!("CACHE_PREFIX must not contain spaces");
+        }
+        let cache_ttl = match non_empty("CACHE_TTL_SECONDS") {
+            None => DEFAULT_CACHE_TTL_SECONDS,
+            Some(value) => value
+                .trim()
+                .parse()
+                .ok()
+                .filter(|&s: &u64| s > 0)
+                .with_context(|| {
+                    format!("CACHE_TTL_SECONDS must be a positive number of seconds, not {value:?}")
+                })?,
+        };
         if !database_url.contains(':') {
             bail!(
                 "DATABASE_URL must be a URL such as sqlite://smartcache.db or postgres://host/db"
@@ -59,6 +81,8 @@ impl Settings {
             database_url: Secret(database_url),
             datasets_dir: datasets_dir.into(),
             port,
+            cache_prefix,
+            cache_ttl: std::time::Duration::from_secs(cache_ttl),
         })
     }
 }

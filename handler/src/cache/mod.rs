@@ -72,6 +72,7 @@ struct RecordedWrite {
 
 pub struct Cache {
     prefix: String,
+    default_ttl: Duration,
     store: MemoryStore,
     writes: Mutex<HashMap<String, WriteLog>>,
     flights: Mutex<HashMap<String, Arc<OnceCell<Arc<CachedResponse>>>>>,
@@ -80,9 +81,10 @@ pub struct Cache {
 }
 
 impl Cache {
-    pub fn in_process(prefix: &str, max_bytes: usize) -> Self {
+    pub fn in_process(prefix: &str, default_ttl: Duration, max_bytes: usize) -> Self {
         Cache {
             prefix: prefix.to_owned(),
+            default_ttl,
             store: MemoryStore::new(max_bytes),
             writes: Mutex::default(),
             flights: Mutex::default(),
@@ -231,7 +233,11 @@ impl Cache {
                     started.elapsed(),
                     stamp,
                 ));
-                let ttl = jittered(dataset.cache_ttl());
+                let ttl = jittered(
+                    dataset
+                        .cache_ttl_seconds
+                        .map_or(self.default_ttl, Duration::from_secs),
+                );
                 self.store.insert(key.clone(), Arc::clone(&entry), ttl);
                 Ok(entry)
             })

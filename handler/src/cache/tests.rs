@@ -49,7 +49,7 @@ async fn outcome(cache: &Cache, ds: &Dataset, query: &Query) -> Outcome {
 #[test]
 fn keys_are_readable_and_canonical() {
     let ds = movies();
-    let cache = Cache::in_process("smartcache", DEFAULT_MAX_BYTES);
+    let cache = Cache::in_process("smartcache", Duration::from_secs(60), DEFAULT_MAX_BYTES);
     let q = Query::parse(&ds, QueryKind::List, "year.gte=2000&genres=Drama").unwrap();
     assert_eq!(
         cache.key(&ds, &Subject::Query(&q)),
@@ -64,7 +64,7 @@ fn keys_are_readable_and_canonical() {
 #[tokio::test]
 async fn a_write_ends_exactly_the_answers_it_could_change() {
     let ds = movies();
-    let cache = Cache::in_process("t", DEFAULT_MAX_BYTES);
+    let cache = Cache::in_process("t", Duration::from_secs(60), DEFAULT_MAX_BYTES);
     let drama = warm(&cache, &ds, "genres=drama").await;
     let comedy = warm(&cache, &ds, "genres=comedy").await;
     let all = warm(&cache, &ds, "").await;
@@ -113,7 +113,7 @@ async fn item_outcome(cache: &Cache, ds: &Dataset, id: i64) -> Outcome {
 #[tokio::test]
 async fn an_item_ends_only_with_a_write_to_its_row() {
     let ds = movies();
-    let cache = Cache::in_process("t", DEFAULT_MAX_BYTES);
+    let cache = Cache::in_process("t", Duration::from_secs(60), DEFAULT_MAX_BYTES);
     assert_eq!(item_outcome(&cache, &ds, 7).await, Outcome::Miss);
     assert_eq!(item_outcome(&cache, &ds, 8).await, Outcome::Miss);
     cache.record_write("movies", Some(film(&ds, 7, &["Drama"], 2000)), None);
@@ -126,7 +126,7 @@ async fn an_item_ends_only_with_a_write_to_its_row() {
 #[tokio::test]
 async fn an_answer_computed_before_a_write_is_never_served_after_it() {
     let ds = movies();
-    let cache = Cache::in_process("t", DEFAULT_MAX_BYTES);
+    let cache = Cache::in_process("t", Duration::from_secs(60), DEFAULT_MAX_BYTES);
     let drama = Query::parse(&ds, QueryKind::List, "genres=drama").unwrap();
     let key = cache.key(&ds, &Subject::Query(&drama));
     let (_, outcome) = cache
@@ -155,7 +155,11 @@ async fn an_answer_computed_before_a_write_is_never_served_after_it() {
 #[tokio::test]
 async fn concurrent_misses_of_one_key_compute_once() {
     let ds = Arc::new(movies());
-    let cache = Arc::new(Cache::in_process("t", DEFAULT_MAX_BYTES));
+    let cache = Arc::new(Cache::in_process(
+        "t",
+        Duration::from_secs(60),
+        DEFAULT_MAX_BYTES,
+    ));
     let computations = Arc::new(AtomicUsize::new(0));
     let query = Arc::new(Query::parse(&ds, QueryKind::List, "genres=drama").unwrap());
     let mut tasks = Vec::new();
@@ -190,7 +194,7 @@ async fn concurrent_misses_of_one_key_compute_once() {
 #[tokio::test]
 async fn errors_are_not_cached_and_purge_ends_everything() {
     let ds = movies();
-    let cache = Cache::in_process("t", DEFAULT_MAX_BYTES);
+    let cache = Cache::in_process("t", Duration::from_secs(60), DEFAULT_MAX_BYTES);
     let q = Query::parse(&ds, QueryKind::List, "").unwrap();
     let key = cache.key(&ds, &Subject::Query(&q));
     let failed = cache

@@ -17,8 +17,6 @@ pub use value::{ColumnType, ConversionError, Value, normalise_text};
 
 /// The values a CSV may use for "missing" when a dataset does not say otherwise.
 const DEFAULT_NULL_VALUES: &[&str] = &["", "NA"];
-/// Cache lifetime of a dataset's answers when it does not declare one.
-pub const DEFAULT_CACHE_TTL_SECONDS: u64 = 1800;
 
 /// One declared dataset, validated.
 #[derive(Debug, Clone)]
@@ -29,7 +27,8 @@ pub struct Dataset {
     pub table: String,
     pub key: KeySpec,
     pub columns: Vec<Column>,
-    pub cache_ttl_seconds: u64,
+    /// Lifetime of cached answers; `None` uses `CACHE_TTL_SECONDS`.
+    pub cache_ttl_seconds: Option<u64>,
     /// The CSV that `handler demo` and the quick start import, relative to the declaration file.
     pub source_file: Option<PathBuf>,
 }
@@ -107,10 +106,6 @@ impl Dataset {
 
     pub fn list_columns(&self) -> impl Iterator<Item = (usize, &Column)> {
         self.columns.iter().enumerate().filter(|(_, c)| c.is_list())
-    }
-
-    pub fn cache_ttl(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(self.cache_ttl_seconds)
     }
 }
 
@@ -322,7 +317,7 @@ pub fn parse_declaration(text: &str, base: Option<&Path>) -> anyhow::Result<Data
             generated,
         },
         columns,
-        cache_ttl_seconds: file.cache_ttl_seconds.unwrap_or(DEFAULT_CACHE_TTL_SECONDS),
+        cache_ttl_seconds: file.cache_ttl_seconds,
         source_file: file.source_file.map(|f| match base {
             Some(base) if f.is_relative() => base.join(f),
             _ => f,
@@ -362,7 +357,7 @@ mod tests {
     fn a_minimal_declaration_gets_defaults() {
         let ds = parse_declaration(MINIMAL, None).unwrap();
         assert_eq!(ds.table, "things");
-        assert_eq!(ds.cache_ttl_seconds, DEFAULT_CACHE_TTL_SECONDS);
+        assert_eq!(ds.cache_ttl_seconds, None);
         assert!(ds.key_column().sortable && !ds.key_column().nullable);
         assert_eq!(ds.columns[1].source.as_deref(), Some("tags"));
         assert!(ds.columns[1].is_null_marker("NA"));

@@ -11,7 +11,12 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 
-use super::{ApiError, AppState, json_response};
+use std::future::Future;
+
+use axum::http::HeaderMap;
+
+use super::{ApiError, AppState};
+use crate::cache::{CachedResponse, Outcome, Subject};
 use crate::datasets::{Dataset, Value};
 use crate::query::{Cursor, ExportFormat, Query, QueryKind, encode_cursor};
 use crate::storage::Row;
@@ -30,12 +35,96 @@ fn path_params<T>(path: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
         .map_err(|rejection| ApiError::invalid("path", rejection.body_text()))
 }
 
-fn timing(db_started: Instant, total_started: Instant) -> String {
-    format!(
-        "db;dur={:.1}, total;dur={:.1}",
-        db_started.elapsed().as_secs_f64() * 1000.0,
-        total_started.elapsed().as_secs_f64() * 1000.0
-    )
+/// Answers from the cache, computing the body (once, however many callers wait) on a miss.
+async fn cached<F, Fut>(
+    state: &AppState,
+    dataset: &Dataset,
+    subject: Subject<'_>,
+    key: String,
+    headers: &HeaderMap,
+    started: Instant,
+    compute: F,
+) -> Result<Response, ApiError>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Vec<u8>, ApiError>>,
+{
+    let (entry, outcome) = state
+        .cache
+        .get_or_compute(dataset, subject, key, || async {
+            Ok::<_, ApiError>((compute().await?, "application/json"))
+        })
+        .await?;
+    Ok(cached_response(&entry, outcome, headers, started))
+}
+
+/// A stored response as HTTP: 304 for a matching `If-None-Match`; the gzipped body as it is
+/// stored when the client accepts gzip, decompressed otherwise.
+fn cached_response(
+    entry: &CachedResponse,
+    outcome: Outcome,
+    headers: &HeaderMap,
+    started: Instant,
+) -> Response {
+    let total_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let timing = match outcome {
+        Outcome::Miss => format!(
+            "cache;desc=MISS, db;dur={:.1}, total;dur={total_ms:.1}",
+            entry.compute_time.as_secs_f64() * 1000.0
+        ),
+        _ => format!("cache;desc={}, total;dur={total_ms:.1}", outcome.as_str()),
+    };
+    let not_modified = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|tag| tag.trim() == entry.etag || tag.trim() == "*")
+        });
+    let mut response = if not_modified {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else if accepts_gzip(headers) {
+        let mut response = (StatusCode::OK, entry.gzip_body.clone()).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        response
+    } else {
+        (StatusCode::OK, entry.plain_body()).into_response()
+    };
+    let out = response.headers_mut();
+    if !not_modified {
+        out.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(entry.content_type),
+        );
+    }
+    out.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if let Ok(etag) = HeaderValue::from_str(&entry.etag) {
+        out.insert(header::ETAG, etag);
+    }
+    out.insert("x-cache", HeaderValue::from_static(outcome.as_str()));
+    if let Ok(timing) = HeaderValue::from_str(&timing) {
+        out.insert("server-timing", timing);
+    }
+    response
+}
+
+/// Whether `Accept-Encoding` allows gzip (a `q=0` refuses it).
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    accept.split(',').any(|part| {
+        let mut pieces = part.split(';').map(str::trim);
+        let coding = pieces.next().unwrap_or_default();
+        let refused =
+            pieces.any(|p| p.strip_prefix("q=").and_then(|q| q.parse::<f32>().ok()) == Some(0.0));
+        (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
+    })
 }
 
 /// `GET /api/{dataset}`: `{"items": [...], "next_cursor": ...}`.
@@ -43,19 +132,33 @@ pub async fn list(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let dataset = dataset(&state, &path_params(path)?)?;
     let query = Query::parse(&dataset, QueryKind::List, raw.as_deref().unwrap_or(""))?;
-    let db_started = Instant::now();
-    let mut rows = state.storage.list(&dataset, &query).await?;
-    let db_done = timing(db_started, started);
+    let key = state.cache.key(&dataset, &Subject::Query(&query));
+    cached(
+        &state,
+        &dataset,
+        Subject::Query(&query),
+        key,
+        &headers,
+        started,
+        || async {
+            let rows = state.storage.list(&dataset, &query).await?;
+            Ok(list_body(&dataset, &query, rows))
+        },
+    )
+    .await
+}
 
+fn list_body(dataset: &Dataset, query: &Query, mut rows: Vec<Row>) -> Vec<u8> {
     let has_more = rows.len() > query.limit as usize;
     rows.truncate(query.limit as usize);
     let next_cursor = match rows.last() {
         Some(last) if has_more => Some(encode_cursor(
-            &dataset,
+            dataset,
             query.sort,
             &Cursor {
                 sort_value: last[query.sort.column].clone(),
@@ -70,7 +173,7 @@ pub async fn list(
         if i > 0 {
             body.push(b',');
         }
-        write_row_json(&dataset, row, &mut body);
+        write_row_json(dataset, row, &mut body);
     }
     body.extend_from_slice(b"],\"next_cursor\":");
     match next_cursor {
@@ -80,13 +183,14 @@ pub async fn list(
         None => body.extend_from_slice(b"null"),
     }
     body.push(b'}');
-    Ok(json_response(StatusCode::OK, body, &db_done))
+    body
 }
 
 /// `GET /api/{dataset}/{id}`.
 pub async fn item(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let (name, id) = path_params(path)?;
@@ -94,17 +198,24 @@ pub async fn item(
     let key_type = dataset.key_column().ty;
     let key =
         Value::parse_scalar(key_type, &id).map_err(|e| ApiError::invalid("id", e.to_string()))?;
-    let db_started = Instant::now();
-    let row = state.storage.get(&dataset, &key).await?;
-    let row =
-        row.ok_or_else(|| ApiError::NotFound(format!("{name} has no row with id {id:?}.")))?;
-    let mut body = Vec::with_capacity(512);
-    write_row_json(&dataset, &row, &mut body);
-    Ok(json_response(
-        StatusCode::OK,
-        body,
-        &timing(db_started, started),
-    ))
+    let cache_key = state.cache.key(&dataset, &Subject::Item(&key));
+    cached(
+        &state,
+        &dataset,
+        Subject::Item(&key),
+        cache_key,
+        &headers,
+        started,
+        || async {
+            let row = state.storage.get(&dataset, &key).await?;
+            let row = row
+                .ok_or_else(|| ApiError::NotFound(format!("{name} has no row with id {id:?}.")))?;
+            let mut body = Vec::with_capacity(512);
+            write_row_json(&dataset, &row, &mut body);
+            Ok(body)
+        },
+    )
+    .await
 }
 
 /// `GET /api/{dataset}/facets/{column}`: `{"column": ..., "values": [{"value", "count"}]}`.
@@ -112,6 +223,7 @@ pub async fn facets(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(raw): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let (name, column_name) = path_params(path)?;
@@ -135,21 +247,19 @@ pub async fn facets(
             )
         })?;
     let query = Query::parse(&dataset, QueryKind::Facets, raw.as_deref().unwrap_or(""))?;
-    let db_started = Instant::now();
-    let values = state.storage.facets(&dataset, column, &query).await?;
-    let body = serde_json::json!({
-        "column": column_name,
-        "values": values
-            .into_iter()
-            .map(|(value, count)| serde_json::json!({"value": value.to_json(), "count": count}))
-            .collect::<Vec<_>>(),
-    });
-    let body = serde_json::to_vec(&body).expect("a JSON value always serialises");
-    Ok(json_response(
-        StatusCode::OK,
-        body,
-        &timing(db_started, started),
-    ))
+    let key = state.cache.facet_key(&dataset, &column_name, &query);
+    cached(&state, &dataset, Subject::Query(&query), key, &headers, started, || async {
+        let values = state.storage.facets(&dataset, column, &query).await?;
+        let body = serde_json::json!({
+            "column": column_name,
+            "values": values
+                .into_iter()
+                .map(|(value, count)| serde_json::json!({"value": value.to_json(), "count": count}))
+                .collect::<Vec<_>>(),
+        });
+        Ok(serde_json::to_vec(&body).expect("a JSON value always serialises"))
+    })
+    .await
 }
 
 /// `GET /api/{dataset}/export`: every matching row, written as the database yields them. Memory
@@ -183,6 +293,11 @@ pub async fn export(
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(format.content_type()),
+    );
+    // Streamed straight from the database: not cached (yet), and no ETag before the last byte.
+    headers.insert(
+        "x-cache",
+        HeaderValue::from_static(Outcome::Bypass.as_str()),
     );
     if format == ExportFormat::Csv {
         let disposition = format!("attachment; filename=\"{}.csv\"", dataset.name);

@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter};
 use tracing::Instrument as _;
 
+use crate::cache::Cache;
 use crate::datasets::Catalog;
 use crate::storage::Storage;
 
@@ -29,6 +30,7 @@ pub use error::ApiError;
 pub struct AppState {
     pub catalog: Arc<Catalog>,
     pub storage: Arc<dyn Storage>,
+    pub cache: Arc<Cache>,
 }
 
 /// One served endpoint: the Azure function that declares it, and its route as written in that

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
 use bytes::Bytes;
+use handler::cache::Cache;
 use handler::datasets::{Catalog, Dataset};
 use handler::http::{AppState, router};
 use handler::storage::{self, Storage};
@@ -119,12 +120,46 @@ impl TestResponse {
 
 impl TestApp {
     pub fn new(storage: Arc<dyn Storage>, catalog: Catalog) -> Self {
+        let cache = Cache::in_process(
+            "test",
+            std::time::Duration::from_secs(60),
+            handler::cache::DEFAULT_MAX_BYTES,
+        );
         TestApp {
             state: AppState {
                 catalog: Arc::new(catalog),
                 storage,
+                cache: Arc::new(cache),
             },
         }
+    }
+
+    /// A GET with extra request headers.
+    pub async fn get_with(&self, uri: &str, headers: &[(&str, &str)]) -> TestResponse {
+        let mut request = Request::builder().method("GET").uri(uri);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = router(self.state.clone())
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        TestResponse {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub fn header<'a>(response: &'a TestResponse, name: &str) -> &'a str {
+        response
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 
     pub async fn request(&self, method: &str, uri: &str) -> TestResponse {

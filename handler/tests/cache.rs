@@ -1,0 +1,211 @@
+//! The cache over HTTP on a real SQLite database: headers, conditional requests, compression,
+//! exact invalidation, and one database query per cold key however many callers ask at once.
+
+mod common;
+
+use std::io::Read as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use common::TestApp;
+use handler::datasets::{Dataset, Value};
+use handler::query::Query;
+use handler::storage::{self, ImportSink, Row, RowStream, Storage};
+
+/// The real SQLite storage, with its list queries counted (a decorator, not a mock: every call
+/// reaches the database).
+struct CountingStorage {
+    inner: Arc<dyn Storage>,
+    lists: AtomicUsize,
+}
+
+#[async_trait]
+impl Storage for CountingStorage {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    async fn ping(&self) -> storage::Result<()> {
+        self.inner.ping().await
+    }
+    async fn migrate(&self, dataset: &Dataset) -> storage::Result<()> {
+        self.inner.migrate(dataset).await
+    }
+    async fn count(&self, dataset: &Dataset) -> storage::Result<u64> {
+        self.inner.count(dataset).await
+    }
+    async fn list(&self, dataset: &Dataset, query: &Query) -> storage::Result<Vec<Row>> {
+        self.lists.fetch_add(1, Ordering::SeqCst);
+        self.inner.list(dataset, query).await
+    }
+    async fn get(&self, dataset: &Dataset, key: &Value) -> storage::Result<Option<Row>> {
+        self.inner.get(dataset, key).await
+    }
+    async fn facets(
+        &self,
+        dataset: &Dataset,
+        column: usize,
+        query: &Query,
+    ) -> storage::Result<Vec<(Value, u64)>> {
+        self.inner.facets(dataset, column, query).await
+    }
+    fn export(&self, dataset: Arc<Dataset>, query: Query) -> RowStream {
+        self.inner.export(dataset, query)
+    }
+    async fn begin_import(&self, dataset: &Dataset) -> storage::Result<Box<dyn ImportSink>> {
+        self.inner.begin_import(dataset).await
+    }
+}
+
+async fn movies_app() -> (TestApp, Arc<CountingStorage>) {
+    let catalog = common::catalog();
+    let real = common::open(&common::sqlite_url());
+    common::import_movies(real.as_ref(), &catalog).await;
+    let counting = Arc::new(CountingStorage {
+        inner: real,
+        lists: AtomicUsize::new(0),
+    });
+    (TestApp::new(counting.clone(), catalog), counting)
+}
+
+fn header<'a>(response: &'a common::TestResponse, name: &str) -> &'a str {
+    TestApp::header(response, name)
+}
+
+#[tokio::test]
+async fn hits_are_served_from_the_cache_with_validators() {
+    let (app, db) = movies_app().await;
+    let first = app.get("/api/movies?genres=Drama&year.gte=2000").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(header(&first, "x-cache"), "MISS");
+    assert!(header(&first, "server-timing").starts_with("cache;desc=MISS, db;dur="));
+    let etag = header(&first, "etag").to_owned();
+    assert!(etag.starts_with('"'), "{etag}");
+
+    // The same question in another order and case is the same entry.
+    let second = app.get("/api/movies?year.gte=2000&genres=drama").await;
+    assert_eq!(header(&second, "x-cache"), "HIT");
+    assert_eq!(second.body, first.body);
+    assert_eq!(header(&second, "etag"), etag);
+    assert_eq!(db.lists.load(Ordering::SeqCst), 1);
+
+    let conditional = app
+        .get_with(
+            "/api/movies?genres=drama&year.gte=2000",
+            &[("if-none-match", &etag)],
+        )
+        .await;
+    assert_eq!(conditional.status, 304);
+    assert!(conditional.body.is_empty());
+    assert_eq!(header(&conditional, "etag"), etag);
+
+    let gzipped = app
+        .get_with(
+            "/api/movies?genres=drama&year.gte=2000",
+            &[("accept-encoding", "br, gzip;q=0.8")],
+        )
+        .await;
+    assert_eq!(header(&gzipped, "content-encoding"), "gzip");
+    let mut plain = Vec::new();
+    flate2::read::GzDecoder::new(gzipped.body.as_ref())
+        .read_to_end(&mut plain)
+        .unwrap();
+    assert_eq!(plain, first.body.as_ref());
+    let refused = app
+        .get_with(
+            "/api/movies?genres=drama&year.gte=2000",
+            &[("accept-encoding", "gzip;q=0")],
+        )
+        .await;
+    assert_eq!(header(&refused, "content-encoding"), "");
+    assert_eq!(refused.body, first.body);
+
+    let item = app.get("/api/movies/595").await;
+    assert_eq!(header(&item, "x-cache"), "MISS");
+    assert_eq!(header(&app.get("/api/movies/595").await, "x-cache"), "HIT");
+    assert_eq!(
+        header(&app.get("/api/movies/facets/genres").await, "x-cache"),
+        "MISS"
+    );
+    assert_eq!(
+        header(&app.get("/api/movies/facets/genres").await, "x-cache"),
+        "HIT"
+    );
+    assert_eq!(
+        header(&app.get("/api/movies/export").await, "x-cache"),
+        "BYPASS"
+    );
+    // Errors are not cached.
+    assert_eq!(app.get("/api/movies/1").await.status, 404);
+    assert_eq!(header(&app.get("/api/movies/1").await, "x-cache"), "");
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_requests_for_a_cold_key_make_one_query() {
+    let (app, db) = movies_app().await;
+    let app = Arc::new(app);
+    let mut requests = Vec::new();
+    for _ in 0..200 {
+        let app = app.clone();
+        requests.push(tokio::spawn(async move {
+            app.get("/api/movies?genres=comedy&sort=-year").await
+        }));
+    }
+    let mut bodies = std::collections::HashSet::new();
+    for request in requests {
+        let response = request.await.unwrap();
+        assert_eq!(response.status, 200);
+        bodies.insert(response.body);
+    }
+    assert_eq!(
+        db.lists.load(Ordering::SeqCst),
+        1,
+        "one database query for 200 callers"
+    );
+    assert_eq!(bodies.len(), 1);
+}
+
+#[tokio::test]
+async fn a_recorded_write_ends_exactly_the_answers_it_touches() {
+    let (app, db) = movies_app().await;
+    let movies = app.dataset("movies");
+    for uri in [
+        "/api/movies?genres=drama",
+        "/api/movies?genres=comedy",
+        "/api/movies",
+        "/api/movies/595",
+    ] {
+        app.get(uri).await;
+    }
+    let queries = db.lists.load(Ordering::SeqCst);
+    // The Intouchables (Biography, Comedy, Drama) loses its Comedy genre.
+    let old = app
+        .state
+        .storage
+        .get(&movies, &Value::Integer(595))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut new = old.clone();
+    new[movies.column_index("genres").unwrap()] =
+        Value::List(vec!["Biography".into(), "Drama".into()]);
+    app.state.cache.record_write("movies", Some(old), Some(new));
+    assert_eq!(
+        header(&app.get("/api/movies?genres=horror").await, "x-cache"),
+        "MISS"
+    );
+    assert_eq!(
+        header(&app.get("/api/movies?genres=horror").await, "x-cache"),
+        "HIT",
+        "untouched by the write"
+    );
+    for uri in [
+        "/api/movies?genres=drama",
+        "/api/movies?genres=comedy",
+        "/api/movies",
+        "/api/movies/595",
+    ] {
+        assert_eq!(header(&app.get(uri).await, "x-cache"), "MISS", "{uri}");
+    }
+    assert_eq!(db.lists.load(Ordering::SeqCst), queries + 4);
+}
