@@ -5,6 +5,8 @@
 //! - `DATASETS_DIR`: where the dataset declarations live (default `datasets`);
 //! - `FUNCTIONS_CUSTOMHANDLER_PORT` (set by the Functions host), else `FUNCTIONS_HTTPWORKER_PORT`
 //!   (older hosts), else `PORT`, else [`DEFAULT_PORT`];
+//! - `REDIS_URL`: `redis://…`, `rediss://…` (TLS) or a comma list of cluster nodes; unset means
+//!   the in-process cache;
 //! - `CACHE_PREFIX` (default `smartcache`): the first part of every cache key;
 //! - `CACHE_TTL_SECONDS` (default 1800): lifetime of cached answers of datasets that declare none.
 //!
@@ -31,6 +33,7 @@ pub struct Settings {
     pub database_url: Secret,
     pub datasets_dir: PathBuf,
     pub port: u16,
+    pub redis_url: Option<Secret>,
     pub cache_prefix: String,
     pub cache_ttl: std::time::Duration,
 }
@@ -72,6 +75,17 @@ impl Settings {
                     format!("CACHE_TTL_SECONDS must be a positive number of seconds, not {value:?}")
                 })?,
         };
+        if let Some(url) = non_empty("REDIS_URL") {
+            let first = url.split(',').next().unwrap_or_default().trim();
+            let valid = first.starts_with("redis://")
+                || first.starts_with("rediss://")
+                || (url.contains(',') && first.contains(':'));
+            if !valid {
+                bail!(
+                    "REDIS_URL must be redis://host:port, rediss://host:port, or a comma list of cluster nodes"
+                );
+            }
+        }
         if !database_url.contains(':') {
             bail!(
                 "DATABASE_URL must be a URL such as sqlite://smartcache.db or postgres://host/db"
@@ -81,6 +95,7 @@ impl Settings {
             database_url: Secret(database_url),
             datasets_dir: datasets_dir.into(),
             port,
+            redis_url: non_empty("REDIS_URL").map(Secret),
             cache_prefix,
             cache_ttl: std::time::Duration::from_secs(cache_ttl),
         })
@@ -148,6 +163,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("FUNCTIONS_CUSTOMHANDLER_PORT"), "{err}");
+    }
+
+    #[test]
+    fn redis_urls_are_checked_and_secret() {
+        let s = settings(&[("REDIS_URL", "rediss://:pw@cache.example:6380")]).unwrap();
+        assert_eq!(format!("{:?}", s.redis_url), "Some(rediss://[redacted])");
+        assert!(settings(&[("REDIS_URL", "127.0.0.1:7001,127.0.0.1:7002")]).is_ok());
+        let err = settings(&[("REDIS_URL", "localhost")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("REDIS_URL"), "{err}");
     }
 
     #[test]

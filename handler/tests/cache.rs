@@ -189,7 +189,11 @@ async fn a_recorded_write_ends_exactly_the_answers_it_touches() {
     let mut new = old.clone();
     new[movies.column_index("genres").unwrap()] =
         Value::List(vec!["Biography".into(), "Drama".into()]);
-    app.state.cache.record_write("movies", Some(old), Some(new));
+    app.state
+        .cache
+        .record_write("movies", Some(old), Some(new))
+        .await
+        .unwrap();
     assert_eq!(
         header(&app.get("/api/movies?genres=horror").await, "x-cache"),
         "MISS"
@@ -208,4 +212,61 @@ async fn a_recorded_write_ends_exactly_the_answers_it_touches() {
         assert_eq!(header(&app.get(uri).await, "x-cache"), "MISS", "{uri}");
     }
     assert_eq!(db.lists.load(Ordering::SeqCst), queries + 4);
+}
+
+/// Two instances sharing one Redis: what one computed, the other serves; what one writes, the
+/// other never serves stale.
+#[tokio::test]
+async fn two_instances_share_entries_and_writes_through_redis() {
+    let Some(url) = common::redis_url().await else {
+        return;
+    };
+    let catalog = common::catalog();
+    let real = common::open(&common::sqlite_url());
+    common::import_movies(real.as_ref(), &catalog).await;
+    let prefix = common::unique_prefix();
+    let ttl = std::time::Duration::from_secs(60);
+    let cache =
+        || handler::cache::Cache::with_redis(&url, &prefix, ttl, handler::cache::DEFAULT_MAX_BYTES);
+    let a = TestApp::with_cache(real.clone(), catalog.clone(), cache());
+    let b = TestApp::with_cache(real.clone(), catalog, cache());
+
+    let first = a.get("/api/movies?genres=western&sort=-year").await;
+    assert_eq!(header(&first, "x-cache"), "MISS");
+    let shared = b.get("/api/movies?sort=-year&genres=Western").await;
+    assert_eq!(
+        header(&shared, "x-cache"),
+        "HIT",
+        "computed by the other instance"
+    );
+    assert_eq!(shared.body, first.body);
+    assert_eq!(header(&shared, "etag"), header(&first, "etag"));
+
+    let movies = a.dataset("movies");
+    let old = real
+        .get(&movies, &Value::Integer(595))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut new = old.clone();
+    new[movies.column_index("genres").unwrap()] = Value::List(vec!["Western".into()]);
+    b.state
+        .cache
+        .record_write("movies", Some(old), Some(new))
+        .await
+        .unwrap();
+    assert_eq!(
+        header(
+            &a.get("/api/movies?genres=western&sort=-year").await,
+            "x-cache"
+        ),
+        "MISS"
+    );
+    assert_eq!(
+        header(
+            &a.get("/api/movies?genres=western&sort=-year").await,
+            "x-cache"
+        ),
+        "HIT"
+    );
 }

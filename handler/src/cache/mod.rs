@@ -17,11 +17,15 @@
 //! one computation (a reader arriving after a write gets a computation of its own, so it never
 //! receives an answer that started before the write it may have seen acknowledged).
 //!
-//! This store is in-process (the embedded default); the Redis store (shared between instances) is
-//! the next step of issue #3 and keeps this contract.
+//! **Where.** Without `REDIS_URL` everything lives in this process. With it, entries and write
+//! positions live in Redis ([`redis::RedisStore`]) and are shared by every instance, with a
+//! bounded near cache (L1) in front: a near hit still checks the dataset's write position in
+//! Redis (a few bytes) before it is served. When Redis fails, requests go to the database
+//! (`X-Cache: BYPASS`) and never fail because of the cache.
 
 mod entry;
 mod memory;
+mod redis;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -33,6 +37,8 @@ use tokio::sync::OnceCell;
 
 pub use entry::{CachedResponse, Outcome};
 use memory::MemoryStore;
+use redis::RedisStore;
+pub use redis::Unavailable;
 
 use crate::datasets::{Dataset, Value, normalise_text};
 use crate::query::{Filter, FilterOp, Query, QueryKind};
@@ -40,8 +46,10 @@ use crate::query::{Filter, FilterOp, Query, QueryKind};
 /// Writes remembered per dataset for validating entries; an entry older than the oldest
 /// remembered write is treated as stale.
 const WRITE_LOG_CAPACITY: usize = 4096;
-/// Default byte budget of the in-process store.
+/// Default byte budget of the in-process store (the near cache when Redis is used).
 pub const DEFAULT_MAX_BYTES: usize = 64 << 20;
+/// How long a copy fetched from Redis stays in the near cache (it is revalidated on every read).
+const NEAR_TTL: Duration = Duration::from_secs(30);
 
 /// What a cached answer is about: its kind and, for items, the key.
 #[derive(Debug, Clone)]
@@ -64,7 +72,7 @@ struct WriteLog {
     recent: VecDeque<RecordedWrite>,
 }
 
-struct RecordedWrite {
+pub struct RecordedWrite {
     seq: u64,
     old: Option<Vec<Value>>,
     new: Option<Vec<Value>>,
@@ -73,11 +81,15 @@ struct RecordedWrite {
 pub struct Cache {
     prefix: String,
     default_ttl: Duration,
+    /// The only store in process mode; the near cache (L1) in front of Redis otherwise.
     store: MemoryStore,
+    redis: Option<RedisStore>,
+    /// Write positions in process mode.
     writes: Mutex<HashMap<String, WriteLog>>,
     flights: Mutex<HashMap<String, Arc<OnceCell<Arc<CachedResponse>>>>>,
     hits: AtomicU64,
     misses: AtomicU64,
+    bypasses: AtomicU64,
 }
 
 impl Cache {
@@ -86,10 +98,33 @@ impl Cache {
             prefix: prefix.to_owned(),
             default_ttl,
             store: MemoryStore::new(max_bytes),
+            redis: None,
             writes: Mutex::default(),
             flights: Mutex::default(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            bypasses: AtomicU64::new(0),
+        }
+    }
+
+    /// Shared through Redis (`redis://`, `rediss://`, or a comma list of cluster nodes), with a
+    /// near cache of `near_max_bytes`. Connects on first use.
+    pub fn with_redis(
+        url: &str,
+        prefix: &str,
+        default_ttl: Duration,
+        near_max_bytes: usize,
+    ) -> Self {
+        let mut cache = Cache::in_process(prefix, default_ttl, near_max_bytes);
+        cache.redis = Some(RedisStore::new(url, prefix));
+        cache
+    }
+
+    pub fn backend(&self) -> &'static str {
+        if self.redis.is_some() {
+            "redis"
+        } else {
+            "in-process"
         }
     }
 
@@ -125,18 +160,36 @@ impl Cache {
         )
     }
 
-    pub fn stamp(&self, dataset: &str) -> Stamp {
-        self.writes
-            .lock()
-            .expect("write log lock")
-            .get(dataset)
-            .map(|log| log.stamp)
-            .unwrap_or_default()
+    /// The dataset's current write position.
+    pub async fn stamp(&self, dataset: &str) -> Result<Stamp, Unavailable> {
+        match &self.redis {
+            Some(redis) => redis.stamp(dataset).await,
+            None => Ok(self
+                .writes
+                .lock()
+                .expect("write log lock")
+                .get(dataset)
+                .map(|log| log.stamp)
+                .unwrap_or_default()),
+        }
     }
 
     /// Records a write (create: `old` None; delete: `new` None). Call it after the database commit
-    /// and before acknowledging the write.
-    pub fn record_write(&self, dataset: &str, old: Option<Vec<Value>>, new: Option<Vec<Value>>) {
+    /// and before acknowledging the write; if it fails, the write must not be acknowledged as
+    /// cached-consistent.
+    pub async fn record_write(
+        &self,
+        dataset: &str,
+        old: Option<Vec<Value>>,
+        new: Option<Vec<Value>>,
+    ) -> Result<(), Unavailable> {
+        if let Some(redis) = &self.redis {
+            let payload = RecordedWrite::encode_payload(&old, &new);
+            redis
+                .record_write(dataset, payload, WRITE_LOG_CAPACITY)
+                .await?;
+            return Ok(());
+        }
         let mut writes = self.writes.lock().expect("write log lock");
         let log = writes.entry(dataset.to_owned()).or_default();
         log.stamp.seq += 1;
@@ -148,10 +201,16 @@ impl Cache {
         while log.recent.len() > WRITE_LOG_CAPACITY {
             log.recent.pop_front();
         }
+        Ok(())
     }
 
     /// Makes every cached answer of the dataset stale (after an import, or on request).
-    pub fn purge(&self, dataset: &str) {
+    pub async fn purge(&self, dataset: &str) -> Result<(), Unavailable> {
+        self.store
+            .remove_prefix(&format!("{}:{dataset}:", self.prefix));
+        if let Some(redis) = &self.redis {
+            return redis.purge(dataset).await;
+        }
         let mut writes = self.writes.lock().expect("write log lock");
         let log = writes.entry(dataset.to_owned()).or_default();
         log.stamp = Stamp {
@@ -159,42 +218,84 @@ impl Cache {
             seq: 0,
         };
         log.recent.clear();
-        drop(writes);
-        self.store
-            .remove_prefix(&format!("{}:{dataset}:", self.prefix));
+        Ok(())
     }
 
     /// Whether an entry stamped `stamp` still answers `subject` correctly.
-    fn is_fresh(&self, dataset: &Dataset, subject: &Subject<'_>, stamp: Stamp) -> bool {
+    async fn is_fresh(
+        &self,
+        dataset: &Dataset,
+        subject: &Subject<'_>,
+        stamp: Stamp,
+    ) -> Result<bool, Unavailable> {
+        if let Some(redis) = &self.redis {
+            let current = redis.stamp(&dataset.name).await?;
+            if current.epoch != stamp.epoch || current.seq < stamp.seq {
+                return Ok(false);
+            }
+            if current.seq == stamp.seq {
+                return Ok(true);
+            }
+            return Ok(
+                match redis.writes_since(dataset, stamp.seq, current.seq).await? {
+                    Some(writes) => !touched_by(dataset, subject, writes.iter()),
+                    None => false,
+                },
+            );
+        }
         let writes = self.writes.lock().expect("write log lock");
         let Some(log) = writes.get(&dataset.name) else {
-            return stamp == Stamp::default();
+            return Ok(stamp == Stamp::default());
         };
         if log.stamp.epoch != stamp.epoch {
-            return false;
+            return Ok(false);
         }
         if log.stamp.seq == stamp.seq {
-            return true;
+            return Ok(true);
         }
         // Every write since the stamp must be remembered, and none may touch the answer.
         let remembered_from = log.recent.front().map_or(log.stamp.seq + 1, |w| w.seq);
         if remembered_from > stamp.seq + 1 {
-            return false;
+            return Ok(false);
         }
-        let item_filter;
-        let query = match subject {
-            Subject::Query(query) => *query,
-            Subject::Item(key) => {
-                item_filter = item_query(dataset, key);
-                &item_filter
-            }
-        };
-        let touches =
-            |row: &Option<Vec<Value>>| row.as_ref().is_some_and(|r| query.matches(dataset, r));
-        !log.recent
-            .iter()
-            .filter(|w| w.seq > stamp.seq)
-            .any(|w| touches(&w.old) || touches(&w.new))
+        Ok(!touched_by(
+            dataset,
+            subject,
+            log.recent.iter().filter(|w| w.seq > stamp.seq),
+        ))
+    }
+
+    /// A fresh stored answer, from the near cache or Redis.
+    async fn lookup(
+        &self,
+        dataset: &Dataset,
+        subject: &Subject<'_>,
+        key: &str,
+    ) -> Result<Option<Arc<CachedResponse>>, Unavailable> {
+        if let Some(entry) = self.store.get(key)
+            && self.is_fresh(dataset, subject, entry.stamp).await?
+        {
+            return Ok(Some(entry));
+        }
+        if let Some(redis) = &self.redis
+            && let Some(entry) = redis.get(key).await?
+            && self.is_fresh(dataset, subject, entry.stamp).await?
+        {
+            let entry = Arc::new(entry);
+            self.store.insert(
+                key.to_owned(),
+                Arc::clone(&entry),
+                NEAR_TTL.min(self.ttl(dataset)),
+            );
+            return Ok(Some(entry));
+        }
+        Ok(None)
+    }
+
+    fn ttl(&self, dataset: &Dataset) -> Duration {
+        dataset
+            .cache_ttl_seconds
+            .map_or(self.default_ttl, Duration::from_secs)
     }
 
     /// Returns the cached answer for `key`, or computes it once, however many callers ask at once.
@@ -209,15 +310,25 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(Vec<u8>, &'static str), E>>,
     {
-        if let Some(entry) = self.store.get(&key)
-            && self.is_fresh(dataset, &subject, entry.stamp)
-        {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok((entry, Outcome::Hit));
-        }
+        let stamp = match self.lookup(dataset, &subject, &key).await {
+            Ok(Some(entry)) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok((entry, Outcome::Hit));
+            }
+            // The stamp is read before the query starts: see the module documentation.
+            Ok(None) => self.stamp(&dataset.name).await,
+            Err(unavailable) => Err(unavailable),
+        };
+        let Ok(stamp) = stamp else {
+            // The cache is down: answer from the database, store nothing.
+            self.bypasses.fetch_add(1, Ordering::Relaxed);
+            let started = Instant::now();
+            let (body, content_type) = compute().await?;
+            let entry =
+                CachedResponse::new(&body, content_type, started.elapsed(), Stamp::default());
+            return Ok((Arc::new(entry), Outcome::Bypass));
+        };
         self.misses.fetch_add(1, Ordering::Relaxed);
-        // The stamp is read before the query starts: see the module documentation.
-        let stamp = self.stamp(&dataset.name);
         let flight_key = format!("{key}@{}.{}", stamp.epoch, stamp.seq);
         let cell = {
             let mut flights = self.flights.lock().expect("flight lock");
@@ -233,12 +344,12 @@ impl Cache {
                     started.elapsed(),
                     stamp,
                 ));
-                let ttl = jittered(
-                    dataset
-                        .cache_ttl_seconds
-                        .map_or(self.default_ttl, Duration::from_secs),
-                );
+                let ttl = jittered(self.ttl(dataset));
                 self.store.insert(key.clone(), Arc::clone(&entry), ttl);
+                if let Some(redis) = &self.redis {
+                    // A failed store costs the next reader a miss, nothing more.
+                    let _ = redis.set(&key, &entry, ttl).await;
+                }
                 Ok(entry)
             })
             .await
@@ -267,6 +378,29 @@ impl Cache {
     pub fn miss_count(&self) -> u64 {
         self.misses.load(Ordering::Relaxed)
     }
+
+    pub fn bypass_count(&self) -> u64 {
+        self.bypasses.load(Ordering::Relaxed)
+    }
+}
+
+/// Whether any of `writes` (old or new row) passes the filters of `subject`.
+fn touched_by<'w>(
+    dataset: &Dataset,
+    subject: &Subject<'_>,
+    mut writes: impl Iterator<Item = &'w RecordedWrite>,
+) -> bool {
+    let item_filter;
+    let query = match subject {
+        Subject::Query(query) => *query,
+        Subject::Item(key) => {
+            item_filter = item_query(dataset, key);
+            &item_filter
+        }
+    };
+    let touches =
+        |row: &Option<Vec<Value>>| row.as_ref().is_some_and(|r| query.matches(dataset, r));
+    writes.any(|w| touches(&w.old) || touches(&w.new))
 }
 
 /// The filter an item answer depends on: its own key.

@@ -1,4 +1,5 @@
-//! The cache's rules, on the in-process store: exact invalidation, the stale-store race, and one
+//! The cache's rules, on the in-process store and on the real Redis at 127.0.0.1:6379 (or
+//! `REDIS_URL`): exact invalidation, the stale-store race across two instances, and one
 //! computation per cold key.
 
 use std::sync::Arc;
@@ -7,6 +8,57 @@ use std::time::Duration;
 
 use super::*;
 use crate::datasets::parse_declaration;
+
+/// A fresh key prefix per test, so tests sharing one Redis never see each other's keys.
+fn unique_prefix(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("test-{test}-{}-{nanos}", std::process::id())
+}
+
+/// The Redis to test against, if one answers; under `CI=true` a missing Redis fails the test.
+pub(crate) async fn test_redis_url() -> Option<String> {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let reachable = async {
+        let client = ::redis::Client::open(url.as_str()).ok()?;
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        ::redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .ok()
+    };
+    match tokio::time::timeout(Duration::from_secs(2), reachable).await {
+        Ok(Some(_)) => Some(url),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("Redis is not reachable at {url}")
+        }
+        _ => {
+            eprintln!(
+                "SKIPPED the Redis half of this test: no Redis at {url} (install redis-server)"
+            );
+            None
+        }
+    }
+}
+
+/// Two handles on one shared cache, as two instances would have: the same object in process
+/// mode, two clients of the same Redis keys otherwise.
+async fn instances(test: &str) -> Vec<(&'static str, Arc<Cache>, Arc<Cache>)> {
+    let ttl = Duration::from_secs(60);
+    let local = Arc::new(Cache::in_process("t", ttl, DEFAULT_MAX_BYTES));
+    let mut out = vec![("in-process", local.clone(), local)];
+    if let Some(url) = test_redis_url().await {
+        let prefix = unique_prefix(test);
+        out.push((
+            "redis",
+            Arc::new(Cache::with_redis(&url, &prefix, ttl, DEFAULT_MAX_BYTES)),
+            Arc::new(Cache::with_redis(&url, &prefix, ttl, DEFAULT_MAX_BYTES)),
+        ));
+    }
+    out
+}
 
 fn movies() -> Dataset {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../datasets/movies.toml");
@@ -22,28 +74,30 @@ fn film(ds: &Dataset, id: i64, genres: &[&str], year: i64) -> Vec<Value> {
     row
 }
 
-/// Fills the cache for `raw` and reports whether the next read is a hit.
-async fn warm(cache: &Cache, ds: &Dataset, raw: &str) -> Query {
+fn json_body() -> Result<(Vec<u8>, &'static str), ()> {
+    Ok((b"[]".to_vec(), "application/json"))
+}
+
+/// Reads `raw` through the cache and says how it was answered.
+async fn outcome(cache: &Cache, ds: &Dataset, raw: &str) -> Outcome {
     let query = Query::parse(ds, QueryKind::List, raw).unwrap();
     let key = cache.key(ds, &Subject::Query(&query));
     cache
-        .get_or_compute(ds, Subject::Query(&query), key, || async {
-            Ok::<_, ()>((b"[]".to_vec(), "application/json"))
-        })
+        .get_or_compute(ds, Subject::Query(&query), key, || async { json_body() })
         .await
-        .unwrap();
-    query
+        .unwrap()
+        .1
 }
 
-async fn outcome(cache: &Cache, ds: &Dataset, query: &Query) -> Outcome {
-    let key = cache.key(ds, &Subject::Query(query));
-    let (_, outcome) = cache
-        .get_or_compute(ds, Subject::Query(query), key, || async {
-            Ok::<_, ()>((b"[]".to_vec(), "application/json"))
-        })
+/// Reads item `id` through the cache and says how it was answered.
+async fn item_outcome(cache: &Cache, ds: &Dataset, id: i64) -> Outcome {
+    let key_value = Value::Integer(id);
+    let key = cache.key(ds, &Subject::Item(&key_value));
+    cache
+        .get_or_compute(ds, Subject::Item(&key_value), key, || async { json_body() })
         .await
-        .unwrap();
-    outcome
+        .unwrap()
+        .1
 }
 
 #[test]
@@ -64,149 +118,231 @@ fn keys_are_readable_and_canonical() {
 #[tokio::test]
 async fn a_write_ends_exactly_the_answers_it_could_change() {
     let ds = movies();
-    let cache = Cache::in_process("t", Duration::from_secs(60), DEFAULT_MAX_BYTES);
-    let drama = warm(&cache, &ds, "genres=drama").await;
-    let comedy = warm(&cache, &ds, "genres=comedy").await;
-    let all = warm(&cache, &ds, "").await;
-    let recent = warm(&cache, &ds, "year.gte=2010").await;
-    let old = warm(&cache, &ds, "year.lt=1950").await;
-    for q in [&drama, &comedy, &all, &recent, &old] {
-        assert_eq!(outcome(&cache, &ds, q).await, Outcome::Hit);
+    for (backend, reader, writer) in instances("exact").await {
+        let lists = [
+            "genres=drama",
+            "genres=comedy",
+            "",
+            "year.gte=2010",
+            "year.lt=1950",
+        ];
+        for raw in lists {
+            assert_eq!(
+                outcome(&reader, &ds, raw).await,
+                Outcome::Miss,
+                "{backend} {raw}"
+            );
+            assert_eq!(
+                outcome(&reader, &ds, raw).await,
+                Outcome::Hit,
+                "{backend} {raw}"
+            );
+        }
+        writer
+            .record_write("movies", None, Some(film(&ds, 1, &["Drama"], 2015)))
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome(&reader, &ds, "genres=comedy").await,
+            Outcome::Hit,
+            "{backend}: a drama leaves comedies alone"
+        );
+        assert_eq!(
+            outcome(&reader, &ds, "year.lt=1950").await,
+            Outcome::Hit,
+            "{backend}: a 2015 film leaves the 1940s alone"
+        );
+        for raw in ["genres=drama", "", "year.gte=2010"] {
+            assert_eq!(
+                outcome(&reader, &ds, raw).await,
+                Outcome::Miss,
+                "{backend} {raw}"
+            );
+        }
+        // Moving a film from Drama to Comedy ends both lists, and only them.
+        writer
+            .record_write(
+                "movies",
+                Some(film(&ds, 1, &["Drama"], 2015)),
+                Some(film(&ds, 1, &["Comedy"], 2015)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome(&reader, &ds, "genres=drama").await,
+            Outcome::Miss,
+            "{backend}"
+        );
+        assert_eq!(
+            outcome(&reader, &ds, "genres=comedy").await,
+            Outcome::Miss,
+            "{backend}"
+        );
+        assert_eq!(
+            outcome(&reader, &ds, "year.lt=1950").await,
+            Outcome::Hit,
+            "{backend}"
+        );
     }
-    cache.record_write("movies", None, Some(film(&ds, 1, &["Drama"], 2015)));
-    assert_eq!(
-        outcome(&cache, &ds, &comedy).await,
-        Outcome::Hit,
-        "a drama leaves comedies alone"
-    );
-    assert_eq!(
-        outcome(&cache, &ds, &old).await,
-        Outcome::Hit,
-        "a 2015 film leaves the 1940s alone"
-    );
-    assert_eq!(outcome(&cache, &ds, &drama).await, Outcome::Miss);
-    assert_eq!(outcome(&cache, &ds, &all).await, Outcome::Miss);
-    assert_eq!(outcome(&cache, &ds, &recent).await, Outcome::Miss);
-    // Moving a film from Drama to Comedy ends both lists.
-    cache.record_write(
-        "movies",
-        Some(film(&ds, 1, &["Drama"], 2015)),
-        Some(film(&ds, 1, &["Comedy"], 2015)),
-    );
-    assert_eq!(outcome(&cache, &ds, &drama).await, Outcome::Miss);
-    assert_eq!(outcome(&cache, &ds, &comedy).await, Outcome::Miss);
-    assert_eq!(outcome(&cache, &ds, &old).await, Outcome::Hit);
-}
-
-/// Reads item `id` through the cache and says how it was answered.
-async fn item_outcome(cache: &Cache, ds: &Dataset, id: i64) -> Outcome {
-    let key_value = Value::Integer(id);
-    let key = cache.key(ds, &Subject::Item(&key_value));
-    let compute = || async { Ok::<_, ()>((b"{}".to_vec(), "application/json")) };
-    cache
-        .get_or_compute(ds, Subject::Item(&key_value), key, compute)
-        .await
-        .unwrap()
-        .1
 }
 
 #[tokio::test]
 async fn an_item_ends_only_with_a_write_to_its_row() {
     let ds = movies();
-    let cache = Cache::in_process("t", Duration::from_secs(60), DEFAULT_MAX_BYTES);
-    assert_eq!(item_outcome(&cache, &ds, 7).await, Outcome::Miss);
-    assert_eq!(item_outcome(&cache, &ds, 8).await, Outcome::Miss);
-    cache.record_write("movies", Some(film(&ds, 7, &["Drama"], 2000)), None);
-    assert_eq!(item_outcome(&cache, &ds, 7).await, Outcome::Miss);
-    assert_eq!(item_outcome(&cache, &ds, 8).await, Outcome::Hit);
+    for (backend, reader, writer) in instances("item").await {
+        assert_eq!(
+            item_outcome(&reader, &ds, 7).await,
+            Outcome::Miss,
+            "{backend}"
+        );
+        assert_eq!(
+            item_outcome(&reader, &ds, 8).await,
+            Outcome::Miss,
+            "{backend}"
+        );
+        writer
+            .record_write("movies", Some(film(&ds, 7, &["Drama"], 2000)), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            item_outcome(&reader, &ds, 7).await,
+            Outcome::Miss,
+            "{backend}"
+        );
+        assert_eq!(
+            item_outcome(&reader, &ds, 8).await,
+            Outcome::Hit,
+            "{backend}"
+        );
+    }
 }
 
-/// The classic race: a reader misses and reads the old row; the writer commits and records the
-/// write; the reader then stores the old answer. That answer must never be served.
+/// The classic race: a reader misses and reads the old row; another instance commits and records
+/// the write; the reader then stores the old answer. That answer must never be served.
 #[tokio::test]
 async fn an_answer_computed_before_a_write_is_never_served_after_it() {
     let ds = movies();
-    let cache = Cache::in_process("t", Duration::from_secs(60), DEFAULT_MAX_BYTES);
-    let drama = Query::parse(&ds, QueryKind::List, "genres=drama").unwrap();
-    let key = cache.key(&ds, &Subject::Query(&drama));
-    let (_, outcome) = cache
-        .get_or_compute(&ds, Subject::Query(&drama), key.clone(), || async {
-            // The database answered with the old rows; now the write lands.
-            cache.record_write("movies", None, Some(film(&ds, 9, &["Drama"], 2020)));
-            Ok::<_, ()>((b"old".to_vec(), "application/json"))
-        })
-        .await
-        .unwrap();
-    assert_eq!(outcome, Outcome::Miss);
-    let (entry, outcome) = cache
-        .get_or_compute(&ds, Subject::Query(&drama), key, || async {
-            Ok::<_, ()>((b"new".to_vec(), "application/json"))
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        outcome,
-        Outcome::Miss,
-        "the old answer was stored but must not be served"
-    );
-    assert_eq!(entry.plain_body().as_ref(), b"new");
+    for (backend, reader, writer) in instances("race").await {
+        let drama = Query::parse(&ds, QueryKind::List, "genres=drama").unwrap();
+        let key = reader.key(&ds, &Subject::Query(&drama));
+        let (_, outcome) = reader
+            .get_or_compute(&ds, Subject::Query(&drama), key.clone(), || async {
+                // The database answered with the old rows; now the write lands and is recorded.
+                writer
+                    .record_write("movies", None, Some(film(&ds, 9, &["Drama"], 2020)))
+                    .await
+                    .unwrap();
+                Ok::<_, ()>((b"old".to_vec(), "application/json"))
+            })
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Miss);
+        for cache in [&reader, &writer] {
+            let (entry, _) = cache
+                .get_or_compute(&ds, Subject::Query(&drama), key.clone(), || async {
+                    Ok::<_, ()>((b"new".to_vec(), "application/json"))
+                })
+                .await
+                .unwrap();
+            assert_eq!(
+                entry.plain_body().as_ref(),
+                b"new",
+                "{backend}: the old answer was served"
+            );
+        }
+    }
 }
 
 #[tokio::test]
 async fn concurrent_misses_of_one_key_compute_once() {
     let ds = Arc::new(movies());
-    let cache = Arc::new(Cache::in_process(
-        "t",
-        Duration::from_secs(60),
-        DEFAULT_MAX_BYTES,
-    ));
-    let computations = Arc::new(AtomicUsize::new(0));
-    let query = Arc::new(Query::parse(&ds, QueryKind::List, "genres=drama").unwrap());
-    let mut tasks = Vec::new();
-    for _ in 0..200 {
-        let (ds, cache, computations, query) = (
-            ds.clone(),
-            cache.clone(),
-            computations.clone(),
-            query.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let key = cache.key(&ds, &Subject::Query(&query));
-            cache
-                .get_or_compute(&ds, Subject::Query(&query), key, || async {
+    for (backend, cache, _) in instances("flight").await {
+        let computations = Arc::new(AtomicUsize::new(0));
+        let query = Arc::new(Query::parse(&ds, QueryKind::List, "genres=drama").unwrap());
+        let mut tasks = Vec::new();
+        for _ in 0..200 {
+            let (ds, cache, computations, query) = (
+                ds.clone(),
+                cache.clone(),
+                computations.clone(),
+                query.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let key = cache.key(&ds, &Subject::Query(&query));
+                let compute = || async {
                     computations.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    Ok::<_, ()>((b"[]".to_vec(), "application/json"))
-                })
-                .await
-                .unwrap()
-                .0
-                .etag
-                .clone()
-        }));
+                    json_body()
+                };
+                cache
+                    .get_or_compute(&ds, Subject::Query(&query), key, compute)
+                    .await
+                    .unwrap()
+                    .1
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(computations.load(Ordering::SeqCst), 1, "{backend}");
     }
-    for task in tasks {
-        task.await.unwrap();
-    }
-    assert_eq!(computations.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
 async fn errors_are_not_cached_and_purge_ends_everything() {
     let ds = movies();
-    let cache = Cache::in_process("t", Duration::from_secs(60), DEFAULT_MAX_BYTES);
-    let q = Query::parse(&ds, QueryKind::List, "").unwrap();
-    let key = cache.key(&ds, &Subject::Query(&q));
-    let failed = cache
-        .get_or_compute(&ds, Subject::Query(&q), key.clone(), || async {
-            Err::<(Vec<u8>, &str), _>("db down")
-        })
-        .await;
-    assert!(failed.is_err());
-    let comedy = warm(&cache, &ds, "genres=comedy").await;
-    assert_eq!(outcome(&cache, &ds, &comedy).await, Outcome::Hit);
-    cache.purge("movies");
-    assert_eq!(outcome(&cache, &ds, &comedy).await, Outcome::Miss);
+    for (backend, reader, writer) in instances("purge").await {
+        let q = Query::parse(&ds, QueryKind::List, "").unwrap();
+        let key = reader.key(&ds, &Subject::Query(&q));
+        let failed = reader
+            .get_or_compute(&ds, Subject::Query(&q), key, || async {
+                Err::<(Vec<u8>, &str), _>("db down")
+            })
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(outcome(&reader, &ds, "").await, Outcome::Miss, "{backend}");
+        assert_eq!(
+            outcome(&reader, &ds, "genres=comedy").await,
+            Outcome::Miss,
+            "{backend}"
+        );
+        assert_eq!(
+            outcome(&reader, &ds, "genres=comedy").await,
+            Outcome::Hit,
+            "{backend}"
+        );
+        writer.purge("movies").await.unwrap();
+        assert_eq!(
+            outcome(&reader, &ds, "genres=comedy").await,
+            Outcome::Miss,
+            "{backend}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_dead_redis_means_bypass_not_failure() {
+    let ds = movies();
+    // Nothing listens on port 9 (discard).
+    let cache = Cache::with_redis(
+        "redis://127.0.0.1:9",
+        "dead",
+        Duration::from_secs(60),
+        DEFAULT_MAX_BYTES,
+    );
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        assert_eq!(outcome(&cache, &ds, "genres=drama").await, Outcome::Bypass);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the breaker keeps a dead Redis cheap: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        cache.record_write("movies", None, None).await.is_err(),
+        "a write learns that it was not recorded"
+    );
 }
 
 #[test]
@@ -233,9 +369,21 @@ fn the_store_stays_within_its_byte_budget() {
 #[test]
 fn entries_round_trip_and_have_stable_etags() {
     let body = br#"{"items":[]}"#;
-    let a = CachedResponse::new(body, "application/json", Duration::ZERO, Stamp::default());
+    let a = CachedResponse::new(
+        body,
+        "application/json",
+        Duration::from_micros(1234),
+        Stamp { epoch: 2, seq: 5 },
+    );
     let b = CachedResponse::new(body, "application/json", Duration::ZERO, Stamp::default());
     assert_eq!(a.plain_body().as_ref(), body);
     assert_eq!(a.etag, b.etag);
     assert!(a.etag.starts_with("\"12-"), "{}", a.etag);
+    let decoded = CachedResponse::decode(&a.encode()).unwrap();
+    assert_eq!(
+        (decoded.etag.as_str(), decoded.stamp, decoded.compute_time),
+        (a.etag.as_str(), a.stamp, a.compute_time)
+    );
+    assert_eq!(decoded.plain_body().as_ref(), body);
+    assert!(CachedResponse::decode(b"garbage").is_none());
 }

@@ -121,6 +121,28 @@ impl Value {
         }
     }
 
+    /// The inverse of [`Value::to_json`] for a cell of `column`; `None` when it does not fit.
+    pub fn from_json(column: &super::Column, json: &serde_json::Value) -> Option<Value> {
+        use serde_json::Value as Json;
+        Some(match (json, column.is_list(), column.ty) {
+            (Json::Null, _, _) => Value::Null,
+            (Json::Array(items), true, _) => Value::List(
+                items
+                    .iter()
+                    .map(|i| i.as_str().map(str::to_owned))
+                    .collect::<Option<_>>()?,
+            ),
+            (Json::String(s), false, ColumnType::Text) => Value::Text(s.clone()),
+            (Json::String(s), false, ty @ (ColumnType::Date | ColumnType::Timestamp)) => {
+                Value::parse_scalar(ty, s).ok()?
+            }
+            (Json::Number(n), false, ColumnType::Integer) => Value::Integer(n.as_i64()?),
+            (Json::Number(n), false, ColumnType::Float) => Value::Float(n.as_f64()?),
+            (Json::Bool(b), false, ColumnType::Boolean) => Value::Boolean(*b),
+            _ => return None,
+        })
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         let mut buf = Vec::new();
         self.write_json(&mut buf);

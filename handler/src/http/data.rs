@@ -93,11 +93,8 @@ fn cached_response(
         (StatusCode::OK, entry.plain_body()).into_response()
     };
     let out = response.headers_mut();
-    if !not_modified {
-        out.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(entry.content_type),
-        );
+    if let (false, Ok(content_type)) = (not_modified, HeaderValue::from_str(&entry.content_type)) {
+        out.insert(header::CONTENT_TYPE, content_type);
     }
     out.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     if let Ok(etag) = HeaderValue::from_str(&entry.etag) {

@@ -134,6 +134,17 @@ impl TestApp {
         }
     }
 
+    /// The app over `storage` with a given cache (e.g. one shared through Redis).
+    pub fn with_cache(storage: Arc<dyn Storage>, catalog: Catalog, cache: Cache) -> Self {
+        TestApp {
+            state: AppState {
+                catalog: Arc::new(catalog),
+                storage,
+                cache: Arc::new(cache),
+            },
+        }
+    }
+
     /// A GET with extra request headers.
     pub async fn get_with(&self, uri: &str, headers: &[(&str, &str)]) -> TestResponse {
         let mut request = Request::builder().method("GET").uri(uri);
@@ -186,6 +197,35 @@ impl TestApp {
     pub fn dataset(&self, name: &str) -> Arc<Dataset> {
         self.state.catalog.get(name).unwrap().clone()
     }
+}
+
+/// The Redis at `REDIS_URL` or 127.0.0.1:6379, if it answers; `None` with a visible line
+/// otherwise, and a failure under `CI=true`.
+pub async fn redis_url() -> Option<String> {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let ping = async {
+        let client = redis::Client::open(url.as_str()).ok()?;
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .ok()
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(2), ping).await {
+        Ok(Some(_)) => Some(url),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("Redis is not reachable at {url}")
+        }
+        _ => {
+            eprintln!("SKIPPED: no Redis at {url} (install redis-server)");
+            None
+        }
+    }
+}
+
+/// A key prefix no other test run uses.
+pub fn unique_prefix() -> String {
+    unique_name("test")
 }
 
 /// Counts computed straight from the CSV with the csv crate, independently of the importer.

@@ -1,0 +1,356 @@
+//! The shared store: Redis standalone (`redis://`, `rediss://`) or Cluster (a comma list of nodes).
+//!
+//! Keys, for a prefix `p` and dataset `d`:
+//! - `p:d:<kind>:<canonical query>`: an entry (header line + gzipped body), with a TTL;
+//! - `p:{d}:stamp` (hash: `epoch`, `seq`) and `p:{d}:writes` (list of `"<seq> <json [old, new]>"`):
+//!   the dataset's write position and recent writes. The `{d}` hash tag keeps the two in one
+//!   cluster slot, so the scripts that change them are atomic on a cluster too.
+//!
+//! The connection opens lazily on first use and is shared by every request of the instance.
+//! Every call has a short timeout, and after a failure a breaker skips Redis for a moment, so a
+//! dead Redis costs no latency: the caller serves from the database instead (`X-Cache: BYPASS`).
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncCommands as _, Script};
+use tokio::sync::OnceCell;
+
+use super::entry::CachedResponse;
+use super::{RecordedWrite, Stamp};
+use crate::datasets::{Dataset, Value};
+
+/// How long one Redis call may take before the request goes to the database instead.
+const CALL_TIMEOUT: Duration = Duration::from_millis(250);
+/// How long Redis is skipped after a failure.
+const BREAKER_OPEN_FOR: Duration = Duration::from_secs(2);
+
+/// Redis did not answer (down, slow, refusing): the caller bypasses the cache.
+#[derive(Debug, thiserror::Error)]
+#[error("the cache is unavailable")]
+pub struct Unavailable;
+
+enum Connection {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+pub struct RedisStore {
+    url: String,
+    prefix: String,
+    connection: OnceCell<Connection>,
+    open_until: Mutex<Option<Instant>>,
+}
+
+const RECORD_WRITE: &str = r"
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('RPUSH', KEYS[2], seq .. ' ' .. ARGV[1])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
+return seq";
+
+/// A dataset's position starts at a fresh epoch (the clock, in microseconds): if the stamp key
+/// is ever lost (eviction, a restart without persistence), counting restarts from a new epoch and
+/// can never again reach the position of an entry stored before.
+const INIT_STAMP: &str = r"
+redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
+redis.call('HSETNX', KEYS[1], 'seq', 0)
+return redis.call('HMGET', KEYS[1], 'epoch', 'seq')";
+
+const PURGE: &str = r"
+redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+redis.call('HSET', KEYS[1], 'seq', 0)
+redis.call('DEL', KEYS[2])
+return 1";
+
+impl RedisStore {
+    /// Prepares the store; nothing connects until the first call.
+    pub fn new(url: &str, prefix: &str) -> Self {
+        RedisStore {
+            url: url.to_owned(),
+            prefix: prefix.to_owned(),
+            connection: OnceCell::new(),
+            open_until: Mutex::new(None),
+        }
+    }
+
+    fn stamp_key(&self, dataset: &str) -> String {
+        format!("{}:{{{dataset}}}:stamp", self.prefix)
+    }
+
+    fn writes_key(&self, dataset: &str) -> String {
+        format!("{}:{{{dataset}}}:writes", self.prefix)
+    }
+
+    async fn connect(&self) -> redis::RedisResult<Connection> {
+        if self.url.contains(',') {
+            let nodes: Vec<String> = self
+                .url
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(|n| {
+                    if n.contains("://") {
+                        n.to_owned()
+                    } else {
+                        format!("redis://{n}")
+                    }
+                })
+                .collect();
+            let client = ClusterClientBuilder::new(nodes)
+                .connection_timeout(CALL_TIMEOUT)
+                .response_timeout(CALL_TIMEOUT)
+                .retries(1)
+                .build()?;
+            Ok(Connection::Cluster(client.get_async_connection().await?))
+        } else {
+            let client = redis::Client::open(self.url.as_str())?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(CALL_TIMEOUT))
+                .set_response_timeout(Some(CALL_TIMEOUT))
+                .set_number_of_retries(1);
+            Ok(Connection::Standalone(
+                ConnectionManager::new_with_config(client, config).await?,
+            ))
+        }
+    }
+
+    /// Runs `call` on the shared connection, within the timeout, unless the breaker is open.
+    async fn run<T, F, Fut>(&self, call: F) -> Result<T, Unavailable>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        if self
+            .open_until
+            .lock()
+            .expect("breaker lock")
+            .is_some_and(|until| Instant::now() < until)
+        {
+            return Err(Unavailable);
+        }
+        let result = tokio::time::timeout(CALL_TIMEOUT * 2, async {
+            let connection = self.connection.get_or_try_init(|| self.connect()).await?;
+            let conn = match connection {
+                Connection::Standalone(c) => Conn::Standalone(c.clone()),
+                Connection::Cluster(c) => Conn::Cluster(c.clone()),
+            };
+            call(conn).await
+        })
+        .await;
+        match result {
+            Ok(Ok(value)) => {
+                *self.open_until.lock().expect("breaker lock") = None;
+                Ok(value)
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error, "redis call failed; bypassing the cache for a moment");
+                *self.open_until.lock().expect("breaker lock") =
+                    Some(Instant::now() + BREAKER_OPEN_FOR);
+                Err(Unavailable)
+            }
+            Err(_) => {
+                tracing::warn!("redis call timed out; bypassing the cache for a moment");
+                *self.open_until.lock().expect("breaker lock") =
+                    Some(Instant::now() + BREAKER_OPEN_FOR);
+                Err(Unavailable)
+            }
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<CachedResponse>, Unavailable> {
+        let key = key.to_owned();
+        let bytes: Option<Vec<u8>> = self
+            .run(|mut conn| async move { conn.get(&key).await })
+            .await?;
+        Ok(bytes.and_then(|b| CachedResponse::decode(&b)))
+    }
+
+    pub async fn set(
+        &self,
+        key: &str,
+        entry: &CachedResponse,
+        ttl: Duration,
+    ) -> Result<(), Unavailable> {
+        let (key, bytes) = (key.to_owned(), entry.encode());
+        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.run(|mut conn| async move { conn.set_px(&key, bytes, millis).await })
+            .await
+    }
+
+    pub async fn stamp(&self, dataset: &str) -> Result<Stamp, Unavailable> {
+        let key = self.stamp_key(dataset);
+        let read_key = key.clone();
+        let (epoch, seq): (Option<u64>, Option<u64>) = self
+            .run(|mut conn| async move { conn.hget(&read_key, &["epoch", "seq"]).await })
+            .await?;
+        if let (Some(epoch), Some(seq)) = (epoch, seq) {
+            return Ok(Stamp { epoch, seq });
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let fresh_epoch = u64::try_from(now.as_micros()).unwrap_or(u64::MAX);
+        let (epoch, seq): (Option<u64>, Option<u64>) = self
+            .run(|mut conn| async move {
+                let script = Script::new(INIT_STAMP);
+                let mut invocation = script.key(key);
+                invocation.arg(fresh_epoch);
+                conn.invoke(&invocation).await
+            })
+            .await?;
+        Ok(Stamp {
+            epoch: epoch.unwrap_or(fresh_epoch),
+            seq: seq.unwrap_or(0),
+        })
+    }
+
+    /// The writes after `seq`, or `None` when some of them are no longer remembered.
+    pub async fn writes_since(
+        &self,
+        dataset: &Dataset,
+        seq: u64,
+        current: u64,
+    ) -> Result<Option<Vec<RecordedWrite>>, Unavailable> {
+        let missing = current.saturating_sub(seq);
+        if missing == 0 {
+            return Ok(Some(Vec::new()));
+        }
+        let key = self.writes_key(&dataset.name);
+        let start = -i64::try_from(missing).unwrap_or(i64::MAX);
+        let items: Vec<String> = self
+            .run(|mut conn| async move { conn.lrange(&key, start as isize, -1).await })
+            .await?;
+        let writes: Vec<RecordedWrite> = items
+            .iter()
+            .filter_map(|item| RecordedWrite::decode(dataset, item))
+            .collect();
+        // Every write from seq + 1 on must be there (more may have landed since: also checked).
+        let covered =
+            writes.first().is_some_and(|w| w.seq <= seq + 1) && writes.len() == items.len();
+        Ok(covered.then(|| writes.into_iter().filter(|w| w.seq > seq).collect()))
+    }
+
+    pub async fn record_write(
+        &self,
+        dataset: &str,
+        write: String,
+        capacity: usize,
+    ) -> Result<u64, Unavailable> {
+        let (stamp, writes) = (self.stamp_key(dataset), self.writes_key(dataset));
+        self.run(|mut conn| async move {
+            let script = Script::new(RECORD_WRITE);
+            let mut invocation = script.key(stamp);
+            invocation.key(writes).arg(write).arg(capacity);
+            conn.invoke(&invocation).await
+        })
+        .await
+    }
+
+    pub async fn purge(&self, dataset: &str) -> Result<(), Unavailable> {
+        let (stamp, writes) = (self.stamp_key(dataset), self.writes_key(dataset));
+        self.run(|mut conn| async move {
+            let script = Script::new(PURGE);
+            let mut invocation = script.key(stamp);
+            invocation.key(writes);
+            conn.invoke::<i64>(&invocation).await.map(|_| ())
+        })
+        .await
+    }
+}
+
+/// A cheap clone of the shared connection for one call.
+pub enum Conn {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    async fn get(&mut self, key: &str) -> redis::RedisResult<Option<Vec<u8>>> {
+        match self {
+            Conn::Standalone(c) => c.get(key).await,
+            Conn::Cluster(c) => c.get(key).await,
+        }
+    }
+
+    async fn set_px(&mut self, key: &str, value: Vec<u8>, millis: u64) -> redis::RedisResult<()> {
+        let options = redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(millis));
+        match self {
+            Conn::Standalone(c) => c.set_options(key, value, options).await,
+            Conn::Cluster(c) => c.set_options(key, value, options).await,
+        }
+    }
+
+    async fn hget(
+        &mut self,
+        key: &str,
+        fields: &[&str],
+    ) -> redis::RedisResult<(Option<u64>, Option<u64>)> {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(key).arg(fields);
+        match self {
+            Conn::Standalone(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+
+    async fn lrange(
+        &mut self,
+        key: &str,
+        start: isize,
+        stop: isize,
+    ) -> redis::RedisResult<Vec<String>> {
+        match self {
+            Conn::Standalone(c) => c.lrange(key, start, stop).await,
+            Conn::Cluster(c) => c.lrange(key, start, stop).await,
+        }
+    }
+
+    async fn invoke<T: redis::FromRedisValue>(
+        &mut self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> redis::RedisResult<T> {
+        match self {
+            Conn::Standalone(c) => invocation.invoke_async(c).await,
+            Conn::Cluster(c) => invocation.invoke_async(c).await,
+        }
+    }
+}
+
+impl RecordedWrite {
+    /// `"<seq> [old, new]"` as the write log stores it.
+    pub fn encode_payload(old: &Option<Vec<Value>>, new: &Option<Vec<Value>>) -> String {
+        let row = |r: &Option<Vec<Value>>| match r {
+            Some(values) => serde_json::Value::Array(values.iter().map(Value::to_json).collect()),
+            None => serde_json::Value::Null,
+        };
+        serde_json::Value::Array(vec![row(old), row(new)]).to_string()
+    }
+
+    fn decode(dataset: &Dataset, item: &str) -> Option<RecordedWrite> {
+        let (seq, payload) = item.split_once(' ')?;
+        let json: serde_json::Value = serde_json::from_str(payload).ok()?;
+        let row = |v: &serde_json::Value| -> Option<Option<Vec<Value>>> {
+            match v {
+                serde_json::Value::Null => Some(None),
+                serde_json::Value::Array(cells) if cells.len() == dataset.columns.len() => {
+                    Some(Some(
+                        cells
+                            .iter()
+                            .zip(&dataset.columns)
+                            .map(|(cell, column)| Value::from_json(column, cell))
+                            .collect::<Option<_>>()?,
+                    ))
+                }
+                _ => None,
+            }
+        };
+        Some(RecordedWrite {
+            seq: seq.parse().ok()?,
+            old: row(json.get(0)?)?,
+            new: row(json.get(1)?)?,
+        })
+    }
+}
