@@ -270,3 +270,33 @@ async fn two_instances_share_entries_and_writes_through_redis() {
         "HIT"
     );
 }
+
+/// The same sharing and invalidation on a three-node Redis Cluster the test starts itself.
+#[tokio::test]
+async fn a_redis_cluster_shares_entries_and_writes_too() {
+    let Some(cluster) = common::RedisCluster::start().await else { return };
+    let catalog = common::catalog();
+    let real = common::open(&common::sqlite_url());
+    common::import_movies(real.as_ref(), &catalog).await;
+    let ttl = std::time::Duration::from_secs(60);
+    let cache = || handler::cache::Cache::with_redis(&cluster.url, "cluster", ttl, handler::cache::DEFAULT_MAX_BYTES);
+    let a = TestApp::with_cache(real.clone(), catalog.clone(), cache());
+    let b = TestApp::with_cache(real.clone(), catalog, cache());
+    // Keys of many slots, spread over the three nodes.
+    let uris: Vec<String> = ["drama", "comedy", "horror", "western", "war", "music"]
+        .iter()
+        .map(|g| format!("/api/movies?genres={g}"))
+        .collect();
+    for uri in &uris {
+        assert_eq!(header(&a.get(uri).await, "x-cache"), "MISS", "{uri}");
+        assert_eq!(header(&b.get(uri).await, "x-cache"), "HIT", "{uri}");
+    }
+    let movies = a.dataset("movies");
+    let old = real.get(&movies, &Value::Integer(595)).await.unwrap().unwrap(); // Biography, Comedy, Drama
+    let mut new = old.clone();
+    new[movies.column_index("genres").unwrap()] = Value::List(vec!["War".into()]);
+    a.state.cache.record_write("movies", Some(old), Some(new)).await.unwrap();
+    for (uri, expected) in uris.iter().zip(["MISS", "MISS", "HIT", "HIT", "MISS", "HIT"]) {
+        assert_eq!(header(&b.get(uri).await, "x-cache"), expected, "{uri}");
+    }
+}
