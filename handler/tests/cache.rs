@@ -274,12 +274,21 @@ async fn two_instances_share_entries_and_writes_through_redis() {
 /// The same sharing and invalidation on a three-node Redis Cluster the test starts itself.
 #[tokio::test]
 async fn a_redis_cluster_shares_entries_and_writes_too() {
-    let Some(cluster) = common::RedisCluster::start().await else { return };
+    let Some(cluster) = common::RedisCluster::start().await else {
+        return;
+    };
     let catalog = common::catalog();
     let real = common::open(&common::sqlite_url());
     common::import_movies(real.as_ref(), &catalog).await;
     let ttl = std::time::Duration::from_secs(60);
-    let cache = || handler::cache::Cache::with_redis(&cluster.url, "cluster", ttl, handler::cache::DEFAULT_MAX_BYTES);
+    let cache = || {
+        handler::cache::Cache::with_redis(
+            &cluster.url,
+            "cluster",
+            ttl,
+            handler::cache::DEFAULT_MAX_BYTES,
+        )
+    };
     let a = TestApp::with_cache(real.clone(), catalog.clone(), cache());
     let b = TestApp::with_cache(real.clone(), catalog, cache());
     // Keys of many slots, spread over the three nodes.
@@ -292,11 +301,96 @@ async fn a_redis_cluster_shares_entries_and_writes_too() {
         assert_eq!(header(&b.get(uri).await, "x-cache"), "HIT", "{uri}");
     }
     let movies = a.dataset("movies");
-    let old = real.get(&movies, &Value::Integer(595)).await.unwrap().unwrap(); // Biography, Comedy, Drama
+    let old = real
+        .get(&movies, &Value::Integer(595))
+        .await
+        .unwrap()
+        .unwrap(); // Biography, Comedy, Drama
     let mut new = old.clone();
     new[movies.column_index("genres").unwrap()] = Value::List(vec!["War".into()]);
-    a.state.cache.record_write("movies", Some(old), Some(new)).await.unwrap();
-    for (uri, expected) in uris.iter().zip(["MISS", "MISS", "HIT", "HIT", "MISS", "HIT"]) {
+    a.state
+        .cache
+        .record_write("movies", Some(old), Some(new))
+        .await
+        .unwrap();
+    for (uri, expected) in uris
+        .iter()
+        .zip(["MISS", "MISS", "HIT", "HIT", "MISS", "HIT"])
+    {
         assert_eq!(header(&b.get(uri).await, "x-cache"), expected, "{uri}");
     }
+}
+
+/// Redis killed in the middle of a run and restarted: every request is still answered (BYPASS,
+/// never a 5xx), and no answer from before is served after a write made while it was down.
+#[tokio::test]
+async fn redis_killed_and_restarted_costs_no_errors_and_no_stale_answers() {
+    if common::redis_url().await.is_none() {
+        return; // the same skip rule: no redis-server here
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let redis = common::PrivateRedis::start(port);
+    let catalog = common::catalog();
+    let real = common::open(&common::sqlite_url());
+    common::import_movies(real.as_ref(), &catalog).await;
+    let url = format!("redis://127.0.0.1:{port}");
+    let ttl = std::time::Duration::from_secs(60);
+    let app = TestApp::with_cache(
+        real.clone(),
+        catalog,
+        handler::cache::Cache::with_redis(&url, "restart", ttl, 1 << 20),
+    );
+    let uri = "/api/movies?genres=drama&sort=-year&limit=5";
+    assert_eq!(header(&app.get(uri).await, "x-cache"), "MISS");
+    let before = app.get(uri).await;
+    assert_eq!(header(&before, "x-cache"), "HIT");
+
+    redis.kill();
+    for _ in 0..50 {
+        let response = app.get(uri).await;
+        assert_eq!(response.status, 200);
+        assert_eq!(header(&response, "x-cache"), "BYPASS");
+    }
+    // A write while Redis is down: the database changes, recording it fails (the writer learns).
+    let movies = app.dataset("movies");
+    let first_id = before.json()["items"][0]["id"].as_i64().unwrap();
+    let row = real
+        .get(&movies, &Value::Integer(first_id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        app.state
+            .cache
+            .record_write("movies", Some(row.clone()), Some(row))
+            .await
+            .is_err()
+    );
+
+    let _redis = common::PrivateRedis::start(port);
+    // The cache comes back by itself (the breaker retries, the connection reconnects) ...
+    let started = std::time::Instant::now();
+    let after = loop {
+        let response = app.get(uri).await;
+        assert_eq!(response.status, 200);
+        if header(&response, "x-cache") != "BYPASS" {
+            break response;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "the cache never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    // ... and its first answer is computed afresh, not the copy from before the write.
+    assert_eq!(
+        header(&after, "x-cache"),
+        "MISS",
+        "nothing from before the restart is served"
+    );
+    assert_eq!(header(&app.get(uri).await, "x-cache"), "HIT");
 }

@@ -287,11 +287,15 @@ impl RedisCluster {
     /// `None`, with a visible line, when `redis-server`/`redis-cli` are not installed (a failure
     /// under `CI=true`).
     pub async fn start() -> Option<RedisCluster> {
-        let installed = ["redis-server", "redis-cli"]
-            .iter()
-            .all(|tool| std::process::Command::new(tool).arg("--version").output().is_ok());
+        let installed = ["redis-server", "redis-cli"].iter().all(|tool| {
+            std::process::Command::new(tool)
+                .arg("--version")
+                .output()
+                .is_ok()
+        });
         if !installed {
-            let message = "redis-server and redis-cli are needed for the cluster tests: install redis-server";
+            let message =
+                "redis-server and redis-cli are needed for the cluster tests: install redis-server";
             if std::env::var("CI").as_deref() == Ok("true") {
                 panic!("{message}");
             }
@@ -302,12 +306,30 @@ impl RedisCluster {
         let mut processes = Vec::new();
         let mut nodes = Vec::new();
         for n in 0..3 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
             let node_dir = dir.join(format!("node{n}"));
             std::fs::create_dir_all(&node_dir).unwrap();
             let child = std::process::Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--cluster-enabled", "yes"])
-                .args(["--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no"])
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--cluster-enabled",
+                    "yes",
+                ])
+                .args([
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
                 .arg("--dir")
                 .arg(&node_dir)
                 .stdout(std::process::Stdio::null())
@@ -316,15 +338,27 @@ impl RedisCluster {
             processes.push(child);
             nodes.push(format!("127.0.0.1:{port}"));
         }
-        let cluster = RedisCluster { processes, dir, url: nodes.join(",") };
+        let cluster = RedisCluster {
+            processes,
+            dir,
+            url: nodes.join(","),
+        };
         for node in &nodes {
             let port = node.rsplit(':').next().unwrap();
             wait_for(|| redis_cli(port, &["ping"]).contains("PONG"));
         }
         let mut create = std::process::Command::new("redis-cli");
-        create.args(["--cluster", "create"]).args(&nodes).args(["--cluster-replicas", "0", "--cluster-yes"]);
+        create.args(["--cluster", "create"]).args(&nodes).args([
+            "--cluster-replicas",
+            "0",
+            "--cluster-yes",
+        ]);
         let output = create.output().unwrap();
-        assert!(output.status.success(), "cluster create: {}", String::from_utf8_lossy(&output.stdout));
+        assert!(
+            output.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
         for node in &nodes {
             let port = node.rsplit(':').next().unwrap();
             wait_for(|| redis_cli(port, &["cluster", "info"]).contains("cluster_state:ok"));
@@ -334,14 +368,21 @@ impl RedisCluster {
 }
 
 fn redis_cli(port: &str, args: &[&str]) -> String {
-    let output = std::process::Command::new("redis-cli").args(["-p", port]).args(args).output().unwrap();
+    let output = std::process::Command::new("redis-cli")
+        .args(["-p", port])
+        .args(args)
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 fn wait_for(ready: impl Fn() -> bool) {
     let started = std::time::Instant::now();
     while !ready() {
-        assert!(started.elapsed() < std::time::Duration::from_secs(20), "the Redis cluster did not get ready");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the Redis cluster did not get ready"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
@@ -353,5 +394,45 @@ impl Drop for RedisCluster {
             let _ = process.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A private standalone `redis-server` on a given port, for tests that kill and restart it.
+pub struct PrivateRedis {
+    process: std::process::Child,
+    pub port: u16,
+}
+
+impl PrivateRedis {
+    pub fn start(port: u16) -> PrivateRedis {
+        let process = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        let port_text = port.to_string();
+        wait_for(|| redis_cli(&port_text, &["ping"]).contains("PONG"));
+        PrivateRedis { process, port }
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
     }
 }
