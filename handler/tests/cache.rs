@@ -394,3 +394,33 @@ async fn redis_killed_and_restarted_costs_no_errors_and_no_stale_answers() {
     );
     assert_eq!(header(&app.get(uri).await, "x-cache"), "HIT");
 }
+
+/// 200 concurrent requests for one cold key, split over two instances sharing Redis: one query.
+#[tokio::test]
+async fn one_query_per_cold_key_across_two_instances() {
+    let Some(url) = common::redis_url().await else { return };
+    let catalog = common::catalog();
+    let real = common::open(&common::sqlite_url());
+    common::import_movies(real.as_ref(), &catalog).await;
+    let counting = Arc::new(CountingStorage { inner: real, lists: AtomicUsize::new(0) });
+    let prefix = common::unique_prefix();
+    let ttl = std::time::Duration::from_secs(60);
+    let cache = || handler::cache::Cache::with_redis(&url, &prefix, ttl, handler::cache::DEFAULT_MAX_BYTES);
+    let apps = [
+        Arc::new(TestApp::with_cache(counting.clone(), catalog.clone(), cache())),
+        Arc::new(TestApp::with_cache(counting.clone(), catalog, cache())),
+    ];
+    let mut requests = Vec::new();
+    for i in 0..200 {
+        let app = apps[i % 2].clone();
+        requests.push(tokio::spawn(async move { app.get("/api/movies?genres=crime&sort=-box_office").await }));
+    }
+    let mut bodies = std::collections::HashSet::new();
+    for request in requests {
+        let response = request.await.unwrap();
+        assert_eq!(response.status, 200);
+        bodies.insert(response.body);
+    }
+    assert_eq!(counting.lists.load(Ordering::SeqCst), 1, "one database query for 200 callers on 2 instances");
+    assert_eq!(bodies.len(), 1);
+}

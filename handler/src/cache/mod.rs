@@ -86,7 +86,7 @@ pub struct Cache {
     redis: Option<RedisStore>,
     /// Write positions in process mode.
     writes: Mutex<HashMap<String, WriteLog>>,
-    flights: Mutex<HashMap<String, Arc<OnceCell<Arc<CachedResponse>>>>>,
+    flights: Mutex<HashMap<String, Arc<OnceCell<(Arc<CachedResponse>, Outcome)>>>>,
     hits: AtomicU64,
     misses: AtomicU64,
     bypasses: AtomicU64,
@@ -336,21 +336,30 @@ impl Cache {
         };
         let result = cell
             .get_or_try_init(|| async {
+                // Another instance may be computing the same answer: wait for it rather than
+                // query the database again.
+                let lease = match self.lease_or_wait(dataset, &subject, &key).await {
+                    Lease::Served(entry) => return Ok((entry, Outcome::Hit)),
+                    lease => lease,
+                };
                 let started = Instant::now();
-                let (body, content_type) = compute().await?;
-                let entry = Arc::new(CachedResponse::new(
-                    &body,
-                    content_type,
-                    started.elapsed(),
-                    stamp,
-                ));
+                let computed = compute().await;
+                let (body, content_type) = match computed {
+                    Ok(computed) => computed,
+                    Err(error) => {
+                        self.release(&key, lease).await;
+                        return Err(error);
+                    }
+                };
+                let entry = Arc::new(CachedResponse::new(&body, content_type, started.elapsed(), stamp));
                 let ttl = jittered(self.ttl(dataset));
                 self.store.insert(key.clone(), Arc::clone(&entry), ttl);
                 if let Some(redis) = &self.redis {
                     // A failed store costs the next reader a miss, nothing more.
                     let _ = redis.set(&key, &entry, ttl).await;
                 }
-                Ok(entry)
+                self.release(&key, lease).await;
+                Ok((entry, Outcome::Miss))
             })
             .await
             .cloned();
@@ -363,12 +372,55 @@ impl Cache {
                 flights.remove(&flight_key);
             }
         }
-        result.map(|entry| (entry, Outcome::Miss))
+        result
     }
 
     /// `(entries, bytes)` held by this instance.
     pub fn usage(&self) -> (usize, usize) {
         self.store.usage()
+    }
+
+    /// In Redis mode, takes the key's lease, or waits for the instance holding it to store the
+    /// answer. A lease expires by itself if its holder dies.
+    async fn lease_or_wait(&self, dataset: &Dataset, subject: &Subject<'_>, key: &str) -> Lease {
+        let Some(redis) = &self.redis else { return Lease::None };
+        let lease_key = self.lease_key(key);
+        let token = lease_token();
+        let deadline = Instant::now() + LEASE_WAIT;
+        loop {
+            match redis.try_lease(&lease_key, &token, LEASE_TTL).await {
+                Ok(true) => return Lease::Held(lease_key, token),
+                Ok(false) => {}
+                Err(_) => return Lease::None,
+            }
+            tokio::time::sleep(LEASE_POLL).await;
+            if let Ok(Some(entry)) = redis.get(key).await
+                && self.is_fresh(dataset, subject, entry.stamp).await.unwrap_or(false)
+            {
+                let entry = Arc::new(entry);
+                self.store.insert(key.to_owned(), Arc::clone(&entry), NEAR_TTL.min(self.ttl(dataset)));
+                return Lease::Served(entry);
+            }
+            if Instant::now() > deadline {
+                return Lease::None; // the holder is slow: answer this request ourselves
+            }
+        }
+    }
+
+    async fn release(&self, _key: &str, lease: Lease) {
+        if let (Some(redis), Lease::Held(lease_key, token)) = (&self.redis, lease) {
+            let _ = redis.release_lease(&lease_key, &token).await;
+        }
+    }
+
+    /// `<prefix>:<dataset>:lease:<kind>:<query>`: `lease` is no entry kind, so no entry key can
+    /// be mistaken for a lease.
+    fn lease_key(&self, key: &str) -> String {
+        let rest = key.strip_prefix(&format!("{}:", self.prefix)).unwrap_or(key);
+        match rest.split_once(':') {
+            Some((dataset, tail)) => format!("{}:{dataset}:lease:{tail}", self.prefix),
+            None => format!("{}:lease:{rest}", self.prefix),
+        }
     }
 
     pub fn hit_count(&self) -> u64 {
@@ -382,6 +434,25 @@ impl Cache {
     pub fn bypass_count(&self) -> u64 {
         self.bypasses.load(Ordering::Relaxed)
     }
+}
+
+/// How long a lease lasts if its holder never releases it (it died, say).
+const LEASE_TTL: Duration = Duration::from_secs(5);
+/// How long a request waits for another instance's computation before doing its own.
+const LEASE_WAIT: Duration = Duration::from_secs(3);
+const LEASE_POLL: Duration = Duration::from_millis(20);
+
+enum Lease {
+    /// Not in Redis mode, or Redis failed: compute without one.
+    None,
+    Held(String, String),
+    /// Another instance stored the answer while we waited.
+    Served(Arc<CachedResponse>),
+}
+
+fn lease_token() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    format!("{}-{nanos}", std::process::id())
 }
 
 /// Whether any of `writes` (old or new row) passes the filters of `subject`.

@@ -59,6 +59,10 @@ redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
 redis.call('HSETNX', KEYS[1], 'seq', 0)
 return redis.call('HMGET', KEYS[1], 'epoch', 'seq')";
 
+const RELEASE_LEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0";
+
 const PURGE: &str = r"
 redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 redis.call('HSET', KEYS[1], 'seq', 0)
@@ -249,6 +253,31 @@ impl RedisStore {
         .await
     }
 
+    /// `SET lease token NX PX ttl`: whether this caller now holds the lease.
+    pub async fn try_lease(&self, lease_key: &str, token: &str, ttl: Duration) -> Result<bool, Unavailable> {
+        let (key, token) = (lease_key.to_owned(), token.to_owned());
+        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        self.run(|mut conn| async move {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&key).arg(&token).arg("NX").arg("PX").arg(millis);
+            let reply: Option<String> = conn.query(&cmd).await?;
+            Ok(reply.is_some())
+        })
+        .await
+    }
+
+    /// Deletes the lease if this caller still holds it.
+    pub async fn release_lease(&self, lease_key: &str, token: &str) -> Result<(), Unavailable> {
+        let (key, token) = (lease_key.to_owned(), token.to_owned());
+        self.run(|mut conn| async move {
+            let script = Script::new(RELEASE_LEASE);
+            let mut invocation = script.key(key);
+            invocation.arg(token);
+            conn.invoke::<i64>(&invocation).await.map(|_| ())
+        })
+        .await
+    }
+
     pub async fn purge(&self, dataset: &str) -> Result<(), Unavailable> {
         let (stamp, writes) = (self.stamp_key(dataset), self.writes_key(dataset));
         self.run(|mut conn| async move {
@@ -290,6 +319,13 @@ impl Conn {
     ) -> redis::RedisResult<(Option<u64>, Option<u64>)> {
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(key).arg(fields);
+        match self {
+            Conn::Standalone(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+
+    async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
         match self {
             Conn::Standalone(c) => cmd.query_async(c).await,
             Conn::Cluster(c) => cmd.query_async(c).await,
