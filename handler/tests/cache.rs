@@ -398,22 +398,34 @@ async fn redis_killed_and_restarted_costs_no_errors_and_no_stale_answers() {
 /// 200 concurrent requests for one cold key, split over two instances sharing Redis: one query.
 #[tokio::test]
 async fn one_query_per_cold_key_across_two_instances() {
-    let Some(url) = common::redis_url().await else { return };
+    let Some(url) = common::redis_url().await else {
+        return;
+    };
     let catalog = common::catalog();
     let real = common::open(&common::sqlite_url());
     common::import_movies(real.as_ref(), &catalog).await;
-    let counting = Arc::new(CountingStorage { inner: real, lists: AtomicUsize::new(0) });
+    let counting = Arc::new(CountingStorage {
+        inner: real,
+        lists: AtomicUsize::new(0),
+    });
     let prefix = common::unique_prefix();
     let ttl = std::time::Duration::from_secs(60);
-    let cache = || handler::cache::Cache::with_redis(&url, &prefix, ttl, handler::cache::DEFAULT_MAX_BYTES);
+    let cache =
+        || handler::cache::Cache::with_redis(&url, &prefix, ttl, handler::cache::DEFAULT_MAX_BYTES);
     let apps = [
-        Arc::new(TestApp::with_cache(counting.clone(), catalog.clone(), cache())),
+        Arc::new(TestApp::with_cache(
+            counting.clone(),
+            catalog.clone(),
+            cache(),
+        )),
         Arc::new(TestApp::with_cache(counting.clone(), catalog, cache())),
     ];
     let mut requests = Vec::new();
     for i in 0..200 {
         let app = apps[i % 2].clone();
-        requests.push(tokio::spawn(async move { app.get("/api/movies?genres=crime&sort=-box_office").await }));
+        requests.push(tokio::spawn(async move {
+            app.get("/api/movies?genres=crime&sort=-box_office").await
+        }));
     }
     let mut bodies = std::collections::HashSet::new();
     for request in requests {
@@ -421,6 +433,47 @@ async fn one_query_per_cold_key_across_two_instances() {
         assert_eq!(response.status, 200);
         bodies.insert(response.body);
     }
-    assert_eq!(counting.lists.load(Ordering::SeqCst), 1, "one database query for 200 callers on 2 instances");
+    assert_eq!(
+        counting.lists.load(Ordering::SeqCst),
+        1,
+        "one database query for 200 callers on 2 instances"
+    );
     assert_eq!(bodies.len(), 1);
+}
+
+/// The database goes away: the last good answer is served, marked STALE, instead of a 503.
+#[tokio::test]
+async fn a_dead_database_gets_the_last_good_answer_marked_stale() {
+    let Some(url) = common::redis_url().await else {
+        return;
+    };
+    let mut movies = (**common::catalog().get("movies").unwrap()).clone();
+    movies.cache_ttl_seconds = Some(1);
+    let mut catalog = handler::datasets::Catalog::default();
+    catalog.insert(movies).unwrap();
+    let real = common::open(&common::sqlite_url());
+    common::import_movies(real.as_ref(), &catalog).await;
+    let prefix = common::unique_prefix();
+    let ttl = std::time::Duration::from_secs(1);
+    let cache =
+        || handler::cache::Cache::with_redis(&url, &prefix, ttl, handler::cache::DEFAULT_MAX_BYTES);
+    let healthy = TestApp::with_cache(real, catalog.clone(), cache());
+    let uri = "/api/movies?genres=sport";
+    let good = healthy.get(uri).await;
+    assert_eq!(header(&good, "x-cache"), "MISS");
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await; // past freshness
+
+    // Another instance whose database is unreachable (nothing listens on port 9).
+    let broken = TestApp::with_cache(
+        common::open("postgres://nobody@127.0.0.1:9/none"),
+        catalog,
+        cache(),
+    );
+    let stale = broken.get(uri).await;
+    assert_eq!(stale.status, 200, "{}", stale.text());
+    assert_eq!(header(&stale, "x-cache"), "STALE");
+    assert_eq!(stale.body, good.body);
+    // Without any stored answer, the 503 stands.
+    let nothing = broken.get("/api/movies?genres=western").await;
+    assert_eq!(nothing.status, 503);
 }

@@ -12,8 +12,10 @@ use super::Stamp;
 pub enum Outcome {
     Hit,
     Miss,
-    /// Not cached at all (e.g. exports, for now).
+    /// Not cached at all (exports, for now), or the cache is unreachable.
     Bypass,
+    /// The database failed; this is the last good answer, past its freshness.
+    Stale,
 }
 
 impl Outcome {
@@ -22,6 +24,7 @@ impl Outcome {
             Outcome::Hit => "HIT",
             Outcome::Miss => "MISS",
             Outcome::Bypass => "BYPASS",
+            Outcome::Stale => "STALE",
         }
     }
 }
@@ -34,14 +37,25 @@ pub struct CachedResponse {
     pub etag: String,
     pub compute_time: Duration,
     pub stamp: Stamp,
+    /// When the answer stops being fresh (Unix milliseconds); it is kept a while longer to be
+    /// served as STALE if the database fails.
+    pub expires_at_ms: u64,
+}
+
+pub fn unix_ms() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(now.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl CachedResponse {
     pub fn new(
         body: &[u8],
-        content_type: &'static str,
+        content_type: &str,
         compute_time: Duration,
         stamp: Stamp,
+        ttl: Duration,
     ) -> Self {
         let mut crc = flate2::Crc::new();
         crc.update(body);
@@ -59,6 +73,8 @@ impl CachedResponse {
             etag: format!("\"{}-{:08x}\"", body.len(), crc.sum()),
             compute_time,
             stamp,
+            expires_at_ms: unix_ms()
+                .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
         }
     }
 
@@ -79,6 +95,7 @@ impl CachedResponse {
             "content_type": self.content_type,
             "etag": self.etag,
             "compute_us": u64::try_from(self.compute_time.as_micros()).unwrap_or(u64::MAX),
+            "expires_at_ms": self.expires_at_ms,
         });
         let mut out = Vec::with_capacity(self.gzip_body.len() + 160);
         out.extend_from_slice(b"SC1 ");
@@ -102,7 +119,21 @@ impl CachedResponse {
                 epoch: header["epoch"].as_u64()?,
                 seq: header["seq"].as_u64()?,
             },
+            expires_at_ms: header["expires_at_ms"].as_u64()?,
         })
+    }
+
+    pub fn is_expired(&self) -> bool {
+        unix_ms() >= self.expires_at_ms
+    }
+
+    /// Probabilistic early refresh ("XFetch", Vattani et al., VLDB 2015): as expiry nears, a
+    /// growing share of readers (more for answers slow to compute) recompute it early, so a hot
+    /// entry is refreshed before it expires instead of by a crowd after. `random` is in (0, 1].
+    pub fn should_refresh_early(&self, random: f64) -> bool {
+        let delta_ms = self.compute_time.as_secs_f64() * 1000.0;
+        let gap = -delta_ms * random.clamp(f64::MIN_POSITIVE, 1.0).ln();
+        unix_ms() as f64 + gap >= self.expires_at_ms as f64
     }
 
     /// Bytes this entry holds, for the store's budget.

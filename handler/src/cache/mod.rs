@@ -50,6 +50,8 @@ const WRITE_LOG_CAPACITY: usize = 4096;
 pub const DEFAULT_MAX_BYTES: usize = 64 << 20;
 /// How long a copy fetched from Redis stays in the near cache (it is revalidated on every read).
 const NEAR_TTL: Duration = Duration::from_secs(30);
+/// How long past its freshness an answer is kept, to be served as STALE while the database fails.
+pub const STALE_GRACE: Duration = Duration::from_secs(300);
 
 /// What a cached answer is about: its kind and, for items, the key.
 #[derive(Debug, Clone)]
@@ -57,6 +59,9 @@ pub enum Subject<'a> {
     Query(&'a Query),
     Item(&'a Value),
 }
+
+/// One computation shared by the concurrent misses of a key at one write position.
+type Flight = OnceCell<(Arc<CachedResponse>, Outcome)>;
 
 /// A dataset's write position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -86,7 +91,7 @@ pub struct Cache {
     redis: Option<RedisStore>,
     /// Write positions in process mode.
     writes: Mutex<HashMap<String, WriteLog>>,
-    flights: Mutex<HashMap<String, Arc<OnceCell<(Arc<CachedResponse>, Outcome)>>>>,
+    flights: Mutex<HashMap<String, Arc<Flight>>>,
     hits: AtomicU64,
     misses: AtomicU64,
     bypasses: AtomicU64,
@@ -272,13 +277,18 @@ impl Cache {
         subject: &Subject<'_>,
         key: &str,
     ) -> Result<Option<Arc<CachedResponse>>, Unavailable> {
+        let usable = |entry: &CachedResponse| {
+            !entry.is_expired() && !entry.should_refresh_early(random_unit())
+        };
         if let Some(entry) = self.store.get(key)
+            && usable(&entry)
             && self.is_fresh(dataset, subject, entry.stamp).await?
         {
             return Ok(Some(entry));
         }
         if let Some(redis) = &self.redis
             && let Some(entry) = redis.get(key).await?
+            && usable(&entry)
             && self.is_fresh(dataset, subject, entry.stamp).await?
         {
             let entry = Arc::new(entry);
@@ -310,6 +320,24 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(Vec<u8>, &'static str), E>>,
     {
+        self.get_or_compute_or_stale(dataset, subject, key, compute, |_| false)
+            .await
+    }
+
+    /// [`Cache::get_or_compute`], and when the computation fails in a way `database_down` accepts,
+    /// the last good answer (at most [`STALE_GRACE`] past its freshness) as `STALE`.
+    pub async fn get_or_compute_or_stale<F, Fut, E>(
+        &self,
+        dataset: &Dataset,
+        subject: Subject<'_>,
+        key: String,
+        compute: F,
+        database_down: impl Fn(&E) -> bool,
+    ) -> Result<(Arc<CachedResponse>, Outcome), E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(Vec<u8>, &'static str), E>>,
+    {
         let stamp = match self.lookup(dataset, &subject, &key).await {
             Ok(Some(entry)) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
@@ -324,8 +352,13 @@ impl Cache {
             self.bypasses.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
             let (body, content_type) = compute().await?;
-            let entry =
-                CachedResponse::new(&body, content_type, started.elapsed(), Stamp::default());
+            let entry = CachedResponse::new(
+                &body,
+                content_type,
+                started.elapsed(),
+                Stamp::default(),
+                Duration::ZERO,
+            );
             return Ok((Arc::new(entry), Outcome::Bypass));
         };
         self.misses.fetch_add(1, Ordering::Relaxed);
@@ -351,12 +384,19 @@ impl Cache {
                         return Err(error);
                     }
                 };
-                let entry = Arc::new(CachedResponse::new(&body, content_type, started.elapsed(), stamp));
                 let ttl = jittered(self.ttl(dataset));
-                self.store.insert(key.clone(), Arc::clone(&entry), ttl);
+                let entry = Arc::new(CachedResponse::new(
+                    &body,
+                    content_type,
+                    started.elapsed(),
+                    stamp,
+                    ttl,
+                ));
+                self.store
+                    .insert(key.clone(), Arc::clone(&entry), ttl + STALE_GRACE);
                 if let Some(redis) = &self.redis {
                     // A failed store costs the next reader a miss, nothing more.
-                    let _ = redis.set(&key, &entry, ttl).await;
+                    let _ = redis.set(&key, &entry, ttl + STALE_GRACE).await;
                 }
                 self.release(&key, lease).await;
                 Ok((entry, Outcome::Miss))
@@ -372,7 +412,22 @@ impl Cache {
                 flights.remove(&flight_key);
             }
         }
-        result
+        match result {
+            Err(error) if database_down(&error) => match self.last_good(&key).await {
+                Some(entry) => Ok((entry, Outcome::Stale)),
+                None => Err(error),
+            },
+            other => other,
+        }
+    }
+
+    /// Whatever answer is still stored for `key`, fresh or not.
+    async fn last_good(&self, key: &str) -> Option<Arc<CachedResponse>> {
+        if let Some(entry) = self.store.get(key) {
+            return Some(entry);
+        }
+        let redis = self.redis.as_ref()?;
+        redis.get(key).await.ok().flatten().map(Arc::new)
     }
 
     /// `(entries, bytes)` held by this instance.
@@ -383,7 +438,9 @@ impl Cache {
     /// In Redis mode, takes the key's lease, or waits for the instance holding it to store the
     /// answer. A lease expires by itself if its holder dies.
     async fn lease_or_wait(&self, dataset: &Dataset, subject: &Subject<'_>, key: &str) -> Lease {
-        let Some(redis) = &self.redis else { return Lease::None };
+        let Some(redis) = &self.redis else {
+            return Lease::None;
+        };
         let lease_key = self.lease_key(key);
         let token = lease_token();
         let deadline = Instant::now() + LEASE_WAIT;
@@ -395,10 +452,17 @@ impl Cache {
             }
             tokio::time::sleep(LEASE_POLL).await;
             if let Ok(Some(entry)) = redis.get(key).await
-                && self.is_fresh(dataset, subject, entry.stamp).await.unwrap_or(false)
+                && self
+                    .is_fresh(dataset, subject, entry.stamp)
+                    .await
+                    .unwrap_or(false)
             {
                 let entry = Arc::new(entry);
-                self.store.insert(key.to_owned(), Arc::clone(&entry), NEAR_TTL.min(self.ttl(dataset)));
+                self.store.insert(
+                    key.to_owned(),
+                    Arc::clone(&entry),
+                    NEAR_TTL.min(self.ttl(dataset)),
+                );
                 return Lease::Served(entry);
             }
             if Instant::now() > deadline {
@@ -416,7 +480,9 @@ impl Cache {
     /// `<prefix>:<dataset>:lease:<kind>:<query>`: `lease` is no entry kind, so no entry key can
     /// be mistaken for a lease.
     fn lease_key(&self, key: &str) -> String {
-        let rest = key.strip_prefix(&format!("{}:", self.prefix)).unwrap_or(key);
+        let rest = key
+            .strip_prefix(&format!("{}:", self.prefix))
+            .unwrap_or(key);
         match rest.split_once(':') {
             Some((dataset, tail)) => format!("{}:{dataset}:lease:{tail}", self.prefix),
             None => format!("{}:lease:{rest}", self.prefix),
@@ -450,8 +516,24 @@ enum Lease {
     Served(Arc<CachedResponse>),
 }
 
+/// A number in (0, 1] for XFetch; not cryptographic, just spread.
+fn random_unit() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64 + f64::EPSILON
+}
+
 fn lease_token() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
     format!("{}-{nanos}", std::process::id())
 }
 

@@ -254,7 +254,12 @@ impl RedisStore {
     }
 
     /// `SET lease token NX PX ttl`: whether this caller now holds the lease.
-    pub async fn try_lease(&self, lease_key: &str, token: &str, ttl: Duration) -> Result<bool, Unavailable> {
+    pub async fn try_lease(
+        &self,
+        lease_key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, Unavailable> {
         let (key, token) = (lease_key.to_owned(), token.to_owned());
         let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         self.run(|mut conn| async move {

@@ -355,6 +355,7 @@ fn the_store_stays_within_its_byte_budget() {
             "application/json",
             Duration::ZERO,
             Stamp::default(),
+            Duration::from_secs(60),
         ));
         store.insert(format!("k{i}"), entry, Duration::from_secs(60));
     }
@@ -374,8 +375,15 @@ fn entries_round_trip_and_have_stable_etags() {
         "application/json",
         Duration::from_micros(1234),
         Stamp { epoch: 2, seq: 5 },
+        Duration::from_secs(60),
     );
-    let b = CachedResponse::new(body, "application/json", Duration::ZERO, Stamp::default());
+    let b = CachedResponse::new(
+        body,
+        "application/json",
+        Duration::ZERO,
+        Stamp::default(),
+        Duration::ZERO,
+    );
     assert_eq!(a.plain_body().as_ref(), body);
     assert_eq!(a.etag, b.etag);
     assert!(a.etag.starts_with("\"12-"), "{}", a.etag);
@@ -386,4 +394,34 @@ fn entries_round_trip_and_have_stable_etags() {
     );
     assert_eq!(decoded.plain_body().as_ref(), body);
     assert!(CachedResponse::decode(b"garbage").is_none());
+}
+
+#[test]
+fn early_refresh_grows_as_expiry_nears() {
+    let slow = |ttl_ms: u64| {
+        CachedResponse::new(
+            b"x",
+            "application/json",
+            Duration::from_millis(100),
+            Stamp::default(),
+            Duration::from_millis(ttl_ms),
+        )
+    };
+    let far = slow(60_000);
+    let near = slow(50);
+    let refreshes = |entry: &CachedResponse| {
+        (1..=1000)
+            .filter(|i| entry.should_refresh_early(*i as f64 / 1000.0))
+            .count()
+    };
+    assert_eq!(
+        refreshes(&far),
+        0,
+        "a minute away, nobody refreshes a 100 ms answer"
+    );
+    let share = refreshes(&near);
+    assert!(
+        share > 300 && share < 1000,
+        "50 ms before expiry some, not all, refresh: {share}"
+    );
 }

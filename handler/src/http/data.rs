@@ -49,11 +49,17 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<Vec<u8>, ApiError>>,
 {
+    // When the database is down, the last good answer is better than an error (X-Cache: STALE).
+    let database_down = |error: &ApiError| matches!(error, ApiError::Unavailable);
     let (entry, outcome) = state
         .cache
-        .get_or_compute(dataset, subject, key, || async {
-            Ok::<_, ApiError>((compute().await?, "application/json"))
-        })
+        .get_or_compute_or_stale(
+            dataset,
+            subject,
+            key,
+            || async { Ok::<_, ApiError>((compute().await?, "application/json")) },
+            database_down,
+        )
         .await?;
     Ok(cached_response(&entry, outcome, headers, started))
 }
