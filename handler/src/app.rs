@@ -39,14 +39,14 @@ impl Context {
             settings.cache_ttl,
             cache::DEFAULT_MAX_BYTES,
         );
-        Ok(Context {
-            settings,
-            state: AppState {
-                catalog: Arc::new(catalog),
-                storage,
-                cache: Arc::new(cache),
-            },
-        })
+        let admin_enabled = settings.admin_api_enabled;
+        let state = AppState {
+            catalog: Arc::new(catalog),
+            storage,
+            cache: Arc::new(cache),
+            admin_enabled,
+        };
+        Ok(Context { settings, state })
     }
 }
 
@@ -73,10 +73,22 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        // Access counts are aggregated here and flushed now and then, so that the warm-up run on
+        // any instance sees what is hot on all of them.
+        let cache = Arc::clone(&self.state.cache);
+        let flusher = tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
+            loop {
+                every.tick().await;
+                let _ = cache.flush_hot_keys().await;
+            }
+        });
         let router = http::router(self.state);
-        axum::serve(self.listener, router)
+        let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown_signal())
-            .await?;
+            .await;
+        flusher.abort();
+        served?;
         Ok(())
     }
 }

@@ -31,6 +31,9 @@ enum Command {
     /// Create or update the tables and indexes of every dataset.
     Migrate,
     /// Import a CSV file (optionally .gz) into a dataset, replacing its rows.
+    /// Recompute the hottest cached answers that are missing or near expiry (what the
+    /// WarmCache timer function does); useful with REDIS_URL, where hot keys are shared.
+    Warm,
     Import {
         /// The dataset, as named in its declaration under DATASETS_DIR.
         #[arg(long)]
@@ -56,6 +59,21 @@ impl Cli {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Import { dataset, file } => run_import(&context, &dataset, &file).await,
+            Command::Warm => {
+                let report = crate::http::warm(&context.state, crate::http::WARM_LIMIT).await;
+                for line in &report.lines {
+                    println!("{line}");
+                }
+                println!(
+                    "warmed: {} refreshed, {} fresh, {} failed",
+                    report.refreshed, report.fresh, report.failed
+                );
+                Ok(if report.failed == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                })
+            }
         }
     }
 }
@@ -126,6 +144,13 @@ async fn run_import(
     })?;
     let storage = context.state.storage.as_ref();
     let report = import::import_file(storage, dataset, file, true).await?;
+    // Every cached answer of the dataset predates the new rows. With REDIS_URL this reaches the
+    // serving instances; an in-process cache lives in the server, which holds its own answers.
+    if context.state.cache.purge(&dataset.name).await.is_err() {
+        eprintln!(
+            "warning: the cache could not be told; cached answers of {name} expire by their TTL"
+        );
+    }
     for rejection in &report.rejections {
         eprintln!("rejected line {}: {}", rejection.line, rejection.reason);
     }

@@ -8,7 +8,8 @@
 //! - `REDIS_URL`: `redis://…`, `rediss://…` (TLS) or a comma list of cluster nodes; unset means
 //!   the in-process cache;
 //! - `CACHE_PREFIX` (default `smartcache`): the first part of every cache key;
-//! - `CACHE_TTL_SECONDS` (default 1800): lifetime of cached answers of datasets that declare none.
+//! - `CACHE_TTL_SECONDS` (default 1800): lifetime of cached answers of datasets that declare none;
+//! - `ADMIN_API_ENABLED` (default false): whether `/api/admin/*` answers, until roles exist.
 //!
 //! Errors name the variable. Secrets (a database password) are never printed.
 
@@ -36,6 +37,7 @@ pub struct Settings {
     pub redis_url: Option<Secret>,
     pub cache_prefix: String,
     pub cache_ttl: std::time::Duration,
+    pub admin_api_enabled: bool,
 }
 
 impl Settings {
@@ -86,6 +88,13 @@ impl Settings {
                 );
             }
         }
+        let admin_api_enabled =
+            match non_empty("ADMIN_API_ENABLED").map(|v| v.trim().to_ascii_lowercase()) {
+                None => false,
+                Some(v) if v == "true" || v == "1" => true,
+                Some(v) if v == "false" || v == "0" => false,
+                Some(v) => bail!("ADMIN_API_ENABLED must be true or false, not {v:?}"),
+            };
         if !database_url.contains(':') {
             bail!(
                 "DATABASE_URL must be a URL such as sqlite://smartcache.db or postgres://host/db"
@@ -98,6 +107,7 @@ impl Settings {
             redis_url: non_empty("REDIS_URL").map(Secret),
             cache_prefix,
             cache_ttl: std::time::Duration::from_secs(cache_ttl),
+            admin_api_enabled,
         })
     }
 }

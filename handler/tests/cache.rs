@@ -477,3 +477,78 @@ async fn a_dead_database_gets_the_last_good_answer_marked_stale() {
     let nothing = broken.get("/api/movies?genres=western").await;
     assert_eq!(nothing.status, 503);
 }
+
+#[tokio::test]
+async fn the_admin_view_reports_and_purges_and_warm_up_refreshes_what_is_hot() {
+    let (app, db) = movies_app().await;
+    for uri in [
+        "/api/movies?genres=drama",
+        "/api/movies?genres=drama",
+        "/api/movies?genres=drama",
+        "/api/movies/595",
+    ] {
+        app.get(uri).await;
+    }
+    let view = app.get("/api/admin/cache").await;
+    assert_eq!(view.status, 200, "{}", view.text());
+    let view = view.json();
+    assert_eq!(view["backend"], "in-process");
+    assert_eq!(
+        (view["hits"].as_u64(), view["misses"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(view["hot_keys"][0]["path"], "/api/movies?genres=drama");
+    assert_eq!(view["hot_keys"][0]["score"], 3.0);
+    let movies = view["datasets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "movies")
+        .unwrap()
+        .clone();
+    assert_eq!(movies["near_entries"], 2);
+
+    let purged = app
+        .request("DELETE", "/api/admin/cache?dataset=movies")
+        .await;
+    assert_eq!(purged.status, 200, "{}", purged.text());
+    assert_eq!(
+        app.request("DELETE", "/api/admin/cache?dataset=nope")
+            .await
+            .status,
+        400
+    );
+
+    // Warm-up recomputes the hot answers the purge ended, so the next reader hits.
+    let queries = db.lists.load(Ordering::SeqCst);
+    let report = handler::http::warm(&app.state, 10).await;
+    assert_eq!(
+        (report.refreshed, report.failed),
+        (2, 0),
+        "{:?}",
+        report.lines
+    );
+    assert_eq!(db.lists.load(Ordering::SeqCst), queries + 1);
+    assert_eq!(
+        header(&app.get("/api/movies?genres=drama").await, "x-cache"),
+        "HIT"
+    );
+    // A second run finds them fresh and leaves them.
+    let again = handler::http::warm(&app.state, 10).await;
+    assert_eq!((again.refreshed, again.fresh), (0, 2), "{:?}", again.lines);
+}
+
+#[tokio::test]
+async fn admin_endpoints_are_off_unless_enabled() {
+    let (app, _) = movies_app().await;
+    let mut state = app.state.clone();
+    state.admin_enabled = false;
+    let closed = TestApp { state };
+    for method in ["GET", "DELETE"] {
+        let response = closed
+            .request(method, "/api/admin/cache?dataset=movies")
+            .await;
+        assert_eq!(response.status, 403, "{method}");
+        assert_eq!(response.content_type(), "application/problem+json");
+    }
+}

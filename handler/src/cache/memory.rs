@@ -93,6 +93,18 @@ impl MemoryStore {
         }
     }
 
+    /// `(entries, bytes)` of the keys starting with `prefix`.
+    pub fn usage_of(&self, prefix: &str) -> (usize, usize) {
+        let inner = self.inner.lock().expect("store lock");
+        inner
+            .entries
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .fold((0, 0), |(n, bytes), (_, stored)| {
+                (n + 1, bytes + stored.entry.size())
+            })
+    }
+
     /// `(entries, bytes)`.
     pub fn usage(&self) -> (usize, usize) {
         let inner = self.inner.lock().expect("store lock");

@@ -24,6 +24,7 @@
 //! (`X-Cache: BYPASS`) and never fail because of the cache.
 
 mod entry;
+mod hot;
 mod memory;
 mod redis;
 
@@ -92,9 +93,11 @@ pub struct Cache {
     /// Write positions in process mode.
     writes: Mutex<HashMap<String, WriteLog>>,
     flights: Mutex<HashMap<String, Arc<Flight>>>,
+    hot: hot::HotKeys,
     hits: AtomicU64,
     misses: AtomicU64,
     bypasses: AtomicU64,
+    stales: AtomicU64,
 }
 
 impl Cache {
@@ -106,9 +109,11 @@ impl Cache {
             redis: None,
             writes: Mutex::default(),
             flights: Mutex::default(),
+            hot: hot::HotKeys::default(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             bypasses: AtomicU64::new(0),
+            stales: AtomicU64::new(0),
         }
     }
 
@@ -276,9 +281,17 @@ impl Cache {
         dataset: &Dataset,
         subject: &Subject<'_>,
         key: &str,
+        warming: bool,
     ) -> Result<Option<Arc<CachedResponse>>, Unavailable> {
+        // Warm-up refreshes what would expire within a fifth of its lifetime.
+        let margin_ms = if warming {
+            u64::try_from(self.ttl(dataset).as_millis() / 5).unwrap_or(u64::MAX)
+        } else {
+            0
+        };
         let usable = |entry: &CachedResponse| {
-            !entry.is_expired() && !entry.should_refresh_early(random_unit())
+            entry.expires_at_ms > entry::unix_ms().saturating_add(margin_ms)
+                && !entry.should_refresh_early(random_unit())
         };
         if let Some(entry) = self.store.get(key)
             && usable(&entry)
@@ -320,7 +333,7 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(Vec<u8>, &'static str), E>>,
     {
-        self.get_or_compute_or_stale(dataset, subject, key, compute, |_| false)
+        self.get_or_compute_or_stale(dataset, subject, key, compute, |_| false, false)
             .await
     }
 
@@ -333,12 +346,13 @@ impl Cache {
         key: String,
         compute: F,
         database_down: impl Fn(&E) -> bool,
+        warming: bool,
     ) -> Result<(Arc<CachedResponse>, Outcome), E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(Vec<u8>, &'static str), E>>,
     {
-        let stamp = match self.lookup(dataset, &subject, &key).await {
+        let stamp = match self.lookup(dataset, &subject, &key, warming).await {
             Ok(Some(entry)) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok((entry, Outcome::Hit));
@@ -414,7 +428,10 @@ impl Cache {
         }
         match result {
             Err(error) if database_down(&error) => match self.last_good(&key).await {
-                Some(entry) => Ok((entry, Outcome::Stale)),
+                Some(entry) => {
+                    self.stales.fetch_add(1, Ordering::Relaxed);
+                    Ok((entry, Outcome::Stale))
+                }
                 None => Err(error),
             },
             other => other,
@@ -428,6 +445,11 @@ impl Cache {
         }
         let redis = self.redis.as_ref()?;
         redis.get(key).await.ok().flatten().map(Arc::new)
+    }
+
+    /// `(entries, bytes)` of one dataset held by this instance.
+    pub fn usage_of(&self, dataset: &str) -> (usize, usize) {
+        self.store.usage_of(&format!("{}:{dataset}:", self.prefix))
     }
 
     /// `(entries, bytes)` held by this instance.
@@ -499,6 +521,42 @@ impl Cache {
 
     pub fn bypass_count(&self) -> u64 {
         self.bypasses.load(Ordering::Relaxed)
+    }
+
+    pub fn stale_count(&self) -> u64 {
+        self.stales.load(Ordering::Relaxed)
+    }
+
+    /// Counts an access to a cached path, for warm-up.
+    pub fn record_access(&self, path: &str) {
+        self.hot.record(path);
+    }
+
+    /// Moves this instance's access counts to the shared scores (Redis, or this process).
+    pub async fn flush_hot_keys(&self) -> Result<(), Unavailable> {
+        let counts = self.hot.drain();
+        match &self.redis {
+            Some(redis) => redis.add_hot(counts.into_iter().collect()).await,
+            None => {
+                self.hot.add_local(counts);
+                Ok(())
+            }
+        }
+    }
+
+    /// The hottest paths, most accessed first; with `decay`, their scores are halved afterwards
+    /// (warm-up does this, so popularity fades).
+    pub async fn hot_paths(
+        &self,
+        limit: usize,
+        decay: bool,
+    ) -> Result<Vec<(String, f64)>, Unavailable> {
+        self.flush_hot_keys().await?;
+        match (&self.redis, decay) {
+            (Some(redis), _) => redis.top_hot(limit, decay).await,
+            (None, true) => Ok(self.hot.top_local_and_decay(limit)),
+            (None, false) => Ok(self.hot.peek_local(limit)),
+        }
     }
 }
 

@@ -283,6 +283,51 @@ impl RedisStore {
         .await
     }
 
+    fn hot_key(&self) -> String {
+        format!("{}:hot", self.prefix)
+    }
+
+    /// Adds local access counts to the shared sorted set of hot paths.
+    pub async fn add_hot(&self, counts: Vec<(String, u64)>) -> Result<(), Unavailable> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let key = self.hot_key();
+        self.run(|mut conn| async move {
+            let mut pipe = redis::pipe();
+            for (path, count) in counts {
+                pipe.cmd("ZINCRBY").arg(&key).arg(count).arg(path).ignore();
+            }
+            conn.pipeline(&pipe).await
+        })
+        .await
+    }
+
+    /// The `limit` hottest paths; with `decay`, halves every score afterwards.
+    pub async fn top_hot(
+        &self,
+        limit: usize,
+        decay: bool,
+    ) -> Result<Vec<(String, f64)>, Unavailable> {
+        let key = self.hot_key();
+        let stop = isize::try_from(limit).unwrap_or(isize::MAX) - 1;
+        self.run(|mut conn| async move {
+            let mut cmd = redis::cmd("ZREVRANGE");
+            cmd.arg(&key).arg(0).arg(stop).arg("WITHSCORES");
+            let top: Vec<(String, f64)> = conn.query(&cmd).await?;
+            if decay {
+                let mut halve = redis::cmd("ZUNIONSTORE");
+                halve.arg(&key).arg(1).arg(&key).arg("WEIGHTS").arg(0.5);
+                let _: i64 = conn.query(&halve).await?;
+                let mut forget = redis::cmd("ZREMRANGEBYSCORE");
+                forget.arg(&key).arg("-inf").arg("(0.5");
+                let _: i64 = conn.query(&forget).await?;
+            }
+            Ok(top)
+        })
+        .await
+    }
+
     pub async fn purge(&self, dataset: &str) -> Result<(), Unavailable> {
         let (stamp, writes) = (self.stamp_key(dataset), self.writes_key(dataset));
         self.run(|mut conn| async move {
@@ -327,6 +372,13 @@ impl Conn {
         match self {
             Conn::Standalone(c) => cmd.query_async(c).await,
             Conn::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+
+    async fn pipeline(&mut self, pipe: &redis::Pipeline) -> redis::RedisResult<()> {
+        match self {
+            Conn::Standalone(c) => pipe.query_async(c).await,
+            Conn::Cluster(c) => pipe.query_async(c).await,
         }
     }
 

@@ -35,20 +35,54 @@ fn path_params<T>(path: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
         .map_err(|rejection| ApiError::invalid("path", rejection.body_text()))
 }
 
+/// What a cached GET needs from its request.
+pub struct Call {
+    headers: HeaderMap,
+    path_and_query: String,
+    /// Set (as a request extension, never from the network) by warm-up.
+    warming: bool,
+    started: Instant,
+}
+
+/// Marks an internal warm-up request: near-expiry entries are refreshed, accesses not counted.
+#[derive(Clone, Copy)]
+pub struct Warming;
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Call {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Call {
+            headers: parts.headers.clone(),
+            path_and_query: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned()),
+            warming: parts.extensions.get::<Warming>().is_some(),
+            started: Instant::now(),
+        })
+    }
+}
+
 /// Answers from the cache, computing the body (once, however many callers wait) on a miss.
 async fn cached<F, Fut>(
     state: &AppState,
     dataset: &Dataset,
     subject: Subject<'_>,
     key: String,
-    headers: &HeaderMap,
-    started: Instant,
+    call: &Call,
     compute: F,
 ) -> Result<Response, ApiError>
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<Vec<u8>, ApiError>>,
 {
+    if !call.warming {
+        state.cache.record_access(&call.path_and_query);
+    }
     // When the database is down, the last good answer is better than an error (X-Cache: STALE).
     let database_down = |error: &ApiError| matches!(error, ApiError::Unavailable);
     let (entry, outcome) = state
@@ -59,9 +93,15 @@ where
             key,
             || async { Ok::<_, ApiError>((compute().await?, "application/json")) },
             database_down,
+            call.warming,
         )
         .await?;
-    Ok(cached_response(&entry, outcome, headers, started))
+    Ok(cached_response(
+        &entry,
+        outcome,
+        &call.headers,
+        call.started,
+    ))
 }
 
 /// A stored response as HTTP: 304 for a matching `If-None-Match`; the gzipped body as it is
@@ -135,9 +175,8 @@ pub async fn list(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
-    headers: HeaderMap,
+    call: Call,
 ) -> Result<Response, ApiError> {
-    let started = Instant::now();
     let dataset = dataset(&state, &path_params(path)?)?;
     let query = Query::parse(&dataset, QueryKind::List, raw.as_deref().unwrap_or(""))?;
     let key = state.cache.key(&dataset, &Subject::Query(&query));
@@ -146,8 +185,7 @@ pub async fn list(
         &dataset,
         Subject::Query(&query),
         key,
-        &headers,
-        started,
+        &call,
         || async {
             let rows = state.storage.list(&dataset, &query).await?;
             Ok(list_body(&dataset, &query, rows))
@@ -193,9 +231,8 @@ fn list_body(dataset: &Dataset, query: &Query, mut rows: Vec<Row>) -> Vec<u8> {
 pub async fn item(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
-    headers: HeaderMap,
+    call: Call,
 ) -> Result<Response, ApiError> {
-    let started = Instant::now();
     let (name, id) = path_params(path)?;
     let dataset = dataset(&state, &name)?;
     let key_type = dataset.key_column().ty;
@@ -207,8 +244,7 @@ pub async fn item(
         &dataset,
         Subject::Item(&key),
         cache_key,
-        &headers,
-        started,
+        &call,
         || async {
             let row = state.storage.get(&dataset, &key).await?;
             let row = row
@@ -226,9 +262,8 @@ pub async fn facets(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(raw): RawQuery,
-    headers: HeaderMap,
+    call: Call,
 ) -> Result<Response, ApiError> {
-    let started = Instant::now();
     let (name, column_name) = path_params(path)?;
     let dataset = dataset(&state, &name)?;
     let column = dataset
@@ -251,7 +286,7 @@ pub async fn facets(
         })?;
     let query = Query::parse(&dataset, QueryKind::Facets, raw.as_deref().unwrap_or(""))?;
     let key = state.cache.facet_key(&dataset, &column_name, &query);
-    cached(&state, &dataset, Subject::Query(&query), key, &headers, started, || async {
+    cached(&state, &dataset, Subject::Query(&query), key, &call, || async {
         let values = state.storage.facets(&dataset, column, &query).await?;
         let body = serde_json::json!({
             "column": column_name,

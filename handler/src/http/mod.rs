@@ -2,6 +2,7 @@
 //! built from it, the OpenAPI document is generated from it, and a test checks it against the
 //! `functions/*/function.json` files the Azure Functions host reads.
 
+mod admin;
 mod data;
 mod error;
 mod meta;
@@ -23,6 +24,7 @@ use crate::cache::Cache;
 use crate::datasets::Catalog;
 use crate::storage::Storage;
 
+pub use admin::{WARM_LIMIT, WarmReport, warm};
 pub use error::ApiError;
 
 /// What every handler shares. Cheap to clone.
@@ -31,6 +33,8 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     pub storage: Arc<dyn Storage>,
     pub cache: Arc<Cache>,
+    /// `ADMIN_API_ENABLED`: the admin endpoints answer only when set, until roles exist.
+    pub admin_enabled: bool,
 }
 
 /// One served endpoint: the Azure function that declares it, and its route as written in that
@@ -54,7 +58,12 @@ enum Handler {
     Export,
     Facets,
     Item,
+    AdminView,
+    AdminPurge,
 }
+
+/// Functions that the host invokes by POSTing JSON to `/<FunctionName>` (non-HTTP triggers).
+pub const INVOCATIONS: &[&str] = &["WarmCache"];
 
 pub const ENDPOINTS: &[Endpoint] = &[
     Endpoint {
@@ -107,6 +116,20 @@ pub const ENDPOINTS: &[Endpoint] = &[
         handler: Handler::Facets,
     },
     Endpoint {
+        function: "AdminCache",
+        method: "GET",
+        route: "admin/cache",
+        summary: "Cache statistics and hot keys (admin)",
+        handler: Handler::AdminView,
+    },
+    Endpoint {
+        function: "AdminCache",
+        method: "DELETE",
+        route: "admin/cache",
+        summary: "Purge a dataset's cached answers (admin)",
+        handler: Handler::AdminPurge,
+    },
+    Endpoint {
         function: "GetItem",
         method: "GET",
         route: "{dataset}/{id}",
@@ -126,6 +149,8 @@ impl Handler {
             Handler::Export => MethodRouter::new().on(filter, data::export),
             Handler::Facets => MethodRouter::new().on(filter, data::facets),
             Handler::Item => MethodRouter::new().on(filter, data::item),
+            Handler::AdminView => MethodRouter::new().on(filter, admin::view),
+            Handler::AdminPurge => MethodRouter::new().on(filter, admin::purge),
         }
     }
 }
@@ -160,6 +185,10 @@ pub fn router(state: AppState) -> Router {
     for (path, route) in paths {
         router = router.route(&path, route.fallback(method_not_allowed));
     }
+    router = router.route(
+        "/WarmCache",
+        axum::routing::post(admin::warm_cache_invocation),
+    );
     router
         .fallback(not_found)
         .layer(middleware::from_fn(trace_request))

@@ -125,22 +125,19 @@ impl TestApp {
             std::time::Duration::from_secs(60),
             handler::cache::DEFAULT_MAX_BYTES,
         );
-        TestApp {
-            state: AppState {
-                catalog: Arc::new(catalog),
-                storage,
-                cache: Arc::new(cache),
-            },
-        }
+        TestApp::with_cache(storage, catalog, cache)
     }
 
-    /// The app over `storage` with a given cache (e.g. one shared through Redis).
+    /// The app over `storage` with a given cache (e.g. one shared through Redis); the admin
+    /// endpoints are enabled.
     pub fn with_cache(storage: Arc<dyn Storage>, catalog: Catalog, cache: Cache) -> Self {
+        let cache = Arc::new(cache);
         TestApp {
             state: AppState {
                 catalog: Arc::new(catalog),
                 storage,
-                cache: Arc::new(cache),
+                cache,
+                admin_enabled: true,
             },
         }
     }
@@ -171,6 +168,24 @@ impl TestApp {
             .get(name)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
+    }
+
+    pub async fn post_json(&self, uri: &str, body: &serde_json::Value) -> TestResponse {
+        let request = Request::builder()
+            .method("POST")
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let response = router(self.state.clone()).oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        TestResponse {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn request(&self, method: &str, uri: &str) -> TestResponse {

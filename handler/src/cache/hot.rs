@@ -1,0 +1,60 @@
+//! Hot keys: accesses counted in process (a map increment per request), flushed to the shared
+//! store now and then, and halved at every warm-up so old popularity fades.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Distinct paths remembered between flushes; beyond it new ones are not counted (the hot ones
+/// are already in).
+const MAX_TRACKED: usize = 10_000;
+
+#[derive(Default)]
+pub struct HotKeys {
+    pending: Mutex<HashMap<String, u64>>,
+    /// Scores in process mode (Redis keeps them in a sorted set otherwise).
+    local_scores: Mutex<HashMap<String, f64>>,
+}
+
+impl HotKeys {
+    /// Counts one access to `path` (the request's path and query, which warm-up replays).
+    pub fn record(&self, path: &str) {
+        let mut pending = self.pending.lock().expect("hot keys lock");
+        if let Some(count) = pending.get_mut(path) {
+            *count += 1;
+        } else if pending.len() < MAX_TRACKED {
+            pending.insert(path.to_owned(), 1);
+        }
+    }
+
+    pub fn drain(&self) -> HashMap<String, u64> {
+        std::mem::take(&mut *self.pending.lock().expect("hot keys lock"))
+    }
+
+    pub fn add_local(&self, counts: HashMap<String, u64>) {
+        let mut scores = self.local_scores.lock().expect("hot keys lock");
+        for (path, count) in counts {
+            *scores.entry(path).or_default() += count as f64;
+        }
+    }
+
+    /// The `limit` highest local scores, then halves every score.
+    pub fn top_local_and_decay(&self, limit: usize) -> Vec<(String, f64)> {
+        let mut scores = self.local_scores.lock().expect("hot keys lock");
+        let mut top: Vec<(String, f64)> = scores.iter().map(|(p, s)| (p.clone(), *s)).collect();
+        top.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        top.truncate(limit);
+        scores.retain(|_, score| {
+            *score /= 2.0;
+            *score >= 0.5
+        });
+        top
+    }
+
+    pub fn peek_local(&self, limit: usize) -> Vec<(String, f64)> {
+        let scores = self.local_scores.lock().expect("hot keys lock");
+        let mut top: Vec<(String, f64)> = scores.iter().map(|(p, s)| (p.clone(), *s)).collect();
+        top.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        top.truncate(limit);
+        top
+    }
+}
