@@ -265,10 +265,109 @@ def bench_startup(samples):
     print(f"  median {statistics.median(times):.1f} ms, max {max(times):.1f} ms (target: under 100 ms)")
 
 
+def wrk(url, seconds, connections=64):
+    """(requests/s, p50 ms, p99 ms) from wrk's --latency report."""
+    out = sh("wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url)
+    rps = float(next(l for l in out.splitlines() if l.startswith("Requests/sec:")).split()[1])
+
+    def percentile(name):
+        line = next(l for l in out.splitlines() if l.strip().startswith(name))
+        value = line.split()[1]
+        for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+            if value.endswith(unit):
+                return float(value[: -len(unit)]) * factor
+        return float(value)
+
+    return rps, percentile("50%"), percentile("99%")
+
+
+def timed_gets(port, paths):
+    """Latency (ms) of each GET, one after another, with the X-Cache each got."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    out = []
+    for path in paths:
+        started = time.perf_counter()
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        out.append(((time.perf_counter() - started) * 1000, response.getheader("x-cache")))
+    return out
+
+
+def pct(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def bench_cache(seconds):
+    print(f"\nCache (movies on SQLite; wrk, 2 threads, 64 connections, {seconds} s each)")
+    if not shutil.which("wrk"):
+        print("  skipped: wrk is not installed (apt-get install wrk)")
+        return
+    db = OUT / "cache.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    sh(str(HANDLER), "import", "--dataset", "movies", "--file", str(ROOT / "datasets" / "movies.csv"),
+       env=handler_env(f"sqlite://{db}"))
+    path = "/api/movies?genres=drama&limit=100"
+    results = {}
+    for label, extra in (("in-process", {}), ("redis", {"REDIS_URL": "redis://127.0.0.1:6379"})):
+        port = free_port()
+        env = handler_env(f"sqlite://{db}", FUNCTIONS_CUSTOMHANDLER_PORT=str(port),
+                          CACHE_PREFIX=f"bench-{os.getpid()}-{label}", ADMIN_API_ENABLED="true", **extra)
+        server = subprocess.Popen([str(HANDLER), "serve"], env=env)
+        try:
+            while get_status(port, "/api/health") != 200:
+                time.sleep(0.01)
+            first = timed_gets(port, [path])[0]
+            assert first[1] == "MISS", first
+            conn = http.client.HTTPConnection("127.0.0.1", port)
+            conn.request("GET", path)
+            body = conn.getresponse().read()
+            (OUT / "list.json").write_bytes(body)
+            results[label] = wrk(f"http://127.0.0.1:{port}{path}", seconds)
+            hits = [ms for ms, outcome in timed_gets(port, [path] * 500) if outcome == "HIT"]
+            misses = [ms for ms, outcome in timed_gets(port, [f"/api/movies?year={y}&limit=100" for y in range(1900, 2016)])
+                      if outcome == "MISS"]
+            conn.request("GET", "/api/admin/cache")
+            view = __import__("json").loads(conn.getresponse().read())
+            near = view["near"]
+            per_entry = near["bytes"] / max(near["entries"], 1)
+            stored = ""
+            if label == "redis":
+                key = f"bench-{os.getpid()}-redis:movies:list:genres=drama&limit=100"
+                usage = sh("redis-cli", "memory", "usage", key).strip()
+                stored = f", {usage} bytes in Redis (MEMORY USAGE)"
+                sh("redis-cli", "del", key)
+            print(f"  {label}: hit p50 {pct(hits, 0.5):.2f} ms, p99 {pct(hits, 0.99):.2f} ms ({len(hits)} hits); "
+                  f"miss p50 {pct(misses, 0.5):.2f} ms, p99 {pct(misses, 0.99):.2f} ms ({len(misses)} misses)")
+            print(f"  {label}: a 100-row list is {len(body):,} bytes; stored as {per_entry:,.0f} bytes per entry "
+                  f"(gzip once){stored}")
+        finally:
+            server.terminate()
+            server.wait()
+    port = free_port()
+    static = subprocess.Popen([str(HANDLER), "bench-static", "--file", str(OUT / "list.json"), "--port", str(port)])
+    try:
+        while get_status(port, "/") != 200:
+            time.sleep(0.01)
+        baseline = wrk(f"http://127.0.0.1:{port}/", seconds)
+    finally:
+        static.terminate()
+        static.wait()
+    base_rps, base_p50, base_p99 = baseline
+    print(f"  {'same bytes from memory, no cache logic (baseline)':<52} {base_rps:>10,.0f} req/s  p50 {base_p50:6.2f} ms  p99 {base_p99:6.2f} ms")
+    for label, (rps, p50, p99) in results.items():
+        print(f"  {'cached 100-row list, ' + label + ' cache':<52} {rps:>10,.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
+              f"{rps / base_rps:5.2f}x throughput")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=2, help="best of this many runs per measurement")
     parser.add_argument("--no-build", action="store_true")
+    parser.add_argument("--only", choices=["import", "cache"], help="run one part")
+    parser.add_argument("--seconds", type=int, default=10, help="length of each load run")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if not args.no_build:
@@ -276,12 +375,16 @@ def main():
     for tool in ("psql", "sqlite3"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is needed for the baselines: apt-get install postgresql-client sqlite3")
-    csv = flights_csv()
-    print(f"machine: {os.cpu_count()} cores; file: {csv} ({csv.stat().st_size / 1e6:.0f} MB); best of {args.runs}")
-    handler_db = bench_postgres_import(csv, args.runs)
-    bench_sqlite_import(csv, args.runs)
-    bench_export(handler_db, args.runs)
-    bench_startup(10)
+    print(f"machine: {os.cpu_count()} cores; best of {args.runs}")
+    if args.only in (None, "import"):
+        csv = flights_csv()
+        print(f"file: {csv} ({csv.stat().st_size / 1e6:.0f} MB)")
+        handler_db = bench_postgres_import(csv, args.runs)
+        bench_sqlite_import(csv, args.runs)
+        bench_export(handler_db, args.runs)
+        bench_startup(10)
+    if args.only in (None, "cache"):
+        bench_cache(args.seconds)
 
 
 if __name__ == "__main__":

@@ -33,12 +33,12 @@ impl Context {
     pub fn from_settings(settings: Settings) -> anyhow::Result<Context> {
         let catalog = Catalog::load_dir(&settings.datasets_dir)?;
         let storage = storage::open(settings.database_url.expose())?;
-        // In-process for now; the Redis store (REDIS_URL) arrives with the rest of issue #3.
-        let cache = Cache::in_process(
-            &settings.cache_prefix,
-            settings.cache_ttl,
-            cache::DEFAULT_MAX_BYTES,
-        );
+        // Redis connects lazily, on the first cached request.
+        let (prefix, ttl) = (&settings.cache_prefix, settings.cache_ttl);
+        let cache = match &settings.redis_url {
+            Some(url) => Cache::with_redis(url.expose(), prefix, ttl, cache::DEFAULT_MAX_BYTES),
+            None => Cache::in_process(prefix, ttl, cache::DEFAULT_MAX_BYTES),
+        };
         let admin_enabled = settings.admin_api_enabled;
         let state = AppState {
             catalog: Arc::new(catalog),
@@ -111,5 +111,37 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(vars: &[(&str, &str)]) -> Context {
+        let datasets = concat!(env!("CARGO_MANIFEST_DIR"), "/../datasets");
+        let settings = Settings::from_lookup(|name| {
+            if name == "DATASETS_DIR" {
+                return Some(datasets.to_owned());
+            }
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+        .unwrap();
+        Context::from_settings(settings).unwrap()
+    }
+
+    #[tokio::test]
+    async fn redis_url_selects_the_shared_cache_and_admin_stays_off_by_default() {
+        let local = context(&[]);
+        assert_eq!(local.state.cache.backend(), "in-process");
+        assert!(!local.state.admin_enabled);
+        let shared = context(&[
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+            ("ADMIN_API_ENABLED", "true"),
+        ]);
+        assert_eq!(shared.state.cache.backend(), "redis");
+        assert!(shared.state.admin_enabled);
     }
 }

@@ -31,6 +31,15 @@ enum Command {
     /// Create or update the tables and indexes of every dataset.
     Migrate,
     /// Import a CSV file (optionally .gz) into a dataset, replacing its rows.
+    /// Serve a file's bytes from memory on every path, with no cache logic: the baseline of the
+    /// cache benchmark (bench/run.sh), on the same HTTP stack.
+    #[command(hide = true)]
+    BenchStatic {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        port: u16,
+    },
     /// Recompute the hottest cached answers that are missing or near expiry (what the
     /// WarmCache timer function does); useful with REDIS_URL, where hot keys are shared.
     Warm,
@@ -47,8 +56,13 @@ enum Command {
 impl Cli {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         let started = Instant::now();
+        // The benchmark baseline needs no settings, database or cache.
+        let command = match self.command {
+            Command::BenchStatic { file, port } => return bench_static(&file, port).await,
+            other => other,
+        };
         let context = Context::from_settings(Settings::from_env()?)?;
-        match self.command {
+        match command {
             Command::Serve => serve(context, started).await,
             Command::Demo => {
                 demo_setup(&context).await?;
@@ -59,6 +73,7 @@ impl Cli {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Import { dataset, file } => run_import(&context, &dataset, &file).await,
+            Command::BenchStatic { file, port } => bench_static(&file, port).await,
             Command::Warm => {
                 let report = crate::http::warm(&context.state, crate::http::WARM_LIMIT).await;
                 for line in &report.lines {
@@ -161,5 +176,23 @@ async fn run_import(
         );
     }
     println!("{}", report.summary());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bench_static(file: &std::path::Path, port: u16) -> anyhow::Result<ExitCode> {
+    let body = bytes::Bytes::from(
+        std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?,
+    );
+    let router = axum::Router::new().fallback(move || {
+        let body = body.clone();
+        async move {
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    axum::serve(listener, router).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -32,6 +32,9 @@ impl Outcome {
 #[derive(Debug)]
 pub struct CachedResponse {
     pub gzip_body: Bytes,
+    /// The uncompressed body, kept for clients that do not accept gzip: known when this instance
+    /// computed the answer, decompressed once on first need when it came from Redis.
+    plain: std::sync::OnceLock<Bytes>,
     pub content_type: String,
     /// Strong validator of the uncompressed body: `"<length>-<crc32>"`, the same on every instance.
     pub etag: String,
@@ -69,6 +72,7 @@ impl CachedResponse {
         let gzip_body = Bytes::from(encoder.finish().expect("writing to a Vec cannot fail"));
         CachedResponse {
             gzip_body,
+            plain: std::sync::OnceLock::from(Bytes::copy_from_slice(body)),
             content_type: content_type.to_owned(),
             etag: format!("\"{}-{:08x}\"", body.len(), crc.sum()),
             compute_time,
@@ -80,11 +84,15 @@ impl CachedResponse {
 
     /// The body for a client that does not accept gzip.
     pub fn plain_body(&self) -> Bytes {
-        let mut out = Vec::with_capacity(self.gzip_body.len() * 4);
-        flate2::read::GzDecoder::new(self.gzip_body.as_ref())
-            .read_to_end(&mut out)
-            .expect("we compressed this ourselves");
-        Bytes::from(out)
+        self.plain
+            .get_or_init(|| {
+                let mut out = Vec::with_capacity(self.gzip_body.len() * 4);
+                flate2::read::GzDecoder::new(self.gzip_body.as_ref())
+                    .read_to_end(&mut out)
+                    .expect("we compressed this ourselves");
+                Bytes::from(out)
+            })
+            .clone()
     }
 
     /// The stored form: one JSON header line, then the gzipped body as it is.
@@ -112,6 +120,7 @@ impl CachedResponse {
         let header: serde_json::Value = serde_json::from_slice(&rest[..newline]).ok()?;
         Some(CachedResponse {
             gzip_body: Bytes::copy_from_slice(&rest[newline + 1..]),
+            plain: std::sync::OnceLock::new(),
             content_type: header["content_type"].as_str()?.to_owned(),
             etag: header["etag"].as_str()?.to_owned(),
             compute_time: Duration::from_micros(header["compute_us"].as_u64()?),
@@ -138,6 +147,6 @@ impl CachedResponse {
 
     /// Bytes this entry holds, for the store's budget.
     pub fn size(&self) -> usize {
-        self.gzip_body.len() + self.etag.len() + 64
+        self.gzip_body.len() + self.plain.get().map_or(0, Bytes::len) + self.etag.len() + 64
     }
 }

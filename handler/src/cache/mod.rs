@@ -304,6 +304,8 @@ impl Cache {
             && usable(&entry)
             && self.is_fresh(dataset, subject, entry.stamp).await?
         {
+            // Decompressed once now, so the near cache's budget counts what it will hold.
+            entry.plain_body();
             let entry = Arc::new(entry);
             self.store.insert(
                 key.to_owned(),
@@ -479,6 +481,7 @@ impl Cache {
                     .await
                     .unwrap_or(false)
             {
+                entry.plain_body();
                 let entry = Arc::new(entry);
                 self.store.insert(
                     key.to_owned(),
