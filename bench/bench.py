@@ -341,8 +341,8 @@ def bench_cache(seconds):
                 sh("redis-cli", "del", key)
             print(f"  {label}: hit p50 {pct(hits, 0.5):.2f} ms, p99 {pct(hits, 0.99):.2f} ms ({len(hits)} hits); "
                   f"miss p50 {pct(misses, 0.5):.2f} ms, p99 {pct(misses, 0.99):.2f} ms ({len(misses)} misses)")
-            print(f"  {label}: a 100-row list is {len(body):,} bytes; stored as {per_entry:,.0f} bytes per entry "
-                  f"(gzip once){stored}")
+            print(f"  {label}: a 100-row list is {len(body):,} bytes; the near cache holds {per_entry:,.0f} bytes "
+                  f"per entry (gzipped once + plain){stored}")
         finally:
             server.terminate()
             server.wait()
