@@ -552,3 +552,26 @@ async fn admin_endpoints_are_off_unless_enabled() {
         assert_eq!(response.content_type(), "application/problem+json");
     }
 }
+
+#[tokio::test]
+async fn health_says_degraded_but_serves_when_redis_is_down() {
+    let (app, _) = movies_app().await;
+    let ttl = std::time::Duration::from_secs(60);
+    let dead = handler::cache::Cache::with_redis("redis://127.0.0.1:9", "dead", ttl, 1 << 20);
+    let app = TestApp::with_cache(
+        app.state.storage.clone(),
+        (*app.state.catalog).clone(),
+        dead,
+    );
+    let health = app.get("/api/health").await;
+    assert_eq!(health.status, 200, "the instance stays in service");
+    let body = health.json();
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["checks"]["cache"]["status"], "down");
+    assert_eq!(body["checks"]["database"]["status"], "ok");
+    let list = app.get("/api/movies?genres=drama").await;
+    assert_eq!(
+        (list.status.as_u16(), header(&list, "x-cache")),
+        (200, "BYPASS")
+    );
+}

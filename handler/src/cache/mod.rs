@@ -449,6 +449,14 @@ impl Cache {
         redis.get(key).await.ok().flatten().map(Arc::new)
     }
 
+    /// A round trip to the shared store (nothing to check in process mode).
+    pub async fn ping(&self) -> Result<(), Unavailable> {
+        match &self.redis {
+            Some(redis) => redis.ping().await,
+            None => Ok(()),
+        }
+    }
+
     /// `(entries, bytes)` of one dataset held by this instance.
     pub fn usage_of(&self, dataset: &str) -> (usize, usize) {
         self.store.usage_of(&format!("{}:{dataset}:", self.prefix))

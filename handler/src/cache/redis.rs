@@ -283,6 +283,13 @@ impl RedisStore {
         .await
     }
 
+    pub async fn ping(&self) -> Result<(), Unavailable> {
+        self.run(
+            |mut conn| async move { conn.query::<String>(&redis::cmd("PING")).await.map(|_| ()) },
+        )
+        .await
+    }
+
     fn hot_key(&self) -> String {
         format!("{}:hot", self.prefix)
     }

@@ -34,12 +34,25 @@ pub async fn health(State(state): State<AppState>) -> Response {
             json!({"status": "down", "backend": state.storage.backend(), "error": "timed out"}),
         ),
     };
+    // A cache that is down costs speed, not answers (requests bypass it): the instance stays
+    // in service (200) but says it is degraded. A database that is down is a 503.
+    let cache_started = Instant::now();
+    let cache = match state.cache.ping().await {
+        Ok(()) => json!({"status": "ok", "backend": state.cache.backend(),
+            "latency_ms": (cache_started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0}),
+        Err(_) => json!({"status": "down", "backend": state.cache.backend()}),
+    };
     let code = if status == "ok" {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({"status": status, "checks": {"database": database}});
+    let status = if status == "ok" && cache["status"] == "ok" {
+        "ok"
+    } else {
+        "degraded"
+    };
+    let body = json!({"status": status, "checks": {"database": database, "cache": cache}});
     json_response(code, body.to_string().into_bytes(), "")
 }
 
