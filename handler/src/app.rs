@@ -81,6 +81,7 @@ impl Application {
             loop {
                 every.tick().await;
                 let _ = cache.flush_hot_keys().await;
+                cache.settle_unrecorded().await;
             }
         });
         let router = http::router(self.state);

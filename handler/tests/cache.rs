@@ -575,3 +575,89 @@ async fn health_says_degraded_but_serves_when_redis_is_down() {
         (200, "BYPASS")
     );
 }
+
+/// Redis goes away, a write is made, and Redis comes back *with its old data* (persistence): the
+/// writing instance purges the dataset before serving anything, so the old answers never return.
+#[tokio::test]
+async fn a_write_redis_missed_never_lets_old_answers_return() {
+    if common::redis_url().await.is_none() {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = std::env::temp_dir().join(format!("{}-aof", common::unique_prefix()));
+    let redis = common::PrivateRedis::start_persistent(port, &dir);
+    let (app, _) = movies_app().await;
+    let url = format!("redis://127.0.0.1:{port}");
+    let ttl = std::time::Duration::from_secs(60);
+    let cache = || handler::cache::Cache::with_redis(&url, "persist", ttl, 1 << 20);
+    let writer = TestApp::with_cache(
+        app.state.storage.clone(),
+        (*app.state.catalog).clone(),
+        cache(),
+    );
+    let reader = TestApp::with_cache(
+        app.state.storage.clone(),
+        (*app.state.catalog).clone(),
+        cache(),
+    );
+    let uri = "/api/movies?genres=drama";
+    assert_eq!(header(&writer.get(uri).await, "x-cache"), "MISS");
+    assert_eq!(header(&reader.get(uri).await, "x-cache"), "HIT");
+
+    redis.kill();
+    let movies = writer.dataset("movies");
+    let row = writer
+        .state
+        .storage
+        .get(&movies, &Value::Integer(595))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        writer
+            .state
+            .cache
+            .record_write("movies", Some(row.clone()), Some(row))
+            .await
+            .is_err()
+    );
+    let _redis = common::PrivateRedis::start_persistent(port, &dir); // the old entries are back
+
+    let started = std::time::Instant::now();
+    let first = loop {
+        let response = writer.get(uri).await;
+        if header(&response, "x-cache") != "BYPASS" {
+            break response;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "the cache never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        header(&first, "x-cache"),
+        "MISS",
+        "the writer purged before serving"
+    );
+    // The purge reached Redis, so the other instance's copy is over too (and its near copy).
+    let started = std::time::Instant::now();
+    let other = loop {
+        let response = reader.get(uri).await;
+        if header(&response, "x-cache") != "BYPASS" {
+            break response;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "the cache never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_ne!(header(&other, "x-cache"), "STALE");
+    assert_eq!(other.body, first.body);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -92,6 +92,8 @@ pub struct Cache {
     redis: Option<RedisStore>,
     /// Write positions in process mode.
     writes: Mutex<HashMap<String, WriteLog>>,
+    /// Datasets with a write that Redis did not record: purged before anything is served.
+    unrecorded: Mutex<std::collections::HashSet<String>>,
     flights: Mutex<HashMap<String, Arc<Flight>>>,
     hot: hot::HotKeys,
     hits: AtomicU64,
@@ -108,6 +110,7 @@ impl Cache {
             store: MemoryStore::new(max_bytes),
             redis: None,
             writes: Mutex::default(),
+            unrecorded: Mutex::default(),
             flights: Mutex::default(),
             hot: hot::HotKeys::default(),
             hits: AtomicU64::new(0),
@@ -195,9 +198,18 @@ impl Cache {
     ) -> Result<(), Unavailable> {
         if let Some(redis) = &self.redis {
             let payload = RecordedWrite::encode_payload(&old, &new);
-            redis
+            if let Err(unavailable) = redis
                 .record_write(dataset, payload, WRITE_LOG_CAPACITY)
-                .await?;
+                .await
+            {
+                // The write is in the database but not in the log: until a purge of the dataset
+                // succeeds, this instance serves none of its cached answers (see `lookup`).
+                self.unrecorded
+                    .lock()
+                    .expect("unrecorded lock")
+                    .insert(dataset.to_owned());
+                return Err(unavailable);
+            }
             return Ok(());
         }
         let mut writes = self.writes.lock().expect("write log lock");
@@ -283,6 +295,7 @@ impl Cache {
         key: &str,
         warming: bool,
     ) -> Result<Option<Arc<CachedResponse>>, Unavailable> {
+        self.purge_unrecorded(&dataset.name).await?;
         // Warm-up refreshes what would expire within a fifth of its lifetime.
         let margin_ms = if warming {
             u64::try_from(self.ttl(dataset).as_millis() / 5).unwrap_or(u64::MAX)
@@ -447,6 +460,40 @@ impl Cache {
         }
         let redis = self.redis.as_ref()?;
         redis.get(key).await.ok().flatten().map(Arc::new)
+    }
+
+    /// Purges `dataset` if a write to it could not be recorded; fails while that is not done.
+    async fn purge_unrecorded(&self, dataset: &str) -> Result<(), Unavailable> {
+        if !self
+            .unrecorded
+            .lock()
+            .expect("unrecorded lock")
+            .contains(dataset)
+        {
+            return Ok(());
+        }
+        self.purge(dataset).await?;
+        self.unrecorded
+            .lock()
+            .expect("unrecorded lock")
+            .remove(dataset);
+        tracing::info!(dataset, "purged after a write that Redis missed");
+        Ok(())
+    }
+
+    /// Retries the purges owed for writes Redis missed (the serving loop calls this every few
+    /// seconds, so other instances stop serving those answers soon after Redis returns).
+    pub async fn settle_unrecorded(&self) {
+        let owed: Vec<String> = self
+            .unrecorded
+            .lock()
+            .expect("unrecorded lock")
+            .iter()
+            .cloned()
+            .collect();
+        for dataset in owed {
+            let _ = self.purge_unrecorded(&dataset).await;
+        }
     }
 
     /// A round trip to the shared store (nothing to check in process mode).

@@ -420,17 +420,33 @@ pub struct PrivateRedis {
 
 impl PrivateRedis {
     pub fn start(port: u16) -> PrivateRedis {
-        let process = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
+        PrivateRedis::start_with(port, &["--save", "", "--appendonly", "no"])
+    }
+
+    /// Keeps its data in `dir` (append-only file, synced on every write), so a restart brings it
+    /// back as it was.
+    pub fn start_persistent(port: u16, dir: &std::path::Path) -> PrivateRedis {
+        std::fs::create_dir_all(dir).unwrap();
+        let dir = dir.to_str().unwrap();
+        PrivateRedis::start_with(
+            port,
+            &[
                 "--save",
                 "",
                 "--appendonly",
-                "no",
-            ])
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                dir,
+            ],
+        )
+    }
+
+    fn start_with(port: u16, options: &[&str]) -> PrivateRedis {
+        let process = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(options)
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server is installed");
