@@ -68,6 +68,27 @@ async fn movies_app() -> (TestApp, Arc<CountingStorage>) {
     (TestApp::new(counting.clone(), catalog), counting)
 }
 
+/// Sends `n` concurrent GETs of `uri`, spread over `apps`; every answer must be a 200.
+async fn fire(
+    apps: &[Arc<TestApp>],
+    uri: &str,
+    n: usize,
+) -> std::collections::HashSet<bytes::Bytes> {
+    let requests: Vec<_> = (0..n)
+        .map(|i| {
+            let (app, uri) = (apps[i % apps.len()].clone(), uri.to_owned());
+            tokio::spawn(async move { app.get(&uri).await })
+        })
+        .collect();
+    let mut bodies = std::collections::HashSet::new();
+    for request in requests {
+        let response = request.await.unwrap();
+        assert_eq!(response.status, 200);
+        bodies.insert(response.body);
+    }
+    bodies
+}
+
 fn header<'a>(response: &'a common::TestResponse, name: &str) -> &'a str {
     TestApp::header(response, name)
 }
@@ -143,20 +164,12 @@ async fn hits_are_served_from_the_cache_with_validators() {
 #[tokio::test]
 async fn two_hundred_concurrent_requests_for_a_cold_key_make_one_query() {
     let (app, db) = movies_app().await;
-    let app = Arc::new(app);
-    let mut requests = Vec::new();
-    for _ in 0..200 {
-        let app = app.clone();
-        requests.push(tokio::spawn(async move {
-            app.get("/api/movies?genres=comedy&sort=-year").await
-        }));
-    }
-    let mut bodies = std::collections::HashSet::new();
-    for request in requests {
-        let response = request.await.unwrap();
-        assert_eq!(response.status, 200);
-        bodies.insert(response.body);
-    }
+    let bodies = fire(
+        &[Arc::new(app)],
+        "/api/movies?genres=comedy&sort=-year",
+        200,
+    )
+    .await;
     assert_eq!(
         db.lists.load(Ordering::SeqCst),
         1,
@@ -420,19 +433,7 @@ async fn one_query_per_cold_key_across_two_instances() {
         )),
         Arc::new(TestApp::with_cache(counting.clone(), catalog, cache())),
     ];
-    let mut requests = Vec::new();
-    for i in 0..200 {
-        let app = apps[i % 2].clone();
-        requests.push(tokio::spawn(async move {
-            app.get("/api/movies?genres=crime&sort=-box_office").await
-        }));
-    }
-    let mut bodies = std::collections::HashSet::new();
-    for request in requests {
-        let response = request.await.unwrap();
-        assert_eq!(response.status, 200);
-        bodies.insert(response.body);
-    }
+    let bodies = fire(&apps, "/api/movies?genres=crime&sort=-box_office", 200).await;
     assert_eq!(
         counting.lists.load(Ordering::SeqCst),
         1,

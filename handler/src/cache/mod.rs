@@ -317,17 +317,27 @@ impl Cache {
             && usable(&entry)
             && self.is_fresh(dataset, subject, entry.stamp).await?
         {
-            // Decompressed once now, so the near cache's budget counts what it will hold.
-            entry.plain_body();
-            let entry = Arc::new(entry);
-            self.store.insert(
-                key.to_owned(),
-                Arc::clone(&entry),
-                NEAR_TTL.min(self.ttl(dataset)),
-            );
-            return Ok(Some(entry));
+            return Ok(Some(self.keep_near(dataset, key, entry)));
         }
         Ok(None)
+    }
+
+    /// Keeps a copy fetched from Redis in the near cache for a short while.
+    fn keep_near(
+        &self,
+        dataset: &Dataset,
+        key: &str,
+        entry: CachedResponse,
+    ) -> Arc<CachedResponse> {
+        // Decompressed once now, so the near cache's budget counts what it will hold.
+        entry.plain_body();
+        let entry = Arc::new(entry);
+        self.store.insert(
+            key.to_owned(),
+            Arc::clone(&entry),
+            NEAR_TTL.min(self.ttl(dataset)),
+        );
+        entry
     }
 
     fn ttl(&self, dataset: &Dataset) -> Duration {
@@ -536,14 +546,7 @@ impl Cache {
                     .await
                     .unwrap_or(false)
             {
-                entry.plain_body();
-                let entry = Arc::new(entry);
-                self.store.insert(
-                    key.to_owned(),
-                    Arc::clone(&entry),
-                    NEAR_TTL.min(self.ttl(dataset)),
-                );
-                return Lease::Served(entry);
+                return Lease::Served(self.keep_near(dataset, key, entry));
             }
             if Instant::now() > deadline {
                 return Lease::None; // the holder is slow: answer this request ourselves

@@ -148,18 +148,7 @@ impl TestApp {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let response = router(self.state.clone())
-            .oneshot(request.body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        TestResponse {
-            status,
-            headers,
-            body,
-        }
+        self.send(request.body(Body::empty()).unwrap()).await
     }
 
     pub fn header<'a>(response: &'a TestResponse, name: &str) -> &'a str {
@@ -174,26 +163,24 @@ impl TestApp {
         let request = Request::builder()
             .method("POST")
             .uri(uri)
-            .header("content-type", "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap();
-        let response = router(self.state.clone()).oneshot(request).await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        TestResponse {
-            status,
-            headers,
-            body,
-        }
+            .header("content-type", "application/json");
+        self.send(request.body(Body::from(body.to_string())).unwrap())
+            .await
     }
 
     pub async fn request(&self, method: &str, uri: &str) -> TestResponse {
-        let request = Request::builder()
-            .method(method)
-            .uri(uri)
-            .body(Body::empty())
-            .unwrap();
+        self.send(
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// Through the router, in process, as the Functions host would send it over HTTP.
+    async fn send(&self, request: Request<Body>) -> TestResponse {
         let response = router(self.state.clone()).oneshot(request).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
