@@ -152,10 +152,6 @@ async fn hits_are_served_from_the_cache_with_validators() {
         header(&app.get("/api/movies/facets/genres").await, "x-cache"),
         "HIT"
     );
-    assert_eq!(
-        header(&app.get("/api/movies/export").await, "x-cache"),
-        "BYPASS"
-    );
     // Errors are not cached.
     assert_eq!(app.get("/api/movies/1").await.status, 404);
     assert_eq!(header(&app.get("/api/movies/1").await, "x-cache"), "");
@@ -661,4 +657,95 @@ async fn a_write_redis_missed_never_lets_old_answers_return() {
     assert_ne!(header(&other, "x-cache"), "STALE");
     assert_eq!(other.body, first.body);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Exports are cached too: gzipped while they stream, stored when the last byte is sent, served
+/// from the stored bytes (decompressed on the way for clients that do not take gzip).
+#[tokio::test]
+async fn exports_are_cached_and_invalidated_like_everything_else() {
+    let mut backends = vec![None];
+    backends.extend(common::redis_url().await.map(Some));
+    for redis in backends {
+        let catalog = common::catalog();
+        let real = common::open(&common::sqlite_url());
+        common::import_movies(real.as_ref(), &catalog).await;
+        let ttl = std::time::Duration::from_secs(60);
+        let prefix = common::unique_prefix();
+        let cache = || match &redis {
+            Some(url) => handler::cache::Cache::with_redis(
+                url,
+                &prefix,
+                ttl,
+                handler::cache::DEFAULT_MAX_BYTES,
+            ),
+            None => {
+                handler::cache::Cache::in_process(&prefix, ttl, handler::cache::DEFAULT_MAX_BYTES)
+            }
+        };
+        let a = TestApp::with_cache(real.clone(), catalog.clone(), cache());
+        // With Redis, a second instance reads what the first stored; in process, the same one.
+        let b = if redis.is_some() {
+            TestApp::with_cache(real.clone(), catalog, cache())
+        } else {
+            TestApp {
+                state: a.state.clone(),
+            }
+        };
+        let backend = if redis.is_some() {
+            "redis"
+        } else {
+            "in-process"
+        };
+        for format in ["json", "ndjson", "csv"] {
+            let uri = format!("/api/movies/export?format={format}");
+            let first = a.get(&uri).await;
+            assert_eq!(
+                (first.status.as_u16(), header(&first, "x-cache")),
+                (200, "MISS"),
+                "{backend} {uri}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await; // stored after the last byte
+            let plain = b.get(&uri).await;
+            assert_eq!(header(&plain, "x-cache"), "HIT", "{backend} {uri}");
+            assert_eq!(
+                plain.body, first.body,
+                "{backend} {uri}: the stored export is the streamed one"
+            );
+            assert!(!header(&plain, "etag").is_empty());
+            let zipped = b.get_with(&uri, &[("accept-encoding", "gzip")]).await;
+            assert_eq!(header(&zipped, "content-encoding"), "gzip");
+            let mut unzipped = Vec::new();
+            flate2::read::GzDecoder::new(zipped.body.as_ref())
+                .read_to_end(&mut unzipped)
+                .unwrap();
+            assert_eq!(unzipped, first.body.as_ref());
+        }
+        let drama = "/api/movies/export?format=ndjson&genres=drama";
+        let horror = "/api/movies/export?format=ndjson&genres=horror";
+        for uri in [drama, horror] {
+            a.get(uri).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let movies = a.dataset("movies");
+        let old = real
+            .get(&movies, &Value::Integer(595))
+            .await
+            .unwrap()
+            .unwrap();
+        a.state
+            .cache
+            .record_write("movies", Some(old.clone()), Some(old))
+            .await
+            .unwrap();
+        assert_eq!(
+            header(&b.get(drama).await, "x-cache"),
+            "MISS",
+            "{backend}: the film is a drama"
+        );
+        assert_eq!(
+            header(&b.get(horror).await, "x-cache"),
+            "HIT",
+            "{backend}: and not a horror film"
+        );
+    }
 }

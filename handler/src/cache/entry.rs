@@ -7,6 +7,10 @@ use bytes::Bytes;
 
 use super::Stamp;
 
+/// Compressed size up to which an entry also keeps its uncompressed body (lists and items do;
+/// whole-dataset exports do not, so caching them never multiplies their size in memory).
+pub const SMALL_ENTRY_BYTES: usize = 1 << 20;
+
 /// How a data GET was answered, sent as `X-Cache`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -80,6 +84,34 @@ impl CachedResponse {
             expires_at_ms: unix_ms()
                 .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
         }
+    }
+
+    /// An answer that was gzipped while it streamed (an export): the uncompressed body is never
+    /// held in memory, only its length and CRC for the ETag.
+    pub fn from_gzip(
+        gzip_body: Bytes,
+        plain_len: u64,
+        crc: u32,
+        content_type: &str,
+        compute_time: Duration,
+        stamp: Stamp,
+        ttl: Duration,
+    ) -> Self {
+        CachedResponse {
+            gzip_body,
+            plain: std::sync::OnceLock::new(),
+            content_type: content_type.to_owned(),
+            etag: format!("\"{plain_len}-{crc:08x}\""),
+            compute_time,
+            stamp,
+            expires_at_ms: unix_ms()
+                .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+
+    /// Whether the uncompressed body may be kept in memory beside the compressed one.
+    pub fn is_small(&self) -> bool {
+        self.gzip_body.len() <= SMALL_ENTRY_BYTES
     }
 
     /// The body for a client that does not accept gzip.

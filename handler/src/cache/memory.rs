@@ -35,6 +35,10 @@ impl MemoryStore {
         }
     }
 
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
     pub fn get(&self, key: &str) -> Option<Arc<CachedResponse>> {
         let mut inner = self.inner.lock().expect("store lock");
         match inner.entries.get(key) {

@@ -322,22 +322,66 @@ impl Cache {
         Ok(None)
     }
 
-    /// Keeps a copy fetched from Redis in the near cache for a short while.
+    /// Keeps a copy fetched from Redis in the near cache for a short while (small ones only: a
+    /// large export is read from Redis each time rather than held by every instance).
     fn keep_near(
         &self,
         dataset: &Dataset,
         key: &str,
         entry: CachedResponse,
     ) -> Arc<CachedResponse> {
-        // Decompressed once now, so the near cache's budget counts what it will hold.
-        entry.plain_body();
         let entry = Arc::new(entry);
-        self.store.insert(
-            key.to_owned(),
-            Arc::clone(&entry),
-            NEAR_TTL.min(self.ttl(dataset)),
-        );
+        if entry.is_small() {
+            // Decompressed once now, so the near cache's budget counts what it will hold.
+            entry.plain_body();
+            self.store.insert(
+                key.to_owned(),
+                Arc::clone(&entry),
+                NEAR_TTL.min(self.ttl(dataset)),
+            );
+        }
         entry
+    }
+
+    /// For answers streamed to the client as they are computed (exports): a fresh stored answer,
+    /// or `None` and the write position to stamp a new one with. `Err` means bypass the cache.
+    pub async fn lookup_streamed(
+        &self,
+        dataset: &Dataset,
+        subject: Subject<'_>,
+        key: &str,
+    ) -> Result<Result<Arc<CachedResponse>, Stamp>, Unavailable> {
+        let result = match self.lookup(dataset, &subject, key, false).await {
+            Ok(Some(entry)) => Ok(Ok(entry)),
+            Ok(None) => self.stamp(&dataset.name).await.map(Err),
+            Err(unavailable) => Err(unavailable),
+        };
+        let counter = match &result {
+            Ok(Ok(_)) => &self.hits,
+            Ok(Err(_)) => &self.misses,
+            Err(_) => &self.bypasses,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    /// Stores an answer that was streamed and compressed on the way (see [`Cache::lookup_streamed`]).
+    pub async fn store_streamed(&self, key: &str, entry: CachedResponse) {
+        let ttl = Duration::from_millis(entry.expires_at_ms.saturating_sub(entry::unix_ms()));
+        let entry = Arc::new(entry);
+        // In process the store is the cache: keep the entry unless it would crowd out a quarter.
+        if self.redis.is_none() && entry.size() <= self.store.max_bytes() / 4 {
+            self.store
+                .insert(key.to_owned(), Arc::clone(&entry), ttl + STALE_GRACE);
+        }
+        if let Some(redis) = &self.redis {
+            let _ = redis.set(key, &entry, ttl + STALE_GRACE).await;
+        }
+    }
+
+    /// The TTL, with jitter, for a new answer of `dataset`.
+    pub fn new_ttl(&self, dataset: &Dataset) -> Duration {
+        jittered(self.ttl(dataset))
     }
 
     fn ttl(&self, dataset: &Dataset) -> Duration {

@@ -10,13 +10,14 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
+use tokio_stream::wrappers::ReceiverStream;
 
 use std::future::Future;
 
 use axum::http::HeaderMap;
 
 use super::{ApiError, AppState};
-use crate::cache::{CachedResponse, Outcome, Subject};
+use crate::cache::{CachedResponse, Outcome, Stamp, Subject};
 use crate::datasets::{Dataset, Value};
 use crate::query::{Cursor, ExportFormat, Query, QueryKind, encode_cursor};
 use crate::storage::Row;
@@ -135,8 +136,15 @@ fn cached_response(
             .headers_mut()
             .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         response
-    } else {
+    } else if entry.is_small() {
         (StatusCode::OK, entry.plain_body()).into_response()
+    } else {
+        // A large answer (an export) is decompressed as it is sent, never whole in memory.
+        (
+            StatusCode::OK,
+            Body::from_stream(gunzip_stream(entry.gzip_body.clone())),
+        )
+            .into_response()
     };
     let out = response.headers_mut();
     if let (false, Ok(content_type)) = (not_modified, HeaderValue::from_str(&entry.content_type)) {
@@ -151,6 +159,32 @@ fn cached_response(
         out.insert("server-timing", timing);
     }
     response
+}
+
+/// Decompresses on a blocking thread, handing 64 KiB chunks over a bounded channel.
+fn gunzip_stream(gzip: Bytes) -> ReceiverStream<Result<Bytes, std::io::Error>> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read as _;
+        let mut decoder = flate2::read::GzDecoder::new(gzip.as_ref());
+        loop {
+            let mut chunk = vec![0; 1 << 16];
+            match decoder.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(n) => {
+                    chunk.truncate(n);
+                    if sender.blocking_send(Ok(Bytes::from(chunk))).is_err() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    let _ = sender.blocking_send(Err(error));
+                    return;
+                }
+            }
+        }
+    });
+    ReceiverStream::new(receiver)
 }
 
 /// Whether `Accept-Encoding` allows gzip (a `q=0` refuses it).
@@ -306,37 +340,36 @@ pub async fn export(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
+    call: Call,
 ) -> Result<Response, ApiError> {
     let dataset = dataset(&state, &path_params(path)?)?;
     let query = Query::parse(&dataset, QueryKind::Export, raw.as_deref().unwrap_or(""))?;
     let format = query.format;
-    let mut encoder = ExportEncoder::new(Arc::clone(&dataset), format);
-    let head = encoder.head();
-    let rows = state.storage.export(Arc::clone(&dataset), query);
-    let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(head) })
-        .chain(rows.map(move |batch| match batch {
-            Ok(batch) => Ok(encoder.rows(&batch)),
-            // The status is sent already: cut the body so the client sees a failed transfer,
-            // never a short file that looks complete.
-            Err(error) => {
-                tracing::error!(error = %error, "export failed mid-stream");
-                Err(std::io::Error::other("export failed"))
-            }
-        }))
-        .chain(futures_util::stream::once(async move {
-            Ok(ExportEncoder::tail(format))
-        }));
-    let mut response = Body::from_stream(body).into_response();
+    let key = state.cache.key(&dataset, &Subject::Query(&query));
+    let (mut response, capture) = match state
+        .cache
+        .lookup_streamed(&dataset, Subject::Query(&query), &key)
+        .await
+    {
+        Ok(Ok(entry)) => (
+            cached_response(&entry, Outcome::Hit, &call.headers, call.started),
+            None,
+        ),
+        Ok(Err(stamp)) => (
+            streamed_export(&state, &dataset, query, Some((key, stamp))),
+            Some(()),
+        ),
+        Err(_) => (streamed_export(&state, &dataset, query, None), None),
+    };
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(format.content_type()),
-    );
-    // Streamed straight from the database: not cached (yet), and no ETag before the last byte.
-    headers.insert(
-        "x-cache",
-        HeaderValue::from_static(Outcome::Bypass.as_str()),
-    );
+    if capture.is_some() {
+        headers.insert("x-cache", HeaderValue::from_static(Outcome::Miss.as_str()));
+    } else if !headers.contains_key("x-cache") {
+        headers.insert(
+            "x-cache",
+            HeaderValue::from_static(Outcome::Bypass.as_str()),
+        );
+    }
     if format == ExportFormat::Csv {
         let disposition = format!("attachment; filename=\"{}.csv\"", dataset.name);
         headers.insert(
@@ -345,6 +378,117 @@ pub async fn export(
         );
     }
     Ok(response)
+}
+
+/// Every matching row, written as the database yields them. Memory stays flat: at most a few
+/// batches are in flight between the query and the socket. With `store`, the bytes are also
+/// gzipped on the way and, once the last one is sent, stored as the cached answer.
+fn streamed_export(
+    state: &AppState,
+    dataset: &Arc<Dataset>,
+    query: Query,
+    store: Option<(String, Stamp)>,
+) -> Response {
+    let format = query.format;
+    let mut encoder = ExportEncoder::new(Arc::clone(dataset), format);
+    let head = encoder.head();
+    let capture =
+        store.map(|(key, stamp)| Arc::new(std::sync::Mutex::new(Some(Capture::new(key, stamp)))));
+    let (on_rows, on_tail) = (capture.clone(), capture);
+    let (cache, ttl) = (Arc::clone(&state.cache), state.cache.new_ttl(dataset));
+    let started = Instant::now();
+    let rows = state.storage.export(Arc::clone(dataset), query);
+    let head_capture = on_rows.clone();
+    let body = futures_util::stream::once(async move {
+        Capture::add(&head_capture, &head);
+        Ok::<_, std::io::Error>(head)
+    })
+    .chain(rows.map(move |batch| match batch {
+        Ok(batch) => {
+            let bytes = encoder.rows(&batch);
+            Capture::add(&on_rows, &bytes);
+            Ok(bytes)
+        }
+        // The status is sent already: cut the body so the client sees a failed transfer, never
+        // a short file that looks complete; and store nothing.
+        Err(error) => {
+            tracing::error!(error = %error, "export failed mid-stream");
+            if let Some(capture) = &on_rows {
+                capture.lock().expect("capture lock").take();
+            }
+            Err(std::io::Error::other("export failed"))
+        }
+    }))
+    .chain(futures_util::stream::once(async move {
+        let tail = ExportEncoder::tail(format);
+        Capture::add(&on_tail, &tail);
+        let finished = on_tail.and_then(|c| c.lock().expect("capture lock").take());
+        if let Some(capture) = finished {
+            let (key, entry) = capture.finish(format.content_type(), started.elapsed(), ttl);
+            tokio::spawn(async move { cache.store_streamed(&key, entry).await });
+        }
+        Ok(tail)
+    }));
+    let mut response = Body::from_stream(body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    response
+}
+
+/// An export's bytes gzipped as they stream, with the length and CRC its ETag needs.
+struct Capture {
+    key: String,
+    stamp: Stamp,
+    gzip: flate2::write::GzEncoder<Vec<u8>>,
+    crc: flate2::Crc,
+    len: u64,
+}
+
+impl Capture {
+    fn new(key: String, stamp: Stamp) -> Self {
+        let gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        Capture {
+            key,
+            stamp,
+            gzip,
+            crc: flate2::Crc::new(),
+            len: 0,
+        }
+    }
+
+    fn add(capture: &Option<Arc<std::sync::Mutex<Option<Capture>>>>, bytes: &[u8]) {
+        let Some(capture) = capture else { return };
+        if let Some(capture) = capture.lock().expect("capture lock").as_mut() {
+            use std::io::Write as _;
+            capture
+                .gzip
+                .write_all(bytes)
+                .expect("writing to a Vec cannot fail");
+            capture.crc.update(bytes);
+            capture.len += bytes.len() as u64;
+        }
+    }
+
+    fn finish(
+        self,
+        content_type: &str,
+        compute_time: std::time::Duration,
+        ttl: std::time::Duration,
+    ) -> (String, CachedResponse) {
+        let gzip = Bytes::from(self.gzip.finish().expect("writing to a Vec cannot fail"));
+        let entry = CachedResponse::from_gzip(
+            gzip,
+            self.len,
+            self.crc.sum(),
+            content_type,
+            compute_time,
+            self.stamp,
+            ttl,
+        );
+        (self.key, entry)
+    }
 }
 
 /// Writes batches of rows in one export format.
