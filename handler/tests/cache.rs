@@ -68,6 +68,23 @@ async fn movies_app() -> (TestApp, Arc<CountingStorage>) {
     (TestApp::new(counting.clone(), catalog), counting)
 }
 
+/// Repeats a GET (every answer a 200) until it is answered by the cache again, not bypassed.
+async fn until_the_cache_answers(app: &TestApp, uri: &str) -> common::TestResponse {
+    let started = std::time::Instant::now();
+    loop {
+        let response = app.get(uri).await;
+        assert_eq!(response.status, 200);
+        if header(&response, "x-cache") != "BYPASS" {
+            return response;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "the cache never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Sends `n` concurrent GETs of `uri`, spread over `apps`; every answer must be a 200.
 async fn fire(
     apps: &[Arc<TestApp>],
@@ -382,19 +399,7 @@ async fn redis_killed_and_restarted_costs_no_errors_and_no_stale_answers() {
 
     let _redis = common::PrivateRedis::start(port);
     // The cache comes back by itself (the breaker retries, the connection reconnects) ...
-    let started = std::time::Instant::now();
-    let after = loop {
-        let response = app.get(uri).await;
-        assert_eq!(response.status, 200);
-        if header(&response, "x-cache") != "BYPASS" {
-            break response;
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(15),
-            "the cache never came back"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let after = until_the_cache_answers(&app, uri).await;
     // ... and its first answer is computed afresh, not the copy from before the write.
     assert_eq!(
         header(&after, "x-cache"),
@@ -624,36 +629,14 @@ async fn a_write_redis_missed_never_lets_old_answers_return() {
     );
     let _redis = common::PrivateRedis::start_persistent(port, &dir); // the old entries are back
 
-    let started = std::time::Instant::now();
-    let first = loop {
-        let response = writer.get(uri).await;
-        if header(&response, "x-cache") != "BYPASS" {
-            break response;
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(15),
-            "the cache never came back"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let first = until_the_cache_answers(&writer, uri).await;
     assert_eq!(
         header(&first, "x-cache"),
         "MISS",
         "the writer purged before serving"
     );
     // The purge reached Redis, so the other instance's copy is over too (and its near copy).
-    let started = std::time::Instant::now();
-    let other = loop {
-        let response = reader.get(uri).await;
-        if header(&response, "x-cache") != "BYPASS" {
-            break response;
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(15),
-            "the cache never came back"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let other = until_the_cache_answers(&reader, uri).await;
     assert_ne!(header(&other, "x-cache"), "STALE");
     assert_eq!(other.body, first.body);
     let _ = std::fs::remove_dir_all(&dir);
