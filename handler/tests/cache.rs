@@ -18,6 +18,7 @@ use handler::storage::{self, ImportSink, Row, RowStream, Storage};
 struct CountingStorage {
     inner: Arc<dyn Storage>,
     lists: AtomicUsize,
+    exports: AtomicUsize,
 }
 
 #[async_trait]
@@ -50,6 +51,7 @@ impl Storage for CountingStorage {
         self.inner.facets(dataset, column, query).await
     }
     fn export(&self, dataset: Arc<Dataset>, query: Query) -> RowStream {
+        self.exports.fetch_add(1, Ordering::SeqCst);
         self.inner.export(dataset, query)
     }
     async fn begin_import(&self, dataset: &Dataset) -> storage::Result<Box<dyn ImportSink>> {
@@ -64,6 +66,7 @@ async fn movies_app() -> (TestApp, Arc<CountingStorage>) {
     let counting = Arc::new(CountingStorage {
         inner: real,
         lists: AtomicUsize::new(0),
+        exports: AtomicUsize::new(0),
     });
     (TestApp::new(counting.clone(), catalog), counting)
 }
@@ -421,6 +424,7 @@ async fn one_query_per_cold_key_across_two_instances() {
     let counting = Arc::new(CountingStorage {
         inner: real,
         lists: AtomicUsize::new(0),
+        exports: AtomicUsize::new(0),
     });
     let prefix = common::unique_prefix();
     let ttl = std::time::Duration::from_secs(60);
@@ -729,6 +733,57 @@ async fn exports_are_cached_and_invalidated_like_everything_else() {
             header(&b.get(horror).await, "x-cache"),
             "HIT",
             "{backend}: and not a horror film"
+        );
+    }
+}
+
+/// Concurrent requests for one cold export make one database query: the others wait for the
+/// stored answer (in one instance, and across two sharing Redis).
+#[tokio::test]
+async fn concurrent_cold_exports_make_one_query() {
+    let mut backends = vec![None];
+    backends.extend(common::redis_url().await.map(Some));
+    for redis in backends {
+        let catalog = common::catalog();
+        let real = common::open(&common::sqlite_url());
+        common::import_movies(real.as_ref(), &catalog).await;
+        let counting = Arc::new(CountingStorage {
+            inner: real,
+            lists: AtomicUsize::new(0),
+            exports: AtomicUsize::new(0),
+        });
+        let prefix = common::unique_prefix();
+        let ttl = std::time::Duration::from_secs(60);
+        let cache = || match &redis {
+            Some(url) => handler::cache::Cache::with_redis(
+                url,
+                &prefix,
+                ttl,
+                handler::cache::DEFAULT_MAX_BYTES,
+            ),
+            None => {
+                handler::cache::Cache::in_process(&prefix, ttl, handler::cache::DEFAULT_MAX_BYTES)
+            }
+        };
+        let first = Arc::new(TestApp::with_cache(
+            counting.clone(),
+            catalog.clone(),
+            cache(),
+        ));
+        let apps = match &redis {
+            Some(_) => vec![
+                first,
+                Arc::new(TestApp::with_cache(counting.clone(), catalog, cache())),
+            ],
+            None => vec![first],
+        };
+        let bodies = fire(&apps, "/api/movies/export?format=ndjson&sort=-year", 20).await;
+        assert_eq!(bodies.len(), 1, "every caller got the same export");
+        assert_eq!(
+            counting.exports.load(Ordering::SeqCst),
+            1,
+            "redis: {}",
+            redis.is_some()
         );
     }
 }

@@ -92,6 +92,8 @@ pub struct Cache {
     redis: Option<RedisStore>,
     /// Write positions in process mode.
     writes: Mutex<HashMap<String, WriteLog>>,
+    /// Keys of streamed answers being computed in this instance.
+    streaming: Mutex<std::collections::HashSet<String>>,
     /// Datasets with a write that Redis did not record: purged before anything is served.
     unrecorded: Mutex<std::collections::HashSet<String>>,
     flights: Mutex<HashMap<String, Arc<Flight>>>,
@@ -110,6 +112,7 @@ impl Cache {
             store: MemoryStore::new(max_bytes),
             redis: None,
             writes: Mutex::default(),
+            streaming: Mutex::default(),
             unrecorded: Mutex::default(),
             flights: Mutex::default(),
             hot: hot::HotKeys::default(),
@@ -365,6 +368,60 @@ impl Cache {
         result
     }
 
+    /// Claims the computation of a streamed answer (an export), or waits for the request that
+    /// holds it, in this instance or (with Redis) any other, and returns the answer it stored.
+    /// The claim ends when the returned [`StreamClaim`] is dropped.
+    pub async fn claim_streamed(
+        self: &Arc<Self>,
+        dataset: &Dataset,
+        subject: Subject<'_>,
+        key: &str,
+    ) -> Claim {
+        let deadline = Instant::now() + STREAM_WAIT;
+        loop {
+            if self
+                .streaming
+                .lock()
+                .expect("streaming lock")
+                .insert(key.to_owned())
+            {
+                // The previous holder may have stored it just now.
+                if let Ok(Some(entry)) = self.lookup(dataset, &subject, key, false).await {
+                    self.streaming.lock().expect("streaming lock").remove(key);
+                    return Claim::Served(entry);
+                }
+                let lease = match self
+                    .lease_or_wait_for(dataset, &subject, key, STREAM_LEASE_TTL, STREAM_WAIT)
+                    .await
+                {
+                    Lease::Served(entry) => {
+                        self.streaming.lock().expect("streaming lock").remove(key);
+                        return Claim::Served(entry);
+                    }
+                    Lease::Held(lease_key, token) => Some((lease_key, token)),
+                    Lease::None => None,
+                };
+                return Claim::Compute(StreamClaim {
+                    cache: Arc::clone(self),
+                    key: key.to_owned(),
+                    lease,
+                });
+            }
+            tokio::time::sleep(STREAM_POLL).await;
+            if let Ok(Some(entry)) = self.lookup(dataset, &subject, key, false).await {
+                return Claim::Served(entry);
+            }
+            if Instant::now() > deadline {
+                // The holder is slow or stuck: compute this one without a claim.
+                return Claim::Compute(StreamClaim {
+                    cache: Arc::clone(self),
+                    key: String::new(),
+                    lease: None,
+                });
+            }
+        }
+    }
+
     /// Stores an answer that was streamed and compressed on the way (see [`Cache::lookup_streamed`]).
     pub async fn store_streamed(&self, key: &str, entry: CachedResponse) {
         let ttl = Duration::from_millis(entry.expires_at_ms.saturating_sub(entry::unix_ms()));
@@ -571,14 +628,26 @@ impl Cache {
     /// In Redis mode, takes the key's lease, or waits for the instance holding it to store the
     /// answer. A lease expires by itself if its holder dies.
     async fn lease_or_wait(&self, dataset: &Dataset, subject: &Subject<'_>, key: &str) -> Lease {
+        self.lease_or_wait_for(dataset, subject, key, LEASE_TTL, LEASE_WAIT)
+            .await
+    }
+
+    async fn lease_or_wait_for(
+        &self,
+        dataset: &Dataset,
+        subject: &Subject<'_>,
+        key: &str,
+        lease_ttl: Duration,
+        wait: Duration,
+    ) -> Lease {
         let Some(redis) = &self.redis else {
             return Lease::None;
         };
         let lease_key = self.lease_key(key);
         let token = lease_token();
-        let deadline = Instant::now() + LEASE_WAIT;
+        let deadline = Instant::now() + wait;
         loop {
-            match redis.try_lease(&lease_key, &token, LEASE_TTL).await {
+            match redis.try_lease(&lease_key, &token, lease_ttl).await {
                 Ok(true) => return Lease::Held(lease_key, token),
                 Ok(false) => {}
                 Err(_) => return Lease::None,
@@ -670,6 +739,47 @@ const LEASE_TTL: Duration = Duration::from_secs(5);
 /// How long a request waits for another instance's computation before doing its own.
 const LEASE_WAIT: Duration = Duration::from_secs(3);
 const LEASE_POLL: Duration = Duration::from_millis(20);
+/// Streamed answers (exports) take seconds: their leases last longer and are waited for longer.
+const STREAM_LEASE_TTL: Duration = Duration::from_secs(60);
+const STREAM_WAIT: Duration = Duration::from_secs(30);
+const STREAM_POLL: Duration = Duration::from_millis(50);
+
+/// Whether this request computes a streamed answer or got it from the one that did.
+pub enum Claim {
+    Compute(StreamClaim),
+    Served(Arc<CachedResponse>),
+}
+
+/// The right to compute a streamed answer; dropping it (after storing, or on failure or a
+/// client that left) lets waiters go on.
+pub struct StreamClaim {
+    cache: Arc<Cache>,
+    key: String,
+    lease: Option<(String, String)>,
+}
+
+impl Drop for StreamClaim {
+    fn drop(&mut self) {
+        if !self.key.is_empty() {
+            self.cache
+                .streaming
+                .lock()
+                .expect("streaming lock")
+                .remove(&self.key);
+        }
+        if let (Some((lease_key, token)), Some(_)) = (self.lease.take(), &self.cache.redis) {
+            let cache = Arc::clone(&self.cache);
+            // Dropped inside the runtime (a response body or a handler): release off this thread.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    if let Some(redis) = &cache.redis {
+                        let _ = redis.release_lease(&lease_key, &token).await;
+                    }
+                });
+            }
+        }
+    }
+}
 
 enum Lease {
     /// Not in Redis mode, or Redis failed: compute without one.

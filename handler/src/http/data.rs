@@ -17,7 +17,7 @@ use std::future::Future;
 use axum::http::HeaderMap;
 
 use super::{ApiError, AppState};
-use crate::cache::{CachedResponse, Outcome, Stamp, Subject};
+use crate::cache::{CachedResponse, Claim, Outcome, Stamp, StreamClaim, Subject};
 use crate::datasets::{Dataset, Value};
 use crate::query::{Cursor, ExportFormat, Query, QueryKind, encode_cursor};
 use crate::storage::Row;
@@ -346,19 +346,30 @@ pub async fn export(
     let query = Query::parse(&dataset, QueryKind::Export, raw.as_deref().unwrap_or(""))?;
     let format = query.format;
     let key = state.cache.key(&dataset, &Subject::Query(&query));
-    let (mut response, capture) = match state
+    let lookup = state
         .cache
         .lookup_streamed(&dataset, Subject::Query(&query), &key)
-        .await
-    {
+        .await;
+    let (mut response, capture) = match lookup {
         Ok(Ok(entry)) => (
             cached_response(&entry, Outcome::Hit, &call.headers, call.started),
             None,
         ),
-        Ok(Err(stamp)) => (
-            streamed_export(&state, &dataset, query, Some((key, stamp))),
-            Some(()),
-        ),
+        // A cold export: one request computes it, the others wait for what it stores.
+        Ok(Err(stamp)) => match state
+            .cache
+            .claim_streamed(&dataset, Subject::Query(&query), &key)
+            .await
+        {
+            Claim::Served(entry) => (
+                cached_response(&entry, Outcome::Hit, &call.headers, call.started),
+                None,
+            ),
+            Claim::Compute(claim) => (
+                streamed_export(&state, &dataset, query, Some((key, stamp, claim))),
+                Some(()),
+            ),
+        },
         Err(_) => (streamed_export(&state, &dataset, query, None), None),
     };
     let headers = response.headers_mut();
@@ -387,13 +398,16 @@ fn streamed_export(
     state: &AppState,
     dataset: &Arc<Dataset>,
     query: Query,
-    store: Option<(String, Stamp)>,
+    store: Option<(String, Stamp, StreamClaim)>,
 ) -> Response {
     let format = query.format;
     let mut encoder = ExportEncoder::new(Arc::clone(dataset), format);
     let head = encoder.head();
-    let capture =
-        store.map(|(key, stamp)| Arc::new(std::sync::Mutex::new(Some(Capture::new(key, stamp)))));
+    // The claim lives as long as the body: it ends when the export is stored, fails, or the
+    // client leaves, and waiting requests then go on.
+    let capture = store.map(|(key, stamp, claim)| {
+        Arc::new(std::sync::Mutex::new(Some(Capture::new(key, stamp, claim))))
+    });
     let (on_rows, on_tail) = (capture.clone(), capture);
     let (cache, ttl) = (Arc::clone(&state.cache), state.cache.new_ttl(dataset));
     let started = Instant::now();
@@ -424,8 +438,11 @@ fn streamed_export(
         Capture::add(&on_tail, &tail);
         let finished = on_tail.and_then(|c| c.lock().expect("capture lock").take());
         if let Some(capture) = finished {
-            let (key, entry) = capture.finish(format.content_type(), started.elapsed(), ttl);
-            tokio::spawn(async move { cache.store_streamed(&key, entry).await });
+            let (key, entry, claim) = capture.finish(format.content_type(), started.elapsed(), ttl);
+            tokio::spawn(async move {
+                cache.store_streamed(&key, entry).await;
+                drop(claim); // only now may the waiting requests read the stored export
+            });
         }
         Ok(tail)
     }));
@@ -441,17 +458,19 @@ fn streamed_export(
 struct Capture {
     key: String,
     stamp: Stamp,
+    claim: StreamClaim,
     gzip: flate2::write::GzEncoder<Vec<u8>>,
     crc: flate2::Crc,
     len: u64,
 }
 
 impl Capture {
-    fn new(key: String, stamp: Stamp) -> Self {
+    fn new(key: String, stamp: Stamp, claim: StreamClaim) -> Self {
         let gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         Capture {
             key,
             stamp,
+            claim,
             gzip,
             crc: flate2::Crc::new(),
             len: 0,
@@ -476,7 +495,7 @@ impl Capture {
         content_type: &str,
         compute_time: std::time::Duration,
         ttl: std::time::Duration,
-    ) -> (String, CachedResponse) {
+    ) -> (String, CachedResponse, StreamClaim) {
         let gzip = Bytes::from(self.gzip.finish().expect("writing to a Vec cannot fail"));
         let entry = CachedResponse::from_gzip(
             gzip,
@@ -487,7 +506,7 @@ impl Capture {
             self.stamp,
             ttl,
         );
-        (self.key, entry)
+        (self.key, entry, self.claim)
     }
 }
 
