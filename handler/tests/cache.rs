@@ -60,9 +60,7 @@ impl Storage for CountingStorage {
 }
 
 async fn movies_app() -> (TestApp, Arc<CountingStorage>) {
-    let catalog = common::catalog();
-    let real = common::open(&common::sqlite_url());
-    common::import_movies(real.as_ref(), &catalog).await;
+    let (catalog, real) = movies_db().await;
     let counting = Arc::new(CountingStorage {
         inner: real,
         lists: AtomicUsize::new(0),
@@ -107,6 +105,28 @@ async fn fire(
         bodies.insert(response.body);
     }
     bodies
+}
+
+/// A fresh SQLite database with the movies imported, and the catalog.
+async fn movies_db() -> (handler::datasets::Catalog, Arc<dyn Storage>) {
+    let catalog = common::catalog();
+    let real = common::open(&common::sqlite_url());
+    common::import_movies(real.as_ref(), &catalog).await;
+    (catalog, real)
+}
+
+/// A cache in Redis at `redis`, or in process when it is `None`.
+fn shared_cache(
+    redis: Option<&str>,
+    prefix: &str,
+    ttl: std::time::Duration,
+) -> handler::cache::Cache {
+    match redis {
+        Some(url) => {
+            handler::cache::Cache::with_redis(url, prefix, ttl, handler::cache::DEFAULT_MAX_BYTES)
+        }
+        None => handler::cache::Cache::in_process(prefix, ttl, handler::cache::DEFAULT_MAX_BYTES),
+    }
 }
 
 fn header<'a>(response: &'a common::TestResponse, name: &str) -> &'a str {
@@ -250,9 +270,7 @@ async fn two_instances_share_entries_and_writes_through_redis() {
     let Some(url) = common::redis_url().await else {
         return;
     };
-    let catalog = common::catalog();
-    let real = common::open(&common::sqlite_url());
-    common::import_movies(real.as_ref(), &catalog).await;
+    let (catalog, real) = movies_db().await;
     let prefix = common::unique_prefix();
     let ttl = std::time::Duration::from_secs(60);
     let cache =
@@ -306,9 +324,7 @@ async fn a_redis_cluster_shares_entries_and_writes_too() {
     let Some(cluster) = common::RedisCluster::start().await else {
         return;
     };
-    let catalog = common::catalog();
-    let real = common::open(&common::sqlite_url());
-    common::import_movies(real.as_ref(), &catalog).await;
+    let (catalog, real) = movies_db().await;
     let ttl = std::time::Duration::from_secs(60);
     let cache = || {
         handler::cache::Cache::with_redis(
@@ -363,9 +379,7 @@ async fn redis_killed_and_restarted_costs_no_errors_and_no_stale_answers() {
         .unwrap()
         .port();
     let redis = common::PrivateRedis::start(port);
-    let catalog = common::catalog();
-    let real = common::open(&common::sqlite_url());
-    common::import_movies(real.as_ref(), &catalog).await;
+    let (catalog, real) = movies_db().await;
     let url = format!("redis://127.0.0.1:{port}");
     let ttl = std::time::Duration::from_secs(60);
     let app = TestApp::with_cache(
@@ -418,9 +432,7 @@ async fn one_query_per_cold_key_across_two_instances() {
     let Some(url) = common::redis_url().await else {
         return;
     };
-    let catalog = common::catalog();
-    let real = common::open(&common::sqlite_url());
-    common::import_movies(real.as_ref(), &catalog).await;
+    let (catalog, real) = movies_db().await;
     let counting = Arc::new(CountingStorage {
         inner: real,
         lists: AtomicUsize::new(0),
@@ -653,22 +665,10 @@ async fn exports_are_cached_and_invalidated_like_everything_else() {
     let mut backends = vec![None];
     backends.extend(common::redis_url().await.map(Some));
     for redis in backends {
-        let catalog = common::catalog();
-        let real = common::open(&common::sqlite_url());
-        common::import_movies(real.as_ref(), &catalog).await;
+        let (catalog, real) = movies_db().await;
         let ttl = std::time::Duration::from_secs(60);
         let prefix = common::unique_prefix();
-        let cache = || match &redis {
-            Some(url) => handler::cache::Cache::with_redis(
-                url,
-                &prefix,
-                ttl,
-                handler::cache::DEFAULT_MAX_BYTES,
-            ),
-            None => {
-                handler::cache::Cache::in_process(&prefix, ttl, handler::cache::DEFAULT_MAX_BYTES)
-            }
-        };
+        let cache = || shared_cache(redis.as_deref(), &prefix, ttl);
         let a = TestApp::with_cache(real.clone(), catalog.clone(), cache());
         // With Redis, a second instance reads what the first stored; in process, the same one.
         let b = if redis.is_some() {
@@ -744,9 +744,7 @@ async fn concurrent_cold_exports_make_one_query() {
     let mut backends = vec![None];
     backends.extend(common::redis_url().await.map(Some));
     for redis in backends {
-        let catalog = common::catalog();
-        let real = common::open(&common::sqlite_url());
-        common::import_movies(real.as_ref(), &catalog).await;
+        let (catalog, real) = movies_db().await;
         let counting = Arc::new(CountingStorage {
             inner: real,
             lists: AtomicUsize::new(0),
@@ -754,17 +752,7 @@ async fn concurrent_cold_exports_make_one_query() {
         });
         let prefix = common::unique_prefix();
         let ttl = std::time::Duration::from_secs(60);
-        let cache = || match &redis {
-            Some(url) => handler::cache::Cache::with_redis(
-                url,
-                &prefix,
-                ttl,
-                handler::cache::DEFAULT_MAX_BYTES,
-            ),
-            None => {
-                handler::cache::Cache::in_process(&prefix, ttl, handler::cache::DEFAULT_MAX_BYTES)
-            }
-        };
+        let cache = || shared_cache(redis.as_deref(), &prefix, ttl);
         let first = Arc::new(TestApp::with_cache(
             counting.clone(),
             catalog.clone(),
