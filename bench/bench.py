@@ -404,6 +404,7 @@ def bench_cache(seconds):
         finally:
             server.terminate()
             server.wait()
+    bench_stale(db)
     port = free_port()
     static = subprocess.Popen([str(HANDLER), "bench-static", "--file", str(OUT / "list.json"), "--port", str(port)])
     try:
@@ -418,6 +419,51 @@ def bench_cache(seconds):
     for label, (rps, p50, p99) in results.items():
         print(f"  {'cached 100-row list, ' + label + ' cache':<52} {rps:>10,.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
               f"{rps / base_rps:5.2f}x throughput")
+
+
+def bench_stale(db):
+    """STALE latency: one instance fills Redis with 1-second answers and stops; once they are
+    past freshness, a second instance whose database refuses connections serves them."""
+    prefix = f"bench-{os.getpid()}-stale"
+    paths = [f"/api/movies?year={y}&limit=100" for y in range(1900, 2016)]
+    # The shipped movies declaration keeps answers fresh for 30 minutes: use a 1-second copy.
+    datasets = OUT / "stale-datasets"
+    datasets.mkdir(exist_ok=True)
+    declaration = (ROOT / "datasets" / "movies.toml").read_text()
+    (datasets / "movies.toml").write_text(declaration.replace("cache_ttl_seconds = 1800", "cache_ttl_seconds = 1"))
+
+    def serve(database_url):
+        port = free_port()
+        env = handler_env(database_url, FUNCTIONS_CUSTOMHANDLER_PORT=str(port), CACHE_PREFIX=prefix,
+                          DATASETS_DIR=str(datasets), REDIS_URL="redis://127.0.0.1:6379")
+        server = subprocess.Popen([str(HANDLER), "serve"], env=env)
+        while get_status(port, "/api/version") != 200:
+            time.sleep(0.01)
+        return server, port
+
+    filler, port = serve(f"sqlite://{db}")
+    try:
+        timed_gets(port, paths)
+    finally:
+        filler.terminate()
+        filler.wait()
+    time.sleep(1.5)  # past freshness, well inside the stale grace
+    broken, port = serve("postgres://nobody@127.0.0.1:9/none")  # nothing listens on port 9
+    try:
+        answers = timed_gets(port, paths)
+        stale = [ms for ms, outcome in answers if outcome == "STALE"]
+    finally:
+        broken.terminate()
+        broken.wait()
+    keys = sh("redis-cli", "--scan", "--pattern", f"{prefix}:*").split()
+    if keys:
+        sh("redis-cli", "del", *keys)
+    if len(stale) != len(paths):
+        outcomes = sorted({str(outcome) for _, outcome in answers})
+        print(f"  redis: only {len(stale)} of {len(paths)} answers were STALE (others: {', '.join(outcomes)})")
+    if stale:
+        print(f"  redis: stale p50 {pct(stale, 0.5):.2f} ms, p99 {pct(stale, 0.99):.2f} ms ({len(stale)} stale, "
+              "database refusing connections)")
 
 
 def main():

@@ -1,6 +1,6 @@
-//! The cache's rules, on the in-process store and on the real Redis at 127.0.0.1:6379 (or
-//! `REDIS_URL`): exact invalidation, the stale-store race across two instances, and one
-//! computation per cold key.
+//! The cache's rules, on the in-process store, on the real Redis at 127.0.0.1:6379 (or
+//! `REDIS_URL`) and on a three-node Redis Cluster the suite starts itself: exact invalidation,
+//! the stale-store race across two instances, and one computation per cold key.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use super::*;
 use crate::datasets::parse_declaration;
+
+#[path = "../../tests/common/redis_servers.rs"]
+#[allow(dead_code)] // the standalone server helpers serve the integration tests
+mod redis_servers;
 
 /// A fresh key prefix per test, so tests sharing one Redis never see each other's keys.
 fn unique_prefix(test: &str) -> String {
@@ -55,6 +59,14 @@ async fn instances(test: &str) -> Vec<(&'static str, Arc<Cache>, Arc<Cache>)> {
             "redis",
             Arc::new(Cache::with_redis(&url, &prefix, ttl, DEFAULT_MAX_BYTES)),
             Arc::new(Cache::with_redis(&url, &prefix, ttl, DEFAULT_MAX_BYTES)),
+        ));
+    }
+    if let Some(nodes) = redis_servers::RedisCluster::shared() {
+        let prefix = unique_prefix(test);
+        out.push((
+            "cluster",
+            Arc::new(Cache::with_redis(nodes, &prefix, ttl, DEFAULT_MAX_BYTES)),
+            Arc::new(Cache::with_redis(nodes, &prefix, ttl, DEFAULT_MAX_BYTES)),
         ));
     }
     out
