@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
+use crate::auth::Auth;
 use crate::cache::{self, Cache};
 use crate::config::Settings;
 use crate::datasets::Catalog;
@@ -39,13 +40,14 @@ impl Context {
             Some(url) => Cache::with_redis(url.expose(), prefix, ttl, cache::DEFAULT_MAX_BYTES),
             None => Cache::in_process(prefix, ttl, cache::DEFAULT_MAX_BYTES),
         };
-        let admin_enabled = settings.admin_api_enabled;
-        let state = AppState {
-            catalog: Arc::new(catalog),
-            storage,
-            cache: Arc::new(cache),
-            admin_enabled,
-        };
+        let cache = Arc::new(cache);
+        let auth = Auth::from_settings(&settings, Arc::clone(&storage), Arc::clone(&cache))?;
+        if auth.is_none() {
+            tracing::info!("JWT_SECRET is not set: accounts and writes are off (read-only)");
+        }
+        let mut state = AppState::new(Arc::new(catalog), storage, cache).with_auth(auth);
+        state.max_body_bytes = settings.max_body_bytes;
+        state.cors_allowed_origins = Arc::new(settings.cors_allowed_origins.clone());
         Ok(Context { settings, state })
     }
 }
@@ -85,7 +87,10 @@ impl Application {
             }
         });
         let router = http::router(self.state);
-        let served = axum::serve(self.listener, router)
+        // The peer address is the client's only outside Azure (there the host forwards), and is
+        // used only when no `X-Forwarded-For` says otherwise (login rate limits).
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(self.listener, service)
             .with_graceful_shutdown(shutdown_signal())
             .await;
         flusher.abort();
@@ -134,15 +139,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn redis_url_selects_the_shared_cache_and_admin_stays_off_by_default() {
+    async fn redis_url_selects_the_shared_cache_and_accounts_need_a_secret() {
         let local = context(&[]);
         assert_eq!(local.state.cache.backend(), "in-process");
-        assert!(!local.state.admin_enabled);
+        assert!(local.state.auth.is_none(), "read-only without JWT_SECRET");
         let shared = context(&[
             ("REDIS_URL", "redis://127.0.0.1:6379"),
-            ("ADMIN_API_ENABLED", "true"),
+            ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
         ]);
         assert_eq!(shared.state.cache.backend(), "redis");
-        assert!(shared.state.admin_enabled);
+        assert!(shared.state.auth.is_some());
     }
 }

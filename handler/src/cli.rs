@@ -30,7 +30,6 @@ enum Command {
     Demo,
     /// Create or update the tables and indexes of every dataset.
     Migrate,
-    /// Import a CSV file (optionally .gz) into a dataset, replacing its rows.
     /// Serve a file's bytes from memory on every path, with no cache logic: the baseline of the
     /// cache benchmark (bench/run.sh), on the same HTTP stack.
     #[command(hide = true)]
@@ -43,6 +42,7 @@ enum Command {
     /// Recompute the hottest cached answers that are missing or near expiry (what the
     /// WarmCache timer function does); useful with REDIS_URL, where hot keys are shared.
     Warm,
+    /// Import a CSV file (optionally .gz) into a dataset, replacing its rows.
     Import {
         /// The dataset, as named in its declaration under DATASETS_DIR.
         #[arg(long)]
@@ -50,6 +50,47 @@ enum Command {
         /// The CSV file.
         #[arg(long)]
         file: PathBuf,
+    },
+    /// Manage accounts: the first admin is made here, never through the API.
+    Users {
+        #[command(subcommand)]
+        action: UsersCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCommand {
+    /// Create an account, reading its password from standard input (never an argument, which
+    /// other users of the machine could see).
+    Create {
+        #[arg(long)]
+        email: String,
+        /// Read the password from standard input (required).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+        /// Make the account an admin.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Make an existing account an admin.
+    Promote {
+        #[arg(long)]
+        email: String,
+    },
+    /// Make an admin a plain user again; takes effect on their next request.
+    Demote {
+        #[arg(long)]
+        email: String,
+    },
+    /// Stop an account from signing in or using its tokens, at once.
+    Deactivate {
+        #[arg(long)]
+        email: String,
+    },
+    /// Let a deactivated account sign in again.
+    Activate {
+        #[arg(long)]
+        email: String,
     },
 }
 
@@ -73,6 +114,7 @@ impl Cli {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Import { dataset, file } => run_import(&context, &dataset, &file).await,
+            Command::Users { action } => users(&context, action).await,
             Command::BenchStatic { file, port } => bench_static(&file, port).await,
             Command::Warm => {
                 let report = crate::http::warm(&context.state, crate::http::WARM_LIMIT).await;
@@ -176,6 +218,94 @@ async fn run_import(
         );
     }
     println!("{}", report.summary());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn users(context: &Context, action: UsersCommand) -> anyhow::Result<ExitCode> {
+    use crate::auth::{Role, password};
+    use crate::storage::{NewUser, StorageError, UserLookup, UserUpdate};
+    let storage = &context.state.storage;
+    let (email, change) = match action {
+        UsersCommand::Create { email, admin, .. } => {
+            let email = crate::auth::check_email(&email).map_err(|e| anyhow!("{e}"))?;
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("cannot read the password from standard input")?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            if let Some(reason) = password::policy_violation(password) {
+                anyhow::bail!("the password {reason}");
+            }
+            let role = if admin { Role::Admin } else { Role::User };
+            let created = match context.state.auth.as_deref() {
+                // With Firebase, the account is made there too, so that it can sign in.
+                Some(auth) if auth.provider() == crate::config::AuthProvider::Firebase => {
+                    let user = auth
+                        .sign_up(&email, password)
+                        .await
+                        .map_err(|e| anyhow!("{e}"))?;
+                    let change = UserUpdate {
+                        role: Some(role.as_str().to_owned()),
+                        active: None,
+                    };
+                    storage.update_user(user.id, change).await
+                }
+                _ => {
+                    let user = NewUser {
+                        email: email.clone(),
+                        password_hash: Some(password::hash(password)?),
+                        firebase_uid: None,
+                        role: role.as_str().to_owned(),
+                    };
+                    storage.create_user(user).await
+                }
+            };
+            let user = match created {
+                Err(StorageError::Conflict) => {
+                    anyhow::bail!("an account with the email {email} exists already")
+                }
+                other => other.context("cannot create the account")?,
+            };
+            println!("created {} {} (id {})", user.role, user.email, user.id);
+            return Ok(ExitCode::SUCCESS);
+        }
+        UsersCommand::Promote { email } => (
+            email,
+            UserUpdate {
+                role: Some("admin".into()),
+                active: None,
+            },
+        ),
+        UsersCommand::Demote { email } => (
+            email,
+            UserUpdate {
+                role: Some("user".into()),
+                active: None,
+            },
+        ),
+        UsersCommand::Deactivate { email } => (
+            email,
+            UserUpdate {
+                role: None,
+                active: Some(false),
+            },
+        ),
+        UsersCommand::Activate { email } => (
+            email,
+            UserUpdate {
+                role: None,
+                active: Some(true),
+            },
+        ),
+    };
+    let user = storage
+        .find_user(UserLookup::Email(email.clone()))
+        .await
+        .context("cannot read the accounts table")?
+        .ok_or_else(|| anyhow!("there is no account with the email {email}"))?;
+    let user = storage.update_user(user.id, change).await?;
+    let state = if user.active { "active" } else { "deactivated" };
+    println!("{} is now {} ({state})", user.email, user.role);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -9,7 +9,15 @@
 //!   the in-process cache;
 //! - `CACHE_PREFIX` (default `smartcache`): the first part of every cache key;
 //! - `CACHE_TTL_SECONDS` (default 1800): lifetime of cached answers of datasets that declare none;
-//! - `ADMIN_API_ENABLED` (default false): whether `/api/admin/*` answers, until roles exist.
+//! - `JWT_SECRET` (at least 32 bytes): signs access tokens; without it, accounts and writes are
+//!   off (read-only). Setting `AUTH_PROVIDER` without it is an error;
+//! - `JWT_TTL_SECONDS` (default 3600): access token lifetime;
+//! - `AUTH_PROVIDER` (`local`, the default, or `firebase`), with `FIREBASE_API_KEY`,
+//!   `FIREBASE_PROJECT_ID`, `FIREBASE_AUTH_EMULATOR_HOST` and `FIREBASE_CERTS_URL` (where the
+//!   ID-token certificates are fetched; Google's URL unless set, which only tests need);
+//! - `MAX_BODY_BYTES` (default 1 MiB): the largest request body accepted;
+//! - `CORS_ALLOWED_ORIGINS`: a comma list of origins allowed to call the API from a browser;
+//!   unset means no CORS headers at all.
 //!
 //! Errors name the variable. Secrets (a database password) are never printed.
 
@@ -23,6 +31,8 @@ pub const DEFAULT_DATASETS_DIR: &str = "datasets";
 pub const DEFAULT_PORT: u16 = 7071;
 pub const DEFAULT_CACHE_PREFIX: &str = "smartcache";
 pub const DEFAULT_CACHE_TTL_SECONDS: u64 = 1800;
+pub const DEFAULT_JWT_TTL_SECONDS: u64 = 3600;
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 const PORT_VARIABLES: [&str; 3] = [
     "FUNCTIONS_CUSTOMHANDLER_PORT",
     "FUNCTIONS_HTTPWORKER_PORT",
@@ -37,7 +47,21 @@ pub struct Settings {
     pub redis_url: Option<Secret>,
     pub cache_prefix: String,
     pub cache_ttl: std::time::Duration,
-    pub admin_api_enabled: bool,
+    pub jwt_secret: Option<Secret>,
+    pub jwt_ttl: std::time::Duration,
+    pub auth_provider: AuthProvider,
+    pub firebase_api_key: Option<Secret>,
+    pub firebase_project_id: Option<String>,
+    pub firebase_auth_emulator_host: Option<String>,
+    pub firebase_certs_url: Option<String>,
+    pub max_body_bytes: usize,
+    pub cors_allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthProvider {
+    Local,
+    Firebase,
 }
 
 impl Settings {
@@ -88,13 +112,60 @@ impl Settings {
                 );
             }
         }
-        let admin_api_enabled =
-            match non_empty("ADMIN_API_ENABLED").map(|v| v.trim().to_ascii_lowercase()) {
-                None => false,
-                Some(v) if v == "true" || v == "1" => true,
-                Some(v) if v == "false" || v == "0" => false,
-                Some(v) => bail!("ADMIN_API_ENABLED must be true or false, not {v:?}"),
-            };
+        let positive = |name: &str, default: u64| -> anyhow::Result<u64> {
+            match non_empty(name) {
+                None => Ok(default),
+                Some(value) => value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|&n: &u64| n > 0)
+                    .with_context(|| format!("{name} must be a positive number, not {value:?}")),
+            }
+        };
+        let jwt_ttl = positive("JWT_TTL_SECONDS", DEFAULT_JWT_TTL_SECONDS)?;
+        let max_body_bytes = positive("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES as u64)?;
+        let jwt_secret = non_empty("JWT_SECRET");
+        if let Some(secret) = &jwt_secret
+            && secret.len() < crate::auth::token::MIN_SECRET_BYTES
+        {
+            bail!(
+                "JWT_SECRET must be at least {} bytes long (it is {})",
+                crate::auth::token::MIN_SECRET_BYTES,
+                secret.len()
+            );
+        }
+        let auth_provider = match non_empty("AUTH_PROVIDER").map(|v| v.trim().to_ascii_lowercase())
+        {
+            None => AuthProvider::Local,
+            Some(v) if jwt_secret.is_none() => {
+                bail!(
+                    "AUTH_PROVIDER={v} needs JWT_SECRET (at least 32 bytes) to sign access tokens"
+                )
+            }
+            Some(v) if v == "local" => AuthProvider::Local,
+            Some(v) if v == "firebase" => AuthProvider::Firebase,
+            Some(v) => bail!("AUTH_PROVIDER must be local or firebase, not {v:?}"),
+        };
+        let firebase_project_id = non_empty("FIREBASE_PROJECT_ID");
+        let firebase_auth_emulator_host = non_empty("FIREBASE_AUTH_EMULATOR_HOST");
+        let firebase_api_key = non_empty("FIREBASE_API_KEY").map(Secret);
+        if auth_provider == AuthProvider::Firebase {
+            if firebase_project_id.is_none() {
+                bail!("AUTH_PROVIDER=firebase needs FIREBASE_PROJECT_ID");
+            }
+            if firebase_api_key.is_none() && firebase_auth_emulator_host.is_none() {
+                bail!("AUTH_PROVIDER=firebase needs FIREBASE_API_KEY (the Web API key)");
+            }
+        }
+        let cors_allowed_origins = non_empty("CORS_ALLOWED_ORIGINS")
+            .map(|v| {
+                v.split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_owned())
+                    .filter(|o| !o.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
         if !database_url.contains(':') {
             bail!(
                 "DATABASE_URL must be a URL such as sqlite://smartcache.db or postgres://host/db"
@@ -107,7 +178,15 @@ impl Settings {
             redis_url: non_empty("REDIS_URL").map(Secret),
             cache_prefix,
             cache_ttl: std::time::Duration::from_secs(cache_ttl),
-            admin_api_enabled,
+            jwt_secret: jwt_secret.map(Secret),
+            jwt_ttl: std::time::Duration::from_secs(jwt_ttl),
+            auth_provider,
+            firebase_api_key,
+            firebase_project_id,
+            firebase_auth_emulator_host,
+            firebase_certs_url: non_empty("FIREBASE_CERTS_URL"),
+            max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+            cors_allowed_origins,
         })
     }
 }
@@ -184,6 +263,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("REDIS_URL"), "{err}");
+    }
+
+    #[test]
+    fn accounts_need_a_long_enough_secret() {
+        let s = settings(&[]).unwrap();
+        assert!(s.jwt_secret.is_none(), "no secret: read-only");
+        let err = settings(&[("JWT_SECRET", "short")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("at least 32 bytes") && !err.contains("short"),
+            "{err}"
+        );
+        let err = settings(&[("AUTH_PROVIDER", "local")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("JWT_SECRET"), "{err}");
+        let secret = ("JWT_SECRET", "0123456789abcdef0123456789abcdef");
+        let s = settings(&[secret]).unwrap();
+        assert_eq!(s.auth_provider, AuthProvider::Local);
+        assert!(!format!("{s:?}").contains("0123456789abcdef"));
+        let err = settings(&[secret, ("AUTH_PROVIDER", "firebase")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("FIREBASE_PROJECT_ID"), "{err}");
     }
 
     #[test]

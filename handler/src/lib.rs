@@ -13,6 +13,7 @@
 //! - [`cli`]: the `handler` subcommands.
 
 pub mod app;
+pub mod auth;
 pub mod cache;
 pub mod cli;
 pub mod config;

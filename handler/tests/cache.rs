@@ -11,7 +11,10 @@ use async_trait::async_trait;
 use common::TestApp;
 use handler::datasets::{Dataset, Value};
 use handler::query::Query;
-use handler::storage::{self, ImportSink, Row, RowStream, Storage};
+use handler::storage::{
+    self, Change, ImportSink, NewUser, Row, RowStream, Storage, UserLookup, UserRecord, UserUpdate,
+    Written,
+};
 
 /// The real SQLite storage, with its list queries counted (a decorator, not a mock: every call
 /// reaches the database).
@@ -56,6 +59,21 @@ impl Storage for CountingStorage {
     }
     async fn begin_import(&self, dataset: &Dataset) -> storage::Result<Box<dyn ImportSink>> {
         self.inner.begin_import(dataset).await
+    }
+    async fn write(&self, dataset: &Dataset, change: Change) -> storage::Result<Written> {
+        self.inner.write(dataset, change).await
+    }
+    async fn create_user(&self, user: NewUser) -> storage::Result<UserRecord> {
+        self.inner.create_user(user).await
+    }
+    async fn find_user(&self, lookup: UserLookup) -> storage::Result<Option<UserRecord>> {
+        self.inner.find_user(lookup).await
+    }
+    async fn update_user(&self, id: i64, change: UserUpdate) -> storage::Result<UserRecord> {
+        self.inner.update_user(id, change).await
+    }
+    async fn delete_user(&self, id: i64) -> storage::Result<()> {
+        self.inner.delete_user(id).await
     }
 }
 
@@ -499,6 +517,7 @@ async fn a_dead_database_gets_the_last_good_answer_marked_stale() {
 #[tokio::test]
 async fn the_admin_view_reports_and_purges_and_warm_up_refreshes_what_is_hot() {
     let (app, db) = movies_app().await;
+    let app = app.as_admin().await;
     for uri in [
         "/api/movies?genres=drama",
         "/api/movies?genres=drama",
@@ -556,18 +575,18 @@ async fn the_admin_view_reports_and_purges_and_warm_up_refreshes_what_is_hot() {
     assert_eq!((again.refreshed, again.fresh), (0, 2), "{:?}", again.lines);
 }
 
+/// Anonymous callers get a 401, signed-in users a 403: only admins see or purge the cache.
 #[tokio::test]
-async fn admin_endpoints_are_off_unless_enabled() {
+async fn admin_endpoints_need_an_admin() {
     let (app, _) = movies_app().await;
-    let mut state = app.state.clone();
-    state.admin_enabled = false;
-    let closed = TestApp { state };
+    let user = app.as_user().await;
     for method in ["GET", "DELETE"] {
-        let response = closed
-            .request(method, "/api/admin/cache?dataset=movies")
-            .await;
-        assert_eq!(response.status, 403, "{method}");
-        assert_eq!(response.content_type(), "application/problem+json");
+        let uri = "/api/admin/cache?dataset=movies";
+        let anonymous = app.request(method, uri).await;
+        assert_eq!(anonymous.status, 401, "{method}");
+        assert_eq!(anonymous.content_type(), "application/problem+json");
+        assert_eq!(header(&anonymous, "www-authenticate"), "Bearer");
+        assert_eq!(user.request(method, uri).await.status, 403, "{method}");
     }
 }
 
@@ -674,9 +693,7 @@ async fn exports_are_cached_and_invalidated_like_everything_else() {
         let b = if redis.is_some() {
             TestApp::with_cache(real.clone(), catalog, cache())
         } else {
-            TestApp {
-                state: a.state.clone(),
-            }
+            a.clone()
         };
         let backend = if redis.is_some() {
             "redis"

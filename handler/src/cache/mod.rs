@@ -102,6 +102,8 @@ pub struct Cache {
     misses: AtomicU64,
     bypasses: AtomicU64,
     stales: AtomicU64,
+    /// Fixed-window counters kept in process (no Redis, or Redis unreachable).
+    local_windows: Mutex<HashMap<String, (u64, Instant)>>,
 }
 
 impl Cache {
@@ -120,6 +122,7 @@ impl Cache {
             misses: AtomicU64::new(0),
             bypasses: AtomicU64::new(0),
             stales: AtomicU64::new(0),
+            local_windows: Mutex::default(),
         }
     }
 
@@ -227,6 +230,23 @@ impl Cache {
             log.recent.pop_front();
         }
         Ok(())
+    }
+
+    /// Counts one event under `name` in a fixed `window` (shared through Redis when there is
+    /// one, in this process otherwise or while Redis is unreachable): the count so far and the
+    /// time left in the window.
+    pub async fn count_in_window(&self, name: &str, window: Duration) -> (u64, Duration) {
+        if let Some(redis) = &self.redis
+            && let Ok(counted) = redis.count_in_window(name, window).await
+        {
+            return counted;
+        }
+        let now = Instant::now();
+        let mut windows = self.local_windows.lock().expect("window lock");
+        windows.retain(|_, (_, ends)| *ends > now);
+        let (count, ends) = windows.entry(name.to_owned()).or_insert((0, now + window));
+        *count += 1;
+        (*count, ends.saturating_duration_since(now))
     }
 
     /// Makes every cached answer of the dataset stale (after an import, or on request).

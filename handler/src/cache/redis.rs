@@ -51,6 +51,11 @@ redis.call('RPUSH', KEYS[2], seq .. ' ' .. ARGV[1])
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
 return seq";
 
+const COUNT_IN_WINDOW: &str = r"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return {n, redis.call('PTTL', KEYS[1])}";
+
 /// A dataset's position starts at a fresh epoch (the clock, in microseconds): if the stamp key
 /// is ever lost (eviction, a restart without persistence), counting restarts from a new epoch and
 /// can never again reach the position of an entry stored before.
@@ -249,6 +254,28 @@ impl RedisStore {
             let mut invocation = script.key(stamp);
             invocation.key(writes).arg(write).arg(capacity);
             conn.invoke(&invocation).await
+        })
+        .await
+    }
+
+    /// Counts one event under `name` in a fixed window: the count so far and the time until
+    /// the window ends. Used for login attempts, shared by every instance.
+    pub async fn count_in_window(
+        &self,
+        name: &str,
+        window: Duration,
+    ) -> Result<(u64, Duration), Unavailable> {
+        let key = format!("{}:limit:{name}", self.prefix);
+        let millis = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        self.run(|mut conn| async move {
+            let script = Script::new(COUNT_IN_WINDOW);
+            let mut invocation = script.key(key);
+            invocation.arg(millis);
+            let (count, left): (u64, i64) = conn.invoke(&invocation).await?;
+            Ok((
+                count,
+                Duration::from_millis(u64::try_from(left).unwrap_or(0)),
+            ))
         })
         .await
     }

@@ -4,6 +4,7 @@
 //! The declaration is the only source of SQL identifiers: table and column names are checked here
 //! (`[a-z][a-z0-9_]*`) so the SQL builders can quote them without ever touching user input.
 
+pub mod validate;
 mod value;
 
 use std::collections::{BTreeMap, HashSet};
@@ -12,6 +13,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
+
+pub use crate::auth::Level;
 
 pub use value::{ColumnType, ConversionError, Value, normalise_text};
 
@@ -31,6 +34,30 @@ pub struct Dataset {
     pub cache_ttl_seconds: Option<u64>,
     /// The CSV that `handler demo` and the quick start import, relative to the declaration file.
     pub source_file: Option<PathBuf>,
+    /// Who may read and change the rows.
+    pub access: Access,
+}
+
+/// Who may do what with a dataset's rows, declared in its `[access]` table. Default: anyone
+/// reads, admins create, update and delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Access {
+    pub read: Level,
+    pub create: Level,
+    pub update: Level,
+    pub delete: Level,
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Access {
+            read: Level::Anonymous,
+            create: Level::Admin,
+            update: Level::Admin,
+            delete: Level::Admin,
+        }
+    }
 }
 
 /// How rows are identified.
@@ -189,6 +216,8 @@ struct DatasetFile {
     source_file: Option<PathBuf>,
     key: KeyFile,
     columns: Vec<ColumnFile>,
+    #[serde(default)]
+    access: Access,
 }
 
 #[derive(Deserialize)]
@@ -240,6 +269,9 @@ pub fn parse_declaration(text: &str, base: Option<&Path>) -> anyhow::Result<Data
     }
     let table = file.table.unwrap_or_else(|| file.name.clone());
     check_identifier("table", &table)?;
+    if table.starts_with("smartcache_") {
+        bail!("table names starting with smartcache_ are reserved for the service's own tables");
+    }
     let dataset_nulls = file
         .null_values
         .unwrap_or_else(|| DEFAULT_NULL_VALUES.iter().map(|s| s.to_string()).collect());
@@ -322,6 +354,7 @@ pub fn parse_declaration(text: &str, base: Option<&Path>) -> anyhow::Result<Data
             Some(base) if f.is_relative() => base.join(f),
             _ => f,
         }),
+        access: file.access,
     })
 }
 
@@ -396,6 +429,28 @@ mod tests {
                 .to_string()
                 .contains("twice")
         );
+    }
+
+    #[test]
+    fn access_defaults_to_public_reads_and_admin_writes_and_can_be_declared() {
+        let ds = parse_declaration(MINIMAL, None).unwrap();
+        assert_eq!(ds.access, Access::default());
+        assert_eq!(ds.access.create, Level::Admin);
+        let ratings = format!("{MINIMAL}\n[access]\nread = \"user\"\ncreate = \"user\"\n");
+        let ds = parse_declaration(&ratings, None).unwrap();
+        assert_eq!(
+            (ds.access.read, ds.access.create, ds.access.delete),
+            (Level::User, Level::User, Level::Admin)
+        );
+        assert!(
+            parse_declaration(&format!("{MINIMAL}\n[access]\nread = \"everyone\"\n"), None)
+                .is_err()
+        );
+        let reserved = MINIMAL.replace(
+            "name = \"things\"",
+            "name = \"things\"\ntable = \"smartcache_users\"",
+        );
+        assert!(parse_declaration(&reserved, None).is_err());
     }
 
     #[test]

@@ -1,39 +1,26 @@
 //! The cache's admin view and the warm-up (the `WarmCache` timer function and `handler warm`).
 //!
-//! Admin endpoints answer only when `ADMIN_API_ENABLED=true`, until accounts and roles exist.
+//! The admin endpoints need an admin's token (and, in Azure, a function key).
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::{Request, StatusCode};
+use axum::http::{HeaderMap, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tower::ServiceExt as _;
 
 use super::data::Warming;
-use super::{ApiError, AppState, error::problem, json_response};
+use super::{ApiError, AppState, json_response};
+use crate::auth::Level;
 
 /// Hot paths that one warm-up run considers.
 pub const WARM_LIMIT: usize = 50;
 /// Hot paths the admin view lists.
 const ADMIN_HOT_KEYS: usize = 20;
 
-/// The refusal when the admin endpoints are disabled.
-fn denied(state: &AppState) -> Option<Response> {
-    if state.admin_enabled {
-        return None;
-    }
-    Some(problem(
-        StatusCode::FORBIDDEN,
-        "Admin endpoints are disabled; set ADMIN_API_ENABLED=true (accounts and roles will replace this).",
-        None,
-    ))
-}
-
 /// `GET /api/admin/cache`.
-pub async fn view(State(state): State<AppState>) -> Response {
-    if let Some(denied) = denied(&state) {
-        return denied;
-    }
+pub async fn view(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    super::auth::authorize(&state, &headers, Level::Admin).await?;
     let cache = &state.cache;
     let (hits, misses) = (cache.hit_count(), cache.miss_count());
     let lookups = hits + misses;
@@ -64,17 +51,20 @@ pub async fn view(State(state): State<AppState>) -> Response {
         "hot_keys": hot.iter().map(|(path, score)| json!({"path": path, "score": score})).collect::<Vec<_>>(),
         "datasets": datasets,
     });
-    json_response(StatusCode::OK, body.to_string().into_bytes(), "")
+    Ok(json_response(
+        StatusCode::OK,
+        body.to_string().into_bytes(),
+        "",
+    ))
 }
 
 /// `DELETE /api/admin/cache?dataset=NAME`: every cached answer of the dataset becomes stale.
 pub async fn purge(
     State(state): State<AppState>,
+    headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    if let Some(denied) = denied(&state) {
-        return Ok(denied);
-    }
+    super::auth::authorize(&state, &headers, Level::Admin).await?;
     let raw = raw.unwrap_or_default();
     let name = url::form_urlencoded::parse(raw.as_bytes())
         .find(|(k, _)| k == "dataset")

@@ -22,7 +22,7 @@ use crate::datasets::{Dataset, Value};
 use crate::query::{Cursor, ExportFormat, Query, QueryKind, encode_cursor};
 use crate::storage::Row;
 
-fn dataset(state: &AppState, name: &str) -> Result<Arc<Dataset>, ApiError> {
+pub(super) fn dataset(state: &AppState, name: &str) -> Result<Arc<Dataset>, ApiError> {
     state
         .catalog
         .get(name)
@@ -30,8 +30,17 @@ fn dataset(state: &AppState, name: &str) -> Result<Arc<Dataset>, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("There is no dataset named {name:?}.")))
 }
 
+/// The dataset, if the caller may read it (its `[access] read` level; anyone by default).
+async fn readable(state: &AppState, name: &str, call: &Call) -> Result<Arc<Dataset>, ApiError> {
+    let dataset = dataset(state, name)?;
+    if !call.warming {
+        super::auth::authorize(state, &call.headers, dataset.access.read).await?;
+    }
+    Ok(dataset)
+}
+
 /// Path parameters that are not valid UTF-8 are the client's error, reported as problem+json.
-fn path_params<T>(path: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+pub(super) fn path_params<T>(path: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
     path.map(|Path(p)| p)
         .map_err(|rejection| ApiError::invalid("path", rejection.body_text()))
 }
@@ -85,7 +94,19 @@ where
         state.cache.record_access(&call.path_and_query);
     }
     // When the database is down, the last good answer is better than an error (X-Cache: STALE).
+    // After a failure the breaker skips the database for a moment, so that every request does
+    // not wait out a connect timeout first.
     let database_down = |error: &ApiError| matches!(error, ApiError::Unavailable);
+    let compute = || async {
+        if state.database.is_open() {
+            return Err(ApiError::Unavailable);
+        }
+        let result = compute().await;
+        if matches!(result, Err(ApiError::Unavailable)) {
+            state.database.trip();
+        }
+        result
+    };
     let (entry, outcome) = state
         .cache
         .get_or_compute_or_stale(
@@ -211,7 +232,7 @@ pub async fn list(
     RawQuery(raw): RawQuery,
     call: Call,
 ) -> Result<Response, ApiError> {
-    let dataset = dataset(&state, &path_params(path)?)?;
+    let dataset = readable(&state, &path_params(path)?, &call).await?;
     let query = Query::parse(&dataset, QueryKind::List, raw.as_deref().unwrap_or(""))?;
     let key = state.cache.key(&dataset, &Subject::Query(&query));
     cached(
@@ -268,7 +289,7 @@ pub async fn item(
     call: Call,
 ) -> Result<Response, ApiError> {
     let (name, id) = path_params(path)?;
-    let dataset = dataset(&state, &name)?;
+    let dataset = readable(&state, &name, &call).await?;
     let key_type = dataset.key_column().ty;
     let key =
         Value::parse_scalar(key_type, &id).map_err(|e| ApiError::invalid("id", e.to_string()))?;
@@ -299,7 +320,7 @@ pub async fn facets(
     call: Call,
 ) -> Result<Response, ApiError> {
     let (name, column_name) = path_params(path)?;
-    let dataset = dataset(&state, &name)?;
+    let dataset = readable(&state, &name, &call).await?;
     let column = dataset
         .column_index(&column_name)
         .filter(|&i| dataset.columns[i].filterable)
@@ -342,7 +363,7 @@ pub async fn export(
     RawQuery(raw): RawQuery,
     call: Call,
 ) -> Result<Response, ApiError> {
-    let dataset = dataset(&state, &path_params(path)?)?;
+    let dataset = readable(&state, &path_params(path)?, &call).await?;
     let query = Query::parse(&dataset, QueryKind::Export, raw.as_deref().unwrap_or(""))?;
     let format = query.format;
     let key = state.cache.key(&dataset, &Subject::Query(&query));

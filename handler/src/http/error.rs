@@ -5,6 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::auth::AuthError;
 use crate::query::QueryError;
 use crate::storage::StorageError;
 
@@ -16,6 +17,19 @@ pub enum ApiError {
     NotFound(String),
     #[error("the database is unavailable")]
     Unavailable,
+    #[error("{0}")]
+    Auth(AuthError),
+    /// The request body, field by field: `(name, reason)`.
+    #[error("the request body is invalid")]
+    Unprocessable(Vec<(String, String)>),
+    #[error("{0}")]
+    MalformedBody(String),
+    #[error("the body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("the body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    #[error("{0}")]
+    Conflict(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -26,6 +40,25 @@ impl ApiError {
             ApiError::InvalidParameter(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::MalformedBody(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Auth(error) => match error {
+                AuthError::NotConfigured | AuthError::ProviderUnavailable => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                AuthError::MissingToken
+                | AuthError::InvalidToken
+                | AuthError::InvalidCredentials => StatusCode::UNAUTHORIZED,
+                AuthError::Forbidden => StatusCode::FORBIDDEN,
+                AuthError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
+                AuthError::EmailTaken => StatusCode::CONFLICT,
+                AuthError::InvalidField(..) => StatusCode::UNPROCESSABLE_ENTITY,
+                AuthError::Storage(StorageError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+                AuthError::Storage(_) | AuthError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -93,7 +126,79 @@ impl IntoResponse for ApiError {
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
                 response
             }
-            ApiError::NotFound(_) => problem(status, &self.to_string(), None),
+            ApiError::NotFound(_) | ApiError::Conflict(_) | ApiError::MalformedBody(_) => {
+                problem(status, &self.to_string(), None)
+            }
+            ApiError::PayloadTooLarge(_) | ApiError::UnsupportedMediaType => {
+                problem(status, &self.to_string(), None)
+            }
+            ApiError::Unprocessable(invalid) => problem(
+                status,
+                "Some fields of the request body are invalid.",
+                Some(json!({"invalid_params": invalid_params(invalid)})),
+            ),
+            ApiError::Auth(error) => auth_problem(status, error),
         }
     }
+}
+
+fn invalid_params(invalid: &[(String, String)]) -> serde_json::Value {
+    invalid
+        .iter()
+        .map(|(name, reason)| json!({"name": name, "reason": reason}))
+        .collect()
+}
+
+/// Auth failures say what to do, never why a token or password failed in detail.
+fn auth_problem(status: StatusCode, error: &AuthError) -> Response {
+    let detail = match error {
+        AuthError::NotConfigured => {
+            "Accounts are not configured on this server (JWT_SECRET is not set).".to_owned()
+        }
+        AuthError::MissingToken => {
+            "Sign in and send the token as `Authorization: Bearer …`.".to_owned()
+        }
+        AuthError::InvalidToken => "The token is invalid or expired; sign in again.".to_owned(),
+        AuthError::InvalidCredentials => "Invalid email or password.".to_owned(),
+        AuthError::Forbidden => "This account may not do this.".to_owned(),
+        AuthError::TooManyAttempts { .. } => "Too many attempts; try again later.".to_owned(),
+        AuthError::EmailTaken => "This email is already registered.".to_owned(),
+        AuthError::InvalidField(..) => "Some fields of the request body are invalid.".to_owned(),
+        AuthError::ProviderUnavailable => {
+            "The identity provider is unavailable; try again shortly.".to_owned()
+        }
+        AuthError::Storage(StorageError::Unavailable(_)) => {
+            "The database is unavailable; try again shortly.".to_owned()
+        }
+        AuthError::Storage(_) | AuthError::Internal(_) => {
+            tracing::error!(error = %error, "an account request failed");
+            "The server could not answer this request.".to_owned()
+        }
+    };
+    let extra = match error {
+        AuthError::InvalidField(name, reason) => {
+            Some(json!({"invalid_params": [{"name": name, "reason": reason}]}))
+        }
+        _ => None,
+    };
+    let mut response = problem(status, &detail, extra);
+    let headers = response.headers_mut();
+    match error {
+        AuthError::MissingToken | AuthError::InvalidToken => {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        AuthError::TooManyAttempts { retry_after } => {
+            let seconds = retry_after.as_secs().max(1).to_string();
+            if let Ok(value) = HeaderValue::from_str(&seconds) {
+                headers.insert(header::RETRY_AFTER, value);
+            }
+        }
+        AuthError::NotConfigured
+        | AuthError::ProviderUnavailable
+        | AuthError::Storage(StorageError::Unavailable(_)) => {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        _ => {}
+    }
+    response
 }

@@ -3,14 +3,19 @@
 //! `functions/*/function.json` files the Azure Functions host reads.
 
 mod admin;
+mod auth;
+mod body;
 mod data;
 mod error;
 mod meta;
 pub mod openapi;
+mod write;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
@@ -20,8 +25,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter};
 use tracing::Instrument as _;
 
+use crate::auth::Auth;
 use crate::cache::Cache;
-use crate::datasets::Catalog;
+use crate::config::DEFAULT_MAX_BODY_BYTES;
+use crate::datasets::{Catalog, Dataset};
 use crate::storage::Storage;
 
 pub use admin::{WARM_LIMIT, WarmReport, warm};
@@ -33,8 +40,121 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     pub storage: Arc<dyn Storage>,
     pub cache: Arc<Cache>,
-    /// `ADMIN_API_ENABLED`: the admin endpoints answer only when set, until roles exist.
-    pub admin_enabled: bool,
+    /// Accounts and tokens; `None` (no `JWT_SECRET`) makes the API read-only.
+    pub auth: Option<Arc<Auth>>,
+    /// `MAX_BODY_BYTES`.
+    pub max_body_bytes: usize,
+    /// `CORS_ALLOWED_ORIGINS`; empty means no CORS headers.
+    pub cors_allowed_origins: Arc<Vec<String>>,
+    pub database: Arc<DatabaseBreaker>,
+    /// Datasets whose tables this instance has made sure of before a first write.
+    tables_ready: Arc<Mutex<HashSet<String>>>,
+}
+
+impl AppState {
+    /// A read-only state with default limits; see the `with_*` methods for the rest.
+    pub fn new(catalog: Arc<Catalog>, storage: Arc<dyn Storage>, cache: Arc<Cache>) -> Self {
+        AppState {
+            catalog,
+            storage,
+            cache,
+            auth: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            cors_allowed_origins: Arc::new(Vec::new()),
+            database: Arc::new(DatabaseBreaker::default()),
+            tables_ready: Arc::default(),
+        }
+    }
+
+    pub fn with_auth(mut self, auth: Option<Auth>) -> Self {
+        self.auth = auth.map(Arc::new);
+        self
+    }
+
+    /// Creates the dataset's tables (once per instance) so a first write into a never-imported
+    /// dataset works.
+    async fn ensure_tables(&self, dataset: &Dataset) -> Result<(), ApiError> {
+        if self
+            .tables_ready
+            .lock()
+            .expect("tables lock")
+            .contains(&dataset.name)
+        {
+            return Ok(());
+        }
+        self.storage.migrate(dataset).await?;
+        self.tables_ready
+            .lock()
+            .expect("tables lock")
+            .insert(dataset.name.clone());
+        Ok(())
+    }
+}
+
+/// After the database fails to answer, reads skip it for a moment (and serve a stale answer or
+/// a quick 503) instead of each waiting out a connect timeout.
+#[derive(Default)]
+pub struct DatabaseBreaker {
+    /// Milliseconds since `epoch` until which the breaker is open.
+    open_until_ms: AtomicU64,
+    epoch: std::sync::OnceLock<Instant>,
+}
+
+impl DatabaseBreaker {
+    const OPEN_FOR: Duration = Duration::from_secs(2);
+
+    fn now_ms(&self) -> u64 {
+        let epoch = self.epoch.get_or_init(Instant::now);
+        u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.now_ms() < self.open_until_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn trip(&self) {
+        let until = self.now_ms() + u64::try_from(Self::OPEN_FOR.as_millis()).unwrap_or(2000);
+        self.open_until_ms.store(until, Ordering::Relaxed);
+    }
+}
+
+/// The client's address, for rate limits: the last `X-Forwarded-For` entry (the one the
+/// platform's front end appended; earlier ones come from the client and can be forged), else the
+/// peer address.
+pub struct ClientAddress(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let forwarded = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .rfind(|v| !v.is_empty())
+            .map(strip_port);
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string());
+        Ok(ClientAddress(
+            forwarded.or(peer).unwrap_or_else(|| "unknown".to_owned()),
+        ))
+    }
+}
+
+/// `203.0.113.7:50123` → `203.0.113.7`; `[2001:db8::1]:443` → `2001:db8::1`.
+fn strip_port(address: &str) -> String {
+    if let Ok(socket) = address.parse::<SocketAddr>() {
+        return socket.ip().to_string();
+    }
+    address.to_owned()
 }
 
 /// One served endpoint: the Azure function that declares it, and its route as written in that
@@ -45,6 +165,9 @@ pub struct Endpoint {
     pub method: &'static str,
     pub route: &'static str,
     pub summary: &'static str,
+    /// The function's `authLevel`: `function` for admin-only endpoints, so that in Azure the host
+    /// demands a function key as well as the admin token.
+    pub auth_level: &'static str,
     handler: Handler,
 }
 
@@ -60,6 +183,13 @@ enum Handler {
     Item,
     AdminView,
     AdminPurge,
+    Create,
+    Replace,
+    Patch,
+    Delete,
+    Signup,
+    Login,
+    Me,
 }
 
 /// Functions that the host invokes by POSTing JSON to `/<FunctionName>` (non-HTTP triggers).
@@ -71,6 +201,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         method: "GET",
         route: "health",
         summary: "Liveness and dependency checks",
+        auth_level: "anonymous",
         handler: Handler::Health,
     },
     Endpoint {
@@ -78,6 +209,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         method: "GET",
         route: "version",
         summary: "Name, version and git commit",
+        auth_level: "anonymous",
         handler: Handler::Version,
     },
     Endpoint {
@@ -85,6 +217,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         method: "GET",
         route: "openapi.json",
         summary: "This API as an OpenAPI 3.1 document",
+        auth_level: "anonymous",
         handler: Handler::OpenApi,
     },
     Endpoint {
@@ -92,6 +225,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         method: "GET",
         route: "docs",
         summary: "A documentation page (works offline)",
+        auth_level: "anonymous",
         handler: Handler::Docs,
     },
     Endpoint {
@@ -99,6 +233,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         method: "GET",
         route: "{dataset}",
         summary: "A page of rows, filtered and sorted",
+        auth_level: "anonymous",
         handler: Handler::List,
     },
     Endpoint {
@@ -106,6 +241,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         method: "GET",
         route: "{dataset}/export",
         summary: "Every matching row, streamed",
+        auth_level: "anonymous",
         handler: Handler::Export,
     },
     Endpoint {
@@ -113,6 +249,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         method: "GET",
         route: "{dataset}/facets/{column}",
         summary: "Rows per value of a column",
+        auth_level: "anonymous",
         handler: Handler::Facets,
     },
     Endpoint {
@@ -120,6 +257,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         method: "GET",
         route: "admin/cache",
         summary: "Cache statistics and hot keys (admin)",
+        auth_level: "function",
         handler: Handler::AdminView,
     },
     Endpoint {
@@ -127,13 +265,71 @@ pub const ENDPOINTS: &[Endpoint] = &[
         method: "DELETE",
         route: "admin/cache",
         summary: "Purge a dataset's cached answers (admin)",
+        auth_level: "function",
         handler: Handler::AdminPurge,
+    },
+    Endpoint {
+        function: "Signup",
+        method: "POST",
+        route: "auth/signup",
+        summary: "Create an account (role: user)",
+        auth_level: "anonymous",
+        handler: Handler::Signup,
+    },
+    Endpoint {
+        function: "Login",
+        method: "POST",
+        route: "auth/login",
+        summary: "Exchange email and password for an access token",
+        auth_level: "anonymous",
+        handler: Handler::Login,
+    },
+    Endpoint {
+        function: "Me",
+        method: "GET",
+        route: "auth/me",
+        summary: "The signed-in caller",
+        auth_level: "anonymous",
+        handler: Handler::Me,
+    },
+    Endpoint {
+        function: "CreateItem",
+        method: "POST",
+        route: "{dataset}",
+        summary: "Create a row (admin unless the dataset says otherwise)",
+        auth_level: "function",
+        handler: Handler::Create,
+    },
+    Endpoint {
+        function: "UpdateItem",
+        method: "PUT",
+        route: "{dataset}/{id}",
+        summary: "Replace a row",
+        auth_level: "function",
+        handler: Handler::Replace,
+    },
+    Endpoint {
+        function: "UpdateItem",
+        method: "PATCH",
+        route: "{dataset}/{id}",
+        summary: "Change some columns of a row",
+        auth_level: "function",
+        handler: Handler::Patch,
+    },
+    Endpoint {
+        function: "DeleteItem",
+        method: "DELETE",
+        route: "{dataset}/{id}",
+        summary: "Delete a row",
+        auth_level: "function",
+        handler: Handler::Delete,
     },
     Endpoint {
         function: "GetItem",
         method: "GET",
         route: "{dataset}/{id}",
         summary: "One row by key",
+        auth_level: "anonymous",
         handler: Handler::Item,
     },
 ];
@@ -151,6 +347,13 @@ impl Handler {
             Handler::Item => MethodRouter::new().on(filter, data::item),
             Handler::AdminView => MethodRouter::new().on(filter, admin::view),
             Handler::AdminPurge => MethodRouter::new().on(filter, admin::purge),
+            Handler::Create => MethodRouter::new().on(filter, write::create),
+            Handler::Replace => MethodRouter::new().on(filter, write::replace),
+            Handler::Patch => MethodRouter::new().on(filter, write::patch),
+            Handler::Delete => MethodRouter::new().on(filter, write::delete),
+            Handler::Signup => MethodRouter::new().on(filter, auth::signup),
+            Handler::Login => MethodRouter::new().on(filter, auth::login),
+            Handler::Me => MethodRouter::new().on(filter, auth::me),
         }
     }
 }
@@ -189,10 +392,60 @@ pub fn router(state: AppState) -> Router {
         "/WarmCache",
         axum::routing::post(admin::warm_cache_invocation),
     );
+    let cors = Arc::clone(&state.cors_allowed_origins);
     router
         .fallback(not_found)
+        .layer(middleware::from_fn(move |request, next| {
+            cors_headers(Arc::clone(&cors), request, next)
+        }))
         .layer(middleware::from_fn(trace_request))
         .with_state(state)
+}
+
+/// CORS, only for the configured origins: preflights are answered here, and responses to an
+/// allowed origin name it. Without `CORS_ALLOWED_ORIGINS`, browsers get no CORS headers at all.
+async fn cors_headers(allowed: Arc<Vec<String>>, request: Request, next: Next) -> Response {
+    use axum::http::{HeaderValue, Method, header};
+    let origin = request
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .filter(|o| allowed.iter().any(|a| a == o || a == "*"))
+        .and_then(|o| HeaderValue::from_str(o).ok());
+    let Some(origin) = origin else {
+        return next.run(request).await;
+    };
+    let preflight = request.method() == Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut response = if preflight {
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("authorization, content-type, if-none-match"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        response
+    } else {
+        next.run(request).await
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("etag, location, x-cache, server-timing, retry-after"),
+    );
+    headers.append(header::VARY, HeaderValue::from_static("origin"));
+    response
 }
 
 async fn not_found() -> Response {

@@ -11,6 +11,7 @@ mod postgres;
 mod sql;
 mod sqlite;
 mod store;
+pub mod users;
 
 use std::sync::Arc;
 
@@ -22,6 +23,7 @@ use crate::query::Query;
 
 pub use sql::Dialect;
 pub use store::SqlStore;
+pub use users::{NewUser, UserLookup, UserRecord, UserUpdate};
 
 /// One row: a value per column of the dataset, in declaration order.
 pub type Row = Vec<Value>;
@@ -38,6 +40,12 @@ pub enum StorageError {
     /// Another import of the same dataset holds the import lock.
     #[error("another import of dataset {0:?} is running")]
     ImportRunning(String),
+    /// The row (or account) to change does not exist.
+    #[error("not found")]
+    NotFound,
+    /// A row or account with this key (or email) exists already.
+    #[error("already exists")]
+    Conflict,
     #[error("database error")]
     Database(#[source] sqlx::Error),
     #[error("unexpected value in column {column:?}: {reason}")]
@@ -52,12 +60,32 @@ impl From<sqlx::Error> for StorageError {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => StorageError::Unavailable(error),
+            sqlx::Error::Database(ref e) if e.is_unique_violation() => StorageError::Conflict,
             other => StorageError::Database(other),
         }
     }
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// One change to one row, checked against the declaration by the caller.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// A new row; its key is generated when the dataset generates keys (the given one is ignored).
+    Create(Row),
+    /// Every column of the row with this key.
+    Replace(Value, Row),
+    /// Some columns (by index) of the row with this key.
+    Patch(Value, Vec<(usize, Value)>),
+    Delete(Value),
+}
+
+/// The row before and after a committed change (`None` where it did not exist).
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub old: Option<Row>,
+    pub new: Option<Row>,
+}
 
 /// Everything the service asks of a database. Connections open lazily on first use.
 #[async_trait]
@@ -92,6 +120,21 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Starts a bulk import into a staging area; nothing is visible until [`ImportSink::commit`].
     async fn begin_import(&self, dataset: &Dataset) -> Result<Box<dyn ImportSink>>;
+
+    /// Applies one change in one transaction (the row locked from read to write) and returns the
+    /// row before and after. [`StorageError::NotFound`] / [`StorageError::Conflict`] leave
+    /// everything as it was.
+    async fn write(&self, dataset: &Dataset, change: Change) -> Result<Written>;
+
+    /// Creates an account; [`StorageError::Conflict`] when the email (or Firebase uid) is taken.
+    async fn create_user(&self, user: NewUser) -> Result<UserRecord>;
+
+    async fn find_user(&self, lookup: UserLookup) -> Result<Option<UserRecord>>;
+
+    /// [`StorageError::NotFound`] when there is no such account.
+    async fn update_user(&self, id: i64, change: UserUpdate) -> Result<UserRecord>;
+
+    async fn delete_user(&self, id: i64) -> Result<()>;
 }
 
 /// Receives an import's rows. Dropping it without `commit` leaves the previous data in place.

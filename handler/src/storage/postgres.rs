@@ -19,7 +19,7 @@ use sqlx::{Arguments as _, AssertSqlSafe, Connection as _, Postgres, Row as _};
 use tokio::sync::mpsc;
 
 use super::sql::{self, Decode, Dialect, Placement, Statement};
-use super::store::{Driver, forward_rows};
+use super::store::{Driver, Transaction, forward_rows};
 use super::{ImportSink, Result, Row, StorageError};
 use crate::datasets::{ColumnType, Dataset, Value};
 
@@ -142,6 +142,10 @@ impl Driver for PgDriver {
         .fetch_all(&self.pool)
         .await?;
         Ok((!names.is_empty()).then_some(names))
+    }
+
+    async fn begin_write(&self) -> Result<Box<dyn Transaction>> {
+        Ok(Box::new(PgWrite(self.pool.begin().await?)))
     }
 
     async fn begin_import(&self, dataset: &Dataset) -> Result<Box<dyn ImportSink>> {
@@ -442,6 +446,31 @@ fn write_copy_text(out: &mut Vec<u8>, s: &str) {
             b'\r' => out.extend_from_slice(b"\\r"),
             other => out.push(other),
         }
+    }
+}
+
+/// A write transaction; sqlx rolls it back if it is dropped uncommitted.
+struct PgWrite(sqlx::Transaction<'static, Postgres>);
+
+#[async_trait]
+impl Transaction for PgWrite {
+    async fn fetch(&mut self, statement: Statement, decode: &[Decode]) -> Result<Vec<Row>> {
+        let rows = sqlx::query_with(AssertSqlSafe(statement.sql), arguments(statement.params))
+            .fetch_all(&mut *self.0)
+            .await?;
+        rows.iter().map(|row| decode_row(row, decode)).collect()
+    }
+
+    async fn execute(&mut self, statement: Statement) -> Result<()> {
+        sqlx::query_with(AssertSqlSafe(statement.sql), arguments(statement.params))
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.0.commit().await?;
+        Ok(())
     }
 }
 

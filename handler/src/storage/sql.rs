@@ -130,6 +130,13 @@ pub fn stored_value(dataset: &Dataset, row: &Row, column: StoredColumn) -> Value
     }
 }
 
+pub fn stored_type(dataset: &Dataset, column: StoredColumn, dialect: Dialect) -> &'static str {
+    match column {
+        StoredColumn::Declared(i) => dialect.column_type(dataset.columns[i].ty),
+        StoredColumn::NormalisedKey(_) => dialect.key_text_type(),
+    }
+}
+
 /// `(row_id, value, value_key)` triples of a row's list column, one per distinct element.
 pub fn list_elements(row: &Row, key: usize, column: usize) -> Vec<(&Value, &str, String)> {
     let Value::List(items) = &row[column] else {
@@ -310,6 +317,22 @@ impl Builder {
         let placeholder = self.dialect.placeholder(self.params.len());
         self.sql.push_str(&placeholder);
         self
+    }
+
+    /// A parameter stored into a column of type `sql_type`. PostgreSQL infers a bare NULL
+    /// parameter as text, which a numeric or date column refuses: name the type there.
+    fn bind_as(&mut self, value: Value, sql_type: &str) -> &mut Self {
+        match self.dialect {
+            Dialect::Sqlite => self.bind(value),
+            Dialect::Postgres => {
+                let base = sql_type.split(" COLLATE").next().unwrap_or(sql_type);
+                self.push("CAST(")
+                    .bind(value)
+                    .push(" AS ")
+                    .push(base)
+                    .push(")")
+            }
+        }
     }
 
     fn column(&mut self, name: &str) -> &mut Self {
@@ -524,6 +547,146 @@ pub fn facet_decode(column: &Column) -> Vec<Decode> {
     ]
 }
 
+// ---- writes --------------------------------------------------------------------------------
+
+/// The row as it is now, locked until the transaction ends where the engine locks rows
+/// (SQLite's `BEGIN IMMEDIATE` already holds the whole database).
+pub fn get_for_update(dataset: &Dataset, key: &Value, dialect: Dialect) -> Statement {
+    let mut statement = get(dataset, key, dialect);
+    if dialect == Dialect::Postgres {
+        statement.sql.push_str(" FOR UPDATE");
+    }
+    statement
+}
+
+/// The next generated key: one past the largest. Callers hold a write lock on the table.
+pub fn next_generated_key(dataset: &Dataset, dialect: Dialect) -> Statement {
+    Statement {
+        sql: format!(
+            "SELECT COALESCE(MAX({}), 0) + 1 FROM {}",
+            dialect.quote(&dataset.key_column().name),
+            dialect.quote(&dataset.table)
+        ),
+        params: vec![],
+    }
+}
+
+/// Serialises inserts that generate keys (PostgreSQL; SQLite's write transaction already does).
+pub fn lock_for_generated_keys(dataset: &Dataset, dialect: Dialect) -> Option<Statement> {
+    (dialect == Dialect::Postgres).then(|| Statement {
+        sql: format!(
+            "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
+            dialect.quote(&dataset.table)
+        ),
+        params: vec![],
+    })
+}
+
+pub fn insert_row(dataset: &Dataset, row: &Row, dialect: Dialect) -> Statement {
+    let stored = stored_columns(dataset);
+    let mut b = Builder::new(dialect);
+    b.push("INSERT INTO ")
+        .push(&dialect.quote(&dataset.table))
+        .push(" (");
+    for (i, &column) in stored.iter().enumerate() {
+        if i > 0 {
+            b.push(", ");
+        }
+        b.push(&dialect.quote(&stored_name(dataset, column)));
+    }
+    b.push(") VALUES (");
+    for (i, &column) in stored.iter().enumerate() {
+        if i > 0 {
+            b.push(", ");
+        }
+        b.bind_as(
+            stored_value(dataset, row, column),
+            stored_type(dataset, column, dialect),
+        );
+    }
+    b.push(")");
+    b.finish()
+}
+
+/// Sets every stored column but the key to the row's values.
+pub fn update_row(dataset: &Dataset, row: &Row, dialect: Dialect) -> Statement {
+    let mut b = Builder::new(dialect);
+    b.push("UPDATE ")
+        .push(&dialect.quote(&dataset.table))
+        .push(" SET ");
+    let stored = stored_columns(dataset);
+    let assigned = stored
+        .iter()
+        .filter(|c| !matches!(c, StoredColumn::Declared(i) if *i == dataset.key.column));
+    for (i, &column) in assigned.enumerate() {
+        if i > 0 {
+            b.push(", ");
+        }
+        b.push(&dialect.quote(&stored_name(dataset, column)))
+            .push(" = ");
+        b.bind_as(
+            stored_value(dataset, row, column),
+            stored_type(dataset, column, dialect),
+        );
+    }
+    b.push(" WHERE ")
+        .push(&dialect.quote(&dataset.key_column().name))
+        .push(" = ");
+    b.bind(row[dataset.key.column].clone());
+    b.finish()
+}
+
+pub fn delete_row(dataset: &Dataset, key: &Value, dialect: Dialect) -> Statement {
+    let mut b = Builder::new(dialect);
+    b.push("DELETE FROM ")
+        .push(&dialect.quote(&dataset.table))
+        .push(" WHERE ")
+        .push(&dialect.quote(&dataset.key_column().name))
+        .push(" = ");
+    b.bind(key.clone());
+    b.finish()
+}
+
+pub fn delete_list_elements(
+    dataset: &Dataset,
+    column: &Column,
+    key: &Value,
+    dialect: Dialect,
+) -> Statement {
+    let mut b = Builder::new(dialect);
+    b.push("DELETE FROM ")
+        .push(&dialect.quote(&dataset.list_table(column)))
+        .push(" WHERE \"row_id\" = ");
+    b.bind(key.clone());
+    b.finish()
+}
+
+/// `None` when the row's list is empty or null.
+pub fn insert_list_elements(
+    dataset: &Dataset,
+    index: usize,
+    row: &Row,
+    dialect: Dialect,
+) -> Option<Statement> {
+    let elements = list_elements(row, dataset.key.column, index);
+    if elements.is_empty() {
+        return None;
+    }
+    let mut b = Builder::new(dialect);
+    b.push("INSERT INTO ")
+        .push(&dialect.quote(&dataset.list_table(&dataset.columns[index])))
+        .push(" (\"row_id\", \"value\", \"value_key\") VALUES ");
+    for (i, (key, value, value_key)) in elements.into_iter().enumerate() {
+        if i > 0 {
+            b.push(", ");
+        }
+        b.push("(").bind(key.clone()).push(", ");
+        b.bind(Value::Text(value.to_owned())).push(", ");
+        b.bind(Value::Text(value_key)).push(")");
+    }
+    Some(b.finish())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -571,6 +734,56 @@ mod tests {
         );
         assert!(names.contains(&"movies__rating__key__idx"), "{names:?}");
         assert!(names.contains(&"movies__year__idx"), "{names:?}");
+    }
+
+    #[test]
+    fn writes_bind_every_value_and_keep_hidden_keys_in_step() {
+        let ds = movies();
+        let mut row = vec![Value::Null; ds.columns.len()];
+        row[ds.key.column] = Value::Integer(9);
+        row[ds.column_index("title").unwrap()] = Value::Text("It's \"Quoted\"".into());
+        row[ds.column_index("genres").unwrap()] = Value::List(vec!["Drama".into(), "War".into()]);
+        let insert = insert_row(&ds, &row, Dialect::Postgres);
+        assert!(
+            insert.sql.starts_with("INSERT INTO \"movies\" (\"id\", "),
+            "{}",
+            insert.sql
+        );
+        assert!(
+            insert
+                .sql
+                .contains("VALUES (CAST($1 AS BIGINT), CAST($2 AS TEXT)"),
+            "{}",
+            insert.sql
+        );
+        assert!(!insert.sql.contains("Quoted"), "{}", insert.sql);
+        assert!(
+            insert
+                .params
+                .contains(&Value::Text("it's \"quoted\"".into()))
+        );
+        assert!(insert.params.contains(&Value::Text("Drama,War".into())));
+        let update = update_row(&ds, &row, Dialect::Sqlite);
+        assert!(update.sql.contains("\"title__key\" = ?"), "{}", update.sql);
+        assert!(update.sql.ends_with("WHERE \"id\" = ?"), "{}", update.sql);
+        assert!(!update.sql.contains("SET \"id\""), "{}", update.sql);
+        assert_eq!(update.params.last(), Some(&Value::Integer(9)));
+        let genres = ds.column_index("genres").unwrap();
+        let elements = insert_list_elements(&ds, genres, &row, Dialect::Postgres).unwrap();
+        assert_eq!(
+            elements.sql,
+            "INSERT INTO \"movies__genres\" (\"row_id\", \"value\", \"value_key\") VALUES ($1, $2, $3), ($4, $5, $6)"
+        );
+        assert!(
+            get_for_update(&ds, &Value::Integer(9), Dialect::Postgres)
+                .sql
+                .ends_with("FOR UPDATE")
+        );
+        assert!(
+            !get_for_update(&ds, &Value::Integer(9), Dialect::Sqlite)
+                .sql
+                .contains("FOR UPDATE")
+        );
     }
 
     #[test]

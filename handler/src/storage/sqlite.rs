@@ -18,7 +18,7 @@ use sqlx::{
 use tokio::sync::mpsc;
 
 use super::sql::{self, Decode, Dialect, Placement, Statement};
-use super::store::{Driver, forward_rows};
+use super::store::{Driver, Transaction, forward_rows};
 use super::{ImportSink, Result, Row, StorageError};
 use crate::datasets::{ColumnType, Dataset, Value};
 
@@ -158,6 +158,12 @@ impl Driver for SqliteDriver {
                 .fetch_all(&self.pool)
                 .await?;
         Ok((!names.is_empty()).then_some(names))
+    }
+
+    async fn begin_write(&self) -> Result<Box<dyn Transaction>> {
+        Ok(Box::new(SqliteWrite(
+            self.pool.begin_with("BEGIN IMMEDIATE").await?,
+        )))
     }
 
     async fn begin_import(&self, dataset: &Dataset) -> Result<Box<dyn ImportSink>> {
@@ -349,6 +355,31 @@ impl ImportSink for SqliteImport {
                 .execute(&mut *self.conn)
                 .await?;
         }
+        Ok(())
+    }
+}
+
+/// A write transaction; sqlx rolls it back if it is dropped uncommitted.
+struct SqliteWrite(sqlx::Transaction<'static, Sqlite>);
+
+#[async_trait]
+impl Transaction for SqliteWrite {
+    async fn fetch(&mut self, statement: Statement, decode: &[Decode]) -> Result<Vec<Row>> {
+        let rows = sqlx::query_with(AssertSqlSafe(statement.sql), arguments(statement.params))
+            .fetch_all(&mut *self.0)
+            .await?;
+        rows.iter().map(|row| decode_row(row, decode)).collect()
+    }
+
+    async fn execute(&mut self, statement: Statement) -> Result<()> {
+        sqlx::query_with(AssertSqlSafe(statement.sql), arguments(statement.params))
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.0.commit().await?;
         Ok(())
     }
 }

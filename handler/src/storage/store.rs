@@ -8,8 +8,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::sql::{self, Decode, Dialect, Placement, Statement};
-use super::{ImportSink, Result, Row, RowStream, Storage};
-use crate::datasets::{Dataset, Value};
+use super::users::{self, NewUser, UserLookup, UserRecord, UserUpdate};
+use super::{Change, ImportSink, Result, Row, RowStream, Storage, StorageError, Written};
+use crate::datasets::{ColumnType, Dataset, Value};
 use crate::query::Query;
 
 /// Rows per batch handed from the database task to an export's writer.
@@ -38,16 +39,76 @@ pub trait Driver: Send + Sync + 'static {
     async fn table_columns(&self, table: &str) -> Result<Option<Vec<String>>>;
 
     async fn begin_import(&self, dataset: &Dataset) -> Result<Box<dyn ImportSink>>;
+
+    /// A write transaction (SQLite: `BEGIN IMMEDIATE`, so it holds the write lock from its first
+    /// read). Dropped without [`Transaction::commit`], it rolls back.
+    async fn begin_write(&self) -> Result<Box<dyn Transaction>>;
+}
+
+/// One open write transaction.
+#[async_trait]
+pub trait Transaction: Send {
+    async fn fetch(&mut self, statement: Statement, decode: &[Decode]) -> Result<Vec<Row>>;
+
+    async fn execute(&mut self, statement: Statement) -> Result<()>;
+
+    async fn commit(self: Box<Self>) -> Result<()>;
 }
 
 pub struct SqlStore<D> {
     driver: D,
+    /// The accounts table is created on first use, once per instance.
+    users_table: tokio::sync::OnceCell<()>,
 }
 
 impl<D: Driver> SqlStore<D> {
     pub fn new(driver: D) -> Self {
-        SqlStore { driver }
+        SqlStore {
+            driver,
+            users_table: tokio::sync::OnceCell::new(),
+        }
     }
+
+    async fn users_table(&self) -> Result<()> {
+        self.users_table
+            .get_or_try_init(|| async {
+                for statement in users::create_table(D::DIALECT) {
+                    self.driver.execute(&statement).await?;
+                }
+                Ok::<_, StorageError>(())
+            })
+            .await
+            .copied()
+    }
+
+    async fn one_user(&self, statement: Statement) -> Result<Option<UserRecord>> {
+        self.users_table().await?;
+        let rows = self.driver.fetch(statement, &users::decode()).await?;
+        Ok(rows.into_iter().next().and_then(users::record))
+    }
+}
+
+/// Writes `row`'s list elements after removing the old ones (none for a new row).
+async fn write_list_elements(
+    tx: &mut dyn Transaction,
+    dataset: &Dataset,
+    dialect: Dialect,
+    key: &Value,
+    row: Option<&Row>,
+    replace: bool,
+) -> Result<()> {
+    for (index, column) in dataset.list_columns() {
+        if replace {
+            tx.execute(sql::delete_list_elements(dataset, column, key, dialect))
+                .await?;
+        }
+        if let Some(insert) =
+            row.and_then(|r| sql::insert_list_elements(dataset, index, r, dialect))
+        {
+            tx.execute(insert).await?;
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -73,10 +134,7 @@ impl<D: Driver> Storage for SqlStore<D> {
                 if existing.iter().any(|e| e == &name) {
                     continue;
                 }
-                let ty = match stored {
-                    sql::StoredColumn::Declared(i) => D::DIALECT.column_type(dataset.columns[i].ty),
-                    sql::StoredColumn::NormalisedKey(_) => D::DIALECT.key_text_type(),
-                };
+                let ty = sql::stored_type(dataset, stored, D::DIALECT);
                 let table = placement.table(D::DIALECT, &dataset.table);
                 let column = D::DIALECT.quote(&name);
                 self.driver
@@ -162,6 +220,113 @@ impl<D: Driver> Storage for SqlStore<D> {
     #[tracing::instrument(name = "db.import", skip_all, fields(dataset = %dataset.name))]
     async fn begin_import(&self, dataset: &Dataset) -> Result<Box<dyn ImportSink>> {
         self.driver.begin_import(dataset).await
+    }
+
+    #[tracing::instrument(name = "db.write", skip_all, fields(dataset = %dataset.name))]
+    async fn write(&self, dataset: &Dataset, change: Change) -> Result<Written> {
+        let dialect = D::DIALECT;
+        let decode = Decode::row(dataset);
+        let mut tx = self.driver.begin_write().await?;
+        let written = match change {
+            Change::Create(mut row) => {
+                if dataset.key.generated {
+                    if let Some(lock) = sql::lock_for_generated_keys(dataset, dialect) {
+                        tx.execute(lock).await?;
+                    }
+                    let next = tx
+                        .fetch(
+                            sql::next_generated_key(dataset, dialect),
+                            &[Decode::Scalar(ColumnType::Integer)],
+                        )
+                        .await?;
+                    row[dataset.key.column] = next
+                        .into_iter()
+                        .next()
+                        .and_then(|r| r.into_iter().next())
+                        .unwrap_or(Value::Integer(1));
+                }
+                let key = row[dataset.key.column].clone();
+                let existing = tx
+                    .fetch(sql::get_for_update(dataset, &key, dialect), &decode)
+                    .await?;
+                if !existing.is_empty() {
+                    return Err(StorageError::Conflict);
+                }
+                tx.execute(sql::insert_row(dataset, &row, dialect)).await?;
+                write_list_elements(tx.as_mut(), dataset, dialect, &key, Some(&row), false).await?;
+                Written {
+                    old: None,
+                    new: Some(row),
+                }
+            }
+            Change::Replace(ref key, _) | Change::Patch(ref key, _) | Change::Delete(ref key) => {
+                let key = key.clone();
+                let old = tx
+                    .fetch(sql::get_for_update(dataset, &key, dialect), &decode)
+                    .await?
+                    .into_iter()
+                    .next()
+                    .ok_or(StorageError::NotFound)?;
+                let new = match change {
+                    Change::Replace(_, mut row) => {
+                        row[dataset.key.column] = key.clone();
+                        Some(row)
+                    }
+                    Change::Patch(_, fields) => {
+                        let mut row = old.clone();
+                        for (index, value) in fields {
+                            row[index] = value;
+                        }
+                        row[dataset.key.column] = key.clone();
+                        Some(row)
+                    }
+                    _ => None,
+                };
+                match &new {
+                    Some(row) => tx.execute(sql::update_row(dataset, row, dialect)).await?,
+                    None => tx.execute(sql::delete_row(dataset, &key, dialect)).await?,
+                }
+                write_list_elements(tx.as_mut(), dataset, dialect, &key, new.as_ref(), true)
+                    .await?;
+                Written {
+                    old: Some(old),
+                    new,
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(written)
+    }
+
+    async fn create_user(&self, user: NewUser) -> Result<UserRecord> {
+        let statement = users::insert(&user, chrono::Utc::now(), D::DIALECT);
+        self.one_user(statement)
+            .await?
+            .ok_or_else(|| StorageError::Decode {
+                column: "smartcache_users".into(),
+                reason: "the insert returned no row".into(),
+            })
+    }
+
+    async fn find_user(&self, lookup: UserLookup) -> Result<Option<UserRecord>> {
+        self.one_user(users::find(&lookup, D::DIALECT)).await
+    }
+
+    async fn update_user(&self, id: i64, change: UserUpdate) -> Result<UserRecord> {
+        let statement = match users::update(id, &change, D::DIALECT) {
+            Some(statement) => statement,
+            None => users::find(&UserLookup::Id(id), D::DIALECT),
+        };
+        self.one_user(statement)
+            .await?
+            .ok_or(StorageError::NotFound)
+    }
+
+    async fn delete_user(&self, id: i64) -> Result<()> {
+        self.users_table().await?;
+        let mut tx = self.driver.begin_write().await?;
+        tx.execute(users::delete(id, D::DIALECT)).await?;
+        tx.commit().await
     }
 }
 

@@ -16,6 +16,10 @@ use http_body_util::BodyExt as _;
 use sqlx::AssertSqlSafe;
 use tower::ServiceExt as _;
 
+mod redis_servers;
+#[allow(unused_imports)] // not every test binary starts its own Redis
+pub use redis_servers::{PrivateRedis, RedisCluster};
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -90,9 +94,17 @@ pub async fn import_movies(
 }
 
 /// The router over a storage, called in-process as the Functions host would over HTTP.
+#[derive(Clone)]
 pub struct TestApp {
     pub state: AppState,
+    /// Sent as `Authorization: Bearer …` with every request that has none.
+    pub bearer: Option<String>,
 }
+
+/// The `JWT_SECRET` of test apps.
+pub const TEST_JWT_SECRET: &[u8] = b"test secret, test secret, test secret";
+/// The password of accounts the tests make.
+pub const TEST_PASSWORD: &str = "correct horse battery";
 
 pub struct TestResponse {
     pub status: StatusCode,
@@ -128,18 +140,67 @@ impl TestApp {
         TestApp::with_cache(storage, catalog, cache)
     }
 
-    /// The app over `storage` with a given cache (e.g. one shared through Redis); the admin
-    /// endpoints are enabled.
+    /// The app over `storage` with a given cache (e.g. one shared through Redis), with local
+    /// accounts. Requests are anonymous until [`TestApp::as_admin`] or [`TestApp::as_user`].
     pub fn with_cache(storage: Arc<dyn Storage>, catalog: Catalog, cache: Cache) -> Self {
         let cache = Arc::new(cache);
+        let auth = handler::auth::Auth::local(
+            TEST_JWT_SECRET,
+            std::time::Duration::from_secs(600),
+            Arc::clone(&storage),
+            Arc::clone(&cache),
+        );
         TestApp {
-            state: AppState {
-                catalog: Arc::new(catalog),
-                storage,
-                cache,
-                admin_enabled: true,
-            },
+            state: AppState::new(Arc::new(catalog), storage, cache).with_auth(Some(auth)),
+            bearer: None,
         }
+    }
+
+    /// The same app, sending `token` with every request.
+    pub fn with_token(&self, token: &str) -> TestApp {
+        TestApp {
+            state: self.state.clone(),
+            bearer: Some(token.to_owned()),
+        }
+    }
+
+    /// Makes an account with [`TEST_PASSWORD`] directly in storage (as `handler users create`
+    /// does) and signs it in over HTTP: the token.
+    pub async fn account_token(&self, role: &str) -> (String, String) {
+        let email = format!("{}@test.example", unique_name(role));
+        self.state
+            .storage
+            .create_user(handler::storage::NewUser {
+                email: email.clone(),
+                password_hash: Some(handler::auth::password::hash(TEST_PASSWORD).unwrap()),
+                firebase_uid: None,
+                role: role.to_owned(),
+            })
+            .await
+            .expect("create the account");
+        let login = self
+            .post_json(
+                "/api/auth/login",
+                &serde_json::json!({"email": email, "password": TEST_PASSWORD}),
+            )
+            .await;
+        assert_eq!(login.status, 200, "{}", login.text());
+        (
+            email,
+            login.json()["access_token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// This app, signed in as a new admin.
+    pub async fn as_admin(&self) -> TestApp {
+        let (_, token) = self.account_token("admin").await;
+        self.with_token(&token)
+    }
+
+    /// This app, signed in as a new plain user.
+    pub async fn as_user(&self) -> TestApp {
+        let (_, token) = self.account_token("user").await;
+        self.with_token(&token)
     }
 
     /// A GET with extra request headers.
@@ -168,6 +229,37 @@ impl TestApp {
             .await
     }
 
+    /// A request with a JSON body.
+    pub async fn send_json(
+        &self,
+        method: &str,
+        uri: &str,
+        body: &serde_json::Value,
+    ) -> TestResponse {
+        self.send_raw(
+            method,
+            uri,
+            "application/json",
+            body.to_string().into_bytes(),
+        )
+        .await
+    }
+
+    /// A request with any body and content type.
+    pub async fn send_raw(
+        &self,
+        method: &str,
+        uri: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> TestResponse {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", content_type);
+        self.send(request.body(Body::from(body)).unwrap()).await
+    }
+
     pub async fn request(&self, method: &str, uri: &str) -> TestResponse {
         self.send(
             Request::builder()
@@ -180,7 +272,13 @@ impl TestApp {
     }
 
     /// Through the router, in process, as the Functions host would send it over HTTP.
-    async fn send(&self, request: Request<Body>) -> TestResponse {
+    async fn send(&self, mut request: Request<Body>) -> TestResponse {
+        if let Some(token) = &self.bearer
+            && !request.headers().contains_key("authorization")
+        {
+            let value = format!("Bearer {token}").parse().unwrap();
+            request.headers_mut().insert("authorization", value);
+        }
         let response = router(self.state.clone()).oneshot(request).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
@@ -274,183 +372,5 @@ impl MoviesCsv {
             .iter()
             .filter(|r| predicate(&|h: &str| self.field(r, h).to_owned()))
             .count()
-    }
-}
-
-/// A private three-node Redis Cluster on loopback, started from the installed `redis-server`
-/// and stopped on drop.
-pub struct RedisCluster {
-    processes: Vec<std::process::Child>,
-    dir: PathBuf,
-    pub url: String,
-}
-
-impl RedisCluster {
-    /// `None`, with a visible line, when `redis-server`/`redis-cli` are not installed (a failure
-    /// under `CI=true`).
-    pub async fn start() -> Option<RedisCluster> {
-        let installed = ["redis-server", "redis-cli"].iter().all(|tool| {
-            std::process::Command::new(tool)
-                .arg("--version")
-                .output()
-                .is_ok()
-        });
-        if !installed {
-            let message =
-                "redis-server and redis-cli are needed for the cluster tests: install redis-server";
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{message}");
-            }
-            eprintln!("SKIPPED: {message}");
-            return None;
-        }
-        let dir = std::env::temp_dir().join(unique_name("smartcache_cluster"));
-        let mut processes = Vec::new();
-        let mut nodes = Vec::new();
-        for n in 0..3 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let node_dir = dir.join(format!("node{n}"));
-            std::fs::create_dir_all(&node_dir).unwrap();
-            let child = std::process::Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--cluster-enabled",
-                    "yes",
-                ])
-                .args([
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .arg("--dir")
-                .arg(&node_dir)
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
-            processes.push(child);
-            nodes.push(format!("127.0.0.1:{port}"));
-        }
-        let cluster = RedisCluster {
-            processes,
-            dir,
-            url: nodes.join(","),
-        };
-        for node in &nodes {
-            let port = node.rsplit(':').next().unwrap();
-            wait_for(|| redis_cli(port, &["ping"]).contains("PONG"));
-        }
-        let mut create = std::process::Command::new("redis-cli");
-        create.args(["--cluster", "create"]).args(&nodes).args([
-            "--cluster-replicas",
-            "0",
-            "--cluster-yes",
-        ]);
-        let output = create.output().unwrap();
-        assert!(
-            output.status.success(),
-            "cluster create: {}",
-            String::from_utf8_lossy(&output.stdout)
-        );
-        for node in &nodes {
-            let port = node.rsplit(':').next().unwrap();
-            wait_for(|| redis_cli(port, &["cluster", "info"]).contains("cluster_state:ok"));
-        }
-        Some(cluster)
-    }
-}
-
-fn redis_cli(port: &str, args: &[&str]) -> String {
-    let output = std::process::Command::new("redis-cli")
-        .args(["-p", port])
-        .args(args)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn wait_for(ready: impl Fn() -> bool) {
-    let started = std::time::Instant::now();
-    while !ready() {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(20),
-            "the Redis cluster did not get ready"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
-impl Drop for RedisCluster {
-    fn drop(&mut self) {
-        for process in &mut self.processes {
-            let _ = process.kill();
-            let _ = process.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A private standalone `redis-server` on a given port, for tests that kill and restart it.
-pub struct PrivateRedis {
-    process: std::process::Child,
-    pub port: u16,
-}
-
-impl PrivateRedis {
-    pub fn start(port: u16) -> PrivateRedis {
-        PrivateRedis::start_with(port, &["--save", "", "--appendonly", "no"])
-    }
-
-    /// Keeps its data in `dir` (append-only file, synced on every write), so a restart brings it
-    /// back as it was.
-    pub fn start_persistent(port: u16, dir: &std::path::Path) -> PrivateRedis {
-        std::fs::create_dir_all(dir).unwrap();
-        let dir = dir.to_str().unwrap();
-        PrivateRedis::start_with(
-            port,
-            &[
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--dir",
-                dir,
-            ],
-        )
-    }
-
-    fn start_with(port: u16, options: &[&str]) -> PrivateRedis {
-        let process = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(options)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        let port_text = port.to_string();
-        wait_for(|| redis_cli(&port_text, &["ping"]).contains("PONG"));
-        PrivateRedis { process, port }
-    }
-
-    pub fn kill(mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
     }
 }
