@@ -9,6 +9,7 @@ same run on the same machine (see bench/README.md). Standard library only.
 import argparse
 import gzip
 import http.client
+import json
 import os
 import shutil
 import socket
@@ -31,8 +32,8 @@ PG_NATIVE_TABLE = """CREATE TABLE flights (year int, month int, day int, dep_tim
   origin text, dest text, air_time int, distance int, hour int, minute int, time_hour timestamptz)"""
 
 
-def sh(*args, env=None, capture=True, stdin=None):
-    result = subprocess.run(args, env=env, capture_output=capture, text=True, stdin=stdin)
+def sh(*args, env=None, capture=True, stdin=None, input=None):
+    result = subprocess.run(args, env=env, capture_output=capture, text=True, stdin=stdin, input=input)
     if result.returncode != 0:
         sys.exit(f"failed: {' '.join(map(str, args))}\n{result.stdout}\n{result.stderr}")
     return result.stdout
@@ -372,7 +373,7 @@ def bench_cache(seconds):
     for label, extra in (("in-process", {}), ("redis", {"REDIS_URL": "redis://127.0.0.1:6379"})):
         port = free_port()
         env = handler_env(f"sqlite://{db}", FUNCTIONS_CUSTOMHANDLER_PORT=str(port),
-                          CACHE_PREFIX=f"bench-{os.getpid()}-{label}", ADMIN_API_ENABLED="true", **extra)
+                          CACHE_PREFIX=f"bench-{os.getpid()}-{label}", JWT_SECRET=BENCH_JWT_SECRET, **extra)
         server = subprocess.Popen([str(HANDLER), "serve"], env=env)
         try:
             while get_status(port, "/api/health") != 200:
@@ -387,8 +388,8 @@ def bench_cache(seconds):
             hits = [ms for ms, outcome in timed_gets(port, [path] * 500) if outcome == "HIT"]
             misses = [ms for ms, outcome in timed_gets(port, [f"/api/movies?year={y}&limit=100" for y in range(1900, 2016)])
                       if outcome == "MISS"]
-            conn.request("GET", "/api/admin/cache")
-            view = __import__("json").loads(conn.getresponse().read())
+            conn.request("GET", "/api/admin/cache", headers={"Authorization": f"Bearer {admin_token(port, db)}"})
+            view = json.loads(conn.getresponse().read())
             near = view["near"]
             per_entry = near["bytes"] / max(near["entries"], 1)
             stored = ""
@@ -419,6 +420,21 @@ def bench_cache(seconds):
     for label, (rps, p50, p99) in results.items():
         print(f"  {'cached 100-row list, ' + label + ' cache':<52} {rps:>10,.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
               f"{rps / base_rps:5.2f}x throughput")
+
+
+BENCH_JWT_SECRET = "bench secret, bench secret, bench secret!"
+
+
+def admin_token(port, db):
+    """An admin made the supported way (`handler users create --admin`), signed in over HTTP."""
+    email = f"bench-{os.getpid()}-{port}@example.com"
+    password = "bench password"
+    sh(str(HANDLER), "users", "create", "--email", email, "--password-stdin", "--admin",
+       env=handler_env(f"sqlite://{db}"), input=password + "\n")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    body = json.dumps({"email": email, "password": password})
+    conn.request("POST", "/api/auth/login", body=body, headers={"Content-Type": "application/json"})
+    return json.loads(conn.getresponse().read())["access_token"]
 
 
 def bench_stale(db):

@@ -319,19 +319,22 @@ impl Builder {
         self
     }
 
-    /// A parameter stored into a column of type `sql_type`. PostgreSQL infers a bare NULL
-    /// parameter as text, which a numeric or date column refuses: name the type there.
+    /// A value stored into a column of type `sql_type`. A null is written as the keyword, not
+    /// bound: a NULL parameter is typed as text, and a prepared statement reused with a number in
+    /// that place would then receive the number's bytes as text. (The statement text differs with
+    /// the null pattern, so each pattern gets its own prepared statement.)
     fn bind_as(&mut self, value: Value, sql_type: &str) -> &mut Self {
-        match self.dialect {
-            Dialect::Sqlite => self.bind(value),
-            Dialect::Postgres => {
-                let base = sql_type.split(" COLLATE").next().unwrap_or(sql_type);
-                self.push("CAST(")
-                    .bind(value)
-                    .push(" AS ")
-                    .push(base)
-                    .push(")")
-            }
+        let base = sql_type.split(" COLLATE").next().unwrap_or(sql_type);
+        match (self.dialect, value) {
+            (Dialect::Sqlite, Value::Null) => self.push("NULL"),
+            (Dialect::Sqlite, value) => self.bind(value),
+            (Dialect::Postgres, Value::Null) => self.push("CAST(NULL AS ").push(base).push(")"),
+            (Dialect::Postgres, value) => self
+                .push("CAST(")
+                .bind(value)
+                .push(" AS ")
+                .push(base)
+                .push(")"),
         }
     }
 
@@ -752,10 +755,13 @@ mod tests {
         assert!(
             insert
                 .sql
-                .contains("VALUES (CAST($1 AS BIGINT), CAST($2 AS TEXT)"),
+                .contains("VALUES (CAST($1 AS BIGINT), CAST(NULL AS TEXT), CAST($2 AS TEXT)"),
             "{}",
             insert.sql
         );
+        // Nulls are keywords, never parameters (a text-typed NULL parameter would poison the
+        // prepared statement for a later non-null value of another type).
+        assert!(!insert.params.contains(&Value::Null));
         assert!(!insert.sql.contains("Quoted"), "{}", insert.sql);
         assert!(
             insert

@@ -16,6 +16,8 @@ use http_body_util::BodyExt as _;
 use sqlx::AssertSqlSafe;
 use tower::ServiceExt as _;
 
+#[allow(dead_code)] // used by the account tests only
+pub mod firebase;
 mod redis_servers;
 #[allow(unused_imports)] // not every test binary starts its own Redis
 pub use redis_servers::{PrivateRedis, RedisCluster};
@@ -257,6 +259,21 @@ impl TestApp {
             .method(method)
             .uri(uri)
             .header("content-type", content_type);
+        self.send(request.body(Body::from(body)).unwrap()).await
+    }
+
+    /// A request with a body and the given headers.
+    pub async fn send_raw_with(
+        &self,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> TestResponse {
+        let mut request = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         self.send(request.body(Body::from(body)).unwrap()).await
     }
 

@@ -1,0 +1,491 @@
+//! Accounts over HTTP: local sign-up and login (argon2id), login limits, tokens; Firebase
+//! Authentication through its real emulator; and RS256 ID-token verification with keys this test
+//! generates (`openssl`) and serves from a local endpoint standing in for Google's certificate
+//! URL (the only stand-in here: Google's servers are not reachable).
+
+mod common;
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::{TestApp, TestResponse};
+use handler::auth::Auth;
+use handler::cache::Cache;
+use handler::config::Settings;
+use handler::storage::{NewUser, UserLookup};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+
+fn header<'a>(response: &'a TestResponse, name: &str) -> &'a str {
+    TestApp::header(response, name)
+}
+
+fn local_app() -> TestApp {
+    TestApp::new(common::open(&common::sqlite_url()), common::catalog())
+}
+
+async fn login(app: &TestApp, email: &str, password: &str) -> TestResponse {
+    app.post_json(
+        "/api/auth/login",
+        &json!({"email": email, "password": password}),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn local_signup_login_and_me() {
+    let app = local_app();
+    let signup = app
+        .post_json(
+            "/api/auth/signup",
+            &json!({"email": "Ada@Example.com", "password": "analytical engine", "role": "admin"}),
+        )
+        .await;
+    assert_eq!(signup.status, 201, "{}", signup.text());
+    let body = signup.json();
+    assert_eq!(body["role"], "user", "a role in the body is ignored");
+    assert_eq!(body["email"], "Ada@Example.com");
+    assert!(body.get("password").is_none() && !signup.text().contains("analytical"));
+
+    let again = app
+        .post_json(
+            "/api/auth/signup",
+            &json!({"email": "ada@example.COM", "password": "something else"}),
+        )
+        .await;
+    assert_eq!(again.status, 409, "emails are unique whatever their case");
+
+    let token = login(&app, "ADA@example.com", "analytical engine").await;
+    assert_eq!(token.status, 200, "{}", token.text());
+    assert_eq!(header(&token, "cache-control"), "no-store");
+    let token = token.json();
+    assert_eq!(token["token_type"], "Bearer");
+    assert_eq!(token["expires_in"], 600);
+    let me = app
+        .with_token(token["access_token"].as_str().unwrap())
+        .get("/api/auth/me")
+        .await;
+    assert_eq!(me.status, 200);
+    assert_eq!(me.json()["role"], "user");
+    assert_eq!(me.json()["id"], body["id"]);
+
+    // A wrong password and an unknown email are indistinguishable.
+    let wrong = login(&app, "ada@example.com", "not the password").await;
+    let unknown = login(&app, "nobody@example.com", "not the password").await;
+    assert_eq!((wrong.status.as_u16(), unknown.status.as_u16()), (401, 401));
+    assert_eq!(wrong.body, unknown.body);
+    assert!(!wrong.text().contains("not the password"));
+    assert_eq!(app.get("/api/auth/me").await.status, 401);
+}
+
+#[tokio::test]
+async fn signup_checks_its_fields() {
+    let app = local_app();
+    for (body, field) in [
+        (json!({"email": "a@b.c", "password": "short"}), "password"),
+        (
+            json!({"email": "a@b.c", "password": "x".repeat(129)}),
+            "password",
+        ),
+        (
+            json!({"email": "not an email", "password": "long enough"}),
+            "email",
+        ),
+        (json!({"email": "a@b.c"}), "password"),
+        (json!({"email": 5, "password": "long enough"}), "email"),
+    ] {
+        let response = app.post_json("/api/auth/signup", &body).await;
+        assert_eq!(response.status, 422, "{body}: {}", response.text());
+        assert_eq!(
+            response.json()["invalid_params"][0]["name"],
+            field,
+            "{body}"
+        );
+    }
+    let form = app
+        .send_raw(
+            "POST",
+            "/api/auth/signup",
+            "application/x-www-form-urlencoded",
+            b"email=a".to_vec(),
+        )
+        .await;
+    assert_eq!(form.status, 415);
+}
+
+#[tokio::test]
+async fn login_attempts_are_limited_per_email_and_per_address() {
+    let app = local_app();
+    let (email, _) = app.account_token("user").await; // one attempt, successful
+    for attempt in 2..=handler::auth::ATTEMPTS_PER_EMAIL {
+        let response = login(&app, &email, "wrong password").await;
+        assert_eq!(response.status, 401, "attempt {attempt}");
+    }
+    let limited = login(&app, &email, common::TEST_PASSWORD).await;
+    assert_eq!(
+        limited.status, 429,
+        "even the right password, once over the limit"
+    );
+    let retry_after: u64 = header(&limited, "retry-after").parse().unwrap();
+    assert!((1..=900).contains(&retry_after), "{retry_after}");
+    // Another email is still welcome from here.
+    let (other, _) = app.account_token("user").await;
+    assert_eq!(login(&app, &other, common::TEST_PASSWORD).await.status, 200);
+
+    // Per address: the last X-Forwarded-For entry is the client the platform saw.
+    let fresh = local_app();
+    let mut statuses = Vec::new();
+    for n in 0..=handler::auth::ATTEMPTS_PER_ADDRESS {
+        let request = json!({"email": format!("u{n}@example.com"), "password": "wrong password"});
+        let response = fresh
+            .send_raw_with(
+                "POST",
+                "/api/auth/login",
+                &[
+                    ("content-type", "application/json"),
+                    ("x-forwarded-for", "1.2.3.4, 203.0.113.9:5000"),
+                ],
+                request.to_string().into_bytes(),
+            )
+            .await;
+        statuses.push(response.status.as_u16());
+    }
+    assert!(statuses[..statuses.len() - 1].iter().all(|&s| s == 401));
+    assert_eq!(statuses.last(), Some(&429));
+}
+
+/// An app in Firebase mode: through the emulator when `emulator` is set, else verifying RS256
+/// ID tokens against `certs_url`.
+fn firebase_app(emulator: Option<&str>, certs_url: Option<&str>) -> TestApp {
+    let storage = common::open(&common::sqlite_url());
+    let mut vars = vec![
+        ("JWT_SECRET", "0123456789abcdef0123456789abcdef".to_owned()),
+        ("AUTH_PROVIDER", "firebase".to_owned()),
+        ("FIREBASE_PROJECT_ID", common::firebase::PROJECT.to_owned()),
+        ("FIREBASE_API_KEY", "test-api-key".to_owned()),
+    ];
+    if let Some(host) = emulator {
+        vars.push(("FIREBASE_AUTH_EMULATOR_HOST", host.to_owned()));
+    }
+    if let Some(url) = certs_url {
+        vars.push(("FIREBASE_CERTS_URL", url.to_owned()));
+    }
+    let settings = Settings::from_lookup(|name| {
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone())
+    })
+    .unwrap();
+    let cache = Arc::new(Cache::in_process(
+        "fb",
+        std::time::Duration::from_secs(60),
+        1 << 20,
+    ));
+    let auth = Auth::from_settings(&settings, Arc::clone(&storage), Arc::clone(&cache))
+        .unwrap()
+        .unwrap();
+    let state = handler::http::AppState::new(Arc::new(common::catalog()), storage, cache)
+        .with_auth(Some(auth));
+    TestApp {
+        state,
+        bearer: None,
+    }
+}
+
+/// A direct call to the emulator's REST API, as a client app would make.
+async fn emulator_call(host: &str, method: &str, body: serde_json::Value) -> serde_json::Value {
+    let url = format!("http://{host}/identitytoolkit.googleapis.com/v1/accounts:{method}?key=any");
+    reqwest::Client::new()
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn firebase_signup_and_login_through_the_emulator() {
+    let Some(host) = common::firebase::emulator() else {
+        return;
+    };
+    let app = firebase_app(Some(host), None);
+    let email = format!("fb{}@example.com", std::process::id());
+    let signup = app
+        .post_json(
+            "/api/auth/signup",
+            &json!({"email": email, "password": "firebase pw 1", "role": "admin"}),
+        )
+        .await;
+    assert_eq!(signup.status, 201, "{}", signup.text());
+    assert_eq!(signup.json()["role"], "user");
+    let record = app
+        .state
+        .storage
+        .find_user(UserLookup::Email(email.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    let uid = record
+        .firebase_uid
+        .clone()
+        .expect("the Firebase uid is recorded");
+    assert!(
+        record.password_hash.is_none(),
+        "Firebase holds the password"
+    );
+    let duplicate = app
+        .post_json(
+            "/api/auth/signup",
+            &json!({"email": email, "password": "firebase pw 1"}),
+        )
+        .await;
+    assert_eq!(duplicate.status, 409);
+
+    let token = login(&app, &email, "firebase pw 1").await;
+    assert_eq!(token.status, 200, "{}", token.text());
+    let access = token.json()["access_token"].as_str().unwrap().to_owned();
+    let me = app.with_token(&access).get("/api/auth/me").await;
+    assert_eq!(me.json()["id"], record.id);
+    assert_eq!(login(&app, &email, "wrong password!").await.status, 401);
+
+    // The emulator's own (unsigned) ID token is accepted in emulator mode, as that account.
+    let signed_in = emulator_call(
+        host,
+        "signInWithPassword",
+        json!({"email": email, "password": "firebase pw 1", "returnSecureToken": true}),
+    )
+    .await;
+    let id_token = signed_in["idToken"].as_str().unwrap();
+    assert_eq!(signed_in["localId"], uid);
+    let me = app.with_token(id_token).get("/api/auth/me").await;
+    assert_eq!(me.status, 200, "{}", me.text());
+    assert_eq!(me.json()["id"], record.id);
+    // ...and refused by the same server outside emulator mode.
+    let production = firebase_app(None, Some("http://127.0.0.1:9/certs"));
+    assert_eq!(
+        production
+            .with_token(id_token)
+            .get("/api/auth/me")
+            .await
+            .status,
+        401
+    );
+}
+
+#[tokio::test]
+async fn a_failed_database_insert_removes_the_firebase_account_it_created() {
+    let Some(host) = common::firebase::emulator() else {
+        return;
+    };
+    let app = firebase_app(Some(host), None);
+    let email = format!("orphan{}@example.com", std::process::id());
+    // The row exists here already (say, a local account), so the insert after Firebase fails.
+    app.state
+        .storage
+        .create_user(NewUser {
+            email: email.clone(),
+            password_hash: None,
+            firebase_uid: None,
+            role: "user".into(),
+        })
+        .await
+        .unwrap();
+    let signup = app
+        .post_json(
+            "/api/auth/signup",
+            &json!({"email": email, "password": "firebase pw 2"}),
+        )
+        .await;
+    assert_eq!(signup.status, 409, "{}", signup.text());
+    let after = emulator_call(
+        host,
+        "signInWithPassword",
+        json!({"email": email, "password": "firebase pw 2"}),
+    )
+    .await;
+    assert_eq!(after["error"]["message"], "EMAIL_NOT_FOUND", "{after}");
+}
+
+/// An RSA key and a self-signed certificate for it, made by `openssl` (a test dependency the
+/// CI installs); `None` with a visible line when it is missing.
+fn generate_key_pair(dir: &std::path::Path) -> Option<(Vec<u8>, String)> {
+    let key = dir.join("key.pem");
+    let cert = dir.join("cert.pem");
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=smartcache-test",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status();
+    match status {
+        Ok(s) if s.success() => Some((
+            std::fs::read(key).unwrap(),
+            std::fs::read_to_string(cert).unwrap(),
+        )),
+        _ if std::env::var("CI").as_deref() == Ok("true") => panic!("openssl is needed"),
+        _ => {
+            eprintln!("SKIPPED: the RS256 tests need openssl (apt-get install openssl)");
+            None
+        }
+    }
+}
+
+/// Serves `{kid: certificate}` as Google does, with a `max-age`; returns its URL.
+async fn serve_certificates(certs: serde_json::Value) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().route(
+        "/certs",
+        axum::routing::get(move || {
+            let certs = certs.clone();
+            async move {
+                (
+                    [
+                        ("cache-control", "public, max-age=3600"),
+                        ("content-type", "application/json"),
+                    ],
+                    certs.to_string(),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://127.0.0.1:{port}/certs")
+}
+
+#[tokio::test]
+async fn firebase_id_tokens_are_verified_and_every_bad_one_is_a_401() {
+    let dir = std::env::temp_dir().join(format!("smartcache_rs256_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let Some((private_pem, cert_pem)) = generate_key_pair(&dir) else {
+        return;
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    let url = serve_certificates(json!({"key-1": cert_pem})).await;
+    let app = firebase_app(None, Some(&url));
+    let project = common::firebase::PROJECT;
+    let now = chrono::Utc::now().timestamp();
+    let claims = |change: &dyn Fn(&mut serde_json::Value)| {
+        let mut claims = json!({
+            "iss": format!("https://securetoken.google.com/{project}"), "aud": project,
+            "sub": "firebase-uid-1", "email": "rs@example.com",
+            "iat": now - 10, "auth_time": now - 10, "exp": now + 3600,
+        });
+        change(&mut claims);
+        claims
+    };
+    let key = EncodingKey::from_rsa_pem(&private_pem).unwrap();
+    let sign = |claims: &serde_json::Value, kid: &str| {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(kid.to_owned());
+        jsonwebtoken::encode(&header, claims, &key).unwrap()
+    };
+
+    let good = sign(&claims(&|_| {}), "key-1");
+    let me = app.with_token(&good).get("/api/auth/me").await;
+    assert_eq!(me.status, 200, "{}", me.text());
+    assert_eq!(me.json()["email"], "rs@example.com");
+    assert_eq!(me.json()["role"], "user", "first seen: recorded as a user");
+
+    let b64 = |v: &serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
+    let (head, rest) = good.split_once('.').unwrap();
+    let signature = rest.split_once('.').unwrap().1;
+    let hs256_with_public_key = {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("key-1".into());
+        jsonwebtoken::encode(
+            &header,
+            &claims(&|_| {}),
+            &EncodingKey::from_secret(cert_pem.as_bytes()),
+        )
+        .unwrap()
+    };
+    let rejected = [
+        (
+            "unsigned (alg none)",
+            format!(
+                "{}.{}.",
+                b64(&json!({"alg": "none", "typ": "JWT"})),
+                b64(&claims(&|_| {}))
+            ),
+        ),
+        (
+            "HS256 signed with the RS256 public key",
+            hs256_with_public_key,
+        ),
+        (
+            "expired",
+            sign(&claims(&|c| c["exp"] = json!(now - 120)), "key-1"),
+        ),
+        (
+            "issued in the future",
+            sign(&claims(&|c| c["iat"] = json!(now + 600)), "key-1"),
+        ),
+        (
+            "authenticated in the future",
+            sign(&claims(&|c| c["auth_time"] = json!(now + 600)), "key-1"),
+        ),
+        (
+            "wrong audience",
+            sign(&claims(&|c| c["aud"] = json!("another-project")), "key-1"),
+        ),
+        (
+            "wrong issuer",
+            sign(
+                &claims(&|c| c["iss"] = json!("https://securetoken.google.com/another")),
+                "key-1",
+            ),
+        ),
+        (
+            "empty subject",
+            sign(&claims(&|c| c["sub"] = json!("")), "key-1"),
+        ),
+        (
+            "tampered payload",
+            format!(
+                "{head}.{}.{signature}",
+                b64(&claims(&|c| c["sub"] = json!("someone-else")))
+            ),
+        ),
+        ("unknown kid", sign(&claims(&|_| {}), "key-2")),
+        (
+            "malformed header",
+            format!(
+                "{}.{}.{signature}",
+                URL_SAFE_NO_PAD.encode("{not json"),
+                b64(&claims(&|_| {}))
+            ),
+        ),
+        ("not a JWT at all", "abc.def".to_owned()),
+    ];
+    for (what, token) in rejected {
+        let response = app.with_token(&token).get("/api/auth/me").await;
+        assert_eq!(
+            response.status,
+            401,
+            "{what} was not refused: {}",
+            response.text()
+        );
+        assert_eq!(header(&response, "www-authenticate"), "Bearer", "{what}");
+        assert!(
+            !response.text().contains(&token),
+            "{what}: the token is echoed"
+        );
+    }
+}

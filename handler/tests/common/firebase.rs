@@ -1,0 +1,86 @@
+//! The Firebase Authentication emulator (npm `firebase-tools`), started once per test process on
+//! free loopback ports, with its UI off (it would download assets). A watchdog stops it when the
+//! test process exits.
+
+use std::os::unix::process::CommandExt as _;
+use std::time::{Duration, Instant};
+
+/// The project id the tests use; `demo-` projects need no credentials.
+pub const PROJECT: &str = "demo-smartcache";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `host:port` of a running emulator (`FIREBASE_AUTH_EMULATOR_HOST` if set, else one started
+/// here); `None`, with a line naming what to install, when `firebase` is missing (a failure under
+/// `CI=true`).
+pub fn emulator() -> Option<&'static str> {
+    static HOST: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    HOST.get_or_init(start).as_deref()
+}
+
+fn start() -> Option<String> {
+    if let Ok(host) = std::env::var("FIREBASE_AUTH_EMULATOR_HOST") {
+        return Some(host);
+    }
+    if std::process::Command::new("firebase")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        let message = "the Firebase Auth emulator is needed: npm install -g firebase-tools";
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{message}");
+        }
+        eprintln!("SKIPPED: {message}");
+        return None;
+    }
+    let dir = std::env::temp_dir().join(format!("smartcache_firebase_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let config = serde_json::json!({"emulators": {
+        "auth": {"host": "127.0.0.1", "port": port},
+        "hub": {"host": "127.0.0.1", "port": free_port()},
+        "logging": {"host": "127.0.0.1", "port": free_port()},
+        "ui": {"enabled": false},
+    }});
+    std::fs::write(dir.join("firebase.json"), config.to_string()).unwrap();
+    let child = std::process::Command::new("firebase")
+        .args(["emulators:start", "--only", "auth", "--project", PROJECT])
+        .current_dir(&dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        // Its own process group, so the watchdog can stop node and its children together.
+        .process_group(0)
+        .spawn()
+        .expect("firebase starts");
+    let script = format!(
+        "while kill -0 {} 2>/dev/null; do sleep 1; done; kill -TERM -{} 2>/dev/null; sleep 2; rm -rf '{}'",
+        std::process::id(),
+        child.id(),
+        dir.display()
+    );
+    #[allow(clippy::zombie_processes)] // the watchdog outlives this process on purpose
+    std::process::Command::new("sh")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("sh starts");
+    let started = Instant::now();
+    let host = format!("127.0.0.1:{port}");
+    while std::net::TcpStream::connect(&host).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the Firebase Auth emulator did not start"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::mem::forget(child);
+    Some(host)
+}
