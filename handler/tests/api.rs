@@ -290,6 +290,27 @@ async fn the_openapi_document_describes_every_dataset() {
     }
     assert!(doc["paths"]["/flights/facets/{column}"]["get"].is_object());
     assert!(doc["components"]["schemas"]["MoviesRow"]["properties"]["genres"].is_object());
+    // Writes: a body, a bearer token, their own success status; operation ids stay unique.
+    let create = &doc["paths"]["/movies"]["post"];
+    assert_eq!(
+        create["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/MoviesRow"
+    );
+    assert!(create["responses"]["201"].is_object() && create["responses"]["422"].is_object());
+    assert_eq!(create["security"][0]["bearer"], serde_json::json!([]));
+    assert!(doc["paths"]["/movies/{id}"]["delete"]["responses"]["204"].is_object());
+    assert!(doc["paths"]["/auth/login"]["post"]["responses"]["429"].is_object());
+    let mut ids: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values())
+        .map(|op| op["operationId"].as_str().unwrap())
+        .collect();
+    let count = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), count, "operation ids must be unique");
     let docs = app.get("/api/docs").await;
     assert_eq!(docs.status, 200);
     let html = docs.text();

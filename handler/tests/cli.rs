@@ -174,3 +174,79 @@ fn serve_listens_on_the_functions_port_and_is_ready_at_once() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("\"status\":\"ok\""), "{answer}");
 }
+
+/// Runs `command` with `input` on standard input.
+fn run_with_input(command: &mut Command, input: &str) -> (i32, String, String) {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (
+        output.status.code().unwrap_or(-1),
+        text(&output.stdout),
+        text(&output.stderr),
+    )
+}
+
+/// The first admin is made on the command line; the password comes from stdin and never shows.
+#[test]
+fn users_are_created_promoted_and_deactivated_from_the_command_line() {
+    let db = common::sqlite_url();
+    let users = |args: &[&str]| {
+        let mut command = handler();
+        command.env("DATABASE_URL", &db).arg("users").args(args);
+        command
+    };
+    let (code, stdout, stderr) = run_with_input(
+        &mut users(&[
+            "create",
+            "--email",
+            "Root@Example.com",
+            "--password-stdin",
+            "--admin",
+        ]),
+        "hunter2 is long\n",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.starts_with("created admin Root@Example.com"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("hunter2") && !stderr.contains("hunter2"));
+
+    let (code, _, stderr) = run_with_input(
+        &mut users(&["create", "--email", "root@example.com", "--password-stdin"]),
+        "another password\n",
+    );
+    assert_eq!(code, 2);
+    assert_one_clear_sentence(&stderr, "exists already");
+
+    let (code, _, stderr) = run_with_input(
+        &mut users(&["create", "--email", "short@example.com", "--password-stdin"]),
+        "short\n",
+    );
+    assert_eq!(code, 2);
+    assert_one_clear_sentence(&stderr, "at least 8 characters");
+    assert!(!stderr.contains("short\n"));
+
+    let (code, stdout, _) = run(&mut users(&["demote", "--email", "ROOT@example.com"]));
+    assert_eq!(code, 0);
+    assert_eq!(stdout.trim(), "Root@Example.com is now user (active)");
+    let (_, stdout, _) = run(&mut users(&["promote", "--email", "root@example.com"]));
+    assert_eq!(stdout.trim(), "Root@Example.com is now admin (active)");
+    let (_, stdout, _) = run(&mut users(&["deactivate", "--email", "root@example.com"]));
+    assert_eq!(stdout.trim(), "Root@Example.com is now admin (deactivated)");
+    let (code, _, stderr) = run(&mut users(&["promote", "--email", "nobody@example.com"]));
+    assert_eq!(code, 2);
+    assert_one_clear_sentence(&stderr, "no account with the email nobody@example.com");
+}

@@ -21,12 +21,26 @@ pub fn document(catalog: &Catalog) -> Json {
                 Some(d) => endpoint.route.replace("{dataset}", &d.name),
                 None => endpoint.route.to_owned(),
             };
-            let operation = operation(
+            let mut operation = operation(
                 endpoint.function,
                 endpoint.summary,
                 endpoint.handler,
                 dataset,
             );
+            // One function may serve several methods (PUT and PATCH): ids stay unique.
+            if ENDPOINTS
+                .iter()
+                .filter(|e| e.function == endpoint.function && e.route == endpoint.route)
+                .count()
+                > 1
+            {
+                let id = format!(
+                    "{}_{}",
+                    operation["operationId"].as_str().unwrap_or_default(),
+                    endpoint.method.to_ascii_lowercase()
+                );
+                operation["operationId"] = json!(id);
+            }
             let item = paths
                 .entry(format!("/{route}"))
                 .or_insert_with(|| json!({}));
@@ -47,7 +61,10 @@ pub fn document(catalog: &Catalog) -> Json {
         },
         "servers": [{"url": "/api"}],
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+        },
     })
 }
 
@@ -115,6 +132,30 @@ fn operation(function: &str, summary: &str, handler: Handler, dataset: Option<&D
             parameters.push(json!({"name": "id", "in": "path", "required": true, "schema": json_type(d.key_column())}));
             ok["content"]["application/json"]["schema"] = schema_ref(&schema_name(d));
         }
+        (Handler::Create | Handler::Replace | Handler::Patch, Some(d)) => {
+            if !matches!(handler, Handler::Create) {
+                parameters.push(json!({"name": "id", "in": "path", "required": true, "schema": json_type(d.key_column())}));
+            }
+            ok["content"]["application/json"]["schema"] = schema_ref(&schema_name(d));
+            if matches!(handler, Handler::Create) {
+                ok["description"] = json!("Created; Location names the new row");
+            }
+        }
+        (Handler::Delete, Some(d)) => {
+            parameters.push(json!({"name": "id", "in": "path", "required": true, "schema": json_type(d.key_column())}));
+            ok = json!({"description": "Deleted"});
+        }
+        (Handler::Signup | Handler::Login, _) => {
+            let credentials = json!({"type": "object", "required": ["email", "password"], "properties": {
+                "email": {"type": "string", "format": "email"},
+                "password": {"type": "string", "minLength": 8, "maxLength": 128},
+            }});
+            let mut operation =
+                json!({"operationId": operation_id, "summary": summary, "responses": {}});
+            operation["requestBody"] =
+                json!({"required": true, "content": {"application/json": {"schema": credentials}}});
+            return finish(operation, handler, ok);
+        }
         (Handler::Docs, _) => {
             ok = json!({"description": "HTML page", "content": {"text/html": {}}})
         }
@@ -123,7 +164,7 @@ fn operation(function: &str, summary: &str, handler: Handler, dataset: Option<&D
     let problem =
         json!({"content": {"application/problem+json": {"schema": schema_ref("Problem")}}});
     let mut responses = Map::new();
-    responses.insert("200".into(), ok);
+    responses.insert("200".into(), ok.clone());
     if dataset.is_some() {
         for (code, description) in [
             ("400", "Invalid parameter"),
@@ -135,7 +176,63 @@ fn operation(function: &str, summary: &str, handler: Handler, dataset: Option<&D
             responses.insert(code.into(), response);
         }
     }
-    json!({"operationId": operation_id, "summary": summary, "parameters": parameters, "responses": responses})
+    let mut operation = json!({"operationId": operation_id, "summary": summary, "parameters": parameters, "responses": responses});
+    if let (Handler::Create | Handler::Replace | Handler::Patch, Some(d)) = (handler, dataset) {
+        operation["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": schema_ref(&schema_name(d))}}});
+    }
+    finish(operation, handler, ok)
+}
+
+/// The status of success, the auth and body errors, and the bearer requirement of endpoints that
+/// may need a token.
+fn finish(mut operation: Json, handler: Handler, ok: Json) -> Json {
+    let success = match handler {
+        Handler::Create | Handler::Signup => "201",
+        Handler::Delete => "204",
+        _ => "200",
+    };
+    let responses = operation["responses"].as_object_mut().expect("an object");
+    responses.remove("200");
+    responses.insert(success.into(), ok);
+    let writes = matches!(
+        handler,
+        Handler::Create | Handler::Replace | Handler::Patch | Handler::Delete
+    );
+    let problem = |description: &str| json!({"description": description, "content": {"application/problem+json": {"schema": schema_ref("Problem")}}});
+    if writes || matches!(handler, Handler::Signup | Handler::Login) {
+        for (code, description) in [
+            ("413", "Body larger than MAX_BODY_BYTES"),
+            ("415", "Body is not JSON"),
+            ("422", "Invalid fields, each named in invalid_params"),
+        ] {
+            if !matches!(handler, Handler::Delete) {
+                responses.insert(code.into(), problem(description));
+            }
+        }
+    }
+    if writes
+        || matches!(
+            handler,
+            Handler::Me | Handler::AdminView | Handler::AdminPurge
+        )
+    {
+        responses.insert("401".into(), problem("No valid token"));
+        responses.insert("403".into(), problem("The account's role may not do this"));
+    }
+    if writes {
+        responses.insert("409".into(), problem("A row with this key exists"));
+    }
+    if matches!(handler, Handler::Login) {
+        responses.insert("401".into(), problem("Invalid email or password"));
+        responses.insert("429".into(), problem("Too many attempts; see Retry-After"));
+    }
+    if matches!(handler, Handler::Signup) {
+        responses.insert("409".into(), problem("Email already registered"));
+    }
+    if responses.contains_key("401") && !matches!(handler, Handler::Login) {
+        operation["security"] = json!([{"bearer": []}]);
+    }
+    operation
 }
 
 fn filter_parameters(dataset: &Dataset) -> Vec<Json> {
