@@ -155,6 +155,28 @@ async fn login_attempts_are_limited_per_email_and_per_address() {
     assert_eq!(statuses.last(), Some(&429));
 }
 
+/// With Redis, the attempts of one email are counted across instances.
+#[tokio::test]
+async fn login_limits_are_shared_through_redis() {
+    let Some(redis) = common::redis_url().await else {
+        return;
+    };
+    let storage = common::open(&common::sqlite_url());
+    let prefix = common::unique_prefix();
+    let instance = || {
+        let cache = Cache::with_redis(&redis, &prefix, std::time::Duration::from_secs(60), 1 << 20);
+        TestApp::with_cache(storage.clone(), common::catalog(), cache)
+    };
+    let (a, b) = (instance(), instance());
+    let (email, _) = a.account_token("user").await;
+    for attempt in 2..=handler::auth::ATTEMPTS_PER_EMAIL {
+        let app = if attempt % 2 == 0 { &a } else { &b };
+        assert_eq!(login(app, &email, "wrong password").await.status, 401);
+    }
+    assert_eq!(login(&a, &email, common::TEST_PASSWORD).await.status, 429);
+    assert_eq!(login(&b, &email, common::TEST_PASSWORD).await.status, 429);
+}
+
 /// An app in Firebase mode: through the emulator when `emulator` is set, else verifying RS256
 /// ID tokens against `certs_url`.
 fn firebase_app(emulator: Option<&str>, certs_url: Option<&str>) -> TestApp {

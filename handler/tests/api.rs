@@ -320,3 +320,50 @@ async fn the_openapi_document_describes_every_dataset() {
         "the docs page must not fetch from the internet"
     );
 }
+
+/// CORS is off unless origins are configured, and then only for them.
+#[tokio::test]
+async fn cors_answers_only_configured_origins() {
+    let app = TestApp::new(common::open(&common::sqlite_url()), common::catalog());
+    let preflight = |app: &TestApp, origin: &'static str| {
+        let app = app.clone();
+        async move {
+            app.send_raw_with(
+                "OPTIONS",
+                "/api/movies",
+                &[
+                    ("origin", origin),
+                    ("access-control-request-method", "POST"),
+                ],
+                Vec::new(),
+            )
+            .await
+        }
+    };
+    let closed = preflight(&app, "https://app.example").await;
+    assert!(closed.headers.get("access-control-allow-origin").is_none());
+    let plain = app
+        .get_with("/api/movies?limit=1", &[("origin", "https://app.example")])
+        .await;
+    assert!(plain.headers.get("access-control-allow-origin").is_none());
+
+    let mut open = app.clone();
+    open.state.cors_allowed_origins = std::sync::Arc::new(vec!["https://app.example".into()]);
+    let allowed = preflight(&open, "https://app.example").await;
+    assert_eq!(allowed.status, 204);
+    assert_eq!(
+        TestApp::header(&allowed, "access-control-allow-origin"),
+        "https://app.example"
+    );
+    assert!(TestApp::header(&allowed, "access-control-allow-headers").contains("authorization"));
+    let other = preflight(&open, "https://evil.example").await;
+    assert!(other.headers.get("access-control-allow-origin").is_none());
+    let read = open
+        .get_with("/api/movies?limit=1", &[("origin", "https://app.example")])
+        .await;
+    assert_eq!(read.status, 200);
+    assert_eq!(
+        TestApp::header(&read, "access-control-allow-origin"),
+        "https://app.example"
+    );
+}

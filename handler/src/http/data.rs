@@ -36,6 +36,14 @@ async fn readable(state: &AppState, name: &str, call: &Call) -> Result<Arc<Datas
     if !call.warming {
         super::auth::authorize(state, &call.headers, dataset.access.read).await?;
     }
+    // A dataset never imported is empty, not an error. When the database is down, the read
+    // goes on to the cache's stale answer (or a 503) through the breaker.
+    if !state.database.is_open() {
+        match state.ensure_tables(&dataset).await {
+            Err(ApiError::Unavailable) => state.database.trip(),
+            other => other?,
+        }
+    }
     Ok(dataset)
 }
 

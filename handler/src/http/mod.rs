@@ -71,8 +71,8 @@ impl AppState {
         self
     }
 
-    /// Creates the dataset's tables (once per instance) so a first write into a never-imported
-    /// dataset works.
+    /// Creates the dataset's tables (once per instance) so that a never-imported dataset reads
+    /// as empty and takes a first write.
     async fn ensure_tables(&self, dataset: &Dataset) -> Result<(), ApiError> {
         if self
             .tables_ready
