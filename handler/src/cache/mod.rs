@@ -23,6 +23,7 @@
 //! Redis (a few bytes) before it is served. When Redis fails, requests go to the database
 //! (`X-Cache: BYPASS`) and never fail because of the cache.
 
+mod coalesce;
 mod entry;
 mod hot;
 mod memory;

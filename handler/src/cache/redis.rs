@@ -19,6 +19,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncCommands as _, Script};
 use tokio::sync::OnceCell;
 
+use super::coalesce::Coalescer;
 use super::entry::CachedResponse;
 use super::{RecordedWrite, Stamp};
 use crate::datasets::{Dataset, Value};
@@ -29,7 +30,7 @@ const CALL_TIMEOUT: Duration = Duration::from_millis(250);
 const BREAKER_OPEN_FOR: Duration = Duration::from_secs(2);
 
 /// Redis did not answer (down, slow, refusing): the caller bypasses the cache.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the cache is unavailable")]
 pub struct Unavailable;
 
@@ -43,6 +44,7 @@ pub struct RedisStore {
     prefix: String,
     connection: OnceCell<Connection>,
     open_until: Mutex<Option<Instant>>,
+    stamp_reads: Coalescer<Result<Stamp, Unavailable>>,
 }
 
 const RECORD_WRITE: &str = r"
@@ -82,6 +84,7 @@ impl RedisStore {
             prefix: prefix.to_owned(),
             connection: OnceCell::new(),
             open_until: Mutex::new(None),
+            stamp_reads: Coalescer::default(),
         }
     }
 
@@ -189,7 +192,15 @@ impl RedisStore {
             .await
     }
 
+    /// The dataset's write position, from a read issued after this call began (concurrent
+    /// callers share one; see `coalesce`).
     pub async fn stamp(&self, dataset: &str) -> Result<Stamp, Unavailable> {
+        self.stamp_reads
+            .read(dataset, || self.read_stamp(dataset), Err(Unavailable))
+            .await
+    }
+
+    async fn read_stamp(&self, dataset: &str) -> Result<Stamp, Unavailable> {
         let key = self.stamp_key(dataset);
         let read_key = key.clone();
         let (epoch, seq): (Option<u64>, Option<u64>) = self

@@ -36,15 +36,20 @@ async fn readable(state: &AppState, name: &str, call: &Call) -> Result<Arc<Datas
     if !call.warming {
         super::auth::authorize(state, &call.headers, dataset.access.read).await?;
     }
-    // A dataset never imported is empty, not an error. When the database is down, the read
-    // goes on to the cache's stale answer (or a 503) through the breaker.
-    if !state.database.is_open() {
-        match state.ensure_tables(&dataset).await {
-            Err(ApiError::Unavailable) => state.database.trip(),
-            other => other?,
-        }
-    }
     Ok(dataset)
+}
+
+/// Makes sure the dataset's tables exist before a query: a dataset never imported is empty, not
+/// an error. Behind the database breaker, like the query itself.
+async fn tables_for_query(state: &AppState, dataset: &Dataset) -> Result<(), ApiError> {
+    if state.database.is_open() {
+        return Err(ApiError::Unavailable);
+    }
+    let result = state.ensure_tables(dataset).await;
+    if matches!(result, Err(ApiError::Unavailable)) {
+        state.database.trip();
+    }
+    result
 }
 
 /// Path parameters that are not valid UTF-8 are the client's error, reported as problem+json.
@@ -106,9 +111,7 @@ where
     // not wait out a connect timeout first.
     let database_down = |error: &ApiError| matches!(error, ApiError::Unavailable);
     let compute = || async {
-        if state.database.is_open() {
-            return Err(ApiError::Unavailable);
-        }
+        tables_for_query(state, dataset).await?;
         let result = compute().await;
         if matches!(result, Err(ApiError::Unavailable)) {
             state.database.trip();
@@ -379,6 +382,9 @@ pub async fn export(
         .cache
         .lookup_streamed(&dataset, Subject::Query(&query), &key)
         .await;
+    if !matches!(lookup, Ok(Ok(_))) {
+        tables_for_query(&state, &dataset).await?;
+    }
     let (mut response, capture) = match lookup {
         Ok(Ok(entry)) => (
             cached_response(&entry, Outcome::Hit, &call.headers, call.started),

@@ -14,7 +14,7 @@ mod write;
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -48,7 +48,8 @@ pub struct AppState {
     pub cors_allowed_origins: Arc<Vec<String>>,
     pub database: Arc<DatabaseBreaker>,
     /// Datasets whose tables this instance has made sure of before a first write.
-    tables_ready: Arc<Mutex<HashSet<String>>>,
+    /// Read on every data request, written once per dataset: a read-write lock.
+    tables_ready: Arc<RwLock<HashSet<String>>>,
 }
 
 impl AppState {
@@ -76,7 +77,7 @@ impl AppState {
     async fn ensure_tables(&self, dataset: &Dataset) -> Result<(), ApiError> {
         if self
             .tables_ready
-            .lock()
+            .read()
             .expect("tables lock")
             .contains(&dataset.name)
         {
@@ -84,7 +85,7 @@ impl AppState {
         }
         self.storage.migrate(dataset).await?;
         self.tables_ready
-            .lock()
+            .write()
             .expect("tables lock")
             .insert(dataset.name.clone());
         Ok(())
@@ -392,12 +393,15 @@ pub fn router(state: AppState) -> Router {
         "/WarmCache",
         axum::routing::post(admin::warm_cache_invocation),
     );
-    let cors = Arc::clone(&state.cors_allowed_origins);
-    router
-        .fallback(not_found)
-        .layer(middleware::from_fn(move |request, next| {
+    let mut router = router.fallback(not_found);
+    // No layer at all without configured origins: no CORS headers, and no cost per request.
+    if !state.cors_allowed_origins.is_empty() {
+        let cors = Arc::clone(&state.cors_allowed_origins);
+        router = router.layer(middleware::from_fn(move |request, next| {
             cors_headers(Arc::clone(&cors), request, next)
-        }))
+        }));
+    }
+    router
         .layer(middleware::from_fn(trace_request))
         .with_state(state)
 }
