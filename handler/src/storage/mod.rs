@@ -7,6 +7,7 @@
 //! The SQL text is built by [`sql`] from the dataset declaration only; every value from a request
 //! or a CSV file travels as a bound parameter.
 
+pub mod mssql_config;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -162,12 +163,17 @@ pub fn open(database_url: &str) -> anyhow::Result<Arc<dyn Storage>> {
         "postgres" | "postgresql" => Ok(Arc::new(SqlStore::new(postgres::PgDriver::open(
             database_url,
         )?))),
-        "mysql" | "mariadb" | "mssql" | "sqlserver" => anyhow::bail!(
+        _ if mssql_config::is_mssql(database_url) => {
+            // Checked now, so a mistake in the connection string is named precisely.
+            mssql_config::parse(database_url)?;
+            anyhow::bail!(
+                "DATABASE_URL names a SQL Server database, which this build does not serve yet; \
+                 use sqlite:// or postgres://"
+            )
+        }
+        "mysql" | "mariadb" => anyhow::bail!(
             "DATABASE_URL names a {scheme} database, which this build does not support yet; \
              use sqlite:// or postgres://"
-        ),
-        _ if database_url.to_ascii_lowercase().contains("server=") => anyhow::bail!(
-            "DATABASE_URL is a SQL Server connection string, which this build does not support yet"
         ),
         _ => anyhow::bail!(
             "DATABASE_URL must start with sqlite:// or postgres:// (got a value starting with {:?})",
