@@ -20,7 +20,13 @@ use super::Row;
 pub enum Dialect {
     Sqlite,
     Postgres,
+    /// SQL Server and Azure SQL (T-SQL): `[brackets]`, `@P1` parameters, `OFFSET … FETCH`.
+    SqlServer,
 }
+
+/// Text columns SQL Server can index: an index key holds at most 1,700 bytes (850 UTF-16
+/// characters); 450 leaves room for the key column after it.
+pub const SQL_SERVER_INDEXABLE_CHARS: usize = 450;
 
 impl Dialect {
     pub fn quote(self, ident: &str) -> String {
@@ -29,13 +35,17 @@ impl Dialect {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_')
         );
-        format!("\"{ident}\"")
+        match self {
+            Dialect::SqlServer => format!("[{ident}]"),
+            _ => format!("\"{ident}\""),
+        }
     }
 
-    fn placeholder(self, n: usize) -> String {
+    pub(crate) fn placeholder(self, n: usize) -> String {
         match self {
             Dialect::Sqlite => "?".to_owned(),
             Dialect::Postgres => format!("${n}"),
+            Dialect::SqlServer => format!("@P{n}"),
         }
     }
 
@@ -45,11 +55,45 @@ impl Dialect {
         match self {
             Dialect::Sqlite => "TEXT",
             Dialect::Postgres => "TEXT COLLATE \"C\"",
+            Dialect::SqlServer => "NVARCHAR(450) COLLATE Latin1_General_100_BIN2",
+        }
+    }
+
+    /// The type of a declared column. SQL Server cannot index `NVARCHAR(MAX)`: text that is
+    /// sorted, or short by declaration, gets a bounded type there.
+    pub fn declared_type(self, column: &Column) -> String {
+        if self != Dialect::SqlServer || column.ty != ColumnType::Text || column.is_list() {
+            return self.column_type(column.ty).to_owned();
+        }
+        match column.max_length {
+            Some(n) if n <= 4000 => format!("NVARCHAR({n})"),
+            _ if column.sortable => format!("NVARCHAR({SQL_SERVER_INDEXABLE_CHARS})"),
+            _ => "NVARCHAR(MAX)".to_owned(),
+        }
+    }
+
+    /// `n` rows at most, after an `ORDER BY`.
+    fn limit(self, b: &mut Builder, n: i64) {
+        match self {
+            Dialect::SqlServer => {
+                b.push(" OFFSET 0 ROWS FETCH NEXT ")
+                    .bind(Value::Integer(n))
+                    .push(" ROWS ONLY");
+            }
+            _ => {
+                b.push(" LIMIT ").bind(Value::Integer(n));
+            }
         }
     }
 
     pub fn column_type(self, ty: ColumnType) -> &'static str {
         match (self, ty) {
+            (Dialect::SqlServer, ColumnType::Text) => "NVARCHAR(MAX)",
+            (Dialect::SqlServer, ColumnType::Integer) => "BIGINT",
+            (Dialect::SqlServer, ColumnType::Float) => "FLOAT",
+            (Dialect::SqlServer, ColumnType::Boolean) => "BIT",
+            (Dialect::SqlServer, ColumnType::Date) => "DATE",
+            (Dialect::SqlServer, ColumnType::Timestamp) => "DATETIMEOFFSET",
             (_, ColumnType::Text) => "TEXT",
             (Dialect::Sqlite, ColumnType::Integer | ColumnType::Boolean) => "INTEGER",
             (Dialect::Sqlite, ColumnType::Float) => "REAL",
@@ -130,10 +174,10 @@ pub fn stored_value(dataset: &Dataset, row: &Row, column: StoredColumn) -> Value
     }
 }
 
-pub fn stored_type(dataset: &Dataset, column: StoredColumn, dialect: Dialect) -> &'static str {
+pub fn stored_type(dataset: &Dataset, column: StoredColumn, dialect: Dialect) -> String {
     match column {
-        StoredColumn::Declared(i) => dialect.column_type(dataset.columns[i].ty),
-        StoredColumn::NormalisedKey(_) => dialect.key_text_type(),
+        StoredColumn::Declared(i) => dialect.declared_type(&dataset.columns[i]),
+        StoredColumn::NormalisedKey(_) => dialect.key_text_type().to_owned(),
     }
 }
 
@@ -196,9 +240,9 @@ pub fn create_tables(
         let (ty, not_null) = match stored {
             StoredColumn::Declared(i) => {
                 let c = &dataset.columns[i];
-                (dialect.column_type(c.ty), !c.nullable)
+                (dialect.declared_type(c), !c.nullable)
             }
-            StoredColumn::NormalisedKey(_) => (dialect.key_text_type(), false),
+            StoredColumn::NormalisedKey(_) => (dialect.key_text_type().to_owned(), false),
         };
         let name = dialect.quote(&stored_name(dataset, stored));
         let mut def = format!("{name} {ty}");
@@ -210,21 +254,38 @@ pub fn create_tables(
         }
         columns.push(def);
     }
-    let mut statements = vec![format!(
-        "CREATE TABLE IF NOT EXISTS {} ({})",
-        placement.table(dialect, &dataset.table),
-        columns.join(", ")
+    let mut statements = vec![create_table_if_missing(
+        dialect,
+        &placement.table(dialect, &dataset.table),
+        &columns.join(", "),
     )];
     for (_, column) in dataset.list_columns() {
-        statements.push(format!(
-            "CREATE TABLE IF NOT EXISTS {} (\"row_id\" {} NOT NULL, \"value\" TEXT NOT NULL, \
-             \"value_key\" {} NOT NULL)",
-            placement.table(dialect, &dataset.list_table(column)),
-            dialect.column_type(key.ty),
-            dialect.key_text_type(),
+        let q = |name: &str| dialect.quote(name);
+        statements.push(create_table_if_missing(
+            dialect,
+            &placement.table(dialect, &dataset.list_table(column)),
+            &format!(
+                "{} {} NOT NULL, {} {} NOT NULL, {} {} NOT NULL",
+                q("row_id"),
+                dialect.declared_type(key),
+                q("value"),
+                dialect.column_type(ColumnType::Text),
+                q("value_key"),
+                dialect.key_text_type(),
+            ),
         ));
     }
     statements
+}
+
+/// `CREATE TABLE IF NOT EXISTS`, which T-SQL spells with `OBJECT_ID`.
+fn create_table_if_missing(dialect: Dialect, table: &str, columns: &str) -> String {
+    match dialect {
+        Dialect::SqlServer => {
+            format!("IF OBJECT_ID(N'{table}', N'U') IS NULL CREATE TABLE {table} ({columns})")
+        }
+        _ => format!("CREATE TABLE IF NOT EXISTS {table} ({columns})"),
+    }
 }
 
 /// An index: its name (derived from the final table name) and definition.
@@ -282,12 +343,20 @@ pub fn indexes(dataset: &Dataset, dialect: Dialect) -> Vec<IndexDef> {
 pub fn create_index(dialect: Dialect, index: &IndexDef, placement: &Placement) -> String {
     let columns: Vec<String> = index.columns.iter().map(|c| dialect.quote(c)).collect();
     // An index lives in its table's schema, so only the table is qualified.
-    format!(
-        "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
-        dialect.quote(&index.name),
-        placement.table(dialect, &index.table),
-        columns.join(", ")
-    )
+    let table = placement.table(dialect, &index.table);
+    let name = dialect.quote(&index.name);
+    match dialect {
+        Dialect::SqlServer => format!(
+            "IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE name = N'{}' AND object_id = \
+             OBJECT_ID(N'{table}')) CREATE INDEX {name} ON {table} ({})",
+            index.name,
+            columns.join(", ")
+        ),
+        _ => format!(
+            "CREATE INDEX IF NOT EXISTS {name} ON {table} ({})",
+            columns.join(", ")
+        ),
+    }
 }
 
 // ---- queries ---------------------------------------------------------------------------------
@@ -328,8 +397,10 @@ impl Builder {
         match (self.dialect, value) {
             (Dialect::Sqlite, Value::Null) => self.push("NULL"),
             (Dialect::Sqlite, value) => self.bind(value),
-            (Dialect::Postgres, Value::Null) => self.push("CAST(NULL AS ").push(base).push(")"),
-            (Dialect::Postgres, value) => self
+            (Dialect::Postgres | Dialect::SqlServer, Value::Null) => {
+                self.push("CAST(NULL AS ").push(base).push(")")
+            }
+            (Dialect::Postgres | Dialect::SqlServer, value) => self
                 .push("CAST(")
                 .bind(value)
                 .push(" AS ")
@@ -378,8 +449,9 @@ fn where_clause(dataset: &Dataset, query: &Query, b: &mut Builder) {
             let key = dataset.key_column().name.clone();
             let list_table = b.dialect.quote(&dataset.list_table(column));
             b.column(&key);
+            let (row_id, value_key) = (b.dialect.quote("row_id"), b.dialect.quote("value_key"));
             b.push(&format!(
-                " IN (SELECT e{n}.\"row_id\" FROM {list_table} e{n} WHERE e{n}.\"value_key\" = "
+                " IN (SELECT e{n}.{row_id} FROM {list_table} e{n} WHERE e{n}.{value_key} = "
             ));
             b.bind(filter.value.clone()).push(")");
         } else if column.has_key_column() && filter.op == FilterOp::Eq {
@@ -443,11 +515,15 @@ fn order_by(dataset: &Dataset, sort: Sort, b: &mut Builder) {
         b.column(&key).push(direction);
     } else {
         let column = dataset.columns[sort.column].name.clone();
-        b.push("(")
-            .column(&column)
-            .push(" IS NULL), ")
-            .column(&column)
-            .push(direction);
+        // Nulls last: T-SQL has no boolean expressions to sort by, so a CASE there.
+        if b.dialect == Dialect::SqlServer {
+            b.push("CASE WHEN ")
+                .column(&column)
+                .push(" IS NULL THEN 1 ELSE 0 END, ");
+        } else {
+            b.push("(").column(&column).push(" IS NULL), ");
+        }
+        b.column(&column).push(direction);
         b.push(", ").column(&key).push(" ASC");
     }
 }
@@ -458,8 +534,7 @@ pub fn list(dataset: &Dataset, query: &Query, dialect: Dialect) -> Statement {
     select_from(dataset, &mut b);
     where_clause(dataset, query, &mut b);
     order_by(dataset, query.sort, &mut b);
-    b.push(" LIMIT ")
-        .bind(Value::Integer(i64::from(query.limit) + 1));
+    dialect.limit(&mut b, i64::from(query.limit) + 1);
     b.finish()
 }
 
@@ -501,19 +576,26 @@ pub fn facets(
     let table = dialect.quote(&dataset.table);
     if column.is_list() {
         let list_table = dialect.quote(&dataset.list_table(column));
-        b.push("SELECT MIN(l.\"value\"), COUNT(*) AS n FROM ")
+        let (row_id, value, value_key) = (
+            dialect.quote("row_id"),
+            dialect.quote("value"),
+            dialect.quote("value_key"),
+        );
+        b.push(&format!("SELECT MIN(l.{value}), COUNT(*) AS n FROM "))
             .push(&list_table)
             .push(" l");
         if !query.filters.is_empty() {
             let key = dataset.key_column().name.clone();
-            b.push(" WHERE l.\"row_id\" IN (SELECT ")
+            b.push(&format!(" WHERE l.{row_id} IN (SELECT "))
                 .column(&key)
                 .push(" FROM ");
             b.push(&table).push(" t");
             where_clause(dataset, query, &mut b);
             b.push(")");
         }
-        b.push(" GROUP BY l.\"value_key\" ORDER BY n DESC, MIN(l.\"value\")");
+        b.push(&format!(
+            " GROUP BY l.{value_key} ORDER BY n DESC, MIN(l.{value})"
+        ));
     } else {
         let group = if column.has_key_column() {
             format!("{}__key", column.name)
@@ -537,8 +619,7 @@ pub fn facets(
             .column(&column.name)
             .push(")");
     }
-    b.push(" LIMIT ")
-        .bind(Value::Integer(i64::from(query.limit)));
+    dialect.limit(&mut b, i64::from(query.limit));
     b.finish()
 }
 
@@ -555,11 +636,20 @@ pub fn facet_decode(column: &Column) -> Vec<Decode> {
 /// The row as it is now, locked until the transaction ends where the engine locks rows
 /// (SQLite's `BEGIN IMMEDIATE` already holds the whole database).
 pub fn get_for_update(dataset: &Dataset, key: &Value, dialect: Dialect) -> Statement {
-    let mut statement = get(dataset, key, dialect);
-    if dialect == Dialect::Postgres {
-        statement.sql.push_str(" FOR UPDATE");
+    let mut b = Builder::new(dialect);
+    select_from(dataset, &mut b);
+    if dialect == Dialect::SqlServer {
+        // HOLDLOCK also locks the gap where a missing key would go, against a concurrent create.
+        b.push(" WITH (UPDLOCK, HOLDLOCK, ROWLOCK)");
     }
-    statement
+    b.push(" WHERE ")
+        .column(&dataset.key_column().name)
+        .push(" = ")
+        .bind(key.clone());
+    if dialect == Dialect::Postgres {
+        b.push(" FOR UPDATE");
+    }
+    b.finish()
 }
 
 /// The next generated key: one past the largest. Callers hold a write lock on the table.
@@ -576,11 +666,14 @@ pub fn next_generated_key(dataset: &Dataset, dialect: Dialect) -> Statement {
 
 /// Serialises inserts that generate keys (PostgreSQL; SQLite's write transaction already does).
 pub fn lock_for_generated_keys(dataset: &Dataset, dialect: Dialect) -> Option<Statement> {
-    (dialect == Dialect::Postgres).then(|| Statement {
-        sql: format!(
-            "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
-            dialect.quote(&dataset.table)
-        ),
+    let table = dialect.quote(&dataset.table);
+    let sql = match dialect {
+        Dialect::Sqlite => return None,
+        Dialect::Postgres => format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"),
+        Dialect::SqlServer => format!("SELECT TOP 0 1 FROM {table} WITH (TABLOCKX, HOLDLOCK)"),
+    };
+    Some(Statement {
+        sql,
         params: vec![],
     })
 }
@@ -604,7 +697,7 @@ pub fn insert_row(dataset: &Dataset, row: &Row, dialect: Dialect) -> Statement {
         }
         b.bind_as(
             stored_value(dataset, row, column),
-            stored_type(dataset, column, dialect),
+            &stored_type(dataset, column, dialect),
         );
     }
     b.push(")");
@@ -629,7 +722,7 @@ pub fn update_row(dataset: &Dataset, row: &Row, dialect: Dialect) -> Statement {
             .push(" = ");
         b.bind_as(
             stored_value(dataset, row, column),
-            stored_type(dataset, column, dialect),
+            &stored_type(dataset, column, dialect),
         );
     }
     b.push(" WHERE ")
@@ -659,7 +752,9 @@ pub fn delete_list_elements(
     let mut b = Builder::new(dialect);
     b.push("DELETE FROM ")
         .push(&dialect.quote(&dataset.list_table(column)))
-        .push(" WHERE \"row_id\" = ");
+        .push(" WHERE ")
+        .push(&dialect.quote("row_id"))
+        .push(" = ");
     b.bind(key.clone());
     b.finish()
 }
@@ -678,7 +773,12 @@ pub fn insert_list_elements(
     let mut b = Builder::new(dialect);
     b.push("INSERT INTO ")
         .push(&dialect.quote(&dataset.list_table(&dataset.columns[index])))
-        .push(" (\"row_id\", \"value\", \"value_key\") VALUES ");
+        .push(&format!(
+            " ({}, {}, {}) VALUES ",
+            dialect.quote("row_id"),
+            dialect.quote("value"),
+            dialect.quote("value_key")
+        ));
     for (i, (key, value, value_key)) in elements.into_iter().enumerate() {
         if i > 0 {
             b.push(", ");
@@ -693,7 +793,7 @@ pub fn insert_list_elements(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datasets::parse_declaration;
+    use crate::datasets::{Catalog, parse_declaration};
     use crate::query::QueryKind;
 
     fn movies() -> Dataset {
@@ -790,6 +890,117 @@ mod tests {
                 .sql
                 .contains("FOR UPDATE")
         );
+    }
+
+    /// SQL Server has no server here: its statements are pinned as text (reviewed against the
+    /// T-SQL reference) so that a change to them is a visible change to this test.
+    #[test]
+    fn t_sql_statements_for_every_query_shape() {
+        let ds = movies();
+        let d = Dialect::SqlServer;
+        let columns = "t.[id], t.[imdb_id], t.[title], t.[year], t.[rating], t.[runtime], \
+            t.[genres], t.[director], t.[languages], t.[countries], t.[metacritic], t.[oscars], \
+            t.[meter], t.[reviews], t.[box_office]";
+        let q = Query::parse(
+            &ds,
+            QueryKind::List,
+            "genres=Drama&year.gte=2000&title=Up&sort=-year&limit=5",
+        )
+        .unwrap();
+        let st = list(&ds, &q, d);
+        assert_eq!(
+            st.sql,
+            format!(
+                "SELECT {columns} FROM [movies] t WHERE t.[id] IN (SELECT e0.[row_id] FROM \
+                 [movies__genres] e0 WHERE e0.[value_key] = @P1) AND t.[year] >= @P2 AND \
+                 t.[title__key] = @P3 ORDER BY CASE WHEN t.[year] IS NULL THEN 1 ELSE 0 END, \
+                 t.[year] DESC, t.[id] ASC OFFSET 0 ROWS FETCH NEXT @P4 ROWS ONLY"
+            )
+        );
+        assert_eq!(
+            st.params,
+            vec![
+                Value::Text("drama".into()),
+                Value::Integer(2000),
+                Value::Text("up".into()),
+                Value::Integer(6)
+            ]
+        );
+        let export_query = Query::parse(&ds, QueryKind::Export, "sort=title").unwrap();
+        assert!(export(&ds, &export_query, d).sql.ends_with(
+            "FROM [movies] t ORDER BY CASE WHEN t.[title] IS NULL THEN 1 ELSE 0 END, \
+             t.[title] ASC, t.[id] ASC"
+        ));
+        assert_eq!(
+            get_for_update(&ds, &Value::Integer(9), d).sql,
+            format!(
+                "SELECT {columns} FROM [movies] t WITH (UPDLOCK, HOLDLOCK, ROWLOCK) WHERE t.[id] = @P1"
+            )
+        );
+        let by_year = Query::parse(&ds, QueryKind::Facets, "year=2001").unwrap();
+        assert_eq!(
+            facets(&ds, ds.column_index("genres").unwrap(), &by_year, d).sql,
+            "SELECT MIN(l.[value]), COUNT(*) AS n FROM [movies__genres] l WHERE l.[row_id] IN \
+             (SELECT t.[id] FROM [movies] t WHERE t.[year] = @P1) GROUP BY l.[value_key] \
+             ORDER BY n DESC, MIN(l.[value]) OFFSET 0 ROWS FETCH NEXT @P2 ROWS ONLY"
+        );
+        assert_eq!(
+            delete_list_elements(&ds, ds.column("genres").unwrap(), &Value::Integer(9), d).sql,
+            "DELETE FROM [movies__genres] WHERE [row_id] = @P1"
+        );
+        assert_eq!(
+            lock_for_generated_keys(&ds, d).unwrap().sql,
+            "SELECT TOP 0 1 FROM [movies] WITH (TABLOCKX, HOLDLOCK)"
+        );
+        let mut row = vec![Value::Null; ds.columns.len()];
+        row[0] = Value::Integer(9);
+        row[ds.column_index("title").unwrap()] = Value::Text("Up".into());
+        let insert = insert_row(&ds, &row, d);
+        assert!(
+            insert.sql.contains(
+                "VALUES (CAST(@P1 AS BIGINT), CAST(NULL AS NVARCHAR(16)), CAST(@P2 AS NVARCHAR(300))"
+            ),
+            "{}",
+            insert.sql
+        );
+        assert!(
+            update_row(&ds, &row, d)
+                .sql
+                .ends_with("[title__key] = CAST(@P2 AS NVARCHAR(450)), [rating__key] = CAST(NULL AS NVARCHAR(450)) WHERE [id] = @P3")
+        );
+        // Types: indexable text is bounded, dates and times are native, keys compare by bytes.
+        let ddl = create_tables(&ds, d, &Placement::default(), true);
+        assert!(ddl[0].starts_with(
+            "IF OBJECT_ID(N'[movies]', N'U') IS NULL CREATE TABLE [movies] ([id] BIGINT NOT NULL PRIMARY KEY, \
+             [imdb_id] NVARCHAR(16), [title] NVARCHAR(300) NOT NULL, [year] BIGINT"
+        ));
+        assert!(ddl[0].contains("[title__key] NVARCHAR(450) COLLATE Latin1_General_100_BIN2"));
+        assert!(ddl[0].contains("[box_office] FLOAT"));
+        assert_eq!(
+            ddl[1],
+            "IF OBJECT_ID(N'[movies__genres]', N'U') IS NULL CREATE TABLE [movies__genres] \
+             ([row_id] BIGINT NOT NULL, [value] NVARCHAR(MAX) NOT NULL, \
+             [value_key] NVARCHAR(450) COLLATE Latin1_General_100_BIN2 NOT NULL)"
+        );
+        let index = &indexes(&ds, d)[1];
+        assert_eq!(
+            create_index(d, index, &Placement::default()),
+            "IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE name = N'movies__title__key__idx' AND \
+             object_id = OBJECT_ID(N'[movies]')) CREATE INDEX [movies__title__key__idx] ON [movies] \
+             ([title__key], [id])"
+        );
+        let flights = Catalog::load_dir(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets"),
+        )
+        .unwrap();
+        let flights = flights.get("flights").unwrap();
+        let timestamp = flights
+            .columns
+            .iter()
+            .find(|c| c.ty == ColumnType::Timestamp);
+        if let Some(column) = timestamp {
+            assert_eq!(d.declared_type(column), "DATETIMEOFFSET");
+        }
     }
 
     #[test]

@@ -137,8 +137,14 @@ impl<D: Driver> Storage for SqlStore<D> {
                 let ty = sql::stored_type(dataset, stored, D::DIALECT);
                 let table = placement.table(D::DIALECT, &dataset.table);
                 let column = D::DIALECT.quote(&name);
+                // T-SQL spells it `ADD`, the others `ADD COLUMN`.
+                let add = if D::DIALECT == Dialect::SqlServer {
+                    "ADD"
+                } else {
+                    "ADD COLUMN"
+                };
                 self.driver
-                    .execute(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))
+                    .execute(&format!("ALTER TABLE {table} {add} {column} {ty}"))
                     .await?;
                 tracing::info!(dataset = %dataset.name, column = %name, "added a column");
             }

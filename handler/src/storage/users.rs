@@ -53,10 +53,59 @@ pub struct UserUpdate {
 const COLUMNS: &str =
     "\"id\", \"email\", \"password_hash\", \"firebase_uid\", \"role\", \"active\", \"created_at\"";
 
+/// The statements below are written with `"quoted"` identifiers; T-SQL gets `[brackets]`.
+fn in_dialect(dialect: Dialect, sql: String) -> String {
+    if dialect != Dialect::SqlServer {
+        return sql;
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut open = false;
+    for c in sql.chars() {
+        if c == '"' {
+            out.push(if open { ']' } else { '[' });
+            open = !open;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 pub fn create_table(dialect: Dialect) -> Vec<String> {
+    if dialect == Dialect::SqlServer {
+        let key = dialect.key_text_type();
+        return vec![
+            in_dialect(
+                dialect,
+                format!(
+                    "IF OBJECT_ID(N'\"{USERS_TABLE}\"', N'U') IS NULL CREATE TABLE \"{USERS_TABLE}\" (\
+                     \"id\" BIGINT IDENTITY(1,1) PRIMARY KEY, \"email\" NVARCHAR(320) NOT NULL, \
+                     \"email_key\" {key} NOT NULL, \"password_hash\" NVARCHAR(256), \
+                     \"firebase_uid\" NVARCHAR(128), \"role\" NVARCHAR(16) NOT NULL, \
+                     \"active\" BIT NOT NULL, \"created_at\" DATETIMEOFFSET NOT NULL)"
+                ),
+            ),
+            in_dialect(
+                dialect,
+                format!(
+                    "IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE name = N'{USERS_TABLE}__email_key__idx') \
+                     CREATE UNIQUE INDEX \"{USERS_TABLE}__email_key__idx\" ON \"{USERS_TABLE}\" (\"email_key\")"
+                ),
+            ),
+            // A unique index allows one NULL in SQL Server: filter the local accounts out.
+            in_dialect(
+                dialect,
+                format!(
+                    "IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE name = N'{USERS_TABLE}__firebase_uid__idx') \
+                     CREATE UNIQUE INDEX \"{USERS_TABLE}__firebase_uid__idx\" ON \"{USERS_TABLE}\" \
+                     (\"firebase_uid\") WHERE \"firebase_uid\" IS NOT NULL"
+                ),
+            ),
+        ];
+    }
     let (id, boolean, timestamp) = match dialect {
         Dialect::Sqlite => ("INTEGER PRIMARY KEY AUTOINCREMENT", "INTEGER", "TEXT"),
-        Dialect::Postgres => (
+        _ => (
             "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
             "BOOLEAN",
             "TIMESTAMPTZ",
@@ -81,23 +130,37 @@ pub fn create_table(dialect: Dialect) -> Vec<String> {
 }
 
 fn placeholders(dialect: Dialect, count: usize) -> Vec<String> {
-    (1..=count)
-        .map(|n| match dialect {
-            Dialect::Sqlite => "?".to_owned(),
-            Dialect::Postgres => format!("${n}"),
-        })
-        .collect()
+    (1..=count).map(|n| dialect.placeholder(n)).collect()
+}
+
+/// `RETURNING <columns>` at the end, or T-SQL's `OUTPUT INSERTED.<columns>` before `VALUES` /
+/// `WHERE`: `(before, after)`.
+fn returning(dialect: Dialect) -> (String, String) {
+    match dialect {
+        Dialect::SqlServer => {
+            let inserted: Vec<String> = COLUMNS
+                .split(", ")
+                .map(|c| format!("INSERTED.{c}"))
+                .collect();
+            (format!(" OUTPUT {}", inserted.join(", ")), String::new())
+        }
+        _ => (String::new(), format!(" RETURNING {COLUMNS}")),
+    }
 }
 
 pub fn insert(user: &NewUser, now: DateTime<Utc>, dialect: Dialect) -> Statement {
     let p = placeholders(dialect, 7);
     let text = |v: &Option<String>| v.clone().map_or(Value::Null, Value::Text);
+    let (output, returning) = returning(dialect);
     Statement {
-        sql: format!(
-            "INSERT INTO \"{USERS_TABLE}\" (\"email\", \"email_key\", \"password_hash\", \
-             \"firebase_uid\", \"role\", \"active\", \"created_at\") \
-             VALUES ({}, {}, {}, {}, {}, {}, {}) RETURNING {COLUMNS}",
-            p[0], p[1], p[2], p[3], p[4], p[5], p[6]
+        sql: in_dialect(
+            dialect,
+            format!(
+                "INSERT INTO \"{USERS_TABLE}\" (\"email\", \"email_key\", \"password_hash\", \
+                 \"firebase_uid\", \"role\", \"active\", \"created_at\"){output} \
+                 VALUES ({}, {}, {}, {}, {}, {}, {}){returning}",
+                p[0], p[1], p[2], p[3], p[4], p[5], p[6]
+            ),
         ),
         params: vec![
             Value::Text(user.email.trim().to_owned()),
@@ -119,7 +182,10 @@ pub fn find(lookup: &UserLookup, dialect: Dialect) -> Statement {
         UserLookup::FirebaseUid(uid) => ("firebase_uid", Value::Text(uid.clone())),
     };
     Statement {
-        sql: format!("SELECT {COLUMNS} FROM \"{USERS_TABLE}\" WHERE \"{column}\" = {p}"),
+        sql: in_dialect(
+            dialect,
+            format!("SELECT {COLUMNS} FROM \"{USERS_TABLE}\" WHERE \"{column}\" = {p}"),
+        ),
         params: vec![value],
     }
 }
@@ -146,11 +212,15 @@ pub fn update(id: i64, change: &UserUpdate, dialect: Dialect) -> Option<Statemen
         .zip(&p)
         .map(|(column, placeholder)| format!("{column} = {placeholder}"))
         .collect();
+    let (output, returning) = returning(dialect);
     Some(Statement {
-        sql: format!(
-            "UPDATE \"{USERS_TABLE}\" SET {} WHERE \"id\" = {} RETURNING {COLUMNS}",
-            set.join(", "),
-            p[p.len() - 1]
+        sql: in_dialect(
+            dialect,
+            format!(
+                "UPDATE \"{USERS_TABLE}\" SET {}{output} WHERE \"id\" = {}{returning}",
+                set.join(", "),
+                p[p.len() - 1]
+            ),
         ),
         params,
     })
@@ -159,7 +229,10 @@ pub fn update(id: i64, change: &UserUpdate, dialect: Dialect) -> Option<Statemen
 pub fn delete(id: i64, dialect: Dialect) -> Statement {
     let p = &placeholders(dialect, 1)[0];
     Statement {
-        sql: format!("DELETE FROM \"{USERS_TABLE}\" WHERE \"id\" = {p}"),
+        sql: in_dialect(
+            dialect,
+            format!("DELETE FROM \"{USERS_TABLE}\" WHERE \"id\" = {p}"),
+        ),
         params: vec![Value::Integer(id)],
     }
 }
@@ -224,6 +297,50 @@ mod tests {
             format!("SELECT {COLUMNS} FROM \"smartcache_users\" WHERE \"email_key\" = $1")
         );
         assert_eq!(st.params, vec![Value::Text("ada@example.com' --".into())]);
+    }
+
+    #[test]
+    fn t_sql_uses_brackets_output_inserted_and_a_filtered_unique_index() {
+        let user = NewUser {
+            email: "a@b.c".into(),
+            password_hash: None,
+            firebase_uid: None,
+            role: "user".into(),
+        };
+        let st = insert(&user, Utc::now(), Dialect::SqlServer);
+        assert!(
+            st.sql
+                .starts_with("INSERT INTO [smartcache_users] ([email], [email_key], "),
+            "{}",
+            st.sql
+        );
+        assert!(
+            st.sql.contains(") OUTPUT INSERTED.[id], INSERTED.[email],"),
+            "{}",
+            st.sql
+        );
+        assert!(
+            st.sql
+                .ends_with("VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7)"),
+            "{}",
+            st.sql
+        );
+        assert!(!st.sql.contains('"') && !st.sql.contains("RETURNING"));
+        let change = UserUpdate {
+            role: Some("admin".into()),
+            active: None,
+        };
+        let st = update(3, &change, Dialect::SqlServer).unwrap();
+        assert!(
+            st.sql
+                .starts_with("UPDATE [smartcache_users] SET [role] = @P1 OUTPUT INSERTED.[id]"),
+            "{}",
+            st.sql
+        );
+        assert!(st.sql.ends_with("WHERE [id] = @P2"), "{}", st.sql);
+        let ddl = create_table(Dialect::SqlServer).join("\n");
+        assert!(ddl.contains("IDENTITY(1,1)"), "{ddl}");
+        assert!(ddl.contains("WHERE [firebase_uid] IS NOT NULL"), "{ddl}");
     }
 
     #[test]
