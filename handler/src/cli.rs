@@ -241,7 +241,7 @@ async fn users(context: &Context, action: UsersCommand) -> anyhow::Result<ExitCo
                 // With Firebase, the account is made there too, so that it can sign in.
                 Some(auth) if auth.provider() == crate::config::AuthProvider::Firebase => {
                     let user = auth
-                        .sign_up(&email, password)
+                        .sign_up(&email, password, "command-line")
                         .await
                         .map_err(|e| anyhow!("{e}"))?;
                     let change = UserUpdate {

@@ -195,6 +195,15 @@ async fn a_generated_key_comes_from_the_server() {
         .send_json("POST", "/api/flights", &json!({"id": 7, "carrier": "UA"}))
         .await;
     assert_eq!(named.status, 422, "a client may not choose a generated key");
+    let ancient = app
+        .send_json(
+            "POST",
+            "/api/flights",
+            &json!({"time_hour": "-5000-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(ancient.status, 422, "{}", ancient.text());
+    assert_eq!(ancient.json()["invalid_params"][0]["name"], "time_hour");
 }
 
 #[tokio::test]
@@ -207,6 +216,16 @@ async fn only_admins_write_and_a_demoted_or_deactivated_admin_stops_at_once() {
     let anonymous = app.send_json("PATCH", "/api/movies/595", &patch).await;
     assert_eq!(anonymous.status, 401);
     assert_eq!(header(&anonymous, "www-authenticate"), "Bearer");
+    // The token is checked before the body is read: no 413/415/422 for anonymous callers.
+    for (content_type, body) in [
+        ("text/plain", b"x".to_vec()),
+        ("application/json", vec![b' '; 2 << 20]),
+    ] {
+        let response = app
+            .send_raw("POST", "/api/movies", content_type, body)
+            .await;
+        assert_eq!(response.status, 401, "{content_type}");
+    }
     let user = app.as_user().await;
     assert_eq!(
         user.send_json("PATCH", "/api/movies/595", &patch)

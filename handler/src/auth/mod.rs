@@ -29,6 +29,8 @@ use token::{TokenError, TokenIssuer};
 pub const ATTEMPTS_PER_EMAIL: u64 = 10;
 pub const ATTEMPTS_PER_ADDRESS: u64 = 50;
 pub const ATTEMPT_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Sign-ups allowed per client address in one window (each costs a password hash).
+pub const SIGNUPS_PER_ADDRESS: u64 = 20;
 /// Emails longer than this are refused (RFC 5321's limit for a path).
 const MAX_EMAIL_CHARS: usize = 254;
 
@@ -114,6 +116,9 @@ pub enum AuthError {
     /// A field of the request body is unacceptable: `(field, reason)`.
     #[error("invalid {0}: {1}")]
     InvalidField(&'static str, String),
+    /// Several fields are.
+    #[error("invalid fields")]
+    InvalidFields(Vec<(&'static str, String)>),
     #[error("the identity provider is unavailable")]
     ProviderUnavailable,
     #[error(transparent)]
@@ -191,13 +196,34 @@ impl Auth {
     }
 
     /// A new `user` account. Any role the client sent was dropped before this point.
-    pub async fn sign_up(&self, email: &str, password: &str) -> Result<UserRecord, AuthError> {
-        let email = check_email(email)?;
-        if let Some(reason) = password::policy_violation(password) {
-            return Err(AuthError::InvalidField("password", reason));
-        }
+    pub async fn sign_up(
+        &self,
+        email: &str,
+        password: &str,
+        client: &str,
+    ) -> Result<UserRecord, AuthError> {
+        self.limit(&format!("signup:{client}"), SIGNUPS_PER_ADDRESS)
+            .await?;
+        let checked_email = check_email(email);
+        let password_problem = password::policy_violation(password);
+        let email = match (checked_email, password_problem) {
+            (Ok(email), None) => email,
+            (Ok(_), Some(reason)) => return Err(AuthError::InvalidField("password", reason)),
+            (Err(_), None) => {
+                return Err(AuthError::InvalidField(
+                    "email",
+                    "must be an email address".into(),
+                ));
+            }
+            (Err(_), Some(reason)) => {
+                return Err(AuthError::InvalidFields(vec![
+                    ("email", "must be an email address".into()),
+                    ("password", reason),
+                ]));
+            }
+        };
         let Some(firebase) = &self.firebase else {
-            let hash = password::hash(password)?;
+            let hash = password::hash_off_thread(password).await?;
             return self
                 .create(NewUser {
                     email,
@@ -243,27 +269,30 @@ impl Auth {
         password: &str,
         client: &str,
     ) -> Result<AccessToken, AuthError> {
+        // The address first: a blocked client adds nothing to any email's count. An email that
+        // is not one (too long, say) cannot be an account: refused before it becomes a key.
+        self.limit(&format!("addr:{client}"), ATTEMPTS_PER_ADDRESS)
+            .await?;
+        let email = check_email(email).map_err(|_| AuthError::InvalidCredentials)?;
+        if password.chars().count() > password::MAX_PASSWORD_CHARS {
+            return Err(AuthError::InvalidCredentials);
+        }
         self.limit(
-            &format!("email:{}", crate::datasets::normalise_text(email)),
+            &format!("email:{}", crate::datasets::normalise_text(&email)),
             ATTEMPTS_PER_EMAIL,
         )
         .await?;
-        self.limit(&format!("addr:{client}"), ATTEMPTS_PER_ADDRESS)
-            .await?;
+        let email = email.as_str();
         let record = match &self.firebase {
             None => {
                 let record = self
                     .storage
                     .find_user(UserLookup::Email(email.to_owned()))
                     .await?;
-                match record.as_ref().and_then(|r| r.password_hash.as_deref()) {
-                    Some(hash) if password::verify(password, hash) => record,
-                    Some(_) => None,
-                    None => {
-                        password::verify_against_nothing(password);
-                        None
-                    }
-                }
+                let hash = record.as_ref().and_then(|r| r.password_hash.clone());
+                // No account costs one verification too, so timing does not tell them apart.
+                let matches = password::verify_off_thread(password, hash).await;
+                if matches { record } else { None }
             }
             Some(firebase) => match firebase.sign_in(email, password).await {
                 Ok(account) => Some(self.account_for_firebase(&account.uid, Some(email)).await?),
@@ -393,6 +422,17 @@ fn provider_error(error: FirebaseError) -> AuthError {
         FirebaseError::TooManyAttempts => AuthError::TooManyAttempts {
             retry_after: Duration::from_secs(60),
         },
+        // The project's own configuration (a bad API key, sign-in method off): not the client's
+        // fault, and nothing it can fix.
+        FirebaseError::Rejected(reason)
+            if reason.starts_with("API key")
+                || reason.starts_with("OPERATION_NOT_ALLOWED")
+                || reason.starts_with("CONFIGURATION_NOT_FOUND")
+                || reason.starts_with("PROJECT_NOT_FOUND") =>
+        {
+            tracing::error!(%reason, "Firebase Authentication refused the project's configuration");
+            AuthError::ProviderUnavailable
+        }
         FirebaseError::Rejected(reason) if reason.contains("EMAIL") => {
             AuthError::InvalidField("email", reason)
         }

@@ -45,6 +45,30 @@ pub fn verify_against_nothing(password: &str) {
     let _ = verify(password, dummy);
 }
 
+/// [`hash`] on a blocking thread: argon2 takes tens of milliseconds of CPU, which would stall
+/// every request sharing an async worker.
+pub async fn hash_off_thread(password: &str) -> anyhow::Result<String> {
+    let password = password.to_owned();
+    tokio::task::spawn_blocking(move || hash(&password))
+        .await
+        .map_err(|e| anyhow::anyhow!("the hashing task failed: {e}"))?
+}
+
+/// [`verify`] on a blocking thread; with no stored hash, [`verify_against_nothing`] (so "no such
+/// account" costs what "wrong password" costs) and `false`.
+pub async fn verify_off_thread(password: &str, stored: Option<String>) -> bool {
+    let password = password.to_owned();
+    tokio::task::spawn_blocking(move || match stored {
+        Some(stored) => verify(&password, &stored),
+        None => {
+            verify_against_nothing(&password);
+            false
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

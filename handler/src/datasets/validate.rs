@@ -21,6 +21,15 @@ fn convert(column: &Column, json: &Json) -> Result<Value, String> {
             }
             (false, ty) => format!("must be a {}", ty.name()),
         })?;
+    // Every engine stores years 1 to 9999 (PostgreSQL and SQL Server refuse others).
+    let year = match &value {
+        Value::Date(d) => Some(chrono::Datelike::year(d)),
+        Value::Timestamp(t) => Some(chrono::Datelike::year(t)),
+        _ => None,
+    };
+    if year.is_some_and(|y| !(1..=9999).contains(&y)) {
+        return Err("must be between the years 1 and 9999".into());
+    }
     let texts: Vec<&str> = match &value {
         Value::Null if !column.nullable => return Err("must not be null".into()),
         Value::Text(s) => vec![s.as_str()],
@@ -225,6 +234,28 @@ mod tests {
         ] {
             assert!(names.contains(&expected), "{expected} missing from {err:?}");
         }
+    }
+
+    #[test]
+    fn dates_stay_within_what_every_engine_stores() {
+        let column = |ty| Column {
+            name: "d".into(),
+            ty,
+            nullable: true,
+            list_delimiter: None,
+            filterable: false,
+            sortable: false,
+            source: None,
+            null_values: vec![],
+            max_length: None,
+            description: None,
+        };
+        let date = column(ColumnType::Date);
+        assert!(convert(&date, &Json::from("2024-02-29")).is_ok());
+        assert!(convert(&date, &Json::from("-5000-01-01")).is_err());
+        assert!(convert(&date, &Json::from("10000-01-01")).is_err());
+        let timestamp = column(ColumnType::Timestamp);
+        assert!(convert(&timestamp, &Json::from("+12345-01-01T00:00:00Z")).is_err());
     }
 
     #[test]

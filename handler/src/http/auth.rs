@@ -54,22 +54,35 @@ pub async fn authorize(
 /// The `email` and `password` fields of a sign-up or login body; anything else (a `role`, say)
 /// is ignored.
 fn credentials(body: &JsonBody) -> Result<(String, String), ApiError> {
-    let field = |name: &'static str| {
+    let field = |name: &str| {
         body.fields
             .get(name)
             .and_then(|v| v.as_str())
             .map(str::to_owned)
-            .ok_or_else(|| ApiError::Auth(AuthError::InvalidField(name, "must be a string".into())))
     };
-    Ok((field("email")?, field("password")?))
+    match (field("email"), field("password")) {
+        (Some(email), Some(password)) => Ok((email, password)),
+        (email, password) => {
+            let missing = [("email", email), ("password", password)]
+                .into_iter()
+                .filter(|(_, value)| value.is_none())
+                .map(|(name, _)| (name, "must be a string".to_owned()))
+                .collect();
+            Err(ApiError::Auth(AuthError::InvalidFields(missing)))
+        }
+    }
 }
 
 /// `POST /api/auth/signup`: 201 `{id, email, role: "user"}`.
-pub async fn signup(State(state): State<AppState>, body: JsonBody) -> Result<Response, ApiError> {
+pub async fn signup(
+    State(state): State<AppState>,
+    client: super::ClientAddress,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
     let auth = accounts(&state)?;
     let (email, password) = credentials(&body)?;
     let user = auth
-        .sign_up(&email, &password)
+        .sign_up(&email, &password, &client.0)
         .await
         .map_err(ApiError::Auth)?;
     let body = json!({"id": user.id, "email": user.email, "role": user.role});

@@ -55,7 +55,9 @@ impl ApiError {
                 AuthError::Forbidden => StatusCode::FORBIDDEN,
                 AuthError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
                 AuthError::EmailTaken => StatusCode::CONFLICT,
-                AuthError::InvalidField(..) => StatusCode::UNPROCESSABLE_ENTITY,
+                AuthError::InvalidField(..) | AuthError::InvalidFields(_) => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
                 AuthError::Storage(StorageError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
                 AuthError::Storage(_) | AuthError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
@@ -163,7 +165,9 @@ fn auth_problem(status: StatusCode, error: &AuthError) -> Response {
         AuthError::Forbidden => "This account may not do this.".to_owned(),
         AuthError::TooManyAttempts { .. } => "Too many attempts; try again later.".to_owned(),
         AuthError::EmailTaken => "This email is already registered.".to_owned(),
-        AuthError::InvalidField(..) => "Some fields of the request body are invalid.".to_owned(),
+        AuthError::InvalidField(..) | AuthError::InvalidFields(_) => {
+            "Some fields of the request body are invalid.".to_owned()
+        }
         AuthError::ProviderUnavailable => {
             "The identity provider is unavailable; try again shortly.".to_owned()
         }
@@ -179,6 +183,10 @@ fn auth_problem(status: StatusCode, error: &AuthError) -> Response {
         AuthError::InvalidField(name, reason) => {
             Some(json!({"invalid_params": [{"name": name, "reason": reason}]}))
         }
+        AuthError::InvalidFields(fields) => Some(json!({"invalid_params": fields
+            .iter()
+            .map(|(name, reason)| json!({"name": name, "reason": reason}))
+            .collect::<Vec<_>>()})),
         _ => None,
     };
     let mut response = problem(status, &detail, extra);

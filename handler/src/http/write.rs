@@ -1,6 +1,7 @@
 //! Writes: `POST /api/{dataset}`, `PUT`/`PATCH`/`DELETE /api/{dataset}/{id}`.
 //!
-//! Each one: authorise (the dataset's `[access]` level, admins by default), check the body
+//! Each one: authorise (the dataset's `[access]` level, admins by default) before the body is
+//! even read, check the body
 //! against the declaration (422 naming every bad field), apply it in one transaction, then record
 //! the write with the cache (old and new row, so exactly the answers it could change end) before
 //! answering. A write Redis could not record is still committed; the cache then serves none of
@@ -9,7 +10,7 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest as _, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -37,8 +38,22 @@ fn parse_key(dataset: &Dataset, id: &str) -> Result<Value, ApiError> {
         .map_err(|_| ApiError::NotFound(format!("{} has no row with id {id:?}.", dataset.name)))
 }
 
-/// Applies the change, then records it with the cache; the caller answers only after both.
+/// Applies the change, then records it with the cache; the caller answers only after both. Both
+/// run in a task of their own, so a client that hangs up after the commit cannot stop the cache
+/// from hearing of it.
 async fn apply(
+    state: &AppState,
+    dataset: &Arc<Dataset>,
+    change: Change,
+    id: Option<&str>,
+) -> Result<(Written, bool), ApiError> {
+    let (state, dataset, id) = (state.clone(), Arc::clone(dataset), id.map(str::to_owned));
+    tokio::spawn(async move { apply_now(&state, &dataset, change, id.as_deref()).await })
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("the write task failed: {e}")))?
+}
+
+async fn apply_now(
     state: &AppState,
     dataset: &Dataset,
     change: Change,
@@ -103,10 +118,11 @@ pub async fn create(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: JsonBody,
+    request: Request,
 ) -> Result<Response, ApiError> {
     let name = path_params(path)?;
     let dataset = writable(&state, &name, &headers, |d| d.access.create).await?;
+    let body = JsonBody::from_request(request, &state).await?;
     let row = validate::full_row(&dataset, &body.fields, None).map_err(unprocessable)?;
     let (written, recorded) = apply(&state, &dataset, Change::Create(row), None).await?;
     let mut response = row_response(StatusCode::CREATED, &dataset, &written, recorded);
@@ -125,10 +141,11 @@ pub async fn replace(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
-    body: JsonBody,
+    request: Request,
 ) -> Result<Response, ApiError> {
     let (name, id) = path_params(path)?;
     let dataset = writable(&state, &name, &headers, |d| d.access.update).await?;
+    let body = JsonBody::from_request(request, &state).await?;
     let key = parse_key(&dataset, &id)?;
     let row = validate::full_row(&dataset, &body.fields, Some(&key)).map_err(unprocessable)?;
     let (written, recorded) = apply(&state, &dataset, Change::Replace(key, row), Some(&id)).await?;
@@ -140,10 +157,11 @@ pub async fn patch(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
-    body: JsonBody,
+    request: Request,
 ) -> Result<Response, ApiError> {
     let (name, id) = path_params(path)?;
     let dataset = writable(&state, &name, &headers, |d| d.access.update).await?;
+    let body = JsonBody::from_request(request, &state).await?;
     let key = parse_key(&dataset, &id)?;
     let changes = validate::patch(&dataset, &body.fields, &key).map_err(unprocessable)?;
     let (written, recorded) =

@@ -62,6 +62,13 @@ impl From<sqlx::Error> for StorageError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => StorageError::Unavailable(error),
             sqlx::Error::Database(ref e) if e.is_unique_violation() => StorageError::Conflict,
+            // SQLite's "busy"/"locked" (a write lock held past the busy timeout, e.g. by an
+            // import's swap): try again shortly, like a database that is down.
+            sqlx::Error::Database(ref e)
+                if matches!(e.code().as_deref(), Some("5" | "6" | "261" | "517")) =>
+            {
+                StorageError::Unavailable(error)
+            }
             other => StorageError::Database(other),
         }
     }
