@@ -52,6 +52,9 @@ const WRITE_LOG_CAPACITY: usize = 4096;
 pub const DEFAULT_MAX_BYTES: usize = 64 << 20;
 /// How long a copy fetched from Redis stays in the near cache (it is revalidated on every read).
 const NEAR_TTL: Duration = Duration::from_secs(30);
+/// Local rate-limit windows kept before ended ones are swept out.
+const LOCAL_WINDOWS_PRUNE_AT: usize = 4096;
+
 /// How long past its freshness an answer is kept, to be served as STALE while the database fails.
 pub const STALE_GRACE: Duration = Duration::from_secs(300);
 
@@ -244,7 +247,15 @@ impl Cache {
         }
         let now = Instant::now();
         let mut windows = self.local_windows.lock().expect("window lock");
-        windows.retain(|_, (_, ends)| *ends > now);
+        // Ended windows are dropped now and then, not on every call.
+        if windows.len() >= LOCAL_WINDOWS_PRUNE_AT {
+            windows.retain(|_, (_, ends)| *ends > now);
+        }
+        if let Some((_, ends)) = windows.get(name)
+            && *ends <= now
+        {
+            windows.remove(name);
+        }
         let (count, ends) = windows.entry(name.to_owned()).or_insert((0, now + window));
         *count += 1;
         (*count, ends.saturating_duration_since(now))

@@ -10,8 +10,7 @@
 //! Every call has a short timeout, and after a failure a breaker skips Redis for a moment, so a
 //! dead Redis costs no latency: the caller serves from the database instead (`X-Cache: BYPASS`).
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
@@ -22,6 +21,7 @@ use tokio::sync::OnceCell;
 use super::coalesce::Coalescer;
 use super::entry::CachedResponse;
 use super::{RecordedWrite, Stamp};
+use crate::breaker::Breaker;
 use crate::datasets::{Dataset, Value};
 
 /// How long one Redis call may take before the request goes to the database instead.
@@ -43,7 +43,7 @@ pub struct RedisStore {
     url: String,
     prefix: String,
     connection: OnceCell<Connection>,
-    open_until: Mutex<Option<Instant>>,
+    breaker: Breaker,
     stamp_reads: Coalescer<Result<Stamp, Unavailable>>,
 }
 
@@ -83,7 +83,7 @@ impl RedisStore {
             url: url.to_owned(),
             prefix: prefix.to_owned(),
             connection: OnceCell::new(),
-            open_until: Mutex::new(None),
+            breaker: Breaker::new(BREAKER_OPEN_FOR),
             stamp_reads: Coalescer::default(),
         }
     }
@@ -135,12 +135,7 @@ impl RedisStore {
         F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        if self
-            .open_until
-            .lock()
-            .expect("breaker lock")
-            .is_some_and(|until| Instant::now() < until)
-        {
+        if self.breaker.is_open() {
             return Err(Unavailable);
         }
         let result = tokio::time::timeout(CALL_TIMEOUT * 2, async {
@@ -154,19 +149,17 @@ impl RedisStore {
         .await;
         match result {
             Ok(Ok(value)) => {
-                *self.open_until.lock().expect("breaker lock") = None;
+                self.breaker.close();
                 Ok(value)
             }
             Ok(Err(error)) => {
                 tracing::warn!(error = %error, "redis call failed; bypassing the cache for a moment");
-                *self.open_until.lock().expect("breaker lock") =
-                    Some(Instant::now() + BREAKER_OPEN_FOR);
+                self.breaker.trip();
                 Err(Unavailable)
             }
             Err(_) => {
                 tracing::warn!("redis call timed out; bypassing the cache for a moment");
-                *self.open_until.lock().expect("breaker lock") =
-                    Some(Instant::now() + BREAKER_OPEN_FOR);
+                self.breaker.trip();
                 Err(Unavailable)
             }
         }

@@ -13,7 +13,6 @@ mod write;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -26,6 +25,7 @@ use axum::routing::{MethodFilter, MethodRouter};
 use tracing::Instrument as _;
 
 use crate::auth::Auth;
+use crate::breaker::Breaker;
 use crate::cache::Cache;
 use crate::config::DEFAULT_MAX_BODY_BYTES;
 use crate::datasets::{Catalog, Dataset};
@@ -33,6 +33,9 @@ use crate::storage::Storage;
 
 pub use admin::{WARM_LIMIT, WarmReport, warm};
 pub use error::ApiError;
+
+/// How long reads skip the database after it failed to answer.
+const DATABASE_BREAKER_OPEN_FOR: Duration = Duration::from_secs(2);
 
 /// What every handler shares. Cheap to clone.
 #[derive(Clone)]
@@ -46,7 +49,9 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// `CORS_ALLOWED_ORIGINS`; empty means no CORS headers.
     pub cors_allowed_origins: Arc<Vec<String>>,
-    pub database: Arc<DatabaseBreaker>,
+    /// After the database fails to answer, reads skip it for a moment (and serve a stale answer
+    /// or a quick 503) instead of each waiting out a connect timeout.
+    pub database: Arc<Breaker>,
     /// Datasets whose tables this instance has made sure of before a first write.
     /// Read on every data request, written once per dataset: a read-write lock.
     tables_ready: Arc<RwLock<HashSet<String>>>,
@@ -62,7 +67,7 @@ impl AppState {
             auth: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             cors_allowed_origins: Arc::new(Vec::new()),
-            database: Arc::new(DatabaseBreaker::default()),
+            database: Arc::new(Breaker::new(DATABASE_BREAKER_OPEN_FOR)),
             tables_ready: Arc::default(),
         }
     }
@@ -89,33 +94,6 @@ impl AppState {
             .expect("tables lock")
             .insert(dataset.name.clone());
         Ok(())
-    }
-}
-
-/// After the database fails to answer, reads skip it for a moment (and serve a stale answer or
-/// a quick 503) instead of each waiting out a connect timeout.
-#[derive(Default)]
-pub struct DatabaseBreaker {
-    /// Milliseconds since `epoch` until which the breaker is open.
-    open_until_ms: AtomicU64,
-    epoch: std::sync::OnceLock<Instant>,
-}
-
-impl DatabaseBreaker {
-    const OPEN_FOR: Duration = Duration::from_secs(2);
-
-    fn now_ms(&self) -> u64 {
-        let epoch = self.epoch.get_or_init(Instant::now);
-        u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    pub fn is_open(&self) -> bool {
-        self.now_ms() < self.open_until_ms.load(Ordering::Relaxed)
-    }
-
-    pub fn trip(&self) {
-        let until = self.now_ms() + u64::try_from(Self::OPEN_FOR.as_millis()).unwrap_or(2000);
-        self.open_until_ms.store(until, Ordering::Relaxed);
     }
 }
 

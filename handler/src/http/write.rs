@@ -136,6 +136,21 @@ pub async fn create(
     Ok(response)
 }
 
+/// What PUT and PATCH start from: the dataset (if the caller may update it), the id as given
+/// and as a key, then the body (read only once the caller is known to be allowed).
+async fn row_to_update(
+    state: &AppState,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: &HeaderMap,
+    request: Request,
+) -> Result<(Arc<Dataset>, String, Value, JsonBody), ApiError> {
+    let (name, id) = path_params(path)?;
+    let dataset = writable(state, &name, headers, |d| d.access.update).await?;
+    let body = JsonBody::from_request(request, state).await?;
+    let key = parse_key(&dataset, &id)?;
+    Ok((dataset, id, key, body))
+}
+
 /// `PUT /api/{dataset}/{id}`: replaces every column.
 pub async fn replace(
     State(state): State<AppState>,
@@ -143,10 +158,7 @@ pub async fn replace(
     headers: HeaderMap,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let (name, id) = path_params(path)?;
-    let dataset = writable(&state, &name, &headers, |d| d.access.update).await?;
-    let body = JsonBody::from_request(request, &state).await?;
-    let key = parse_key(&dataset, &id)?;
+    let (dataset, id, key, body) = row_to_update(&state, path, &headers, request).await?;
     let row = validate::full_row(&dataset, &body.fields, Some(&key)).map_err(unprocessable)?;
     let (written, recorded) = apply(&state, &dataset, Change::Replace(key, row), Some(&id)).await?;
     Ok(row_response(StatusCode::OK, &dataset, &written, recorded))
@@ -159,10 +171,7 @@ pub async fn patch(
     headers: HeaderMap,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let (name, id) = path_params(path)?;
-    let dataset = writable(&state, &name, &headers, |d| d.access.update).await?;
-    let body = JsonBody::from_request(request, &state).await?;
-    let key = parse_key(&dataset, &id)?;
+    let (dataset, id, key, body) = row_to_update(&state, path, &headers, request).await?;
     let changes = validate::patch(&dataset, &body.fields, &key).map_err(unprocessable)?;
     let (written, recorded) =
         apply(&state, &dataset, Change::Patch(key, changes), Some(&id)).await?;
