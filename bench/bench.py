@@ -194,6 +194,62 @@ def bench_sqlite_import(csv, runs):
     row("handler import, total, against baseline 2", ours_s, baseline=native_indexed_s)
 
 
+MYSQL_BENCH_DB = "smartcache_bench"
+MYSQL_NATIVE_TABLE = """CREATE TABLE flights (year int, month int, day int, dep_time int, sched_dep_time int,
+  dep_delay int, arr_time int, sched_arr_time int, arr_delay int, carrier varchar(8), flight int,
+  tailnum varchar(8), origin varchar(8), dest varchar(8), air_time int, distance int, hour int, minute int,
+  time_hour datetime(6)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"""
+FLIGHT_COLUMNS = ["year", "month", "day", "dep_time", "sched_dep_time", "dep_delay", "arr_time",
+                  "sched_arr_time", "arr_delay", "carrier", "flight", "tailnum", "origin", "dest",
+                  "air_time", "distance", "hour", "minute", "time_hour"]
+
+
+def mariadb(*statements, database=MYSQL_BENCH_DB, output=False):
+    args = ["mariadb", "--local-infile=1", "-uroot", "-h127.0.0.1", "-N", "-B", database, "-e", "; ".join(statements)]
+    return subprocess.run(args, check=True, capture_output=True, text=True).stdout if output else \
+        subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
+
+
+def bench_mariadb_import(csv, runs):
+    print("\nMariaDB import (336,776 flights)")
+    mariadb(f"DROP DATABASE IF EXISTS {MYSQL_BENCH_DB}", f"CREATE DATABASE {MYSQL_BENCH_DB}", database="test")
+    handler_db = f"mysql://root@127.0.0.1:3306/{MYSQL_BENCH_DB}"
+    # LOAD DATA with 'NA' turned into NULL and the ISO timestamps into DATETIME, as the handler does.
+    variables = ", ".join(f"@{c}" for c in FLIGHT_COLUMNS)
+    assignments = ", ".join(
+        f"{c} = NULLIF(@{c}, 'NA')" if c != "time_hour" else
+        "time_hour = STR_TO_DATE(NULLIF(@time_hour, 'NA'), '%Y-%m-%dT%H:%i:%sZ')" for c in FLIGHT_COLUMNS)
+    load = (f"LOAD DATA LOCAL INFILE '{csv}' INTO TABLE native_flights FIELDS TERMINATED BY ',' "
+            f"OPTIONALLY ENCLOSED BY '\"' IGNORE 1 LINES ({variables}) SET {assignments}")
+
+    def native():
+        mariadb("DROP TABLE IF EXISTS native_flights", MYSQL_NATIVE_TABLE.replace("TABLE flights", "TABLE native_flights"), load)
+
+    native_s = timed(native, runs)
+    ours_s = timed(lambda: import_with_handler(handler_db, csv), runs)
+    staged = last_staged_seconds(handler_db, csv)
+    # The same indexes as the handler's (on the plain columns), added after the load in one pass.
+    index_rows = mariadb("SELECT index_name, GROUP_CONCAT(column_name ORDER BY seq_in_index) FROM information_schema.statistics "
+                         f"WHERE table_schema = '{MYSQL_BENCH_DB}' AND table_name = 'flights' AND index_name <> 'PRIMARY' "
+                         "GROUP BY index_name", output=True).strip().splitlines()
+    additions = ["ADD COLUMN id BIGINT AUTO_INCREMENT PRIMARY KEY FIRST"]
+    for line in index_rows:
+        name, columns = line.split("\t")
+        columns = ", ".join(c.replace("__key", "") for c in columns.split(","))
+        additions.append(f"ADD INDEX {name} ({columns})")
+
+    def native_indexed():
+        native()
+        mariadb("ALTER TABLE native_flights " + ", ".join(additions))
+
+    native_indexed_s = timed(native_indexed, runs)
+    row("mariadb LOAD DATA LOCAL INFILE into a plain table (baseline)", native_s)
+    row(f"handler import, staging phase ({staged:.2f} s of the total)", staged, baseline=native_s)
+    row("handler import, total (typed, deduplicated, indexed, swapped)", ours_s, baseline=native_s)
+    row(f"LOAD DATA + the same {len(additions) - 1} indexes + primary key (baseline 2)", native_indexed_s)
+    row("handler import, total, against baseline 2", ours_s, baseline=native_indexed_s)
+
+
 def bench_export(handler_db, runs):
     print("\nFull export of flights as JSON from PostgreSQL, uncached")
     port = free_port()
@@ -486,14 +542,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=2, help="best of this many runs per measurement")
     parser.add_argument("--no-build", action="store_true")
-    parser.add_argument("--only", choices=["import", "export", "cache"],
+    parser.add_argument("--only", choices=["import", "mariadb", "export", "cache"],
                         help="run one part (export reuses the flights that the import part loaded)")
     parser.add_argument("--seconds", type=int, default=10, help="length of each load run")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if not args.no_build:
         sh("cargo", "build", "--release", "--quiet", "-p", "handler", capture=False)
-    for tool in ("psql", "sqlite3"):
+    for tool in ("psql", "sqlite3", "mariadb"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is needed for the baselines: apt-get install postgresql-client sqlite3")
     print(f"machine: {os.cpu_count()} cores; best of {args.runs}")
@@ -502,9 +558,12 @@ def main():
         print(f"file: {csv} ({csv.stat().st_size / 1e6:.0f} MB)")
         handler_db = bench_postgres_import(csv, args.runs)
         bench_sqlite_import(csv, args.runs)
+        bench_mariadb_import(csv, args.runs)
         bench_export(handler_db, args.runs)
         bench_cached_export(handler_db, args.runs)
         bench_startup(10)
+    if args.only == "mariadb":
+        bench_mariadb_import(flights_csv(), args.runs)
     if args.only == "export":
         handler_db = PG_ADMIN.rsplit("/", 1)[0] + "/" + PG_BENCH_DB
         bench_export(handler_db, args.runs)

@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, IsTerminal as _, Read};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
@@ -64,6 +66,39 @@ impl ImportReport {
     }
 }
 
+/// Where an import reads its CSV from.
+pub struct ImportSource {
+    /// How errors and the report name the source (a path, or a blob URL without its SAS).
+    pub name: String,
+    /// Bytes to read, for the progress bar (0 when unknown).
+    pub size: u64,
+    /// Gzip-compressed (`.gz`): decompressed while reading.
+    pub gzipped: bool,
+    /// Read on a blocking thread.
+    pub reader: Box<dyn Read + Send>,
+}
+
+impl ImportSource {
+    pub fn file(path: &Path) -> anyhow::Result<ImportSource> {
+        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(ImportSource {
+            name: path.display().to_string(),
+            size: file.metadata().map(|m| m.len()).unwrap_or(0),
+            gzipped: path.extension().is_some_and(|e| e == "gz"),
+            reader: Box::new(file),
+        })
+    }
+}
+
+/// Live counts of a running import, for whoever watches it (the admin imports endpoint).
+#[derive(Debug, Default)]
+pub struct ImportProgress {
+    /// Bytes of the source read so far (compressed bytes for a `.gz`).
+    pub bytes_read: AtomicU64,
+    /// Rows handed to the database's staging area so far.
+    pub rows_staged: AtomicU64,
+}
+
 /// Imports `path` into `dataset`, replacing its rows. Fails, leaving the previous rows in place,
 /// when the file cannot be read, its header lacks a declared column, no row is valid, or the
 /// database fails.
@@ -73,30 +108,62 @@ pub async fn import_file(
     path: &Path,
     show_progress: bool,
 ) -> anyhow::Result<ImportReport> {
-    let started = Instant::now();
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let progress = progress_bar(size, show_progress && std::io::stderr().is_terminal());
-    let gzipped = path.extension().is_some_and(|e| e == "gz");
-    let reader: Box<dyn Read + Send> = if gzipped {
-        Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(
-            progress.wrap_read(file),
-        )))
-    } else {
-        Box::new(progress.wrap_read(file))
-    };
-    let mut csv = csv::ReaderBuilder::new()
-        .flexible(true)
-        .buffer_capacity(1 << 16)
-        .from_reader(CrlfToLf::new(reader));
-    let plan = ReadPlan::new(dataset, &mut csv)
-        .with_context(|| format!("cannot import {}", path.display()))?;
+    let source = ImportSource::file(path)?;
+    import(storage, dataset, source, show_progress, None).await
+}
 
+/// Imports a source into `dataset`, replacing its rows, with the guarantees of [`import_file`].
+pub async fn import(
+    storage: &dyn Storage,
+    dataset: &Dataset,
+    source: ImportSource,
+    show_progress: bool,
+    watcher: Option<Arc<ImportProgress>>,
+) -> anyhow::Result<ImportReport> {
+    let started = Instant::now();
+    let ImportSource {
+        name,
+        size,
+        gzipped,
+        reader,
+    } = source;
+    let progress = progress_bar(size, show_progress && std::io::stderr().is_terminal());
+    let counted = CountingReader {
+        inner: progress.wrap_read(reader),
+        watcher: watcher.clone(),
+    };
+    let reader: Box<dyn Read + Send> = if gzipped {
+        Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(counted)))
+    } else {
+        Box::new(counted)
+    };
+
+    // The reader may wait on the network (a blob): all reading, the header included, happens on
+    // a blocking thread. The header is checked before the database is touched.
+    let (header_checked, header) = tokio::sync::oneshot::channel();
     let (sender, mut receiver) = mpsc::channel::<Vec<Row>>(2);
     let reading = tokio::task::spawn_blocking({
         let dataset = dataset.clone();
-        move || plan.read_all(&dataset, &mut csv, &sender)
+        move || {
+            let mut csv = csv::ReaderBuilder::new()
+                .flexible(true)
+                .buffer_capacity(1 << 16)
+                .from_reader(CrlfToLf::new(reader));
+            let plan = match ReadPlan::new(&dataset, &mut csv) {
+                Ok(plan) => plan,
+                Err(error) => {
+                    let _ = header_checked.send(Err(error));
+                    return Ok(ReadOutcome::default());
+                }
+            };
+            let _ = header_checked.send(Ok(()));
+            plan.read_all(&dataset, &mut csv, &sender)
+        }
     });
+    header
+        .await
+        .map_err(|_| anyhow!("the CSV reader crashed"))?
+        .with_context(|| format!("cannot import {name}"))?;
 
     let mut sink = storage
         .begin_import(dataset)
@@ -110,6 +177,9 @@ pub async fn import_file(
             break;
         }
         imported += batch.len() as u64;
+        if let Some(watcher) = &watcher {
+            watcher.rows_staged.store(imported, Ordering::Relaxed);
+        }
     }
     drop(receiver); // stops the reader early if a write failed
     let outcome = reading
@@ -119,16 +189,15 @@ pub async fn import_file(
 
     let result = match (write_error, outcome) {
         (Some(error), _) => Err(anyhow::Error::new(error).context("the database refused the rows")),
-        (None, Err(error)) => Err(error.context(format!("cannot read {}", path.display()))),
+        (None, Err(error)) => Err(error.context(format!("cannot read {name}"))),
         (None, Ok(outcome)) if imported == 0 => Err(match outcome.rejections.first() {
             Some(first) => anyhow!(
-                "no row of {} could be imported: {} rejected, the first on line {}: {}",
-                path.display(),
+                "no row of {name} could be imported: {} rejected, the first on line {}: {}",
                 outcome.rejected,
                 first.line,
                 first.reason
             ),
-            None => anyhow!("{} holds no rows", path.display()),
+            None => anyhow!("{name} holds no rows"),
         }),
         (None, Ok(outcome)) => Ok(outcome),
     };
@@ -154,6 +223,22 @@ pub async fn import_file(
         elapsed: started.elapsed(),
         staged,
     })
+}
+
+/// Counts the source's bytes for a watcher.
+struct CountingReader<R> {
+    inner: R,
+    watcher: Option<Arc<ImportProgress>>,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(watcher) = &self.watcher {
+            watcher.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Ok(n)
+    }
 }
 
 /// A spinner for the phase after staging, shown only where the progress bar was.
@@ -185,6 +270,7 @@ struct ReadPlan {
 }
 
 /// What the reader thread found besides the rows it sent.
+#[derive(Default)]
 struct ReadOutcome {
     rejected: u64,
     rejections: Vec<Rejection>,

@@ -13,7 +13,7 @@ use common::{TestApp, TestResponse};
 use handler::auth::Auth;
 use handler::cache::Cache;
 use handler::config::Settings;
-use handler::storage::{NewUser, UserLookup};
+use handler::storage::{NewUser, StorageError, UserLookup, UserUpdate};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 
@@ -33,9 +33,26 @@ async fn login(app: &TestApp, email: &str, password: &str) -> TestResponse {
     .await
 }
 
+/// The accounts table on every database that answers (MySQL has no `RETURNING`: its store reads
+/// the account back).
+async fn local_apps() -> Vec<TestApp> {
+    let mut urls = vec![common::sqlite_url()];
+    urls.extend(common::postgres_url().await);
+    urls.extend(common::mysql_url().await);
+    urls.iter()
+        .map(|url| TestApp::new(common::open(url), common::catalog()))
+        .collect()
+}
+
 #[tokio::test]
 async fn local_signup_login_and_me() {
-    let app = local_app();
+    for app in local_apps().await {
+        signup_login_and_me(&app).await;
+    }
+}
+
+async fn signup_login_and_me(app: &TestApp) {
+    let app = app.clone();
     let signup = app
         .post_json(
             "/api/auth/signup",
@@ -77,6 +94,21 @@ async fn local_signup_login_and_me() {
     assert_eq!(wrong.body, unknown.body);
     assert!(!wrong.text().contains("not the password"));
     assert_eq!(app.get("/api/auth/me").await.status, 401);
+
+    // Promotion returns the account as it is now; an unknown account is "not found".
+    let storage = &app.state.storage;
+    let id = body["id"].as_i64().unwrap();
+    let promote = UserUpdate {
+        role: Some("admin".into()),
+        active: None,
+    };
+    let promoted = storage.update_user(id, promote.clone()).await.unwrap();
+    assert_eq!((promoted.id, promoted.role.as_str()), (id, "admin"));
+    assert_eq!(promoted.email, "Ada@Example.com");
+    assert!(matches!(
+        storage.update_user(id + 1000, promote).await,
+        Err(StorageError::NotFound)
+    ));
 }
 
 #[tokio::test]

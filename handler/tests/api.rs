@@ -196,6 +196,14 @@ async fn postgres_serves_the_imported_movies() {
     check_movies_api(&url).await;
 }
 
+#[tokio::test]
+async fn mariadb_serves_the_imported_movies() {
+    let Some(url) = common::mysql_url().await else {
+        return;
+    };
+    check_movies_api(&url).await;
+}
+
 /// Client mistakes are 400 problem+json naming the parameter; unknown things are 404.
 #[tokio::test]
 async fn bad_requests_get_problem_details_naming_the_parameter() {

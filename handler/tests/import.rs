@@ -59,6 +59,7 @@ fn write_file(name: &str, contents: &[u8]) -> PathBuf {
 async fn backends() -> Vec<String> {
     let mut urls = vec![common::sqlite_url()];
     urls.extend(common::postgres_url().await);
+    urls.extend(common::mysql_url().await);
     urls
 }
 
@@ -213,28 +214,34 @@ async fn migrate_is_idempotent_and_adds_new_columns() {
     }
 }
 
+/// PostgreSQL and MariaDB lock a dataset's import (SQLite does not yet).
 #[tokio::test]
-async fn a_second_concurrent_postgres_import_of_a_dataset_is_refused() {
-    let Some(url) = common::postgres_url().await else {
-        return;
-    };
-    let storage = common::open(&url);
-    let catalog = things_catalog();
-    let things = catalog.get("things").unwrap();
-    let first = storage.begin_import(things).await.unwrap();
-    let second = storage.begin_import(things).await;
-    let error = second
-        .err()
-        .expect("the second import must not start")
-        .to_string();
-    assert_eq!(error, "another import of dataset \"things\" is running");
-    first.abort().await.unwrap();
-    // The lock went with the first import: a new one may start.
-    storage
-        .begin_import(things)
-        .await
-        .unwrap()
-        .abort()
-        .await
-        .unwrap();
+async fn a_second_concurrent_import_of_a_dataset_is_refused() {
+    let mut urls = Vec::new();
+    urls.extend(common::postgres_url().await);
+    urls.extend(common::mysql_url().await);
+    for url in urls {
+        let storage = common::open(&url);
+        let catalog = things_catalog();
+        let things = catalog.get("things").unwrap();
+        let first = storage.begin_import(things).await.unwrap();
+        let second = storage.begin_import(things).await;
+        let error = second
+            .err()
+            .expect("the second import must not start")
+            .to_string();
+        assert_eq!(
+            error, "another import of dataset \"things\" is running",
+            "{url}"
+        );
+        first.abort().await.unwrap();
+        // The lock went with the first import: a new one may start.
+        storage
+            .begin_import(things)
+            .await
+            .unwrap()
+            .abort()
+            .await
+            .unwrap();
+    }
 }

@@ -38,8 +38,13 @@ async fn backends() -> Vec<(&'static str, TestApp, TestApp)> {
         out.push((
             "postgres+redis",
             instance(storage.clone(), catalog.clone()),
-            instance(storage, catalog),
+            instance(storage, catalog.clone()),
         ));
+    }
+    if let Some(mysql) = common::mysql_url().await {
+        common::import_movies(common::open(&mysql).as_ref(), &catalog).await;
+        let a = TestApp::new(common::open(&mysql), catalog.clone());
+        out.push(("mariadb+in-process", a.clone(), a));
     }
     out
 }

@@ -8,6 +8,7 @@
 //! or a CSV file travels as a bound parameter.
 
 pub mod mssql_config;
+mod mysql;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -62,6 +63,13 @@ impl From<sqlx::Error> for StorageError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => StorageError::Unavailable(error),
             sqlx::Error::Database(ref e) if e.is_unique_violation() => StorageError::Conflict,
+            // A deadlock or serialisation failure (PostgreSQL, MySQL): the transaction was
+            // rolled back and may simply be tried again.
+            sqlx::Error::Database(ref e)
+                if matches!(e.code().as_deref(), Some("40001" | "40P01")) =>
+            {
+                StorageError::Unavailable(error)
+            }
             // SQLite's "busy"/"locked" (a write lock held past the busy timeout, e.g. by an
             // import's swap): try again shortly, like a database that is down.
             sqlx::Error::Database(ref e)
@@ -178,12 +186,12 @@ pub fn open(database_url: &str) -> anyhow::Result<Arc<dyn Storage>> {
                  use sqlite:// or postgres://"
             )
         }
-        "mysql" | "mariadb" => anyhow::bail!(
-            "DATABASE_URL names a {scheme} database, which this build does not support yet; \
-             use sqlite:// or postgres://"
-        ),
+        "mysql" | "mariadb" => Ok(Arc::new(SqlStore::new(mysql::MySqlDriver::open(
+            database_url,
+        )?))),
         _ => anyhow::bail!(
-            "DATABASE_URL must start with sqlite:// or postgres:// (got a value starting with {:?})",
+            "DATABASE_URL must start with sqlite://, postgres://, mysql:// or mariadb:// \
+             (got a value starting with {:?})",
             scheme.chars().take(16).collect::<String>()
         ),
     }

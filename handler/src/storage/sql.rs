@@ -22,11 +22,19 @@ pub enum Dialect {
     Postgres,
     /// SQL Server and Azure SQL (T-SQL): `[brackets]`, `@P1` parameters, `OFFSET … FETCH`.
     SqlServer,
+    /// MySQL and MariaDB: `` `backticks` ``, `?` parameters, InnoDB tables in `utf8mb4`.
+    MySql,
 }
 
 /// Text columns SQL Server can index: an index key holds at most 1,700 bytes (850 UTF-16
 /// characters); 450 leaves room for the key column after it.
 pub const SQL_SERVER_INDEXABLE_CHARS: usize = 450;
+
+/// MySQL's longest normalised key (an index key holds at most 3,072 bytes, 4 per character in
+/// `utf8mb4`), and the longest declared text kept as `VARCHAR`: longer text is `MEDIUMTEXT` and
+/// indexed by its first [`MYSQL_INDEX_PREFIX_CHARS`] characters.
+pub const MYSQL_KEY_CHARS: usize = 512;
+pub const MYSQL_INDEX_PREFIX_CHARS: usize = 255;
 
 impl Dialect {
     pub fn quote(self, ident: &str) -> String {
@@ -37,13 +45,14 @@ impl Dialect {
         );
         match self {
             Dialect::SqlServer => format!("[{ident}]"),
+            Dialect::MySql => format!("`{ident}`"),
             _ => format!("\"{ident}\""),
         }
     }
 
     pub(crate) fn placeholder(self, n: usize) -> String {
         match self {
-            Dialect::Sqlite => "?".to_owned(),
+            Dialect::Sqlite | Dialect::MySql => "?".to_owned(),
             Dialect::Postgres => format!("${n}"),
             Dialect::SqlServer => format!("@P{n}"),
         }
@@ -56,13 +65,22 @@ impl Dialect {
             Dialect::Sqlite => "TEXT",
             Dialect::Postgres => "TEXT COLLATE \"C\"",
             Dialect::SqlServer => "NVARCHAR(450) COLLATE Latin1_General_100_BIN2",
+            Dialect::MySql => "VARCHAR(512) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
         }
     }
 
     /// The type of a declared column. SQL Server cannot index `NVARCHAR(MAX)`: text that is
     /// sorted, or short by declaration, gets a bounded type there.
     pub fn declared_type(self, column: &Column) -> String {
-        if self != Dialect::SqlServer || column.ty != ColumnType::Text || column.is_list() {
+        let bounded_text = column.ty == ColumnType::Text && !column.is_list();
+        if self == Dialect::MySql && bounded_text {
+            // VARCHAR counts against the 64 KiB row limit, so only short text is VARCHAR.
+            return match column.max_length {
+                Some(n) if n <= MYSQL_KEY_CHARS => format!("VARCHAR({n})"),
+                _ => "MEDIUMTEXT".to_owned(),
+            };
+        }
+        if self != Dialect::SqlServer || !bounded_text {
             return self.column_type(column.ty).to_owned();
         }
         match column.max_length {
@@ -94,6 +112,13 @@ impl Dialect {
             (Dialect::SqlServer, ColumnType::Boolean) => "BIT",
             (Dialect::SqlServer, ColumnType::Date) => "DATE",
             (Dialect::SqlServer, ColumnType::Timestamp) => "DATETIMEOFFSET",
+            (Dialect::MySql, ColumnType::Text) => "MEDIUMTEXT",
+            (Dialect::MySql, ColumnType::Integer) => "BIGINT",
+            (Dialect::MySql, ColumnType::Float) => "DOUBLE",
+            (Dialect::MySql, ColumnType::Boolean) => "BOOLEAN",
+            (Dialect::MySql, ColumnType::Date) => "DATE",
+            // Kept in UTC (the driver sets the session's time zone); microseconds as elsewhere.
+            (Dialect::MySql, ColumnType::Timestamp) => "DATETIME(6)",
             (_, ColumnType::Text) => "TEXT",
             (Dialect::Sqlite, ColumnType::Integer | ColumnType::Boolean) => "INTEGER",
             (Dialect::Sqlite, ColumnType::Float) => "REAL",
@@ -278,12 +303,17 @@ pub fn create_tables(
     statements
 }
 
-/// `CREATE TABLE IF NOT EXISTS`, which T-SQL spells with `OBJECT_ID`.
-fn create_table_if_missing(dialect: Dialect, table: &str, columns: &str) -> String {
+/// `CREATE TABLE IF NOT EXISTS`, which T-SQL spells with `OBJECT_ID`. MySQL tables are InnoDB
+/// in `utf8mb4` with byte order, as SQLite compares (the server's defaults vary).
+pub(crate) fn create_table_if_missing(dialect: Dialect, table: &str, columns: &str) -> String {
     match dialect {
         Dialect::SqlServer => {
             format!("IF OBJECT_ID(N'{table}', N'U') IS NULL CREATE TABLE {table} ({columns})")
         }
+        Dialect::MySql => format!(
+            "CREATE TABLE IF NOT EXISTS {table} ({columns}) \
+             ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+        ),
         _ => format!("CREATE TABLE IF NOT EXISTS {table} ({columns})"),
     }
 }
@@ -294,6 +324,8 @@ pub struct IndexDef {
     pub name: String,
     pub table: String,
     pub columns: Vec<String>,
+    /// Columns MySQL can index only by a prefix (`MEDIUMTEXT`, long `VARCHAR`).
+    pub prefixed: Vec<String>,
 }
 
 /// The indexes that serve the declared filters and sorts. They end with the key, so a filtered
@@ -307,12 +339,27 @@ pub fn indexes(dataset: &Dataset, dialect: Dialect) -> Vec<IndexDef> {
         vec![dataset.key_column().name.clone()]
     };
     let with_key = |column: String| [vec![column], key.clone()].concat();
+    let long_text = |column: &Column| {
+        dialect == Dialect::MySql && dialect.declared_type(column).ends_with("TEXT")
+    };
+    let prefixed: Vec<String> = dataset
+        .columns
+        .iter()
+        .filter(|c| !c.is_list() && long_text(c))
+        .map(|c| c.name.clone())
+        .collect();
     let mut out = Vec::new();
     let mut add = |table: &str, suffix: &str, columns: Vec<String>| {
+        let prefixed = prefixed
+            .iter()
+            .filter(|p| table == dataset.table && columns.contains(p))
+            .cloned()
+            .collect();
         out.push(IndexDef {
             name: format!("{table}__{suffix}__idx"),
             table: table.to_owned(),
             columns,
+            prefixed,
         })
     };
     for (i, column) in dataset.columns.iter().enumerate() {
@@ -340,22 +387,33 @@ pub fn indexes(dataset: &Dataset, dialect: Dialect) -> Vec<IndexDef> {
     out
 }
 
+/// The index's column list, `(a, b)`, with MySQL's prefix lengths where needed.
+pub fn index_columns(dialect: Dialect, index: &IndexDef) -> String {
+    let columns: Vec<String> = index
+        .columns
+        .iter()
+        .map(|c| match index.prefixed.contains(c) {
+            true => format!("{}({MYSQL_INDEX_PREFIX_CHARS})", dialect.quote(c)),
+            false => dialect.quote(c),
+        })
+        .collect();
+    format!("({})", columns.join(", "))
+}
+
 pub fn create_index(dialect: Dialect, index: &IndexDef, placement: &Placement) -> String {
-    let columns: Vec<String> = index.columns.iter().map(|c| dialect.quote(c)).collect();
+    let columns = index_columns(dialect, index);
     // An index lives in its table's schema, so only the table is qualified.
     let table = placement.table(dialect, &index.table);
     let name = dialect.quote(&index.name);
     match dialect {
         Dialect::SqlServer => format!(
             "IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE name = N'{}' AND object_id = \
-             OBJECT_ID(N'{table}')) CREATE INDEX {name} ON {table} ({})",
+             OBJECT_ID(N'{table}')) CREATE INDEX {name} ON {table} {columns}",
             index.name,
-            columns.join(", ")
         ),
-        _ => format!(
-            "CREATE INDEX IF NOT EXISTS {name} ON {table} ({})",
-            columns.join(", ")
-        ),
+        // MySQL has no `IF NOT EXISTS` here: its driver treats "duplicate key name" as done.
+        Dialect::MySql => format!("CREATE INDEX {name} ON {table} {columns}"),
+        _ => format!("CREATE INDEX IF NOT EXISTS {name} ON {table} {columns}"),
     }
 }
 
@@ -395,8 +453,9 @@ impl Builder {
     fn bind_as(&mut self, value: Value, sql_type: &str) -> &mut Self {
         let base = sql_type.split(" COLLATE").next().unwrap_or(sql_type);
         match (self.dialect, value) {
-            (Dialect::Sqlite, Value::Null) => self.push("NULL"),
-            (Dialect::Sqlite, value) => self.bind(value),
+            // Both send a parameter's type with each execution: no cast needed.
+            (Dialect::Sqlite | Dialect::MySql, Value::Null) => self.push("NULL"),
+            (Dialect::Sqlite | Dialect::MySql, value) => self.bind(value),
             (Dialect::Postgres | Dialect::SqlServer, Value::Null) => {
                 self.push("CAST(NULL AS ").push(base).push(")")
             }
@@ -646,17 +705,23 @@ pub fn get_for_update(dataset: &Dataset, key: &Value, dialect: Dialect) -> State
         .column(&dataset.key_column().name)
         .push(" = ")
         .bind(key.clone());
-    if dialect == Dialect::Postgres {
+    if matches!(dialect, Dialect::Postgres | Dialect::MySql) {
         b.push(" FOR UPDATE");
     }
     b.finish()
 }
 
-/// The next generated key: one past the largest. Callers hold a write lock on the table.
+/// The next generated key: one past the largest. Callers hold a write lock on the table (on
+/// MySQL this read takes it: InnoDB locks the last key and the gap after it until commit).
 pub fn next_generated_key(dataset: &Dataset, dialect: Dialect) -> Statement {
+    let lock = if dialect == Dialect::MySql {
+        " FOR UPDATE"
+    } else {
+        ""
+    };
     Statement {
         sql: format!(
-            "SELECT COALESCE(MAX({}), 0) + 1 FROM {}",
+            "SELECT COALESCE(MAX({}), 0) + 1 FROM {}{lock}",
             dialect.quote(&dataset.key_column().name),
             dialect.quote(&dataset.table)
         ),
@@ -668,7 +733,7 @@ pub fn next_generated_key(dataset: &Dataset, dialect: Dialect) -> Statement {
 pub fn lock_for_generated_keys(dataset: &Dataset, dialect: Dialect) -> Option<Statement> {
     let table = dialect.quote(&dataset.table);
     let sql = match dialect {
-        Dialect::Sqlite => return None,
+        Dialect::Sqlite | Dialect::MySql => return None,
         Dialect::Postgres => format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"),
         Dialect::SqlServer => format!("SELECT TOP 0 1 FROM {table} WITH (TABLOCKX, HOLDLOCK)"),
     };
@@ -1001,6 +1066,85 @@ mod tests {
         if let Some(column) = timestamp {
             assert_eq!(d.declared_type(column), "DATETIMEOFFSET");
         }
+    }
+
+    #[test]
+    fn mysql_statements_for_every_query_shape() {
+        let ds = movies();
+        let d = Dialect::MySql;
+        let q = Query::parse(
+            &ds,
+            QueryKind::List,
+            "genres=Drama&year.gte=2000&title=Up&sort=-year&limit=5",
+        )
+        .unwrap();
+        let st = list(&ds, &q, d);
+        assert!(
+            st.sql.ends_with(
+                "FROM `movies` t WHERE t.`id` IN (SELECT e0.`row_id` FROM `movies__genres` e0 \
+                 WHERE e0.`value_key` = ?) AND t.`year` >= ? AND t.`title__key` = ? \
+                 ORDER BY (t.`year` IS NULL), t.`year` DESC, t.`id` ASC LIMIT ?"
+            ),
+            "{}",
+            st.sql
+        );
+        assert_eq!(st.params.len(), 4);
+        assert!(
+            get_for_update(&ds, &Value::Integer(9), d)
+                .sql
+                .ends_with("WHERE t.`id` = ? FOR UPDATE")
+        );
+        // Generated keys: the locking read of the largest key serialises inserts (no LOCK TABLES,
+        // which would end the transaction).
+        assert!(lock_for_generated_keys(&ds, d).is_none());
+        assert_eq!(
+            next_generated_key(&ds, d).sql,
+            "SELECT COALESCE(MAX(`id`), 0) + 1 FROM `movies` FOR UPDATE"
+        );
+        // Nulls are keywords, values plain parameters (MySQL types each parameter as it is sent).
+        let mut row = vec![Value::Null; ds.columns.len()];
+        row[0] = Value::Integer(9);
+        row[ds.column_index("title").unwrap()] = Value::Text("Up".into());
+        let insert = insert_row(&ds, &row, d);
+        assert!(
+            insert.sql.contains("VALUES (?, NULL, ?, NULL"),
+            "{}",
+            insert.sql
+        );
+        // Types: short text is VARCHAR, long text MEDIUMTEXT, keys compare by bytes; InnoDB in
+        // utf8mb4 whatever the server's defaults.
+        let ddl = create_tables(&ds, d, &Placement::default(), true);
+        assert!(
+            ddl[0].starts_with(
+                "CREATE TABLE IF NOT EXISTS `movies` (`id` BIGINT NOT NULL PRIMARY KEY, \
+                 `imdb_id` VARCHAR(16), `title` VARCHAR(300) NOT NULL, `year` BIGINT"
+            ),
+            "{}",
+            ddl[0]
+        );
+        assert!(
+            ddl[0].contains("`title__key` VARCHAR(512) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+        );
+        assert!(ddl[0].ends_with(") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"));
+        assert!(ddl[1].contains("`value` MEDIUMTEXT NOT NULL"), "{}", ddl[1]);
+        // No `IF NOT EXISTS` for indexes (the driver takes "duplicate key name" as done); text
+        // too long for an index key is indexed by its prefix.
+        let all = indexes(&ds, d);
+        let title = all.iter().find(|i| i.name == "movies__title__idx").unwrap();
+        assert_eq!(
+            create_index(d, title, &Placement::default()),
+            "CREATE INDEX `movies__title__idx` ON `movies` (`title`, `id`)"
+        );
+        let mut long = ds.clone();
+        let title_index = long.column_index("title").unwrap();
+        long.columns[title_index].max_length = None;
+        let all = indexes(&long, d);
+        let title = all.iter().find(|i| i.name == "movies__title__idx").unwrap();
+        assert_eq!(
+            create_index(d, title, &Placement::default()),
+            "CREATE INDEX `movies__title__idx` ON `movies` (`title`(255), `id`)"
+        );
+        assert_eq!(d.declared_type(&long.columns[title_index]), "MEDIUMTEXT");
     }
 
     #[test]

@@ -86,6 +86,26 @@ impl<D: Driver> SqlStore<D> {
         let rows = self.driver.fetch(statement, &users::decode()).await?;
         Ok(rows.into_iter().next().and_then(users::record))
     }
+
+    /// Runs an insert or update of an account and returns the account as it is afterwards: from
+    /// the statement itself where it returns rows, else read back in the same transaction.
+    async fn change_user(
+        &self,
+        statement: Statement,
+        read_back: UserLookup,
+    ) -> Result<Option<UserRecord>> {
+        if users::returns_rows(D::DIALECT) {
+            return self.one_user(statement).await;
+        }
+        self.users_table().await?;
+        let mut tx = self.driver.begin_write().await?;
+        tx.execute(statement).await?;
+        let rows = tx
+            .fetch(users::find(&read_back, D::DIALECT), &users::decode())
+            .await?;
+        tx.commit().await?;
+        Ok(rows.into_iter().next().and_then(users::record))
+    }
 }
 
 /// Writes `row`'s list elements after removing the old ones (none for a new row).
@@ -306,7 +326,8 @@ impl<D: Driver> Storage for SqlStore<D> {
 
     async fn create_user(&self, user: NewUser) -> Result<UserRecord> {
         let statement = users::insert(&user, chrono::Utc::now(), D::DIALECT);
-        self.one_user(statement)
+        let read_back = UserLookup::Email(user.email.clone());
+        self.change_user(statement, read_back)
             .await?
             .ok_or_else(|| StorageError::Decode {
                 column: "smartcache_users".into(),
@@ -319,13 +340,14 @@ impl<D: Driver> Storage for SqlStore<D> {
     }
 
     async fn update_user(&self, id: i64, change: UserUpdate) -> Result<UserRecord> {
-        let statement = match users::update(id, &change, D::DIALECT) {
-            Some(statement) => statement,
-            None => users::find(&UserLookup::Id(id), D::DIALECT),
+        let account = match users::update(id, &change, D::DIALECT) {
+            Some(statement) => self.change_user(statement, UserLookup::Id(id)).await?,
+            None => {
+                self.one_user(users::find(&UserLookup::Id(id), D::DIALECT))
+                    .await?
+            }
         };
-        self.one_user(statement)
-            .await?
-            .ok_or(StorageError::NotFound)
+        account.ok_or(StorageError::NotFound)
     }
 
     async fn delete_user(&self, id: i64) -> Result<()> {

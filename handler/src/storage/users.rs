@@ -53,22 +53,31 @@ pub struct UserUpdate {
 const COLUMNS: &str =
     "\"id\", \"email\", \"password_hash\", \"firebase_uid\", \"role\", \"active\", \"created_at\"";
 
-/// The statements below are written with `"quoted"` identifiers; T-SQL gets `[brackets]`.
+/// The statements below are written with `"quoted"` identifiers; T-SQL gets `[brackets]`,
+/// MySQL `` `backticks` ``.
 fn in_dialect(dialect: Dialect, sql: String) -> String {
-    if dialect != Dialect::SqlServer {
-        return sql;
-    }
+    let (open_quote, close_quote) = match dialect {
+        Dialect::SqlServer => ('[', ']'),
+        Dialect::MySql => ('`', '`'),
+        Dialect::Sqlite | Dialect::Postgres => return sql,
+    };
     let mut out = String::with_capacity(sql.len());
     let mut open = false;
     for c in sql.chars() {
         if c == '"' {
-            out.push(if open { ']' } else { '[' });
+            out.push(if open { close_quote } else { open_quote });
             open = !open;
         } else {
             out.push(c);
         }
     }
     out
+}
+
+/// Whether inserts and updates return the account (`RETURNING`, `OUTPUT INSERTED`). MySQL has
+/// neither: there the store reads the account back in the same transaction.
+pub fn returns_rows(dialect: Dialect) -> bool {
+    dialect != Dialect::MySql
 }
 
 pub fn create_table(dialect: Dialect) -> Vec<String> {
@@ -100,6 +109,30 @@ pub fn create_table(dialect: Dialect) -> Vec<String> {
                      CREATE UNIQUE INDEX \"{USERS_TABLE}__firebase_uid__idx\" ON \"{USERS_TABLE}\" \
                      (\"firebase_uid\") WHERE \"firebase_uid\" IS NOT NULL"
                 ),
+            ),
+        ];
+    }
+    if dialect == Dialect::MySql {
+        let key = dialect.key_text_type();
+        let table = super::sql::create_table_if_missing(
+            dialect,
+            &format!("`{USERS_TABLE}`"),
+            &format!(
+                "`id` BIGINT AUTO_INCREMENT PRIMARY KEY, `email` VARCHAR(320) NOT NULL, \
+                 `email_key` {key} NOT NULL, `password_hash` VARCHAR(256), \
+                 `firebase_uid` VARCHAR(128), `role` VARCHAR(16) NOT NULL, \
+                 `active` BOOLEAN NOT NULL, `created_at` DATETIME(6) NOT NULL"
+            ),
+        );
+        // No `IF NOT EXISTS` for indexes in MySQL: the driver treats "duplicate key name" as
+        // done. A unique index there allows many NULLs, as wanted for `firebase_uid`.
+        return vec![
+            table,
+            format!(
+                "CREATE UNIQUE INDEX `{USERS_TABLE}__email_key__idx` ON `{USERS_TABLE}` (`email_key`)"
+            ),
+            format!(
+                "CREATE UNIQUE INDEX `{USERS_TABLE}__firebase_uid__idx` ON `{USERS_TABLE}` (`firebase_uid`)"
             ),
         ];
     }
@@ -144,6 +177,7 @@ fn returning(dialect: Dialect) -> (String, String) {
                 .collect();
             (format!(" OUTPUT {}", inserted.join(", ")), String::new())
         }
+        Dialect::MySql => (String::new(), String::new()),
         _ => (String::new(), format!(" RETURNING {COLUMNS}")),
     }
 }

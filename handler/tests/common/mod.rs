@@ -81,6 +81,34 @@ pub async fn postgres_url() -> Option<String> {
     Some(format!("{base}/{name}"))
 }
 
+/// A fresh database on the local MySQL or MariaDB server (`SMARTCACHE_TEST_MYSQL_URL`, default
+/// `mysql://root@127.0.0.1:3306/test`). `None`, with a visible line, when no server is reachable;
+/// under `CI=true` a missing server fails the test instead.
+pub async fn mysql_url() -> Option<String> {
+    let admin = std::env::var("SMARTCACHE_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
+    let mut connection = match <sqlx::MySqlConnection as sqlx::Connection>::connect(&admin).await {
+        Ok(connection) => connection,
+        Err(error) => {
+            let message = format!(
+                "MySQL/MariaDB is not reachable at {admin} ({error}): install and start mariadb-server"
+            );
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("{message}");
+            }
+            eprintln!("SKIPPED: {message}");
+            return None;
+        }
+    };
+    let name = unique_name("smartcache_test");
+    sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    let base = admin.rsplit_once('/').map(|(base, _)| base).unwrap();
+    Some(format!("{base}/{name}"))
+}
+
 pub fn open(url: &str) -> Arc<dyn Storage> {
     storage::open(url).expect("the URL is valid")
 }
