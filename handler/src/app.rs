@@ -10,7 +10,7 @@ use crate::auth::Auth;
 use crate::cache::{self, Cache};
 use crate::config::Settings;
 use crate::datasets::Catalog;
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, BlobAccess};
 use crate::storage;
 
 /// Logs go to stderr (stdout belongs to command output); `RUST_LOG` filters them.
@@ -40,6 +40,10 @@ impl Context {
             Some(url) => Cache::with_redis(url.expose(), prefix, ttl, cache::DEFAULT_MAX_BYTES),
             None => Cache::in_process(prefix, ttl, cache::DEFAULT_MAX_BYTES),
         };
+        let cache = match settings.redis_entra {
+            true => cache.with_entra_tokens(crate::identity::azure()),
+            false => cache,
+        };
         let cache = Arc::new(cache);
         let auth = Auth::from_settings(&settings, Arc::clone(&storage), Arc::clone(&cache))?;
         if auth.is_none() {
@@ -48,6 +52,10 @@ impl Context {
         let mut state = AppState::new(Arc::new(catalog), storage, cache).with_auth(auth);
         state.max_body_bytes = settings.max_body_bytes;
         state.cors_allowed_origins = Arc::new(settings.cors_allowed_origins.clone());
+        state.blob_access = Arc::new(BlobAccess {
+            connection_string: settings.storage_connection_string.clone(),
+            auth: settings.storage_auth.clone(),
+        });
         Ok(Context { settings, state })
     }
 }

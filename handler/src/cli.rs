@@ -8,6 +8,7 @@ use anyhow::{Context as _, anyhow};
 use clap::{Parser, Subcommand};
 
 use crate::app::{Application, Context};
+use crate::blob::{BlobAuth, BlobLocation, BlobReader};
 use crate::config::Settings;
 use crate::import;
 
@@ -42,14 +43,19 @@ enum Command {
     /// Recompute the hottest cached answers that are missing or near expiry (what the
     /// WarmCache timer function does); useful with REDIS_URL, where hot keys are shared.
     Warm,
-    /// Import a CSV file (optionally .gz) into a dataset, replacing its rows.
+    /// Import a CSV file or Azure blob (optionally .gz) into a dataset, replacing its rows.
+    #[command(group(clap::ArgGroup::new("source").required(true).args(["file", "blob"])))]
     Import {
         /// The dataset, as named in its declaration under DATASETS_DIR.
         #[arg(long)]
         dataset: String,
         /// The CSV file.
         #[arg(long)]
-        file: PathBuf,
+        file: Option<PathBuf>,
+        /// The blob's URL, streamed (never held in memory whole): with a SAS in its query, or
+        /// the account key of AZURE_STORAGE_CONNECTION_STRING, or the Entra ID identity.
+        #[arg(long)]
+        blob: Option<String>,
     },
     /// Manage accounts: the first admin is made here, never through the API.
     Users {
@@ -113,7 +119,11 @@ impl Cli {
                 migrate(&context).await?;
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Import { dataset, file } => run_import(&context, &dataset, &file).await,
+            Command::Import {
+                dataset,
+                file,
+                blob,
+            } => run_import(&context, &dataset, file.as_deref(), blob.as_deref()).await,
             Command::Users { action } => users(&context, action).await,
             Command::BenchStatic { file, port } => bench_static(&file, port).await,
             Command::Warm => {
@@ -190,7 +200,8 @@ async fn demo_setup(context: &Context) -> anyhow::Result<()> {
 async fn run_import(
     context: &Context,
     name: &str,
-    file: &std::path::Path,
+    file: Option<&std::path::Path>,
+    blob: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let catalog = &context.state.catalog;
     let dataset = catalog.get(name).ok_or_else(|| {
@@ -200,7 +211,28 @@ async fn run_import(
         )
     })?;
     let storage = context.state.storage.as_ref();
-    let report = import::import_file(storage, dataset, file, true).await?;
+    let source = match (file, blob) {
+        (Some(file), _) => import::ImportSource::file(file)?,
+        (None, Some(url)) => {
+            let settings = &context.settings;
+            let location = BlobLocation::parse(url)?;
+            let auth = BlobAuth::for_location(
+                &location,
+                settings
+                    .storage_connection_string
+                    .as_ref()
+                    .map(|s| s.expose()),
+                settings.storage_auth.as_deref(),
+            )?;
+            BlobReader::new(location, auth)?.open().await?
+        }
+        (None, None) => anyhow::bail!("give --file or --blob"),
+    };
+    let report = import::import(storage, dataset, source, true, None).await?;
+    let peak = peak_memory_mib();
+    if let Some(peak) = peak {
+        eprintln!("peak memory: {peak} MiB");
+    }
     // Every cached answer of the dataset predates the new rows. With REDIS_URL this reaches the
     // serving instances; an in-process cache lives in the server, which holds its own answers.
     if context.state.cache.purge(&dataset.name).await.is_err() {
@@ -219,6 +251,14 @@ async fn run_import(
     }
     println!("{}", report.summary());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The process's peak resident memory (Linux), which an import of any size keeps flat.
+fn peak_memory_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
 }
 
 async fn users(context: &Context, action: UsersCommand) -> anyhow::Result<ExitCode> {

@@ -7,6 +7,8 @@
 //!   (older hosts), else `PORT`, else [`DEFAULT_PORT`];
 //! - `REDIS_URL`: `redis://…`, `rediss://…` (TLS) or a comma list of cluster nodes; unset means
 //!   the in-process cache;
+//! - `REDIS_AUTH=entra`: Redis connections authenticate with the instance's Entra ID token
+//!   (Azure Cache for Redis with access keys disabled; `REDIS_URL` then has no password);
 //! - `CACHE_PREFIX` (default `smartcache`): the first part of every cache key;
 //! - `CACHE_TTL_SECONDS` (default 1800): lifetime of cached answers of datasets that declare none;
 //! - `JWT_SECRET` (at least 32 bytes): signs access tokens; without it, accounts and writes are
@@ -17,7 +19,10 @@
 //!   ID-token certificates are fetched; Google's URL unless set, which only tests need);
 //! - `MAX_BODY_BYTES` (default 1 MiB): the largest request body accepted;
 //! - `CORS_ALLOWED_ORIGINS`: a comma list of origins allowed to call the API from a browser;
-//!   unset means no CORS headers at all.
+//!   unset means no CORS headers at all;
+//! - `AZURE_STORAGE_CONNECTION_STRING`: the account key for imports from Blob Storage (else a SAS
+//!   in the blob URL, else the instance's Entra ID identity); `AZURE_STORAGE_AUTH` (`sas`, `key`,
+//!   `identity` or `anonymous`) forces one way.
 //!
 //! Errors name the variable. Secrets (a database password) are never printed.
 
@@ -45,6 +50,7 @@ pub struct Settings {
     pub datasets_dir: PathBuf,
     pub port: u16,
     pub redis_url: Option<Secret>,
+    pub redis_entra: bool,
     pub cache_prefix: String,
     pub cache_ttl: std::time::Duration,
     pub jwt_secret: Option<Secret>,
@@ -56,6 +62,8 @@ pub struct Settings {
     pub firebase_certs_url: Option<String>,
     pub max_body_bytes: usize,
     pub cors_allowed_origins: Vec<String>,
+    pub storage_connection_string: Option<Secret>,
+    pub storage_auth: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,6 +174,18 @@ impl Settings {
                     .collect()
             })
             .unwrap_or_default();
+        let redis_entra = match non_empty("REDIS_AUTH").map(|v| v.trim().to_ascii_lowercase()) {
+            None => false,
+            Some(v) if v == "entra" => true,
+            Some(v) if v == "password" => false,
+            Some(v) => bail!("REDIS_AUTH must be entra or password, not {v:?}"),
+        };
+        let storage_auth = non_empty("AZURE_STORAGE_AUTH").map(|v| v.trim().to_ascii_lowercase());
+        if let Some(auth) = &storage_auth
+            && !matches!(auth.as_str(), "sas" | "key" | "identity" | "anonymous")
+        {
+            bail!("AZURE_STORAGE_AUTH must be sas, key, identity or anonymous, not {auth:?}");
+        }
         if !database_url.contains(':') {
             bail!(
                 "DATABASE_URL must be a URL such as sqlite://smartcache.db or postgres://host/db"
@@ -176,6 +196,7 @@ impl Settings {
             datasets_dir: datasets_dir.into(),
             port,
             redis_url: non_empty("REDIS_URL").map(Secret),
+            redis_entra,
             cache_prefix,
             cache_ttl: std::time::Duration::from_secs(cache_ttl),
             jwt_secret: jwt_secret.map(Secret),
@@ -187,6 +208,8 @@ impl Settings {
             firebase_certs_url: non_empty("FIREBASE_CERTS_URL"),
             max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
             cors_allowed_origins,
+            storage_connection_string: non_empty("AZURE_STORAGE_CONNECTION_STRING").map(Secret),
+            storage_auth,
         })
     }
 }

@@ -23,6 +23,8 @@ use crate::storage::{Row, Storage};
 
 /// Rows per staging write: large enough to amortise a round trip, small enough to stay flat.
 pub const BATCH_ROWS: usize = 10_000;
+/// A batch also ends at this many bytes of CSV, so wide rows (long texts) keep memory flat too.
+pub const BATCH_BYTES: usize = 4 << 20;
 /// Rejections kept in the report (the count is always exact).
 const MAX_REPORTED_REJECTIONS: usize = 1000;
 
@@ -132,19 +134,20 @@ pub async fn import(
         inner: progress.wrap_read(reader),
         watcher: watcher.clone(),
     };
-    let reader: Box<dyn Read + Send> = if gzipped {
-        Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(counted)))
-    } else {
-        Box::new(counted)
-    };
 
-    // The reader may wait on the network (a blob): all reading, the header included, happens on
-    // a blocking thread. The header is checked before the database is touched.
+    // The reader may wait on the network (a blob): all reading, the gzip and CSV headers
+    // included, happens on a blocking thread. The header is checked before the database is
+    // touched.
     let (header_checked, header) = tokio::sync::oneshot::channel();
     let (sender, mut receiver) = mpsc::channel::<Vec<Row>>(2);
     let reading = tokio::task::spawn_blocking({
         let dataset = dataset.clone();
         move || {
+            let reader: Box<dyn Read + Send> = if gzipped {
+                Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(counted)))
+            } else {
+                Box::new(counted)
+            };
             let mut csv = csv::ReaderBuilder::new()
                 .flexible(true)
                 .buffer_capacity(1 << 16)
@@ -335,6 +338,7 @@ impl ReadPlan {
         // Keys seen so far and the line of each: a duplicate is rejected, naming the first.
         let mut keys: HashMap<KeyOf, u64> = HashMap::new();
         let mut batch = Vec::with_capacity(BATCH_ROWS);
+        let mut batch_bytes = 0usize;
         let mut record = csv::ByteRecord::new();
         let mut ordinal = 0i64;
         loop {
@@ -382,7 +386,9 @@ impl ReadPlan {
             }
             keys.insert(key, line);
             batch.push(row);
-            if batch.len() == BATCH_ROWS {
+            batch_bytes += record.as_slice().len();
+            if batch.len() == BATCH_ROWS || batch_bytes >= BATCH_BYTES {
+                batch_bytes = 0;
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
                 if sender.blocking_send(full).is_err() {
                     return Ok(outcome); // the writer stopped; it reports why

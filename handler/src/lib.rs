@@ -5,8 +5,10 @@
 //! - [`datasets`]: dataset declarations (`datasets/*.toml`) and typed values.
 //! - [`query`]: a request's query string as typed filters, sort, limit and cursor; its canonical
 //!   text is what cache keys are made of.
-//! - [`storage`]: the `Storage` trait and the SQL backends (SQLite, PostgreSQL).
+//! - [`storage`]: the `Storage` trait and the SQL backends (SQLite, PostgreSQL, MySQL/MariaDB).
 //! - [`import`]: CSV → typed rows → a storage's staging area → atomic swap.
+//! - [`blob`]: CSV blobs streamed from Azure Blob Storage (SAS, Shared Key or Entra ID).
+//! - [`identity`]: Entra ID tokens from one lazily created credential per instance.
 //! - [`http`]: the axum router, built from one endpoint table shared with the OpenAPI document and
 //!   checked against `functions/*/function.json`.
 //! - [`app`]: wiring: settings → catalog → storage → router → listener.
@@ -14,12 +16,14 @@
 
 pub mod app;
 pub mod auth;
+pub mod blob;
 pub mod breaker;
 pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod datasets;
 pub mod http;
+pub mod identity;
 pub mod import;
 pub mod query;
 pub mod storage;

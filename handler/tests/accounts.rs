@@ -36,10 +36,9 @@ async fn login(app: &TestApp, email: &str, password: &str) -> TestResponse {
 /// The accounts table on every database that answers (MySQL has no `RETURNING`: its store reads
 /// the account back).
 async fn local_apps() -> Vec<TestApp> {
-    let mut urls = vec![common::sqlite_url()];
-    urls.extend(common::postgres_url().await);
-    urls.extend(common::mysql_url().await);
-    urls.iter()
+    common::sql_backends()
+        .await
+        .iter()
         .map(|url| TestApp::new(common::open(url), common::catalog()))
         .collect()
 }

@@ -197,6 +197,14 @@ async fn postgres_serves_the_imported_movies() {
 }
 
 #[tokio::test]
+async fn sql_server_serves_the_imported_movies() {
+    let Some(url) = common::mssql_url().await else {
+        return;
+    };
+    check_movies_api(&url).await;
+}
+
+#[tokio::test]
 async fn mariadb_serves_the_imported_movies() {
     let Some(url) = common::mysql_url().await else {
         return;

@@ -46,7 +46,7 @@ fn configuration_errors_are_one_sentence() {
     assert_eq!(code, 2);
     assert_one_clear_sentence(
         &stderr,
-        "DATABASE_URL must start with sqlite:// or postgres://",
+        "DATABASE_URL must start with sqlite://, postgres://, mysql://, mariadb:// or mssql://",
     );
     assert!(!stderr.contains("tiger"), "the password leaked: {stderr}");
 
@@ -56,6 +56,17 @@ fn configuration_errors_are_one_sentence() {
     assert_eq!(code, 2);
     assert_one_clear_sentence(&stderr, "cannot create the tables");
     assert!(!stderr.contains("s3cret"), "the password leaked: {stderr}");
+
+    let (code, _, stderr) = run(handler().args([
+        "import",
+        "--dataset",
+        "movies",
+        "--blob",
+        "https://acct.blob.core.windows.net/only-a-container?sig=SECRET",
+    ]));
+    assert_eq!(code, 2);
+    assert_one_clear_sentence(&stderr, "the blob URL must name a container and a blob");
+    assert!(!stderr.contains("SECRET"), "the SAS leaked: {stderr}");
 
     let (code, _, stderr) = run(handler()
         .arg("serve")

@@ -57,10 +57,7 @@ fn write_file(name: &str, contents: &[u8]) -> PathBuf {
 }
 
 async fn backends() -> Vec<String> {
-    let mut urls = vec![common::sqlite_url()];
-    urls.extend(common::postgres_url().await);
-    urls.extend(common::mysql_url().await);
-    urls
+    common::sql_backends().await
 }
 
 #[tokio::test]
@@ -214,12 +211,13 @@ async fn migrate_is_idempotent_and_adds_new_columns() {
     }
 }
 
-/// PostgreSQL and MariaDB lock a dataset's import (SQLite does not yet).
+/// PostgreSQL, MariaDB and SQL Server lock a dataset's import (SQLite does not yet).
 #[tokio::test]
 async fn a_second_concurrent_import_of_a_dataset_is_refused() {
     let mut urls = Vec::new();
     urls.extend(common::postgres_url().await);
     urls.extend(common::mysql_url().await);
+    urls.extend(common::mssql_url().await);
     for url in urls {
         let storage = common::open(&url);
         let catalog = things_catalog();

@@ -41,10 +41,15 @@ async fn backends() -> Vec<(&'static str, TestApp, TestApp)> {
             instance(storage, catalog.clone()),
         ));
     }
-    if let Some(mysql) = common::mysql_url().await {
-        common::import_movies(common::open(&mysql).as_ref(), &catalog).await;
-        let a = TestApp::new(common::open(&mysql), catalog.clone());
-        out.push(("mariadb+in-process", a.clone(), a));
+    let others = [
+        ("mariadb+in-process", common::mysql_url().await),
+        ("sqlserver+in-process", common::mssql_url().await),
+    ];
+    for (name, url) in others {
+        let Some(url) = url else { continue };
+        common::import_movies(common::open(&url).as_ref(), &catalog).await;
+        let a = TestApp::new(common::open(&url), catalog.clone());
+        out.push((name, a.clone(), a));
     }
     out
 }

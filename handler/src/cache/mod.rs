@@ -143,6 +143,14 @@ impl Cache {
         cache
     }
 
+    /// Redis connections authenticate with Entra ID tokens (`REDIS_AUTH=entra`).
+    pub fn with_entra_tokens(mut self, tokens: std::sync::Arc<crate::identity::Tokens>) -> Self {
+        if let Some(redis) = &mut self.redis {
+            redis.use_entra_tokens(tokens);
+        }
+        self
+    }
+
     pub fn backend(&self) -> &'static str {
         if self.redis.is_some() {
             "redis"

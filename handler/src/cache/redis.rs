@@ -10,12 +10,14 @@
 //! Every call has a short timeout, and after a failure a breaker skips Redis for a moment, so a
 //! dead Redis costs no latency: the caller serves from the database instead (`X-Cache: BYPASS`).
 
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{AsyncCommands as _, Script};
+use redis::{AsyncCommands as _, BasicAuth, Script, StreamingCredentialsProvider};
 use tokio::sync::OnceCell;
 
 use super::coalesce::Coalescer;
@@ -23,6 +25,7 @@ use super::entry::CachedResponse;
 use super::{RecordedWrite, Stamp};
 use crate::breaker::Breaker;
 use crate::datasets::{Dataset, Value};
+use crate::identity::{self, Tokens};
 
 /// How long one Redis call may take before the request goes to the database instead.
 const CALL_TIMEOUT: Duration = Duration::from_millis(250);
@@ -42,6 +45,8 @@ enum Connection {
 pub struct RedisStore {
     url: String,
     prefix: String,
+    /// Entra ID tokens as passwords (Azure Cache for Redis without access keys).
+    tokens: Option<Arc<Tokens>>,
     connection: OnceCell<Connection>,
     breaker: Breaker,
     stamp_reads: Coalescer<Result<Stamp, Unavailable>>,
@@ -82,10 +87,17 @@ impl RedisStore {
         RedisStore {
             url: url.to_owned(),
             prefix: prefix.to_owned(),
+            tokens: None,
             connection: OnceCell::new(),
             breaker: Breaker::new(BREAKER_OPEN_FOR),
             stamp_reads: Coalescer::default(),
         }
+    }
+
+    /// Authenticates every connection with an Entra ID token (user: the token's object id) and
+    /// authenticates live connections again with each new token, before the old one expires.
+    pub fn use_entra_tokens(&mut self, tokens: Arc<Tokens>) {
+        self.tokens = Some(tokens);
     }
 
     fn stamp_key(&self, dataset: &str) -> String {
@@ -111,18 +123,24 @@ impl RedisStore {
                     }
                 })
                 .collect();
-            let client = ClusterClientBuilder::new(nodes)
+            let mut builder = ClusterClientBuilder::new(nodes)
                 .connection_timeout(CALL_TIMEOUT)
                 .response_timeout(CALL_TIMEOUT)
-                .retries(1)
-                .build()?;
+                .retries(1);
+            if let Some(tokens) = &self.tokens {
+                builder = builder.set_credentials_provider(EntraCredentials(Arc::clone(tokens)));
+            }
+            let client = builder.build()?;
             Ok(Connection::Cluster(client.get_async_connection().await?))
         } else {
             let client = redis::Client::open(self.url.as_str())?;
-            let config = ConnectionManagerConfig::new()
+            let mut config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(CALL_TIMEOUT))
                 .set_response_timeout(Some(CALL_TIMEOUT))
                 .set_number_of_retries(1);
+            if let Some(tokens) = &self.tokens {
+                config = config.set_credentials_provider(EntraCredentials(Arc::clone(tokens)));
+            }
             Ok(Connection::Standalone(
                 ConnectionManager::new_with_config(client, config).await?,
             ))
@@ -375,6 +393,55 @@ impl RedisStore {
             conn.invoke::<i64>(&invocation).await.map(|_| ())
         })
         .await
+    }
+}
+
+/// Credentials from Entra ID for redis-rs: the current token at once, then each next one when
+/// the current enters its refresh window; redis-rs sends `AUTH <oid> <token>` on every live
+/// connection as each arrives, and uses the latest for new connections.
+struct EntraCredentials(Arc<Tokens>);
+
+/// After a failed token fetch, the next try.
+const TOKEN_RETRY: Duration = Duration::from_secs(10);
+
+impl StreamingCredentialsProvider for EntraCredentials {
+    fn subscribe(
+        &self,
+    ) -> Pin<Box<dyn futures_util::Stream<Item = redis::RedisResult<BasicAuth>> + Send + 'static>>
+    {
+        let tokens = Arc::clone(&self.0);
+        Box::pin(futures_util::stream::unfold(
+            None,
+            move |next_at: Option<SystemTime>| {
+                let tokens = Arc::clone(&tokens);
+                async move {
+                    if let Some(at) = next_at {
+                        let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+                        tokio::time::sleep(wait).await;
+                    }
+                    let now = SystemTime::now();
+                    let item = match tokens.current(identity::REDIS_SCOPE).await {
+                        Ok((token, next)) => {
+                            let user = token.object_id().unwrap_or_else(|| "default".to_owned());
+                            (Ok(BasicAuth::new(user, token.secret)), next)
+                        }
+                        Err(error) => {
+                            tracing::warn!(
+                                error = format!("{error:#}"),
+                                "no Entra ID token for Redis"
+                            );
+                            let failure = redis::RedisError::from((
+                                redis::ErrorKind::AuthenticationFailed,
+                                "no Entra ID token for Redis",
+                                format!("{error:#}"),
+                            ));
+                            (Err(failure), now + TOKEN_RETRY)
+                        }
+                    };
+                    Some((item.0, Some(item.1)))
+                }
+            },
+        ))
     }
 }
 

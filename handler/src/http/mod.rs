@@ -7,6 +7,7 @@ mod auth;
 mod body;
 mod data;
 mod error;
+mod imports;
 mod meta;
 pub mod openapi;
 mod write;
@@ -52,6 +53,10 @@ pub struct AppState {
     /// After the database fails to answer, reads skip it for a moment (and serve a stale answer
     /// or a quick 503) instead of each waiting out a connect timeout.
     pub database: Arc<Breaker>,
+    /// Imports from Blob Storage started over HTTP, with their progress.
+    pub imports: Arc<imports::ImportJobs>,
+    /// How imports reach Blob Storage (`AZURE_STORAGE_CONNECTION_STRING`, `AZURE_STORAGE_AUTH`).
+    pub blob_access: Arc<BlobAccess>,
     /// Datasets whose tables this instance has made sure of before a first write.
     /// Read on every data request, written once per dataset: a read-write lock.
     tables_ready: Arc<RwLock<HashSet<String>>>,
@@ -68,6 +73,8 @@ impl AppState {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             cors_allowed_origins: Arc::new(Vec::new()),
             database: Arc::new(Breaker::new(DATABASE_BREAKER_OPEN_FOR)),
+            imports: Arc::default(),
+            blob_access: Arc::default(),
             tables_ready: Arc::default(),
         }
     }
@@ -95,6 +102,13 @@ impl AppState {
             .insert(dataset.name.clone());
         Ok(())
     }
+}
+
+/// The Blob Storage settings of imports started over HTTP.
+#[derive(Debug, Default)]
+pub struct BlobAccess {
+    pub connection_string: Option<crate::config::Secret>,
+    pub auth: Option<String>,
 }
 
 /// The client's address, for rate limits: the last `X-Forwarded-For` entry (the one the
@@ -162,6 +176,8 @@ enum Handler {
     Item,
     AdminView,
     AdminPurge,
+    ImportStart,
+    ImportStatus,
     Create,
     Replace,
     Patch,
@@ -248,6 +264,22 @@ pub const ENDPOINTS: &[Endpoint] = &[
         handler: Handler::AdminPurge,
     },
     Endpoint {
+        function: "AdminImports",
+        method: "POST",
+        route: "admin/imports",
+        summary: "Start an import from Azure Blob Storage (admin)",
+        auth_level: "function",
+        handler: Handler::ImportStart,
+    },
+    Endpoint {
+        function: "AdminImportStatus",
+        method: "GET",
+        route: "admin/imports/{id}",
+        summary: "Progress and summary of an import (admin)",
+        auth_level: "function",
+        handler: Handler::ImportStatus,
+    },
+    Endpoint {
         function: "Signup",
         method: "POST",
         route: "auth/signup",
@@ -326,6 +358,8 @@ impl Handler {
             Handler::Item => MethodRouter::new().on(filter, data::item),
             Handler::AdminView => MethodRouter::new().on(filter, admin::view),
             Handler::AdminPurge => MethodRouter::new().on(filter, admin::purge),
+            Handler::ImportStart => MethodRouter::new().on(filter, imports::start),
+            Handler::ImportStatus => MethodRouter::new().on(filter, imports::status),
             Handler::Create => MethodRouter::new().on(filter, write::create),
             Handler::Replace => MethodRouter::new().on(filter, write::replace),
             Handler::Patch => MethodRouter::new().on(filter, write::patch),

@@ -7,6 +7,7 @@
 //! The SQL text is built by [`sql`] from the dataset declaration only; every value from a request
 //! or a CSV file travels as a bound parameter.
 
+pub mod mssql;
 pub mod mssql_config;
 mod mysql;
 mod postgres;
@@ -34,11 +35,15 @@ pub type Row = Vec<Value>;
 /// batch, not per row).
 pub type RowStream = BoxStream<'static, Result<Vec<Row>, StorageError>>;
 
+/// The driver's own error (sqlx or tiberius), kept as the source of a [`StorageError`].
+pub type DriverError = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    /// The database cannot be reached (down, refusing connections, pool timed out).
+    /// The database cannot be reached (down, refusing connections, pool timed out), or it
+    /// rolled the transaction back to break a deadlock: try again shortly.
     #[error("the database is unavailable")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] DriverError),
     /// Another import of the same dataset holds the import lock.
     #[error("another import of dataset {0:?} is running")]
     ImportRunning(String),
@@ -49,7 +54,7 @@ pub enum StorageError {
     #[error("already exists")]
     Conflict,
     #[error("database error")]
-    Database(#[source] sqlx::Error),
+    Database(#[source] DriverError),
     #[error("unexpected value in column {column:?}: {reason}")]
     Decode { column: String, reason: String },
 }
@@ -61,23 +66,23 @@ impl From<sqlx::Error> for StorageError {
             | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => StorageError::Unavailable(error),
+            | sqlx::Error::WorkerCrashed => StorageError::Unavailable(error.into()),
             sqlx::Error::Database(ref e) if e.is_unique_violation() => StorageError::Conflict,
             // A deadlock or serialisation failure (PostgreSQL, MySQL): the transaction was
             // rolled back and may simply be tried again.
             sqlx::Error::Database(ref e)
                 if matches!(e.code().as_deref(), Some("40001" | "40P01")) =>
             {
-                StorageError::Unavailable(error)
+                StorageError::Unavailable(error.into())
             }
             // SQLite's "busy"/"locked" (a write lock held past the busy timeout, e.g. by an
             // import's swap): try again shortly, like a database that is down.
             sqlx::Error::Database(ref e)
                 if matches!(e.code().as_deref(), Some("5" | "6" | "261" | "517")) =>
             {
-                StorageError::Unavailable(error)
+                StorageError::Unavailable(error.into())
             }
-            other => StorageError::Database(other),
+            other => StorageError::Database(other.into()),
         }
     }
 }
@@ -178,20 +183,17 @@ pub fn open(database_url: &str) -> anyhow::Result<Arc<dyn Storage>> {
         "postgres" | "postgresql" => Ok(Arc::new(SqlStore::new(postgres::PgDriver::open(
             database_url,
         )?))),
-        _ if mssql_config::is_mssql(database_url) => {
-            // Checked now, so a mistake in the connection string is named precisely.
-            mssql_config::parse(database_url)?;
-            anyhow::bail!(
-                "DATABASE_URL names a SQL Server database, which this build does not serve yet; \
-                 use sqlite:// or postgres://"
-            )
-        }
+        // Checked now, so a mistake in the connection string is named precisely.
+        _ if mssql_config::is_mssql(database_url) => Ok(Arc::new(SqlStore::new(
+            mssql::MssqlDriver::open(database_url)?,
+        ))),
         "mysql" | "mariadb" => Ok(Arc::new(SqlStore::new(mysql::MySqlDriver::open(
             database_url,
         )?))),
         _ => anyhow::bail!(
-            "DATABASE_URL must start with sqlite://, postgres://, mysql:// or mariadb:// \
-             (got a value starting with {:?})",
+            "DATABASE_URL must start with sqlite://, postgres://, mysql://, mariadb:// or \
+             mssql://, or be an ADO.NET SQL Server connection string (got a value starting \
+             with {:?})",
             scheme.chars().take(16).collect::<String>()
         ),
     }

@@ -254,8 +254,8 @@ struct MySqlImport {
 }
 
 impl MySqlImport {
-    /// Multi-row `INSERT ... VALUES (...), (...)`, each statement its own transaction (the
-    /// staged tables are invisible until the swap, so nothing half-loaded can be read).
+    /// Multi-row `INSERT ... VALUES (...), (...)` (the staged tables are invisible until the
+    /// swap, so nothing half-loaded can be read).
     async fn insert(
         &mut self,
         table: &str,
@@ -352,6 +352,8 @@ impl ImportSink for MySqlImport {
                     .collect()
             })
             .collect();
+        // One transaction per batch: one redo-log flush per batch, not one per statement.
+        run(&mut self.conn, "START TRANSACTION".to_owned()).await?;
         self.insert(&dataset.table, &names, values).await?;
         let list_columns: Vec<String> = sql::LIST_TABLE_COLUMNS
             .iter()
@@ -372,7 +374,8 @@ impl ImportSink for MySqlImport {
             self.insert(&dataset.list_table(column), &list_columns, elements)
                 .await?;
         }
-        Ok(())
+        // On an error the connection is dropped with the import, which rolls back.
+        run(&mut self.conn, "COMMIT".to_owned()).await
     }
 
     /// Indexes on the staged tables (readers are not affected), then one `RENAME TABLE` that

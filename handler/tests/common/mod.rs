@@ -16,6 +16,8 @@ use http_body_util::BodyExt as _;
 use sqlx::AssertSqlSafe;
 use tower::ServiceExt as _;
 
+#[allow(dead_code)] // used by the Azure tests only
+pub mod azurite;
 #[allow(dead_code)] // used by the account tests only
 pub mod firebase;
 mod redis_servers;
@@ -34,7 +36,7 @@ pub fn movies_csv() -> PathBuf {
     repo_root().join("datasets/movies.csv")
 }
 
-fn unique_name(prefix: &str) -> String {
+pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -107,6 +109,44 @@ pub async fn mysql_url() -> Option<String> {
         .unwrap();
     let base = admin.rsplit_once('/').map(|(base, _)| base).unwrap();
     Some(format!("{base}/{name}"))
+}
+
+/// A fresh database on the SQL Server that `MSSQL_URL` names, in URL form
+/// (`mssql://sa:…@127.0.0.1:1433/master?encrypt=false&trust_server_certificate=true`). No SQL
+/// Server can run on this project's machines, so without `MSSQL_URL` the SQL Server suite is
+/// skipped with a visible line, under `CI=true` too.
+pub async fn mssql_url() -> Option<String> {
+    let Ok(admin) = std::env::var("MSSQL_URL") else {
+        eprintln!(
+            "SKIPPED: the SQL Server suite needs MSSQL_URL (a SQL Server or Azure SQL database)"
+        );
+        return None;
+    };
+    let config = handler::storage::mssql_config::parse(&admin).expect("MSSQL_URL parses");
+    let mut connection = handler::storage::mssql::Manager::new(config, None)
+        .open()
+        .await
+        .expect("MSSQL_URL is reachable");
+    let name = unique_name("smartcache_test");
+    connection
+        .simple_query(format!("CREATE DATABASE [{name}]"))
+        .await
+        .unwrap()
+        .into_results()
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&admin).expect("MSSQL_URL in URL form");
+    url.set_path(&format!("/{name}"));
+    Some(url.to_string())
+}
+
+/// Every SQL backend that answers: SQLite, and PostgreSQL, MariaDB and SQL Server when found.
+pub async fn sql_backends() -> Vec<String> {
+    let mut urls = vec![sqlite_url()];
+    urls.extend(postgres_url().await);
+    urls.extend(mysql_url().await);
+    urls.extend(mssql_url().await);
+    urls
 }
 
 pub fn open(url: &str) -> Arc<dyn Storage> {
