@@ -48,10 +48,11 @@ impl BlobLocation {
         let url = Url::parse(raw).map_err(|e| {
             anyhow::anyhow!("the blob URL is not a URL ({e}); expected https://<account>.blob.core.windows.net/<container>/<blob>")
         })?;
-        if !matches!(url.scheme(), "https" | "http") {
-            bail!("the blob URL must be https:// (or http:// for a local emulator)");
-        }
         let host = url.host_str().unwrap_or_default().to_owned();
+        let loopback = matches!(host.as_str(), "127.0.0.1" | "localhost" | "[::1]");
+        if !(url.scheme() == "https" || (url.scheme() == "http" && loopback)) {
+            bail!("the blob URL must be https:// (http:// only for a local emulator on 127.0.0.1)");
+        }
         let segments: Vec<&str> = url
             .path_segments()
             .map(|s| s.filter(|s| !s.is_empty()).collect())
@@ -105,36 +106,108 @@ impl BlobAuth {
         connection_string: Option<&str>,
         auth_setting: Option<&str>,
     ) -> anyhow::Result<BlobAuth> {
-        match auth_setting.map(str::trim).filter(|s| !s.is_empty()) {
+        let forced = auth_setting.map(str::trim).filter(|s| !s.is_empty());
+        match forced {
             Some("anonymous") | Some("sas") => return Ok(BlobAuth::UrlOnly),
-            Some("identity") => return Ok(BlobAuth::Identity(identity::azure())),
+            Some("identity") => return BlobAuth::identity_for(location),
             Some("key") | None => {}
             Some(other) => {
                 bail!("AZURE_STORAGE_AUTH must be sas, key, identity or anonymous (got {other:?})")
             }
         }
-        if location.has_sas {
+        if location.has_sas && forced.is_none() {
             return Ok(BlobAuth::UrlOnly);
         }
         if let Some(connection_string) = connection_string.filter(|s| !s.trim().is_empty()) {
-            let (account, key) = account_key(connection_string)?;
-            if account != location.account {
+            let account = StorageAccount::parse(connection_string)?;
+            // Signed requests go only to the account's own endpoint: a URL naming another host
+            // would hand it a replayable signature.
+            if !account.serves(&location.url) {
                 bail!(
-                    "AZURE_STORAGE_CONNECTION_STRING is for account {account:?}, the blob is in {:?}",
-                    location.account
+                    "the blob URL is not in the storage account of AZURE_STORAGE_CONNECTION_STRING \
+                     ({}): refusing to sign a request to another host",
+                    account.endpoint()
                 );
             }
             return Ok(BlobAuth::SharedKey {
-                account,
-                key: key.into(),
+                account: account.name,
+                key: account.key.into(),
             });
         }
-        if auth_setting == Some("key") {
+        if forced == Some("key") {
             bail!(
                 "AZURE_STORAGE_AUTH=key needs AZURE_STORAGE_CONNECTION_STRING with an AccountKey"
             );
         }
+        BlobAuth::identity_for(location)
+    }
+
+    /// A bearer token is valid for every account the identity may read: it goes only to Azure
+    /// Blob Storage endpoints, over TLS.
+    fn identity_for(location: &BlobLocation) -> anyhow::Result<BlobAuth> {
+        let host = location.url.host_str().unwrap_or_default();
+        let azure = AZURE_BLOB_SUFFIXES
+            .iter()
+            .any(|suffix| host.ends_with(&format!(".blob.{suffix}")));
+        if location.url.scheme() != "https" || !azure {
+            bail!(
+                "an Entra ID token is sent only to https://<account>.blob.core.windows.net (or a \
+                 sovereign cloud's blob endpoint); give a SAS or AZURE_STORAGE_CONNECTION_STRING for {}",
+                location.display
+            );
+        }
         Ok(BlobAuth::Identity(identity::azure()))
+    }
+}
+
+/// Blob endpoints of the public and sovereign Azure clouds.
+const AZURE_BLOB_SUFFIXES: [&str; 3] = [
+    "core.windows.net",
+    "core.chinacloudapi.cn",
+    "core.usgovcloudapi.net",
+];
+
+/// A storage account from its connection string.
+pub struct StorageAccount {
+    pub name: String,
+    pub key: Vec<u8>,
+    /// `BlobEndpoint`, when the string names one (an emulator, a custom domain).
+    pub blob_endpoint: Option<String>,
+    /// `EndpointSuffix` (default `core.windows.net`).
+    pub endpoint_suffix: String,
+}
+
+impl StorageAccount {
+    pub fn parse(connection_string: &str) -> anyhow::Result<StorageAccount> {
+        let (name, key) = account_key(connection_string)?;
+        let field = |wanted: &str| {
+            connection_string.split(';').find_map(|part| {
+                let (name, value) = part.split_once('=')?;
+                (name.trim().eq_ignore_ascii_case(wanted)).then(|| value.trim().to_owned())
+            })
+        };
+        Ok(StorageAccount {
+            name,
+            key,
+            blob_endpoint: field("BlobEndpoint").map(|e| e.trim_end_matches('/').to_owned()),
+            endpoint_suffix: field("EndpointSuffix").unwrap_or_else(|| "core.windows.net".into()),
+        })
+    }
+
+    /// Where the account's blobs are.
+    pub fn endpoint(&self) -> String {
+        self.blob_endpoint
+            .clone()
+            .unwrap_or_else(|| format!("https://{}.blob.{}", self.name, self.endpoint_suffix))
+    }
+
+    /// Whether `url` is a blob of this account.
+    pub fn serves(&self, url: &Url) -> bool {
+        let endpoint = self.endpoint();
+        let mut bare = url.clone();
+        bare.set_query(None);
+        bare.set_fragment(None);
+        bare.as_str().starts_with(&format!("{endpoint}/"))
     }
 }
 
@@ -172,6 +245,22 @@ pub fn shared_key_signature(
     account: &str,
     url: &Url,
 ) -> String {
+    let to_sign = string_to_sign(verb, standard, ms_headers, account, url);
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(to_sign.as_bytes());
+    STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// What a Shared Key signature signs: the verb, then twelve standard header slots
+/// (Content-Encoding, -Language, -Length, -MD5, -Type, Date, If-Modified-Since, If-Match,
+/// If-None-Match, If-Unmodified-Since, Range), then the `x-ms-*` headers sorted, then the resource.
+pub fn string_to_sign(
+    verb: &str,
+    standard: &StandardHeaders,
+    ms_headers: &[(&str, &str)],
+    account: &str,
+    url: &Url,
+) -> String {
     let mut ms: Vec<(String, &str)> = ms_headers
         .iter()
         .map(|(name, value)| (name.to_ascii_lowercase(), value.trim()))
@@ -198,9 +287,7 @@ pub fn shared_key_signature(
     for (name, value) in query {
         to_sign.push_str(&format!("\n{name}:{value}"));
     }
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(to_sign.as_bytes());
-    STANDARD.encode(mac.finalize().into_bytes())
+    to_sign
 }
 
 /// The standard headers a Shared Key signature covers that requests here may set.
@@ -328,8 +415,8 @@ impl BlobReader {
         }
         let response = request.send().await.map_err(|e| BlobError::Unreachable {
             blob: blob(),
-            // Without the URL: it may carry a SAS.
-            cause: e.without_url().to_string(),
+            // Without the URL (it may carry a SAS), with the causes (refused, DNS, TLS).
+            cause: format!("{:#}", anyhow::Error::new(e.without_url())),
         })?;
         let status = response.status().as_u16();
         let code = response
@@ -338,8 +425,24 @@ impl BlobReader {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("no error code")
             .to_owned();
+        let resumed_at = response
+            .headers()
+            .get("content-range")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("bytes "))
+            .and_then(|v| v.split('-').next())
+            .and_then(|v| v.parse::<u64>().ok());
         match status {
-            200 | 206 => {}
+            200 if offset == 0 => {}
+            // A resumed read must continue exactly where the last one stopped.
+            206 if offset > 0 && resumed_at == Some(offset) => {}
+            200 | 206 => {
+                return Err(BlobError::Unexpected {
+                    blob: blob(),
+                    status,
+                    code: format!("asked for bytes from {offset}, got {resumed_at:?}"),
+                });
+            }
             404 => return Err(BlobError::NotFound { blob: blob(), code }),
             401 | 403 => return Err(BlobError::Denied { blob: blob(), code }),
             412 => return Err(BlobError::Changed { blob: blob() }),
@@ -382,7 +485,9 @@ impl BlobReader {
                         return;
                     }
                 }
-                Ok(None) if size == 0 || offset >= size => return,
+                // Complete (a reset after the last byte included).
+                Ok(None) if size == 0 => return,
+                Ok(None) | Err(_) if offset >= size => return,
                 Ok(None) | Err(_) if resumes < MAX_RESUMES => {
                     resumes += 1;
                     tracing::warn!(blob = %self.location.display, offset, resumes, "the blob download broke off; resuming");
@@ -475,42 +580,112 @@ mod tests {
         assert!(!error.to_string().contains("not base64!"), "{error}");
     }
 
-    /// The example of Microsoft's "Authorize with Shared Key" page, reproduced with a known key:
-    /// the string to sign has the verb, twelve standard header slots, the sorted `x-ms-*`
-    /// headers and the resource, with the query parameters sorted by name.
+    /// Each field in its documented slot: an upload (length and type) and a resumed read
+    /// (If-Match, x-ms-range), with the query parameters sorted by name.
     #[test]
-    fn shared_key_signatures_cover_the_documented_fields() {
-        let key = b"key";
-        let url = Url::parse("http://127.0.0.1:10000/devstoreaccount1/c/b.csv").unwrap();
-        let headers = [
-            ("x-ms-version", API_VERSION),
-            ("x-ms-date", "Mon, 23 Nov 2026 00:00:00 GMT"),
-        ];
-        let signature = shared_key_signature(
-            key,
-            "GET",
-            &StandardHeaders::default(),
-            &headers,
+    fn shared_key_strings_to_sign_put_each_field_in_its_slot() {
+        let date = ("x-ms-date", "Mon, 23 Nov 2026 00:00:00 GMT");
+        let version = ("x-ms-version", API_VERSION);
+        let upload = string_to_sign(
+            "PUT",
+            &StandardHeaders {
+                content_length: Some(12),
+                content_type: Some("text/csv"),
+                if_match: None,
+            },
+            &[version, ("x-ms-blob-type", "BlockBlob"), date],
             "devstoreaccount1",
-            &url,
+            &Url::parse("http://127.0.0.1:10000/devstoreaccount1/c/b.csv?timeout=30&comp=x")
+                .unwrap(),
         );
-        let expected_to_sign = "GET\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:Mon, 23 Nov 2026 00:00:00 GMT\n\
-                                x-ms-version:2021-08-06\n/devstoreaccount1/devstoreaccount1/c/b.csv";
-        let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
-        mac.update(expected_to_sign.as_bytes());
-        assert_eq!(signature, STANDARD.encode(mac.finalize().into_bytes()));
-        // If-Match takes its own slot; a different header changes the signature.
-        let resumed = shared_key_signature(
-            key,
+        assert_eq!(
+            upload,
+            "PUT\n\n\n12\n\ntext/csv\n\n\n\n\n\n\n\
+             x-ms-blob-type:BlockBlob\nx-ms-date:Mon, 23 Nov 2026 00:00:00 GMT\n\
+             x-ms-version:2021-08-06\n/devstoreaccount1/devstoreaccount1/c/b.csv\ncomp:x\ntimeout:30"
+        );
+        let resumed = string_to_sign(
             "GET",
             &StandardHeaders {
-                if_match: Some("\"0x1\""),
-                ..Default::default()
+                content_length: Some(0),
+                content_type: None,
+                if_match: Some("\"0x8D\""),
             },
-            &headers,
-            "devstoreaccount1",
-            &url,
+            &[date, ("x-ms-range", "bytes=100-"), version],
+            "acct",
+            &Url::parse("https://acct.blob.core.windows.net/data/flights.csv").unwrap(),
         );
-        assert_ne!(resumed, signature);
+        assert_eq!(
+            resumed,
+            "GET\n\n\n\n\n\n\n\n\"0x8D\"\n\n\n\n\
+             x-ms-date:Mon, 23 Nov 2026 00:00:00 GMT\nx-ms-range:bytes=100-\n\
+             x-ms-version:2021-08-06\n/acct/data/flights.csv"
+        );
+        // The signature is HMAC-SHA256 of that string under the key, base64.
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"key").unwrap();
+        mac.update(resumed.as_bytes());
+        assert_eq!(
+            shared_key_signature(
+                b"key",
+                "GET",
+                &StandardHeaders {
+                    content_length: Some(0),
+                    content_type: None,
+                    if_match: Some("\"0x8D\""),
+                },
+                &[date, ("x-ms-range", "bytes=100-"), version],
+                "acct",
+                &Url::parse("https://acct.blob.core.windows.net/data/flights.csv").unwrap(),
+            ),
+            STANDARD.encode(mac.finalize().into_bytes())
+        );
+    }
+
+    #[test]
+    fn keys_and_tokens_go_only_to_their_own_endpoints() {
+        let azurite = "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5cw==;\
+                       BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;";
+        let cloud = "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=a2V5cw==;EndpointSuffix=core.windows.net";
+        let auth = |url: &str, connection: Option<&str>, forced: Option<&str>| {
+            BlobAuth::for_location(&BlobLocation::parse(url).unwrap(), connection, forced)
+        };
+        assert!(matches!(
+            auth(
+                "http://127.0.0.1:10000/devstoreaccount1/c/b.csv",
+                Some(azurite),
+                None
+            ),
+            Ok(BlobAuth::SharedKey { .. })
+        ));
+        assert!(matches!(
+            auth(
+                "https://acct.blob.core.windows.net/c/b.csv",
+                Some(cloud),
+                None
+            ),
+            Ok(BlobAuth::SharedKey { .. })
+        ));
+        // Another host with the same account name gets no signature, nor a token.
+        for url in [
+            "https://acct.blob.evil.example/c/b.csv",
+            "https://evil.example/acct/c/b.csv",
+        ] {
+            assert!(auth(url, Some(cloud), None).is_err(), "{url}");
+            assert!(auth(url, None, None).is_err(), "{url}");
+        }
+        assert!(matches!(
+            auth("https://acct.blob.core.windows.net/c/b.csv", None, None),
+            Ok(BlobAuth::Identity(_))
+        ));
+        // A SAS needs nothing else; plain http only on loopback.
+        assert!(matches!(
+            auth(
+                "https://acct.blob.evil.example/c/b.csv?sv=1&sig=x",
+                None,
+                None
+            ),
+            Ok(BlobAuth::UrlOnly)
+        ));
+        assert!(BlobLocation::parse("http://acct.blob.core.windows.net/c/b.csv").is_err());
     }
 }

@@ -54,6 +54,7 @@ enum Command {
         file: Option<PathBuf>,
         /// The blob's URL, streamed (never held in memory whole): with a SAS in its query, or
         /// the account key of AZURE_STORAGE_CONNECTION_STRING, or the Entra ID identity.
+        /// `-` reads it from standard input (a SAS on the command line shows in `ps`).
         #[arg(long)]
         blob: Option<String>,
     },
@@ -215,7 +216,17 @@ async fn run_import(
         (Some(file), _) => import::ImportSource::file(file)?,
         (None, Some(url)) => {
             let settings = &context.settings;
-            let location = BlobLocation::parse(url)?;
+            // `-`: the URL from standard input, so that a SAS stays out of `ps` and shell history.
+            let url = if url == "-" {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("cannot read the blob URL from standard input")?;
+                line.trim().to_owned()
+            } else {
+                url.to_owned()
+            };
+            let location = BlobLocation::parse(&url)?;
             let auth = BlobAuth::for_location(
                 &location,
                 settings

@@ -60,14 +60,23 @@ pub trait TokenSource: Send + Sync + 'static {
 /// Tokens cached per scope, refreshed before they expire.
 pub struct Tokens {
     source: Arc<dyn TokenSource>,
-    cached: tokio::sync::Mutex<HashMap<String, (AccessToken, SystemTime)>>,
+    scopes: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
 }
+
+#[derive(Clone)]
+struct Cached {
+    token: AccessToken,
+    refresh_at: SystemTime,
+}
+
+/// A fetch that takes longer than this fails (the identity endpoint or `az` is stuck).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Tokens {
     pub fn new(source: Arc<dyn TokenSource>) -> Arc<Tokens> {
         Arc::new(Tokens {
             source,
-            cached: tokio::sync::Mutex::new(HashMap::new()),
+            scopes: std::sync::Mutex::default(),
         })
     }
 
@@ -78,18 +87,54 @@ impl Tokens {
     }
 
     /// The token for `scope` and when it will be replaced.
+    ///
+    /// The fetch runs in a task of its own, so a caller that gives up (a connect timeout) does
+    /// not waste it: the token is cached for the next caller all the same. A failed refresh falls
+    /// back to the cached token while it is still valid.
     pub async fn current(&self, scope: &str) -> anyhow::Result<(AccessToken, SystemTime)> {
-        let mut cached = self.cached.lock().await;
-        if let Some((token, refresh)) = cached.get(scope)
-            && SystemTime::now() < *refresh
-        {
-            return Ok((token.clone(), *refresh));
-        }
-        let fetched_at = SystemTime::now();
-        let token = self.source.fetch(scope).await?;
-        let refresh = refresh_at(&token, fetched_at);
-        cached.insert(scope.to_owned(), (token.clone(), refresh));
-        Ok((token, refresh))
+        let slot = Arc::clone(
+            self.scopes
+                .lock()
+                .expect("token scopes lock")
+                .entry(scope.to_owned())
+                .or_default(),
+        );
+        let source = Arc::clone(&self.source);
+        let scope = scope.to_owned();
+        let fetch = tokio::spawn(async move {
+            let mut cached = slot.lock().await;
+            let now = SystemTime::now();
+            if let Some(c) = cached.as_ref()
+                && now < c.refresh_at
+            {
+                return Ok((c.token.clone(), c.refresh_at));
+            }
+            let fetched = tokio::time::timeout(FETCH_TIMEOUT, source.fetch(&scope))
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {FETCH_TIMEOUT:?}")));
+            match fetched {
+                Ok(token) => {
+                    let refresh_at = refresh_at(&token, now);
+                    *cached = Some(Cached {
+                        token: token.clone(),
+                        refresh_at,
+                    });
+                    Ok((token, refresh_at))
+                }
+                Err(error) => match cached.as_mut() {
+                    Some(c) if now < c.token.expires_at => {
+                        tracing::warn!(%scope, error = format!("{error:#}"), "token refresh failed; the current token is still valid");
+                        // Try again in a while, not on every call.
+                        c.refresh_at = (now + Duration::from_secs(10)).min(c.token.expires_at);
+                        Ok((c.token.clone(), c.refresh_at))
+                    }
+                    _ => Err(error),
+                },
+            }
+        });
+        fetch
+            .await
+            .map_err(|e| anyhow::anyhow!("the token fetch crashed: {e}"))?
     }
 }
 
@@ -221,6 +266,48 @@ mod tests {
             assert_eq!(call.await.unwrap(), "token-1");
         }
         assert_eq!(source.fetched.load(Ordering::SeqCst), 1);
+    }
+
+    /// A test double that fails after its first token, or answers slowly.
+    struct Flaky {
+        fetched: AtomicU32,
+        delay: Duration,
+    }
+
+    #[async_trait]
+    impl TokenSource for Flaky {
+        async fn fetch(&self, _scope: &str) -> anyhow::Result<AccessToken> {
+            tokio::time::sleep(self.delay).await;
+            if self.fetched.fetch_add(1, Ordering::SeqCst) > 0 {
+                anyhow::bail!("the identity endpoint is down");
+            }
+            Ok(AccessToken {
+                secret: "first".into(),
+                expires_at: SystemTime::now() + Duration::from_millis(800),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_refresh_keeps_a_valid_token_and_a_cancelled_caller_wastes_no_fetch() {
+        let source = Arc::new(Flaky {
+            fetched: AtomicU32::new(0),
+            delay: Duration::from_millis(100),
+        });
+        let tokens = Tokens::new(source.clone());
+        // A caller that gives up after 20 ms: the fetch goes on and its token is cached.
+        let impatient = tokio::time::timeout(Duration::from_millis(20), tokens.get(REDIS_SCOPE));
+        assert!(impatient.await.is_err());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(tokens.get(REDIS_SCOPE).await.unwrap().secret, "first");
+        assert_eq!(source.fetched.load(Ordering::SeqCst), 1);
+        // In the refresh window the endpoint fails: the still-valid token is used meanwhile.
+        tokio::time::sleep(Duration::from_millis(550)).await;
+        assert_eq!(tokens.get(REDIS_SCOPE).await.unwrap().secret, "first");
+        assert_eq!(source.fetched.load(Ordering::SeqCst), 2);
+        // Once it has expired, the failure shows.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(tokens.get(REDIS_SCOPE).await.is_err());
     }
 
     #[test]

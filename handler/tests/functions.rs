@@ -140,6 +140,10 @@ fn host_json_forwards_http_requests_under_api() {
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "DATASETS_DIR",
         "WARMUP_SCHEDULE",
+        "REDIS_AUTH",
+        "AZURE_STORAGE_CONNECTION_STRING",
+        "AZURE_STORAGE_AUTH",
+        "AZURE_CLIENT_ID",
     ] {
         assert!(
             settings["Values"][name].is_string(),

@@ -30,6 +30,9 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("{0}")]
     Conflict(String),
+    /// A service the request depends on (Blob Storage, Entra ID) failed or did not answer.
+    #[error("{0}")]
+    BadGateway(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -45,6 +48,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Auth(error) => match error {
                 AuthError::NotConfigured | AuthError::ProviderUnavailable => {
                     StatusCode::SERVICE_UNAVAILABLE
@@ -76,9 +80,18 @@ impl ApiError {
 impl From<StorageError> for ApiError {
     fn from(error: StorageError) -> Self {
         match error {
-            StorageError::Unavailable(cause) => {
+            StorageError::Unavailable(cause) | StorageError::Deadlock(cause) => {
                 tracing::warn!(error = %cause, "database unavailable");
                 ApiError::Unavailable
+            }
+            StorageError::ValueTooLong(cause) => {
+                tracing::info!(error = %cause, "a value too long for the database");
+                ApiError::Unprocessable(vec![(
+                    "body".into(),
+                    "a text value is longer than this database stores in an indexed column \
+                     (see the dataset's max_length)"
+                        .into(),
+                )])
             }
             other => ApiError::Internal(other.into()),
         }
@@ -128,9 +141,10 @@ impl IntoResponse for ApiError {
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
                 response
             }
-            ApiError::NotFound(_) | ApiError::Conflict(_) | ApiError::MalformedBody(_) => {
-                problem(status, &self.to_string(), None)
-            }
+            ApiError::NotFound(_)
+            | ApiError::Conflict(_)
+            | ApiError::MalformedBody(_)
+            | ApiError::BadGateway(_) => problem(status, &self.to_string(), None),
             ApiError::PayloadTooLarge(_) | ApiError::UnsupportedMediaType => {
                 problem(status, &self.to_string(), None)
             }

@@ -24,7 +24,7 @@ use serde_json::json;
 use super::body::JsonBody;
 use super::{ApiError, AppState, json_response};
 use crate::auth::Level;
-use crate::blob::{BlobAuth, BlobLocation, BlobReader};
+use crate::blob::{BlobAuth, BlobError, BlobLocation, BlobReader};
 use crate::import::{self, ImportProgress, ImportReport};
 
 /// Finished jobs are forgotten after this long.
@@ -36,6 +36,24 @@ const LISTED_REJECTIONS: usize = 20;
 #[derive(Default)]
 pub struct ImportJobs {
     jobs: Mutex<HashMap<String, Arc<Job>>>,
+    /// Datasets whose import is being opened or runs: one at a time per dataset.
+    busy: Mutex<HashMap<String, String>>,
+}
+
+/// A dataset's import slot, held from before the blob is opened until the import ends.
+struct Slot {
+    jobs: Arc<ImportJobs>,
+    dataset: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.jobs
+            .busy
+            .lock()
+            .expect("jobs lock")
+            .remove(&self.dataset);
+    }
 }
 
 struct Job {
@@ -55,11 +73,17 @@ struct Outcome {
 }
 
 impl ImportJobs {
-    fn running_for(&self, dataset: &str) -> Option<String> {
-        let jobs = self.jobs.lock().expect("jobs lock");
-        jobs.values()
-            .find(|job| job.dataset == dataset && job.outcome.lock().expect("job lock").is_none())
-            .map(|job| job.id.clone())
+    /// The dataset's slot, or the id of the import holding it.
+    fn reserve(self: &Arc<Self>, dataset: &str, id: &str) -> Result<Slot, String> {
+        let mut busy = self.busy.lock().expect("jobs lock");
+        if let Some(holder) = busy.get(dataset) {
+            return Err(holder.clone());
+        }
+        busy.insert(dataset.to_owned(), id.to_owned());
+        Ok(Slot {
+            jobs: Arc::clone(self),
+            dataset: dataset.to_owned(),
+        })
     }
 
     fn insert(&self, job: Arc<Job>) {
@@ -157,12 +181,17 @@ pub async fn start(
     })?;
     let location =
         BlobLocation::parse(&blob_url).map_err(|e| unprocessable("blob", format!("{e:#}")))?;
-    if let Some(running) = state.imports.running_for(&dataset.name) {
-        return Err(ApiError::Conflict(format!(
-            "an import of {} is running: /api/admin/imports/{running}",
-            dataset.name
-        )));
-    }
+    let id = new_job_id();
+    // Taken before the blob is opened: two requests for one dataset cannot both start.
+    let slot = state
+        .imports
+        .reserve(&dataset.name, &id)
+        .map_err(|running| {
+            ApiError::Conflict(format!(
+                "an import of {} is running: /api/admin/imports/{running}",
+                dataset.name
+            ))
+        })?;
     let auth = BlobAuth::for_location(
         &location,
         state
@@ -174,13 +203,19 @@ pub async fn start(
     )
     .map_err(|e| unprocessable("blob", format!("{e:#}")))?;
     let reader = BlobReader::new(location.clone(), auth).map_err(ApiError::Internal)?;
-    let source = reader
-        .open()
-        .await
-        .map_err(|e| unprocessable("blob", e.to_string()))?;
+    let source = reader.open().await.map_err(|error| match error {
+        // What the client named is wrong: the blob, or the access it gave.
+        BlobError::NotFound { .. } | BlobError::Denied { .. } | BlobError::Changed { .. } => {
+            unprocessable("blob", error.to_string())
+        }
+        // Blob Storage or Entra ID failed: not the client's mistake.
+        BlobError::Unexpected { .. } | BlobError::Unreachable { .. } | BlobError::Token(_) => {
+            ApiError::BadGateway(error.to_string())
+        }
+    })?;
 
     let job = Arc::new(Job {
-        id: new_job_id(),
+        id,
         dataset: dataset.name.clone(),
         source: location.display.clone(),
         size: source.size,
@@ -228,6 +263,7 @@ pub async fn start(
                 finished: Instant::now(),
                 result,
             });
+            drop(slot);
         }
     });
     let mut response = json_response(

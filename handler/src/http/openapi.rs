@@ -49,6 +49,7 @@ pub fn document(catalog: &Catalog) -> Json {
     }
     let mut schemas = Map::new();
     schemas.insert("Problem".into(), problem_schema());
+    schemas.insert("ImportStatus".into(), import_status_schema());
     for dataset in catalog.iter() {
         schemas.insert(schema_name(dataset), row_schema(dataset));
     }
@@ -156,6 +157,24 @@ fn operation(function: &str, summary: &str, handler: Handler, dataset: Option<&D
                 json!({"required": true, "content": {"application/json": {"schema": credentials}}});
             return finish(operation, handler, ok);
         }
+        (Handler::ImportStart, _) => {
+            let request = json!({"type": "object", "required": ["dataset", "blob"], "properties": {
+                "dataset": {"type": "string", "description": "A declared dataset"},
+                "blob": {"type": "string", "format": "uri", "description": "https://<account>.blob.core.windows.net/<container>/<blob>, with a SAS or not"},
+            }});
+            let mut operation =
+                json!({"operationId": operation_id, "summary": summary, "responses": {}});
+            operation["requestBody"] =
+                json!({"required": true, "content": {"application/json": {"schema": request}}});
+            let accepted = json!({"description": "Started; Location names its status", "content": {"application/json": {"schema": schema_ref("ImportStatus")}}});
+            return finish(operation, handler, accepted);
+        }
+        (Handler::ImportStatus, _) => {
+            parameters.push(
+                json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}),
+            );
+            ok = json!({"description": "The import's progress, then its report or error", "content": {"application/json": {"schema": schema_ref("ImportStatus")}}});
+        }
         (Handler::Docs, _) => {
             ok = json!({"description": "HTML page", "content": {"text/html": {}}})
         }
@@ -188,6 +207,7 @@ fn operation(function: &str, summary: &str, handler: Handler, dataset: Option<&D
 fn finish(mut operation: Json, handler: Handler, ok: Json) -> Json {
     let success = match handler {
         Handler::Create | Handler::Signup => "201",
+        Handler::ImportStart => "202",
         Handler::Delete => "204",
         _ => "200",
     };
@@ -199,7 +219,12 @@ fn finish(mut operation: Json, handler: Handler, ok: Json) -> Json {
         Handler::Create | Handler::Replace | Handler::Patch | Handler::Delete
     );
     let problem = |description: &str| json!({"description": description, "content": {"application/problem+json": {"schema": schema_ref("Problem")}}});
-    if writes || matches!(handler, Handler::Signup | Handler::Login) {
+    if writes
+        || matches!(
+            handler,
+            Handler::Signup | Handler::Login | Handler::ImportStart
+        )
+    {
         for (code, description) in [
             ("413", "Body larger than MAX_BODY_BYTES"),
             ("415", "Body is not JSON"),
@@ -213,7 +238,11 @@ fn finish(mut operation: Json, handler: Handler, ok: Json) -> Json {
     if writes
         || matches!(
             handler,
-            Handler::Me | Handler::AdminView | Handler::AdminPurge
+            Handler::Me
+                | Handler::AdminView
+                | Handler::AdminPurge
+                | Handler::ImportStart
+                | Handler::ImportStatus
         )
     {
         responses.insert("401".into(), problem("No valid token"));
@@ -228,6 +257,12 @@ fn finish(mut operation: Json, handler: Handler, ok: Json) -> Json {
     }
     if matches!(handler, Handler::Signup) {
         responses.insert("409".into(), problem("Email already registered"));
+    }
+    if matches!(handler, Handler::ImportStart) {
+        responses.insert("409".into(), problem("An import of the dataset is running"));
+    }
+    if matches!(handler, Handler::ImportStatus) {
+        responses.insert("404".into(), problem("No such import on this instance"));
     }
     if responses.contains_key("401") && !matches!(handler, Handler::Login) {
         operation["security"] = json!([{"bearer": []}]);
@@ -309,6 +344,30 @@ fn row_schema(dataset: &Dataset) -> Json {
         required.push(column.name.clone());
     }
     json!({"type": "object", "title": dataset.title, "description": dataset.description, "properties": properties, "required": required})
+}
+
+/// What `http::imports` reports about an import.
+fn import_status_schema() -> Json {
+    let count = json!({"type": "integer", "minimum": 0});
+    json!({
+        "type": "object",
+        "required": ["id", "dataset", "source", "state", "started_at", "bytes_read", "rows_staged"],
+        "properties": {
+            "id": {"type": "string"}, "dataset": {"type": "string"},
+            "source": {"type": "string", "description": "The blob's URL without its SAS"},
+            "state": {"type": "string", "enum": ["running", "succeeded", "failed"]},
+            "started_at": {"type": "string", "format": "date-time"},
+            "finished_at": {"type": "string", "format": "date-time"},
+            "bytes_total": count, "bytes_read": count, "rows_staged": count,
+            "report": {"type": "object", "properties": {
+                "imported": count, "rejected": count, "seconds": {"type": "number"},
+                "rows_per_second": {"type": "number"},
+                "rejections": {"type": "array", "items": {"type": "object", "properties": {
+                    "line": count, "reason": {"type": "string"}}}},
+            }},
+            "error": {"type": "string"},
+        },
+    })
 }
 
 fn problem_schema() -> Json {

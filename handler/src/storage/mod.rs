@@ -53,6 +53,13 @@ pub enum StorageError {
     /// A row or account with this key (or email) exists already.
     #[error("already exists")]
     Conflict,
+    /// The database broke a deadlock by rolling this transaction back; a write is retried.
+    #[error("the transaction was rolled back to break a deadlock")]
+    Deadlock(#[source] DriverError),
+    /// A text value is longer than the engine's column can hold (an indexed text column on
+    /// MySQL or SQL Server): the client's value, not the server, is at fault.
+    #[error("a text value is longer than this database stores in an indexed column")]
+    ValueTooLong(#[source] DriverError),
     #[error("database error")]
     Database(#[source] DriverError),
     #[error("unexpected value in column {column:?}: {reason}")]
@@ -73,7 +80,11 @@ impl From<sqlx::Error> for StorageError {
             sqlx::Error::Database(ref e)
                 if matches!(e.code().as_deref(), Some("40001" | "40P01")) =>
             {
-                StorageError::Unavailable(error.into())
+                StorageError::Deadlock(error.into())
+            }
+            // "String data, right truncation": MySQL's strict mode, PostgreSQL's VARCHAR(n).
+            sqlx::Error::Database(ref e) if e.code().as_deref() == Some("22001") => {
+                StorageError::ValueTooLong(error.into())
             }
             // SQLite's "busy"/"locked" (a write lock held past the busy timeout, e.g. by an
             // import's swap): try again shortly, like a database that is down.

@@ -4,8 +4,8 @@
 //! staged tables in with `sp_rename`.
 //!
 //! No SQL Server runs here: the statements are pinned by snapshot tests in `sql`, the value and
-//! type mapping by the tests below, and the whole storage suite runs on a real server when
-//! `MSSQL_URL` is set (see `tests/mssql.rs`).
+//! type mapping by the tests below, and the storage suite (`tests/import.rs`, `api.rs`,
+//! `writes.rs`, `accounts.rs`) runs on a real server when `MSSQL_URL` is set.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -33,8 +33,12 @@ const STAGING_SUFFIX: &str = "__import";
 const MAX_CONNECTION_LIFETIME: Duration = Duration::from_secs(30 * 60);
 /// Unique key violations (`2627` constraint, `2601` index).
 const UNIQUE_VIOLATIONS: [u32; 2] = [2627, 2601];
-/// Deadlock victim, lock timeout, and Azure SQL's transient errors: try again shortly.
-const TRANSIENT: [u32; 8] = [1205, 1222, 40197, 40501, 40613, 49918, 49919, 49920];
+/// Lock timeout, and Azure SQL's transient errors: try again shortly.
+const TRANSIENT: [u32; 7] = [1222, 40197, 40501, 40613, 49918, 49919, 49920];
+/// Chosen as a deadlock victim.
+const DEADLOCK: u32 = 1205;
+/// String data would be truncated (2628 names the column, 8152 is the older message).
+const TRUNCATION: [u32; 2] = [2628, 8152];
 
 /// Why a connection could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -129,12 +133,8 @@ impl bb8::ManageConnection for Manager {
         self.open().await
     }
 
-    /// Also ends a transaction a dropped writer left open (see [`MssqlWrite`]).
     async fn is_valid(&self, conn: &mut Connection) -> std::result::Result<(), ConnectError> {
-        conn.simple_query("IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION; SELECT 1")
-            .await?
-            .into_results()
-            .await?;
+        conn.simple_query("SELECT 1").await?.into_results().await?;
         Ok(())
     }
 
@@ -149,6 +149,10 @@ impl From<tiberius::error::Error> for StorageError {
         match &error {
             E::Io { .. } | E::Tls(_) | E::Routing { .. } => StorageError::Unavailable(error.into()),
             E::Server(e) if UNIQUE_VIOLATIONS.contains(&e.code()) => StorageError::Conflict,
+            E::Server(e) if e.code() == DEADLOCK => StorageError::Deadlock(error.into()),
+            E::Server(e) if TRUNCATION.contains(&e.code()) => {
+                StorageError::ValueTooLong(error.into())
+            }
             E::Server(e) if TRANSIENT.contains(&e.code()) => {
                 StorageError::Unavailable(error.into())
             }
@@ -184,10 +188,13 @@ impl MssqlDriver {
 
     /// `tokens` replaces the instance's Entra ID credential (tests).
     pub fn with_config(config: MssqlConfig, tokens: Option<Arc<Tokens>>) -> MssqlDriver {
+        // No test on checkout (a round trip per query): a writer dropped mid-transaction rolls
+        // back before its connection returns to the pool (see `MssqlWrite`).
         let pool = bb8::Pool::builder()
             .max_size(10)
             .connection_timeout(Duration::from_secs(5))
             .max_lifetime(Some(MAX_CONNECTION_LIFETIME))
+            .test_on_check_out(false)
             .build_unchecked(Manager::new(config.clone(), tokens.clone()));
         MssqlDriver {
             pool,
@@ -201,10 +208,14 @@ impl MssqlDriver {
         Manager::new(self.manager_config.clone(), self.tokens.clone())
             .open()
             .await
-            .map_err(|e| match e {
-                ConnectError::Tds(e) => e.into(),
-                other => StorageError::Unavailable(other.into()),
-            })
+            .map_err(connect_error)
+    }
+}
+
+fn connect_error(error: ConnectError) -> StorageError {
+    match error {
+        ConnectError::Tds(e) => e.into(),
+        other => StorageError::Unavailable(other.into()),
     }
 }
 
@@ -335,10 +346,12 @@ impl Driver for MssqlDriver {
         decode: Vec<Decode>,
         sender: mpsc::Sender<Result<Vec<Row>>>,
     ) {
-        let pool = self.pool.clone();
+        // A connection of its own: a client that hangs up leaves unread rows behind, which the
+        // next user of a pooled connection would have to drain. This one is simply closed.
+        let manager = Manager::new(self.manager_config.clone(), self.tokens.clone());
         tokio::spawn(async move {
             let result: Result<()> = async {
-                let mut conn = pool.get().await?;
+                let mut conn = manager.open().await.map_err(connect_error)?;
                 let mut rows = query(statement).query(&mut conn).await?.into_row_stream();
                 let mut batch = Vec::with_capacity(STREAM_BATCH_ROWS);
                 while let Some(row) = rows.try_next().await? {
@@ -399,6 +412,8 @@ impl Driver for MssqlDriver {
         // The lock belongs to this connection's session: two imports of one dataset would share
         // the staging tables, and the lock ends with the session if this process dies.
         let mut conn = self.dedicated().await?;
+        // The swap waits at most 30 s for readers and writers of the live tables.
+        run(&mut conn, "SET LOCK_TIMEOUT 30000").await?;
         let lock = Statement {
             sql: "DECLARE @granted int; EXEC @granted = sp_getapplock @Resource = @P1, \
                   @LockMode = 'Exclusive', @LockOwner = 'Session', @LockTimeout = 0; \
@@ -534,7 +549,8 @@ impl ImportSink for MssqlImport {
         }
         swap.push("COMMIT TRANSACTION".to_owned());
         run(&mut self.conn, &swap.join("; ")).await?;
-        self.conn.close().await?;
+        // The new rows are live; closing also releases the lock.
+        let _ = self.conn.close().await;
         Ok(())
     }
 
@@ -580,8 +596,11 @@ impl Transaction for MssqlWrite {
 
 impl Drop for MssqlWrite {
     fn drop(&mut self) {
-        if let Some(mut conn) = self.conn.take() {
-            tokio::spawn(async move {
+        // The connection goes back to the pool only once the rollback is done.
+        if let (Some(mut conn), Ok(runtime)) =
+            (self.conn.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(async move {
                 let _ = run(&mut conn, "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION").await;
             });
         }

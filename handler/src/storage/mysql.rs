@@ -214,7 +214,13 @@ impl Driver for MySqlDriver {
             return Err(StorageError::ImportRunning(dataset.name.clone()));
         }
         // Keys are unique already (the importer checks), so InnoDB need not check them again.
-        run(&mut conn, "SET SESSION unique_checks = 0".to_owned()).await?;
+        // The swap waits at most 30 s for readers and writers of the live tables (the default
+        // is a year, and every new reader would queue behind it).
+        run(
+            &mut conn,
+            "SET SESSION unique_checks = 0, lock_wait_timeout = 30".to_owned(),
+        )
+        .await?;
         let staging = Placement {
             schema: None,
             suffix: STAGING_SUFFIX,
@@ -413,10 +419,14 @@ impl ImportSink for MySqlImport {
             format!("RENAME TABLE {}", renames.join(", ")),
         )
         .await?;
+        // The new rows are live: what follows is cleanup, and its failure is only logged (the
+        // next import drops leftover tables).
         for statement in drop_tables(&dataset, &retired) {
-            run(&mut self.conn, statement).await?;
+            if let Err(error) = run(&mut self.conn, statement).await {
+                tracing::warn!(dataset = %dataset.name, %error, "could not drop the replaced tables");
+            }
         }
-        self.conn.close().await?;
+        let _ = self.conn.close().await;
         Ok(())
     }
 

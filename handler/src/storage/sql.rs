@@ -714,14 +714,15 @@ pub fn get_for_update(dataset: &Dataset, key: &Value, dialect: Dialect) -> State
 /// The next generated key: one past the largest. Callers hold a write lock on the table (on
 /// MySQL this read takes it: InnoDB locks the last key and the gap after it until commit).
 pub fn next_generated_key(dataset: &Dataset, dialect: Dialect) -> Statement {
-    let lock = if dialect == Dialect::MySql {
-        " FOR UPDATE"
-    } else {
-        ""
+    // SQL Server locks the whole table in this read, until the transaction ends.
+    let (hint, lock) = match dialect {
+        Dialect::SqlServer => (" WITH (TABLOCKX, HOLDLOCK)", ""),
+        Dialect::MySql => ("", " FOR UPDATE"),
+        _ => ("", ""),
     };
     Statement {
         sql: format!(
-            "SELECT COALESCE(MAX({}), 0) + 1 FROM {}{lock}",
+            "SELECT COALESCE(MAX({}), 0) + 1 FROM {}{hint}{lock}",
             dialect.quote(&dataset.key_column().name),
             dialect.quote(&dataset.table)
         ),
@@ -729,13 +730,13 @@ pub fn next_generated_key(dataset: &Dataset, dialect: Dialect) -> Statement {
     }
 }
 
-/// Serialises inserts that generate keys (PostgreSQL; SQLite's write transaction already does).
+/// Serialises inserts that generate keys on PostgreSQL (SQLite's write transaction already does;
+/// MySQL's and SQL Server's read of the largest key takes the lock itself).
 pub fn lock_for_generated_keys(dataset: &Dataset, dialect: Dialect) -> Option<Statement> {
     let table = dialect.quote(&dataset.table);
     let sql = match dialect {
-        Dialect::Sqlite | Dialect::MySql => return None,
+        Dialect::Sqlite | Dialect::MySql | Dialect::SqlServer => return None,
         Dialect::Postgres => format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"),
-        Dialect::SqlServer => format!("SELECT TOP 0 1 FROM {table} WITH (TABLOCKX, HOLDLOCK)"),
     };
     Some(Statement {
         sql,
@@ -824,35 +825,40 @@ pub fn delete_list_elements(
     b.finish()
 }
 
-/// `None` when the row's list is empty or null.
+/// Elements per `INSERT`: SQL Server takes at most 2,100 parameters and 1,000 rows per statement.
+pub const LIST_ELEMENTS_PER_INSERT: usize = 500;
+
+/// The inserts of a row's list elements (none when its list is empty or null).
 pub fn insert_list_elements(
     dataset: &Dataset,
     index: usize,
     row: &Row,
     dialect: Dialect,
-) -> Option<Statement> {
+) -> Vec<Statement> {
     let elements = list_elements(row, dataset.key.column, index);
-    if elements.is_empty() {
-        return None;
-    }
-    let mut b = Builder::new(dialect);
-    b.push("INSERT INTO ")
-        .push(&dialect.quote(&dataset.list_table(&dataset.columns[index])))
-        .push(&format!(
-            " ({}, {}, {}) VALUES ",
-            dialect.quote("row_id"),
-            dialect.quote("value"),
-            dialect.quote("value_key")
-        ));
-    for (i, (key, value, value_key)) in elements.into_iter().enumerate() {
-        if i > 0 {
-            b.push(", ");
-        }
-        b.push("(").bind(key.clone()).push(", ");
-        b.bind(Value::Text(value.to_owned())).push(", ");
-        b.bind(Value::Text(value_key)).push(")");
-    }
-    Some(b.finish())
+    elements
+        .chunks(LIST_ELEMENTS_PER_INSERT)
+        .map(|chunk| {
+            let mut b = Builder::new(dialect);
+            b.push("INSERT INTO ")
+                .push(&dialect.quote(&dataset.list_table(&dataset.columns[index])))
+                .push(&format!(
+                    " ({}, {}, {}) VALUES ",
+                    dialect.quote("row_id"),
+                    dialect.quote("value"),
+                    dialect.quote("value_key")
+                ));
+            for (i, (key, value, value_key)) in chunk.iter().enumerate() {
+                if i > 0 {
+                    b.push(", ");
+                }
+                b.push("(").bind((*key).clone()).push(", ");
+                b.bind(Value::Text((*value).to_owned())).push(", ");
+                b.bind(Value::Text(value_key.clone())).push(")");
+            }
+            b.finish()
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -940,9 +946,10 @@ mod tests {
         assert!(!update.sql.contains("SET \"id\""), "{}", update.sql);
         assert_eq!(update.params.last(), Some(&Value::Integer(9)));
         let genres = ds.column_index("genres").unwrap();
-        let elements = insert_list_elements(&ds, genres, &row, Dialect::Postgres).unwrap();
+        let elements = insert_list_elements(&ds, genres, &row, Dialect::Postgres);
+        assert_eq!(elements.len(), 1);
         assert_eq!(
-            elements.sql,
+            elements[0].sql,
             "INSERT INTO \"movies__genres\" (\"row_id\", \"value\", \"value_key\") VALUES ($1, $2, $3), ($4, $5, $6)"
         );
         assert!(
@@ -1013,10 +1020,20 @@ mod tests {
             delete_list_elements(&ds, ds.column("genres").unwrap(), &Value::Integer(9), d).sql,
             "DELETE FROM [movies__genres] WHERE [row_id] = @P1"
         );
+        assert!(lock_for_generated_keys(&ds, d).is_none());
         assert_eq!(
-            lock_for_generated_keys(&ds, d).unwrap().sql,
-            "SELECT TOP 0 1 FROM [movies] WITH (TABLOCKX, HOLDLOCK)"
+            next_generated_key(&ds, d).sql,
+            "SELECT COALESCE(MAX([id]), 0) + 1 FROM [movies] WITH (TABLOCKX, HOLDLOCK)"
         );
+        // A long list is inserted 500 elements per statement (at most 1,500 parameters).
+        let mut long = vec![Value::Null; ds.columns.len()];
+        long[0] = Value::Integer(9);
+        let genres = ds.column_index("genres").unwrap();
+        long[genres] = Value::List((0..1200).map(|i| format!("g{i}")).collect());
+        let inserts = insert_list_elements(&ds, genres, &long, d);
+        assert_eq!(inserts.len(), 3);
+        assert!(inserts.iter().all(|i| i.params.len() <= 1500));
+        assert_eq!(inserts.iter().map(|i| i.params.len()).sum::<usize>(), 3600);
         let mut row = vec![Value::Null; ds.columns.len()];
         row[0] = Value::Integer(9);
         row[ds.column_index("title").unwrap()] = Value::Text("Up".into());

@@ -15,6 +15,8 @@ use crate::query::Query;
 
 /// Rows per batch handed from the database task to an export's writer.
 pub const STREAM_BATCH_ROWS: usize = 512;
+/// Retries of a write rolled back to break a deadlock.
+const WRITE_ATTEMPTS: u64 = 3;
 
 /// What differs between database engines: binding, decoding, catalog look-ups and bulk loading.
 #[async_trait]
@@ -87,6 +89,82 @@ impl<D: Driver> SqlStore<D> {
         Ok(rows.into_iter().next().and_then(users::record))
     }
 
+    /// One attempt of [`Storage::write`], in one transaction.
+    async fn write_once(&self, dataset: &Dataset, change: Change) -> Result<Written> {
+        let dialect = D::DIALECT;
+        let decode = Decode::row(dataset);
+        let mut tx = self.driver.begin_write().await?;
+        let written = match change {
+            Change::Create(mut row) => {
+                if dataset.key.generated {
+                    if let Some(lock) = sql::lock_for_generated_keys(dataset, dialect) {
+                        tx.execute(lock).await?;
+                    }
+                    let next = tx
+                        .fetch(
+                            sql::next_generated_key(dataset, dialect),
+                            &[Decode::Scalar(ColumnType::Integer)],
+                        )
+                        .await?;
+                    row[dataset.key.column] = next
+                        .into_iter()
+                        .next()
+                        .and_then(|r| r.into_iter().next())
+                        .unwrap_or(Value::Integer(1));
+                }
+                let key = row[dataset.key.column].clone();
+                let existing = tx
+                    .fetch(sql::get_for_update(dataset, &key, dialect), &decode)
+                    .await?;
+                if !existing.is_empty() {
+                    return Err(StorageError::Conflict);
+                }
+                tx.execute(sql::insert_row(dataset, &row, dialect)).await?;
+                write_list_elements(tx.as_mut(), dataset, dialect, &key, Some(&row), false).await?;
+                Written {
+                    old: None,
+                    new: Some(row),
+                }
+            }
+            Change::Replace(ref key, _) | Change::Patch(ref key, _) | Change::Delete(ref key) => {
+                let key = key.clone();
+                let old = tx
+                    .fetch(sql::get_for_update(dataset, &key, dialect), &decode)
+                    .await?
+                    .into_iter()
+                    .next()
+                    .ok_or(StorageError::NotFound)?;
+                let new = match change {
+                    Change::Replace(_, mut row) => {
+                        row[dataset.key.column] = key.clone();
+                        Some(row)
+                    }
+                    Change::Patch(_, fields) => {
+                        let mut row = old.clone();
+                        for (index, value) in fields {
+                            row[index] = value;
+                        }
+                        row[dataset.key.column] = key.clone();
+                        Some(row)
+                    }
+                    _ => None,
+                };
+                match &new {
+                    Some(row) => tx.execute(sql::update_row(dataset, row, dialect)).await?,
+                    None => tx.execute(sql::delete_row(dataset, &key, dialect)).await?,
+                }
+                write_list_elements(tx.as_mut(), dataset, dialect, &key, new.as_ref(), true)
+                    .await?;
+                Written {
+                    old: Some(old),
+                    new,
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(written)
+    }
+
     /// Runs an insert or update of an account and returns the account as it is afterwards: from
     /// the statement itself where it returns rows, else read back in the same transaction.
     async fn change_user(
@@ -122,9 +200,8 @@ async fn write_list_elements(
             tx.execute(sql::delete_list_elements(dataset, column, key, dialect))
                 .await?;
         }
-        if let Some(insert) =
-            row.and_then(|r| sql::insert_list_elements(dataset, index, r, dialect))
-        {
+        let inserts = row.map(|r| sql::insert_list_elements(dataset, index, r, dialect));
+        for insert in inserts.into_iter().flatten() {
             tx.execute(insert).await?;
         }
     }
@@ -250,78 +327,19 @@ impl<D: Driver> Storage for SqlStore<D> {
 
     #[tracing::instrument(name = "db.write", skip_all, fields(dataset = %dataset.name))]
     async fn write(&self, dataset: &Dataset, change: Change) -> Result<Written> {
-        let dialect = D::DIALECT;
-        let decode = Decode::row(dataset);
-        let mut tx = self.driver.begin_write().await?;
-        let written = match change {
-            Change::Create(mut row) => {
-                if dataset.key.generated {
-                    if let Some(lock) = sql::lock_for_generated_keys(dataset, dialect) {
-                        tx.execute(lock).await?;
-                    }
-                    let next = tx
-                        .fetch(
-                            sql::next_generated_key(dataset, dialect),
-                            &[Decode::Scalar(ColumnType::Integer)],
-                        )
-                        .await?;
-                    row[dataset.key.column] = next
-                        .into_iter()
-                        .next()
-                        .and_then(|r| r.into_iter().next())
-                        .unwrap_or(Value::Integer(1));
+        // A deadlock victim was rolled back whole: trying again is safe, and usually succeeds
+        // (or meets the other writer's row: a 409 rather than a 503).
+        let mut attempt = 0;
+        loop {
+            match self.write_once(dataset, change.clone()).await {
+                Err(StorageError::Deadlock(cause)) if attempt < WRITE_ATTEMPTS => {
+                    attempt += 1;
+                    tracing::debug!(error = %cause, attempt, "deadlock; trying the write again");
+                    tokio::time::sleep(std::time::Duration::from_millis(5 * attempt)).await;
                 }
-                let key = row[dataset.key.column].clone();
-                let existing = tx
-                    .fetch(sql::get_for_update(dataset, &key, dialect), &decode)
-                    .await?;
-                if !existing.is_empty() {
-                    return Err(StorageError::Conflict);
-                }
-                tx.execute(sql::insert_row(dataset, &row, dialect)).await?;
-                write_list_elements(tx.as_mut(), dataset, dialect, &key, Some(&row), false).await?;
-                Written {
-                    old: None,
-                    new: Some(row),
-                }
+                other => return other,
             }
-            Change::Replace(ref key, _) | Change::Patch(ref key, _) | Change::Delete(ref key) => {
-                let key = key.clone();
-                let old = tx
-                    .fetch(sql::get_for_update(dataset, &key, dialect), &decode)
-                    .await?
-                    .into_iter()
-                    .next()
-                    .ok_or(StorageError::NotFound)?;
-                let new = match change {
-                    Change::Replace(_, mut row) => {
-                        row[dataset.key.column] = key.clone();
-                        Some(row)
-                    }
-                    Change::Patch(_, fields) => {
-                        let mut row = old.clone();
-                        for (index, value) in fields {
-                            row[index] = value;
-                        }
-                        row[dataset.key.column] = key.clone();
-                        Some(row)
-                    }
-                    _ => None,
-                };
-                match &new {
-                    Some(row) => tx.execute(sql::update_row(dataset, row, dialect)).await?,
-                    None => tx.execute(sql::delete_row(dataset, &key, dialect)).await?,
-                }
-                write_list_elements(tx.as_mut(), dataset, dialect, &key, new.as_ref(), true)
-                    .await?;
-                Written {
-                    old: Some(old),
-                    new,
-                }
-            }
-        };
-        tx.commit().await?;
-        Ok(written)
+        }
     }
 
     async fn create_user(&self, user: NewUser) -> Result<UserRecord> {
