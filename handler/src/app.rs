@@ -13,16 +13,6 @@ use crate::datasets::Catalog;
 use crate::http::{self, AppState, BlobAccess};
 use crate::storage;
 
-/// Logs go to stderr (stdout belongs to command output); `RUST_LOG` filters them.
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 /// Everything a command needs. Building it opens no connection: pools connect on first use, so a
 /// Functions instance answers the host's first probe at once.
 pub struct Context {
@@ -67,8 +57,13 @@ pub struct Application {
 }
 
 impl Application {
+    /// Listens on 127.0.0.1 (the Functions host and tests).
     pub async fn bind(state: AppState, port: u16) -> anyhow::Result<Application> {
-        let address = SocketAddr::from(([127, 0, 0, 1], port));
+        Application::bind_to(state, SocketAddr::from(([127, 0, 0, 1], port))).await
+    }
+
+    /// Listens on any address (`BIND_ADDRESS=0.0.0.0` in a container).
+    pub async fn bind_to(state: AppState, address: SocketAddr) -> anyhow::Result<Application> {
         let listener = TcpListener::bind(address)
             .await
             .with_context(|| format!("cannot listen on {address}"))?;

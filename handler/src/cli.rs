@@ -102,6 +102,15 @@ enum UsersCommand {
 }
 
 impl Cli {
+    /// Servers log JSON lines on stdout (the Functions host forwards them); the other commands
+    /// keep stdout for their output and log text on stderr.
+    pub fn output(&self) -> crate::telemetry::Output {
+        match self.command {
+            Command::Serve | Command::Demo => crate::telemetry::Output::Server,
+            _ => crate::telemetry::Output::Command,
+        }
+    }
+
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         let started = Instant::now();
         // The benchmark baseline needs no settings, database or cache.
@@ -147,7 +156,8 @@ impl Cli {
 }
 
 async fn serve(context: Context, started: Instant) -> anyhow::Result<ExitCode> {
-    let app = Application::bind(context.state, context.settings.port).await?;
+    let address = std::net::SocketAddr::new(context.settings.bind_address, context.settings.port);
+    let app = Application::bind_to(context.state, address).await?;
     tracing::info!(
         port = app.port(),
         database = %context.settings.database_url,

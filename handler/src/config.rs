@@ -5,6 +5,8 @@
 //! - `DATASETS_DIR`: where the dataset declarations live (default `datasets`);
 //! - `FUNCTIONS_CUSTOMHANDLER_PORT` (set by the Functions host), else `FUNCTIONS_HTTPWORKER_PORT`
 //!   (older hosts), else `PORT`, else [`DEFAULT_PORT`];
+//! - `BIND_ADDRESS` (default `127.0.0.1`, where the Functions host connects): `0.0.0.0` in a
+//!   container;
 //! - `REDIS_URL`: `redis://…`, `rediss://…` (TLS) or a comma list of cluster nodes; unset means
 //!   the in-process cache;
 //! - `REDIS_AUTH=entra`: Redis connections authenticate with the instance's Entra ID token
@@ -49,6 +51,7 @@ pub struct Settings {
     pub database_url: Secret,
     pub datasets_dir: PathBuf,
     pub port: u16,
+    pub bind_address: std::net::IpAddr,
     pub redis_url: Option<Secret>,
     pub redis_entra: bool,
     pub cache_prefix: String,
@@ -93,6 +96,12 @@ impl Settings {
                 break;
             }
         }
+        let bind_address = match non_empty("BIND_ADDRESS") {
+            None => std::net::IpAddr::from([127, 0, 0, 1]),
+            Some(value) => value.trim().parse().with_context(|| {
+                format!("BIND_ADDRESS must be an IP address such as 0.0.0.0, not {value:?}")
+            })?,
+        };
         let cache_prefix =
             non_empty("CACHE_PREFIX").unwrap_or_else(|| DEFAULT_CACHE_PREFIX.to_owned());
         if cache_prefix.contains(char::is_whitespace) {
@@ -195,6 +204,7 @@ impl Settings {
             database_url: Secret(database_url),
             datasets_dir: datasets_dir.into(),
             port,
+            bind_address,
             redis_url: non_empty("REDIS_URL").map(Secret),
             redis_entra,
             cache_prefix,

@@ -13,6 +13,8 @@
 //!   checked against `functions/*/function.json`.
 //! - [`app`]: wiring: settings → catalog → storage → router → listener.
 //! - [`cli`]: the `handler` subcommands.
+//! - [`telemetry`]: logs (JSON lines when serving), OpenTelemetry traces and metrics to
+//!   Application Insights or OTLP.
 
 pub mod app;
 pub mod auth;
@@ -27,3 +29,4 @@ pub mod identity;
 pub mod import;
 pub mod query;
 pub mod storage;
+pub mod telemetry;

@@ -183,6 +183,7 @@ impl RedisStore {
         }
     }
 
+    #[tracing::instrument(name = "redis.get", skip_all, fields(otel.kind = "client", db.system = "redis"))]
     pub async fn get(&self, key: &str) -> Result<Option<CachedResponse>, Unavailable> {
         let key = key.to_owned();
         let bytes: Option<Vec<u8>> = self
@@ -191,6 +192,7 @@ impl RedisStore {
         Ok(bytes.and_then(|b| CachedResponse::decode(&b)))
     }
 
+    #[tracing::instrument(name = "redis.set", skip_all, fields(otel.kind = "client", db.system = "redis"))]
     pub async fn set(
         &self,
         key: &str,
@@ -205,6 +207,7 @@ impl RedisStore {
 
     /// The dataset's write position, from a read issued after this call began (concurrent
     /// callers share one; see `coalesce`).
+    #[tracing::instrument(name = "redis.stamp", skip_all, fields(otel.kind = "client", db.system = "redis"))]
     pub async fn stamp(&self, dataset: &str) -> Result<Stamp, Unavailable> {
         self.stamp_reads
             .read(dataset, || self.read_stamp(dataset), Err(Unavailable))
@@ -239,6 +242,7 @@ impl RedisStore {
     }
 
     /// The writes after `seq`, or `None` when some of them are no longer remembered.
+    #[tracing::instrument(name = "redis.writes_since", skip_all, fields(otel.kind = "client", db.system = "redis"))]
     pub async fn writes_since(
         &self,
         dataset: &Dataset,
@@ -264,6 +268,7 @@ impl RedisStore {
         Ok(covered.then(|| writes.into_iter().filter(|w| w.seq > seq).collect()))
     }
 
+    #[tracing::instrument(name = "redis.record_write", skip_all, fields(otel.kind = "client", db.system = "redis"))]
     pub async fn record_write(
         &self,
         dataset: &str,
@@ -303,6 +308,7 @@ impl RedisStore {
     }
 
     /// `SET lease token NX PX ttl`: whether this caller now holds the lease.
+    #[tracing::instrument(name = "redis.try_lease", skip_all, fields(otel.kind = "client", db.system = "redis"))]
     pub async fn try_lease(
         &self,
         lease_key: &str,
@@ -384,6 +390,7 @@ impl RedisStore {
         .await
     }
 
+    #[tracing::instrument(name = "redis.purge", skip_all, fields(otel.kind = "client", db.system = "redis"))]
     pub async fn purge(&self, dataset: &str) -> Result<(), Unavailable> {
         let (stamp, writes) = (self.stamp_key(dataset), self.writes_key(dataset));
         self.run(|mut conn| async move {

@@ -156,6 +156,11 @@ pub async fn warm(state: &AppState, limit: usize) -> WarmReport {
             .lines
             .push(format!("{path} (score {score:.1}): {what}"));
     }
+    crate::telemetry::metrics::warmup(
+        report.refreshed as u64,
+        report.fresh as u64,
+        report.failed as u64,
+    );
     report
 }
 

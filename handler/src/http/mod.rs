@@ -477,18 +477,52 @@ async fn method_not_allowed() -> Response {
 }
 
 /// One span per request, named after the route template (not the raw path, which would make
-/// every movie its own operation), with the status and duration.
+/// every movie its own operation), continuing the caller's trace (`traceparent`), with the
+/// status, the dataset and the cache outcome; and the request duration metric.
 async fn trace_request(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().clone();
-    let span = tracing::info_span!("request", http.method = %method, http.route = %route, http.status = tracing::field::Empty);
+    let dataset = route
+        .contains("{dataset}")
+        .then(|| request.uri().path().split('/').nth(2).map(str::to_owned))
+        .flatten();
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        dataset = dataset.as_deref().unwrap_or_default(),
+        cache.outcome = tracing::field::Empty,
+    );
+    // Before the span is first entered; a no-op when no exporter is configured.
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&opentelemetry_http::HeaderExtractor(request.headers()))
+    });
+    let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
     let started = Instant::now();
     let response = next.run(request).instrument(span.clone()).await;
-    span.record("http.status", response.status().as_u16());
-    tracing::debug!(parent: &span, elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "answered");
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("otel.status_code", "error");
+    }
+    if let Some(outcome) = response
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+    {
+        span.record("cache.outcome", outcome);
+        crate::telemetry::metrics::cache_outcome(outcome, dataset.as_deref().unwrap_or_default());
+    }
+    let elapsed = started.elapsed();
+    crate::telemetry::metrics::request(method.as_str(), &route, status, elapsed);
+    tracing::debug!(parent: &span, elapsed_ms = elapsed.as_secs_f64() * 1000.0, "answered");
     response
 }
 

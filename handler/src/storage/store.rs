@@ -7,11 +7,14 @@ use futures_util::{Stream, StreamExt as _, TryStreamExt as _};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use std::time::Instant;
+
 use super::sql::{self, Decode, Dialect, Placement, Statement};
 use super::users::{self, NewUser, UserLookup, UserRecord, UserUpdate};
 use super::{Change, ImportSink, Result, Row, RowStream, Storage, StorageError, Written};
 use crate::datasets::{ColumnType, Dataset, Value};
 use crate::query::Query;
+use crate::telemetry::metrics;
 
 /// Rows per batch handed from the database task to an export's writer.
 pub const STREAM_BATCH_ROWS: usize = 512;
@@ -218,7 +221,7 @@ impl<D: Driver> Storage for SqlStore<D> {
         self.driver.execute("SELECT 1").await
     }
 
-    #[tracing::instrument(name = "db.migrate", skip_all, fields(dataset = %dataset.name))]
+    #[tracing::instrument(name = "db.migrate", skip_all, fields(otel.kind = "client", db.system = D::NAME, dataset = %dataset.name))]
     async fn migrate(&self, dataset: &Dataset) -> Result<()> {
         let placement = Placement::default();
         for statement in sql::create_tables(dataset, D::DIALECT, &placement, true) {
@@ -272,24 +275,25 @@ impl<D: Driver> Storage for SqlStore<D> {
         })
     }
 
-    #[tracing::instrument(name = "db.list", skip_all, fields(dataset = %dataset.name))]
+    #[tracing::instrument(name = "db.list", skip_all, fields(otel.kind = "client", db.system = D::NAME, dataset = %dataset.name))]
     async fn list(&self, dataset: &Dataset, query: &Query) -> Result<Vec<Row>> {
         let statement = sql::list(dataset, query, D::DIALECT);
-        self.driver.fetch(statement, &Decode::row(dataset)).await
+        let started = Instant::now();
+        let rows = self.driver.fetch(statement, &Decode::row(dataset)).await;
+        metrics::db_call(D::NAME, "list", started.elapsed());
+        rows
     }
 
-    #[tracing::instrument(name = "db.get", skip_all, fields(dataset = %dataset.name))]
+    #[tracing::instrument(name = "db.get", skip_all, fields(otel.kind = "client", db.system = D::NAME, dataset = %dataset.name))]
     async fn get(&self, dataset: &Dataset, key: &Value) -> Result<Option<Row>> {
         let statement = sql::get(dataset, key, D::DIALECT);
-        Ok(self
-            .driver
-            .fetch(statement, &Decode::row(dataset))
-            .await?
-            .into_iter()
-            .next())
+        let started = Instant::now();
+        let rows = self.driver.fetch(statement, &Decode::row(dataset)).await;
+        metrics::db_call(D::NAME, "get", started.elapsed());
+        Ok(rows?.into_iter().next())
     }
 
-    #[tracing::instrument(name = "db.facets", skip_all, fields(dataset = %dataset.name))]
+    #[tracing::instrument(name = "db.facets", skip_all, fields(otel.kind = "client", db.system = D::NAME, dataset = %dataset.name))]
     async fn facets(
         &self,
         dataset: &Dataset,
@@ -297,10 +301,13 @@ impl<D: Driver> Storage for SqlStore<D> {
         query: &Query,
     ) -> Result<Vec<(Value, u64)>> {
         let statement = sql::facets(dataset, column, query, D::DIALECT);
+        let started = Instant::now();
         let rows = self
             .driver
             .fetch(statement, &sql::facet_decode(&dataset.columns[column]))
-            .await?;
+            .await;
+        metrics::db_call(D::NAME, "facets", started.elapsed());
+        let rows = rows?;
         Ok(rows
             .into_iter()
             .map(|mut row| {
@@ -320,18 +327,21 @@ impl<D: Driver> Storage for SqlStore<D> {
         ReceiverStream::new(receiver).boxed()
     }
 
-    #[tracing::instrument(name = "db.import", skip_all, fields(dataset = %dataset.name))]
+    #[tracing::instrument(name = "db.import", skip_all, fields(otel.kind = "client", db.system = D::NAME, dataset = %dataset.name))]
     async fn begin_import(&self, dataset: &Dataset) -> Result<Box<dyn ImportSink>> {
         self.driver.begin_import(dataset).await
     }
 
-    #[tracing::instrument(name = "db.write", skip_all, fields(dataset = %dataset.name))]
+    #[tracing::instrument(name = "db.write", skip_all, fields(otel.kind = "client", db.system = D::NAME, dataset = %dataset.name))]
     async fn write(&self, dataset: &Dataset, change: Change) -> Result<Written> {
         // A deadlock victim was rolled back whole: trying again is safe, and usually succeeds
         // (or meets the other writer's row: a 409 rather than a 503).
         let mut attempt = 0;
+        let started = Instant::now();
         loop {
-            match self.write_once(dataset, change.clone()).await {
+            let result = self.write_once(dataset, change.clone()).await;
+            metrics::db_call(D::NAME, "write", started.elapsed());
+            match result {
                 Err(StorageError::Deadlock(cause)) if attempt < WRITE_ATTEMPTS => {
                     attempt += 1;
                     tracing::debug!(error = %cause, attempt, "deadlock; trying the write again");
