@@ -156,6 +156,12 @@ impl Cli {
 }
 
 async fn serve(context: Context, started: Instant) -> anyhow::Result<ExitCode> {
+    #[cfg(feature = "lambda")]
+    if crate::lambda::is_lambda() {
+        tracing::info!("serving Lambda events");
+        crate::lambda::run(context.state).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let address = std::net::SocketAddr::new(context.settings.bind_address, context.settings.port);
     let app = Application::bind_to(context.state, address).await?;
     tracing::info!(

@@ -27,6 +27,8 @@ pub mod datasets;
 pub mod http;
 pub mod identity;
 pub mod import;
+#[cfg(feature = "lambda")]
+pub mod lambda;
 pub mod query;
 pub mod storage;
 pub mod telemetry;

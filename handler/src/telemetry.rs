@@ -155,7 +155,9 @@ fn exporters(exporter: &Exporter) -> anyhow::Result<Telemetry> {
             if let Some(local) = loopback_ingestion_endpoint(connection_string) {
                 #[allow(deprecated)]
                 {
-                    export = export.with_endpoint(&local).map_err(|e| anyhow::anyhow!("IngestionEndpoint: {e}"))?;
+                    export = export
+                        .with_endpoint(&local)
+                        .map_err(|e| anyhow::anyhow!("IngestionEndpoint: {e}"))?;
                 }
             }
             Telemetry {
