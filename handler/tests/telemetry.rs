@@ -67,8 +67,15 @@ impl Drop for Server {
     }
 }
 
-/// `handler serve` over a SQLite database with the movies, exporting to `ingestion` (if any).
-async fn serve(database_url: &str, ingestion: Option<u16>) -> Server {
+/// Where a server exports to: a port on 127.0.0.1.
+enum Export {
+    Nowhere,
+    ApplicationInsights(u16),
+    Otlp(u16),
+}
+
+/// `handler serve` over a SQLite database with the movies, exporting as told.
+async fn serve(database_url: &str, export: Export) -> Server {
     let port = free_port();
     let mut command = Command::new(env!("CARGO_BIN_EXE_handler"));
     command
@@ -81,16 +88,21 @@ async fn serve(database_url: &str, ingestion: Option<u16>) -> Server {
         .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
         .env_remove("REDIS_URL")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("APPLICATIONINSIGHTS_CONNECTION_STRING")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    match ingestion {
-        Some(sink) => command.env(
+    match export {
+        Export::ApplicationInsights(sink) => command.env(
             "APPLICATIONINSIGHTS_CONNECTION_STRING",
             format!(
                 "InstrumentationKey=00000000-0000-0000-0000-000000000001;IngestionEndpoint=http://127.0.0.1:{sink}/"
             ),
         ),
-        None => command.env_remove("APPLICATIONINSIGHTS_CONNECTION_STRING"),
+        Export::Otlp(collector) => command.env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{collector}"),
+        ),
+        Export::Nowhere => &mut command,
     };
     let server = Server {
         child: command.spawn().unwrap(),
@@ -130,7 +142,7 @@ fn tag<'a>(envelope: &'a Value, name: &str) -> &'a str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_and_their_database_calls_reach_application_insights_as_one_trace() {
     let (sink_port, received) = sink().await;
-    let server = serve(&movies_db().await, Some(sink_port)).await;
+    let server = serve(&movies_db().await, Export::ApplicationInsights(sink_port)).await;
     let client = http_client();
     let url = format!("http://127.0.0.1:{}/api/movies/595", server.port);
     // The first (a miss: a database call) continues the caller's trace; the second is a hit.
@@ -208,6 +220,57 @@ fn has_metric(received: &Received) -> bool {
     })
 }
 
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` instead, spans and metrics go to an OTLP/HTTP collector
+/// (a local stand-in here) as protobuf.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_export_reaches_the_collector() {
+    let received: Arc<Mutex<Vec<(String, String, usize)>>> = Arc::default();
+    let record = |path: &'static str| {
+        let received = Arc::clone(&received);
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: Bytes| async move {
+                let content_type = headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                received
+                    .lock()
+                    .unwrap()
+                    .push((path.to_owned(), content_type, body.len()));
+                ""
+            },
+        )
+    };
+    let app = axum::Router::new()
+        .route("/v1/traces", record("/v1/traces"))
+        .route("/v1/metrics", record("/v1/metrics"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let server = serve(&movies_db().await, Export::Otlp(collector)).await;
+    let response = http_client()
+        .get(format!("http://127.0.0.1:{}/api/movies/595", server.port))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = received.lock().unwrap().clone();
+        let has = |path: &str| {
+            got.iter()
+                .any(|(p, t, n)| p == path && t == "application/x-protobuf" && *n > 0)
+        };
+        if has("/v1/traces") && has("/v1/metrics") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the collector got: {got:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// p99 of sequential requests, in milliseconds.
 async fn p99_ms(port: u16, count: usize) -> f64 {
     let client = http_client();
@@ -237,10 +300,10 @@ async fn a_dead_telemetry_endpoint_does_not_slow_requests() {
         }
     });
     let db = movies_db().await;
-    let baseline = serve(&db, None).await;
+    let baseline = serve(&db, Export::Nowhere).await;
     let without = p99_ms(baseline.port, 300).await;
     drop(baseline);
-    let exporting = serve(&db, Some(dead_port)).await;
+    let exporting = serve(&db, Export::ApplicationInsights(dead_port)).await;
     let with_dead_endpoint = p99_ms(exporting.port, 300).await;
     eprintln!(
         "p99: {without:.2} ms without telemetry, {with_dead_endpoint:.2} ms with a dead endpoint"

@@ -3,8 +3,7 @@
 //! are uploaded with Shared Key requests and read with service SAS tokens made here, signed with
 //! the emulator's well-known development key.
 
-use std::os::unix::process::CommandExt as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -53,47 +52,20 @@ fn start() -> Option<String> {
     let dir = std::env::temp_dir().join(format!("smartcache_azurite_{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let port = free_port();
-    let child = std::process::Command::new("azurite-blob")
-        .args([
-            "--blobHost",
-            "127.0.0.1",
-            "--blobPort",
-            &port.to_string(),
-            "--inMemoryPersistence",
-            "--disableTelemetry",
-            "--skipApiVersionCheck",
-            "--loose",
-            "--silent",
-        ])
-        .current_dir(&dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("azurite-blob starts");
-    let script = format!(
-        "while kill -0 {} 2>/dev/null; do sleep 1; done; kill -TERM -{} 2>/dev/null; sleep 1; rm -rf '{}'",
-        std::process::id(),
-        child.id(),
-        dir.display()
-    );
-    #[allow(clippy::zombie_processes)] // the watchdog outlives this process on purpose
-    std::process::Command::new("sh")
-        .args(["-c", &script])
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .expect("sh starts");
-    let started = Instant::now();
+    let mut command = std::process::Command::new("azurite-blob");
+    command.args([
+        "--blobHost",
+        "127.0.0.1",
+        "--blobPort",
+        &port.to_string(),
+        "--inMemoryPersistence",
+        "--disableTelemetry",
+        "--skipApiVersionCheck",
+        "--loose",
+        "--silent",
+    ]);
+    super::background::start(command, &dir, port, "Azurite", Duration::from_secs(60));
     let host = format!("127.0.0.1:{port}");
-    while std::net::TcpStream::connect(&host).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "Azurite did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::mem::forget(child);
     Some(format!("http://{host}/{ACCOUNT}"))
 }
 

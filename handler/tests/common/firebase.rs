@@ -2,8 +2,7 @@
 //! free loopback ports, with its UI off (it would download assets). A watchdog stops it when the
 //! test process exits.
 
-use std::os::unix::process::CommandExt as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The project id the tests use; `demo-` projects need no credentials.
 pub const PROJECT: &str = "demo-smartcache";
@@ -50,37 +49,15 @@ fn start() -> Option<String> {
         "ui": {"enabled": false},
     }});
     std::fs::write(dir.join("firebase.json"), config.to_string()).unwrap();
-    let child = std::process::Command::new("firebase")
-        .args(["emulators:start", "--only", "auth", "--project", PROJECT])
-        .current_dir(&dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        // Its own process group, so the watchdog can stop node and its children together.
-        .process_group(0)
-        .spawn()
-        .expect("firebase starts");
-    let script = format!(
-        "while kill -0 {} 2>/dev/null; do sleep 1; done; kill -TERM -{} 2>/dev/null; sleep 2; rm -rf '{}'",
-        std::process::id(),
-        child.id(),
-        dir.display()
+    let mut command = std::process::Command::new("firebase");
+    command.args(["emulators:start", "--only", "auth", "--project", PROJECT]);
+    super::background::start(
+        command,
+        &dir,
+        port,
+        "the Firebase Auth emulator",
+        Duration::from_secs(90),
     );
-    #[allow(clippy::zombie_processes)] // the watchdog outlives this process on purpose
-    std::process::Command::new("sh")
-        .args(["-c", &script])
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .expect("sh starts");
-    let started = Instant::now();
     let host = format!("127.0.0.1:{port}");
-    while std::net::TcpStream::connect(&host).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "the Firebase Auth emulator did not start"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    std::mem::forget(child);
     Some(host)
 }

@@ -18,6 +18,8 @@ use tower::ServiceExt as _;
 
 #[allow(dead_code)] // used by the Azure tests only
 pub mod azurite;
+#[allow(dead_code)] // used by the emulator helpers only
+mod background;
 #[allow(dead_code)] // used by the account tests only
 pub mod firebase;
 mod redis_servers;
