@@ -329,6 +329,11 @@ resource "azurerm_linux_function_app" "main" {
   public_network_access_enabled   = true
   virtual_network_subnet_id       = azurerm_subnet.app.id
   key_vault_reference_identity_id = azurerm_user_assigned_identity.app.id
+  # The host's storage through the identity (AzureWebJobsStorage__accountName): no key, and no
+  # Azure Files content share (the app runs from its package URL).
+  storage_account_name          = azurerm_storage_account.main.name
+  storage_uses_managed_identity = true
+  builtin_logging_enabled       = false
   ftp_publish_basic_authentication_enabled       = false
   webdeploy_publish_basic_authentication_enabled = false
   tags                            = local.tags
@@ -350,12 +355,12 @@ resource "azurerm_linux_function_app" "main" {
     vnet_route_all_enabled    = true
     health_check_path         = "/api/health"
     health_check_eviction_time_in_min = 5
+    # A Key Vault reference: the connection string is not in plain app settings.
+    application_insights_connection_string = "@Microsoft.KeyVault(SecretUri=${azurerm_key_vault.main.vault_uri}secrets/${azurerm_key_vault_secret.appinsights.name}/)"
   }
 
   # Every connection authenticates with the identity; secrets are Key Vault references.
   app_settings = {
-    FUNCTIONS_WORKER_RUNTIME                      = "custom"
-    AzureWebJobsStorage__accountName              = azurerm_storage_account.main.name
     AzureWebJobsStorage__credential               = "managedidentity"
     AzureWebJobsStorage__clientId                 = azurerm_user_assigned_identity.app.client_id
     WEBSITE_RUN_FROM_PACKAGE                      = local.package_url
@@ -366,7 +371,6 @@ resource "azurerm_linux_function_app" "main" {
     REDIS_AUTH                                    = "entra"
     AZURE_STORAGE_AUTH                            = "identity"
     JWT_SECRET                                    = "@Microsoft.KeyVault(SecretUri=${azurerm_key_vault.main.vault_uri}secrets/${azurerm_key_vault_secret.jwt_secret.name}/)"
-    APPLICATIONINSIGHTS_CONNECTION_STRING         = "@Microsoft.KeyVault(SecretUri=${azurerm_key_vault.main.vault_uri}secrets/${azurerm_key_vault_secret.appinsights.name}/)"
     WARMUP_SCHEDULE                               = "0 */5 * * * *"
   }
 

@@ -33,8 +33,9 @@ variable "allowed_ip_ranges" {
   type        = list(string)
   default     = []
   validation {
-    condition     = alltrue([for r in var.allowed_ip_ranges : can(cidrhost(r, 0))])
-    error_message = "allowed_ip_ranges must be CIDR ranges such as 203.0.113.0/24."
+    # Storage firewalls take single addresses and ranges up to /30, not /31.
+    condition     = alltrue([for r in var.allowed_ip_ranges : can(cidrhost(r, 0)) && !endswith(r, "/31")])
+    error_message = "allowed_ip_ranges must be CIDR ranges such as 203.0.113.0/24 or 203.0.113.7/32 (not /31)."
   }
 }
 
@@ -75,12 +76,12 @@ variable "redis_sku" {
 }
 
 variable "redis_capacity" {
-  description = "Azure Cache for Redis size within its tier (C0-C6 for Standard: 0-6)."
+  description = "Azure Cache for Redis size within its tier (Standard C0-C6: 0-6; Premium P1-P5: 1-5)."
   type        = number
   default     = 1
   validation {
     condition     = var.redis_capacity >= 0 && var.redis_capacity <= 6
-    error_message = "redis_capacity must be between 0 and 6."
+    error_message = "redis_capacity must be between 0 and 6 (1 to 5 for Premium)."
   }
 }
 

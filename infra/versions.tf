@@ -3,7 +3,7 @@ terraform {
   required_providers {
     azurerm = {
       source  = "hashicorp/azurerm"
-      version = "~> 4.23"
+      version = "~> 4.42" # rbac_authorization_enabled (4.42), value_wo (4.23)
     }
     random = {
       source  = "hashicorp/random"
@@ -18,7 +18,6 @@ provider "azurerm" {
       purge_soft_delete_on_destroy = false
     }
   }
-  # The storage account has shared keys disabled: the provider manages its containers with
-  # Entra ID, as the function app reads them.
+  # The storage account has shared keys disabled: the provider uses Entra ID for its data plane.
   storage_use_azuread = true
 }

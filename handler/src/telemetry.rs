@@ -11,7 +11,8 @@
 //!
 //! Export never slows a request: spans wait in a bounded queue (2,048; `OTEL_BSP_MAX_QUEUE_SIZE`)
 //! that a thread of the SDK drains in batches; when the endpoint is slow or down the queue fills
-//! and new spans are dropped (and counted in the SDK's own diagnostics) instead of waiting.
+//! and new spans are dropped instead of waiting. The SDK counts them and says so in the log: a
+//! warning when dropping starts, `dropped_span_count` at shutdown.
 
 use std::time::Duration;
 
@@ -90,8 +91,12 @@ pub fn init(output: Output) -> Telemetry {
         // Telemetry must not stop the service: log why, and serve without export.
         Err(error) => (Telemetry::default(), Some(error)),
     };
-    let filter =
-        || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let filter = || {
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            // The SDK's own diagnostics only when they matter (dropped spans are a warning).
+            EnvFilter::new("info,sqlx=warn,opentelemetry=warn,opentelemetry_sdk=warn")
+        })
+    };
     let logs = match output {
         Output::Server => tracing_subscriber::fmt::layer()
             .json()

@@ -76,6 +76,16 @@ enum Export {
 
 /// `handler serve` over a SQLite database with the movies, exporting as told.
 async fn serve(database_url: &str, export: Export) -> Server {
+    serve_logging(database_url, export, &[], Stdio::null()).await
+}
+
+/// [`serve`] with more settings, its log lines (stdout) going to `log`.
+async fn serve_logging(
+    database_url: &str,
+    export: Export,
+    settings: &[(&str, &str)],
+    log: Stdio,
+) -> Server {
     let port = free_port();
     let mut command = Command::new(env!("CARGO_BIN_EXE_handler"));
     command
@@ -89,7 +99,8 @@ async fn serve(database_url: &str, export: Export) -> Server {
         .env_remove("REDIS_URL")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env_remove("APPLICATIONINSIGHTS_CONNECTION_STRING")
-        .stdout(Stdio::null())
+        .envs(settings.iter().copied())
+        .stdout(log)
         .stderr(Stdio::null());
     match export {
         Export::ApplicationInsights(sink) => command.env(
@@ -288,7 +299,8 @@ async fn p99_ms(port: u16, count: usize) -> f64 {
 }
 
 /// An ingestion endpoint that accepts connections and never answers: requests are not slowed,
-/// because spans only join a bounded queue that another thread drains (and drops when full).
+/// because spans only join a bounded queue that another thread drains, and drops when full; the
+/// number dropped is in the log when the server stops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_telemetry_endpoint_does_not_slow_requests() {
     let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -303,7 +315,15 @@ async fn a_dead_telemetry_endpoint_does_not_slow_requests() {
     let baseline = serve(&db, Export::Nowhere).await;
     let without = p99_ms(baseline.port, 300).await;
     drop(baseline);
-    let exporting = serve(&db, Export::ApplicationInsights(dead_port)).await;
+    let log_path = std::env::temp_dir().join(common::unique_name("smartcache_telemetry_log"));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut exporting = serve_logging(
+        &db,
+        Export::ApplicationInsights(dead_port),
+        &[("OTEL_BSP_MAX_QUEUE_SIZE", "64")],
+        Stdio::from(log),
+    )
+    .await;
     let with_dead_endpoint = p99_ms(exporting.port, 300).await;
     eprintln!(
         "p99: {without:.2} ms without telemetry, {with_dead_endpoint:.2} ms with a dead endpoint"
@@ -313,4 +333,22 @@ async fn a_dead_telemetry_endpoint_does_not_slow_requests() {
         with_dead_endpoint < without * 5.0 + 50.0,
         "p99 {with_dead_endpoint:.2} ms with a dead endpoint, {without:.2} ms without"
     );
+    // 300 requests' spans against a queue of 64 and an export that never returns: the server
+    // stops (after its export times out) and says how many spans it dropped.
+    Command::new("kill")
+        .args(["-TERM", &exporting.child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while exporting.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the server did not stop");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let dropped = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find_map(|line| line["dropped_span_count"].as_u64())
+        .unwrap_or_else(|| panic!("a dropped-span count in the log: {log}"));
+    assert!(dropped > 0, "{log}");
 }
