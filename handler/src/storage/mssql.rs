@@ -432,7 +432,7 @@ impl Driver for MssqlDriver {
             schema: None,
             suffix: STAGING_SUFFIX,
         };
-        for statement in drop_tables(dataset, &staging) {
+        for statement in sql::drop_tables(dataset, Dialect::SqlServer, &staging) {
             run(&mut conn, &statement).await?;
         }
         for statement in sql::create_tables(dataset, Dialect::SqlServer, &staging, true) {
@@ -444,16 +444,6 @@ impl Driver for MssqlDriver {
             staging,
         }))
     }
-}
-
-fn drop_tables(dataset: &Dataset, placement: &Placement) -> Vec<String> {
-    sql::tables(dataset)
-        .iter()
-        .map(|table| {
-            let name = placement.table(Dialect::SqlServer, table);
-            format!("IF OBJECT_ID(N'{name}', N'U') IS NOT NULL DROP TABLE {name}")
-        })
-        .collect()
 }
 
 struct MssqlImport {
@@ -482,7 +472,7 @@ impl MssqlImport {
     }
 
     async fn discard(mut self) -> Result<()> {
-        for statement in drop_tables(&self.dataset, &self.staging) {
+        for statement in sql::drop_tables(&self.dataset, Dialect::SqlServer, &self.staging) {
             run(&mut self.conn, &statement).await?;
         }
         self.conn.close().await?;
@@ -541,7 +531,11 @@ impl ImportSink for MssqlImport {
             }
         }
         let mut swap = vec!["SET XACT_ABORT ON; BEGIN TRANSACTION".to_owned()];
-        swap.extend(drop_tables(&dataset, &Placement::default()));
+        swap.extend(sql::drop_tables(
+            &dataset,
+            Dialect::SqlServer,
+            &Placement::default(),
+        ));
         for table in sql::tables(&dataset) {
             swap.push(format!(
                 "EXEC sp_rename N'{table}{STAGING_SUFFIX}', N'{table}'"

@@ -227,7 +227,7 @@ impl Driver for MySqlDriver {
         };
         // Tables left by an import that died are stale: start afresh. The staged tables have
         // their primary key (InnoDB stores rows in key order) but no other index yet.
-        for statement in drop_tables(dataset, &staging) {
+        for statement in sql::drop_tables(dataset, Dialect::MySql, &staging) {
             run(&mut conn, statement).await?;
         }
         for statement in sql::create_tables(dataset, Dialect::MySql, &staging, true) {
@@ -239,18 +239,6 @@ impl Driver for MySqlDriver {
             staging,
         }))
     }
-}
-
-fn drop_tables(dataset: &Dataset, placement: &Placement) -> Vec<String> {
-    sql::tables(dataset)
-        .iter()
-        .map(|table| {
-            format!(
-                "DROP TABLE IF EXISTS {}",
-                placement.table(Dialect::MySql, table)
-            )
-        })
-        .collect()
 }
 
 struct MySqlImport {
@@ -301,7 +289,7 @@ impl MySqlImport {
 
     /// Drops the staged tables and ends the connection, which releases the import lock.
     async fn discard(mut self) -> Result<()> {
-        for statement in drop_tables(&self.dataset, &self.staging) {
+        for statement in sql::drop_tables(&self.dataset, Dialect::MySql, &self.staging) {
             run(&mut self.conn, statement).await?;
         }
         self.conn.close().await?;
@@ -401,7 +389,7 @@ impl ImportSink for MySqlImport {
             schema: None,
             suffix: RETIRED_SUFFIX,
         };
-        for statement in drop_tables(&dataset, &retired) {
+        for statement in sql::drop_tables(&dataset, Dialect::MySql, &retired) {
             run(&mut self.conn, statement).await?;
         }
         let q = |placement: &Placement, table: &str| placement.table(Dialect::MySql, table);
@@ -421,7 +409,7 @@ impl ImportSink for MySqlImport {
         .await?;
         // The new rows are live: what follows is cleanup, and its failure is only logged (the
         // next import drops leftover tables).
-        for statement in drop_tables(&dataset, &retired) {
+        for statement in sql::drop_tables(&dataset, Dialect::MySql, &retired) {
             if let Err(error) = run(&mut self.conn, statement).await {
                 tracing::warn!(dataset = %dataset.name, %error, "could not drop the replaced tables");
             }

@@ -175,7 +175,7 @@ impl Driver for PgDriver {
             "CREATE SCHEMA IF NOT EXISTS {}",
             Dialect::Postgres.quote(STAGING_SCHEMA)
         )];
-        setup.extend(drop_tables(dataset, &staging));
+        setup.extend(sql::drop_tables(dataset, Dialect::Postgres, &staging));
         setup.extend(sql::create_tables(
             dataset,
             Dialect::Postgres,
@@ -230,18 +230,6 @@ async fn open_copy(pool: &PgPool, table: &str, columns: &[String]) -> Result<Cop
         .await?)
 }
 
-fn drop_tables(dataset: &Dataset, placement: &Placement) -> Vec<String> {
-    sql::tables(dataset)
-        .iter()
-        .map(|table| {
-            format!(
-                "DROP TABLE IF EXISTS {}",
-                placement.table(Dialect::Postgres, table)
-            )
-        })
-        .collect()
-}
-
 struct PgImport {
     pool: PgPool,
     lock: PgConnection,
@@ -264,7 +252,7 @@ impl PgImport {
             // The stream may have failed already; either way it is over.
             let _ = copy.abort("import abandoned").await;
         }
-        for statement in drop_tables(dataset, staging) {
+        for statement in sql::drop_tables(dataset, Dialect::Postgres, staging) {
             sqlx::raw_sql(AssertSqlSafe(statement))
                 .execute(&mut lock)
                 .await?;
@@ -387,7 +375,7 @@ impl ImportSink for PgImport {
             Dialect::Postgres.quote(&key_index),
             Dialect::Postgres.quote(&key_index)
         )];
-        swap.extend(drop_tables(&dataset, &target));
+        swap.extend(sql::drop_tables(&dataset, Dialect::Postgres, &target));
         for table in sql::tables(&dataset) {
             swap.push(format!(
                 "ALTER TABLE {} SET SCHEMA {}",

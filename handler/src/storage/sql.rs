@@ -318,6 +318,23 @@ pub(crate) fn create_table_if_missing(dialect: Dialect, table: &str, columns: &s
     }
 }
 
+/// `DROP TABLE IF EXISTS` for each of the dataset's tables where `placement` puts them (T-SQL
+/// checks `OBJECT_ID` first).
+pub fn drop_tables(dataset: &Dataset, dialect: Dialect, placement: &Placement) -> Vec<String> {
+    tables(dataset)
+        .iter()
+        .map(|table| {
+            let name = placement.table(dialect, table);
+            match dialect {
+                Dialect::SqlServer => {
+                    format!("IF OBJECT_ID(N'{name}', N'U') IS NOT NULL DROP TABLE {name}")
+                }
+                _ => format!("DROP TABLE IF EXISTS {name}"),
+            }
+        })
+        .collect()
+}
+
 /// An index: its name (derived from the final table name) and definition.
 #[derive(Debug, Clone)]
 pub struct IndexDef {

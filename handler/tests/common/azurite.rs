@@ -37,20 +37,10 @@ pub fn connection_string(endpoint: &str) -> String {
 }
 
 fn start() -> Option<String> {
-    if std::process::Command::new("azurite-blob")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        let message = "Azurite is needed for the Blob import tests: npm install -g azurite";
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{message}");
-        }
-        eprintln!("SKIPPED: {message}");
+    if !super::background::installed("azurite-blob", "npm install -g azurite") {
         return None;
     }
-    let dir = std::env::temp_dir().join(format!("smartcache_azurite_{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = super::background::scratch("azurite");
     let port = free_port();
     let mut command = std::process::Command::new("azurite-blob");
     command.args([

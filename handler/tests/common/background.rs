@@ -6,6 +6,27 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Whether `program` is installed; if not, a visible line naming what to install, or a failure
+/// under `CI=true`.
+pub fn installed(program: &str, install: &str) -> bool {
+    if Command::new(program).arg("--version").output().is_ok() {
+        return true;
+    }
+    let message = format!("{program} is needed: {install}");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{message}");
+    }
+    eprintln!("SKIPPED: {message}");
+    false
+}
+
+/// A scratch folder for one service of this test process.
+pub fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("smartcache_{name}_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// Starts `command` in `dir` and waits until it accepts connections on `127.0.0.1:port`.
 pub fn start(mut command: Command, dir: &Path, port: u16, what: &str, within: Duration) {
     let child = command

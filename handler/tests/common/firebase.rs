@@ -27,20 +27,10 @@ fn start() -> Option<String> {
     if let Ok(host) = std::env::var("FIREBASE_AUTH_EMULATOR_HOST") {
         return Some(host);
     }
-    if std::process::Command::new("firebase")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        let message = "the Firebase Auth emulator is needed: npm install -g firebase-tools";
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{message}");
-        }
-        eprintln!("SKIPPED: {message}");
+    if !super::background::installed("firebase", "npm install -g firebase-tools") {
         return None;
     }
-    let dir = std::env::temp_dir().join(format!("smartcache_firebase_{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = super::background::scratch("firebase");
     let port = free_port();
     let config = serde_json::json!({"emulators": {
         "auth": {"host": "127.0.0.1", "port": port},
