@@ -542,14 +542,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=2, help="best of this many runs per measurement")
     parser.add_argument("--no-build", action="store_true")
-    parser.add_argument("--only", choices=["import", "mariadb", "export", "cache"],
+    parser.add_argument("--only", choices=["import", "mariadb", "export", "cache", "hostile"],
                         help="run one part (export reuses the flights that the import part loaded)")
     parser.add_argument("--seconds", type=int, default=10, help="length of each load run")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if not args.no_build:
         sh("cargo", "build", "--release", "--quiet", "-p", "handler", capture=False)
-    for tool in ("psql", "sqlite3", "mariadb"):
+    for tool in ("psql", "sqlite3", "mariadb") if args.only not in ("cache", "hostile") else ():
         if not shutil.which(tool):
             sys.exit(f"{tool} is needed for the baselines: apt-get install postgresql-client sqlite3")
     print(f"machine: {os.cpu_count()} cores; best of {args.runs}")
@@ -570,6 +570,10 @@ def main():
         bench_cached_export(handler_db, args.runs)
     if args.only in (None, "cache"):
         bench_cache(args.seconds)
+    if args.only in (None, "hostile"):
+        import hostile
+
+        hostile.bench_hostile(HANDLER, handler_env, OUT, max(args.seconds, 10), sh, free_port, get_status)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,11 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 use crate::auth::Auth;
-use crate::cache::{self, Cache};
+use crate::cache::Cache;
+use crate::config::ConnectionLimits;
 use crate::config::Settings;
 use crate::datasets::Catalog;
-use crate::http::{self, AppState, BlobAccess};
+use crate::http::{self, AppState, BlobAccess, TimerAccess};
 use crate::storage;
 
 /// Everything a command needs. Building it opens no connection: pools connect on first use, so a
@@ -26,9 +27,10 @@ impl Context {
         let storage = storage::open(settings.database_url.expose())?;
         // Redis connects lazily, on the first cached request.
         let (prefix, ttl) = (&settings.cache_prefix, settings.cache_ttl);
+        let budget = settings.cache_max_bytes;
         let cache = match &settings.redis_url {
-            Some(url) => Cache::with_redis(url.expose(), prefix, ttl, cache::DEFAULT_MAX_BYTES),
-            None => Cache::in_process(prefix, ttl, cache::DEFAULT_MAX_BYTES),
+            Some(url) => Cache::with_redis(url.expose(), prefix, ttl, budget),
+            None => Cache::in_process(prefix, ttl, budget),
         };
         let cache = match settings.redis_entra {
             true => cache.with_entra_tokens(crate::identity::azure()),
@@ -39,9 +41,15 @@ impl Context {
         if auth.is_none() {
             tracing::info!("JWT_SECRET is not set: accounts and writes are off (read-only)");
         }
-        let mut state = AppState::new(Arc::new(catalog), storage, cache).with_auth(auth);
-        state.max_body_bytes = settings.max_body_bytes;
+        let mut state = AppState::new(Arc::new(catalog), storage, cache)
+            .with_auth(auth)
+            .with_limits(settings.requests.clone());
         state.cors_allowed_origins = Arc::new(settings.cors_allowed_origins.clone());
+        state.trusted_proxies = Arc::new(settings.trusted_proxies.clone());
+        state.timers = Arc::new(TimerAccess {
+            host_on_loopback: settings.under_functions_host,
+            secret: settings.timer_secret.clone(),
+        });
         state.blob_access = Arc::new(BlobAccess {
             connection_string: settings.storage_connection_string.clone(),
             auth: settings.storage_auth.clone(),
@@ -54,6 +62,7 @@ impl Context {
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    limits: ConnectionLimits,
 }
 
 impl Application {
@@ -67,7 +76,17 @@ impl Application {
         let listener = TcpListener::bind(address)
             .await
             .with_context(|| format!("cannot listen on {address}"))?;
-        Ok(Application { listener, state })
+        Ok(Application {
+            listener,
+            state,
+            limits: ConnectionLimits::default(),
+        })
+    }
+
+    /// The listener's timeouts and connection cap (defaults otherwise).
+    pub fn with_connection_limits(mut self, limits: ConnectionLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub fn port(&self) -> u16 {
@@ -90,12 +109,8 @@ impl Application {
             }
         });
         let router = http::router(self.state);
-        // The peer address is the client's only outside Azure (there the host forwards), and is
-        // used only when no `X-Forwarded-For` says otherwise (login rate limits).
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(self.listener, service)
-            .with_graceful_shutdown(shutdown_signal())
-            .await;
+        let served =
+            crate::server::serve(self.listener, router, self.limits, shutdown_signal()).await;
         flusher.abort();
         served?;
         Ok(())

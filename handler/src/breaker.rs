@@ -1,7 +1,7 @@
 //! A circuit breaker: after a failure, a dependency (Redis, the database) is skipped for a
 //! moment, so that each request does not wait out a timeout of its own while it is down.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 pub struct Breaker {
@@ -21,18 +21,17 @@ impl Breaker {
     pub fn is_open(&self) -> bool {
         self.open_until
             .lock()
-            .expect("breaker lock")
             .is_some_and(|until| Instant::now() < until)
     }
 
     /// A call failed: skip the dependency for a while.
     pub fn trip(&self) {
-        *self.open_until.lock().expect("breaker lock") = Some(Instant::now() + self.open_for);
+        *self.open_until.lock() = Some(Instant::now() + self.open_for);
     }
 
     /// A call succeeded.
     pub fn close(&self) {
-        *self.open_until.lock().expect("breaker lock") = None;
+        *self.open_until.lock() = None;
     }
 }
 

@@ -163,7 +163,9 @@ async fn serve(context: Context, started: Instant) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let address = std::net::SocketAddr::new(context.settings.bind_address, context.settings.port);
-    let app = Application::bind_to(context.state, address).await?;
+    let app = Application::bind_to(context.state, address)
+        .await?
+        .with_connection_limits(context.settings.connections.clone());
     tracing::info!(
         port = app.port(),
         database = %context.settings.database_url,
@@ -308,7 +310,7 @@ async fn users(context: &Context, action: UsersCommand) -> anyhow::Result<ExitCo
                 // With Firebase, the account is made there too, so that it can sign in.
                 Some(auth) if auth.provider() == crate::config::AuthProvider::Firebase => {
                     let user = auth
-                        .sign_up(&email, password, "command-line")
+                        .create_vouched(&email, password)
                         .await
                         .map_err(|e| anyhow!("{e}"))?;
                     let change = UserUpdate {

@@ -24,12 +24,23 @@
 //!   unset means no CORS headers at all;
 //! - `AZURE_STORAGE_CONNECTION_STRING`: the account key for imports from Blob Storage (else a SAS
 //!   in the blob URL, else the instance's Entra ID identity); `AZURE_STORAGE_AUTH` (`sas`, `key`,
-//!   `identity` or `anonymous`) forces one way.
+//!   `identity` or `anonymous`) forces one way;
+//! - `TRUSTED_PROXIES`: a comma list of addresses or CIDR ranges whose `X-Forwarded-For` is
+//!   believed (the Functions host on loopback is trusted when `FUNCTIONS_CUSTOMHANDLER_PORT` is
+//!   set); `TIMER_SECRET`: lets a caller other than the Functions host invoke `/WarmCache`;
+//! - `CACHE_MAX_BYTES`: the in-process cache's budget (the near cache's with Redis);
+//! - `FIREBASE_ALLOW_UNVERIFIED_EMAIL`: accept Firebase accounts whose email is not verified;
+//! - the limits on what one client may make the server spend, each with a default in
+//!   [`ConnectionLimits`] and [`RequestLimits`]: `HEADER_TIMEOUT_SECONDS`,
+//!   `IDLE_TIMEOUT_SECONDS`, `WRITE_TIMEOUT_SECONDS`, `MAX_CONNECTIONS`, `BODY_TIMEOUT_SECONDS`,
+//!   `MAX_URI_BYTES`, `MAX_QUERY_PARAMETERS`, `MAX_FILTER_REPEATS`, `MAX_VALUE_CHARS`,
+//!   `MAX_CURSOR_BYTES`, `EXPORT_CONCURRENCY`, `EXPORT_MAX_BYTES`, `EXPORT_MEMORY_BYTES`.
 //!
 //! Errors name the variable. Secrets (a database password) are never printed.
 
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
@@ -40,6 +51,10 @@ pub const DEFAULT_CACHE_PREFIX: &str = "smartcache";
 pub const DEFAULT_CACHE_TTL_SECONDS: u64 = 1800;
 pub const DEFAULT_JWT_TTL_SECONDS: u64 = 3600;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// The in-process cache's byte budget (the near cache's when Redis is used).
+pub const DEFAULT_CACHE_MAX_BYTES: usize = 64 << 20;
+/// The shortest `JWT_SECRET` accepted (HS256 wants a key at least as long as its hash).
+pub const MIN_SECRET_BYTES: usize = 32;
 const PORT_VARIABLES: [&str; 3] = [
     "FUNCTIONS_CUSTOMHANDLER_PORT",
     "FUNCTIONS_HTTPWORKER_PORT",
@@ -55,18 +70,180 @@ pub struct Settings {
     pub redis_url: Option<Secret>,
     pub redis_entra: bool,
     pub cache_prefix: String,
-    pub cache_ttl: std::time::Duration,
+    pub cache_ttl: Duration,
     pub jwt_secret: Option<Secret>,
-    pub jwt_ttl: std::time::Duration,
+    pub jwt_ttl: Duration,
     pub auth_provider: AuthProvider,
     pub firebase_api_key: Option<Secret>,
     pub firebase_project_id: Option<String>,
     pub firebase_auth_emulator_host: Option<String>,
     pub firebase_certs_url: Option<String>,
-    pub max_body_bytes: usize,
+    pub firebase_allow_unverified_email: bool,
     pub cors_allowed_origins: Vec<String>,
     pub storage_connection_string: Option<Secret>,
     pub storage_auth: Option<String>,
+    pub cache_max_bytes: usize,
+    /// Set when the Functions host started this process (`FUNCTIONS_CUSTOMHANDLER_PORT`): the
+    /// host is then the loopback peer, which forwards requests and invokes timers.
+    pub under_functions_host: bool,
+    pub trusted_proxies: TrustedProxies,
+    pub timer_secret: Option<Secret>,
+    pub connections: ConnectionLimits,
+    pub requests: RequestLimits,
+}
+
+/// The listener's timeouts and connection cap (see [`crate::server`]).
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// `HEADER_TIMEOUT_SECONDS`: from a request's first byte to its last header.
+    pub header_timeout: Duration,
+    /// `IDLE_TIMEOUT_SECONDS`: an open connection with no request under way.
+    pub idle_timeout: Duration,
+    /// `WRITE_TIMEOUT_SECONDS`: a response write making no progress (the client stopped reading).
+    pub write_timeout: Duration,
+    /// `MAX_CONNECTIONS`: open connections per instance.
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            write_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// What one request may make the server read, hold and compute.
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    /// `MAX_URI_BYTES`: path and query string together (414 beyond).
+    pub max_uri_bytes: usize,
+    /// `MAX_BODY_BYTES`: a request body (413 beyond).
+    pub max_body_bytes: usize,
+    /// `BODY_TIMEOUT_SECONDS`: reading a request body (408 beyond).
+    pub body_timeout: Duration,
+    pub query: QueryLimits,
+    /// `EXPORT_CONCURRENCY`: uncached exports computed at once per instance (503 beyond). Keep it
+    /// below the database pool's size: the rest is for ordinary reads, logins and writes.
+    pub export_concurrency: usize,
+    /// `EXPORT_MAX_BYTES`: the compressed size of one export held while it is computed.
+    pub export_max_bytes: usize,
+    /// `EXPORT_MEMORY_BYTES`: large answers (exports) held at once while they are sent, each
+    /// counted once however many clients read it (503 beyond).
+    pub export_memory_bytes: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            max_uri_bytes: 4096,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            body_timeout: Duration::from_secs(30),
+            query: QueryLimits::default(),
+            export_concurrency: 2,
+            export_max_bytes: 128 << 20,
+            export_memory_bytes: 512 << 20,
+        }
+    }
+}
+
+/// What a query string may hold (400 beyond, naming the parameter).
+#[derive(Debug, Clone)]
+pub struct QueryLimits {
+    /// `MAX_QUERY_PARAMETERS`: parameters in one query string.
+    pub max_parameters: usize,
+    /// `MAX_FILTER_REPEATS`: repeats of one list filter (`genres=a&genres=b`).
+    pub max_filter_repeats: usize,
+    /// `MAX_VALUE_CHARS`: characters in one filter value.
+    pub max_value_chars: usize,
+    /// `MAX_CURSOR_BYTES`: the length of a cursor (the ones this API makes are far shorter).
+    pub max_cursor_bytes: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits {
+            max_parameters: 32,
+            max_filter_repeats: 8,
+            max_value_chars: 512,
+            // A cursor carries a sort value: a 300-character title sorts, encoded, into ~1.6 KB.
+            max_cursor_bytes: 2048,
+        }
+    }
+}
+
+/// Proxies whose `X-Forwarded-For` is believed: addresses and CIDR ranges.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TrustedProxies {
+    ranges: Vec<(std::net::IpAddr, u8)>,
+}
+
+impl TrustedProxies {
+    /// `10.0.0.0/8, 192.0.2.7, ::1`.
+    pub fn parse(list: &str) -> anyhow::Result<TrustedProxies> {
+        let mut ranges = Vec::new();
+        for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (address, bits) = match item.split_once('/') {
+                Some((address, bits)) => (address, Some(bits)),
+                None => (item, None),
+            };
+            let address: std::net::IpAddr = address
+                .parse()
+                .with_context(|| format!("{item:?} is not an IP address or CIDR range"))?;
+            let max = if address.is_ipv4() { 32 } else { 128 };
+            let bits = match bits {
+                None => max,
+                Some(bits) => bits
+                    .parse()
+                    .ok()
+                    .filter(|b| *b <= max)
+                    .with_context(|| format!("{item:?} has a bad prefix length"))?,
+            };
+            ranges.push((address, bits));
+        }
+        Ok(TrustedProxies { ranges })
+    }
+
+    /// Loopback, IPv4 and IPv6: where the Functions host connects from.
+    pub fn with_loopback(mut self) -> Self {
+        self.ranges
+            .push((std::net::IpAddr::from([127, 0, 0, 0]), 8));
+        self.ranges
+            .push((std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST), 128));
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    pub fn contains(&self, address: std::net::IpAddr) -> bool {
+        let address = canonical_ip(address);
+        self.ranges
+            .iter()
+            .any(|&(network, bits)| match (canonical_ip(network), address) {
+                (std::net::IpAddr::V4(n), std::net::IpAddr::V4(a)) => {
+                    let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+                    u32::from(n) & mask == u32::from(a) & mask
+                }
+                (std::net::IpAddr::V6(n), std::net::IpAddr::V6(a)) => {
+                    let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+                    u128::from(n) & mask == u128::from(a) & mask
+                }
+                _ => false,
+            })
+    }
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:192.0.2.1`) as the IPv4 address it is.
+pub fn canonical_ip(address: std::net::IpAddr) -> std::net::IpAddr {
+    match address {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, std::net::IpAddr::V4),
+        v4 => v4,
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,16 +318,73 @@ impl Settings {
             }
         };
         let jwt_ttl = positive("JWT_TTL_SECONDS", DEFAULT_JWT_TTL_SECONDS)?;
-        let max_body_bytes = positive("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES as u64)?;
         let jwt_secret = non_empty("JWT_SECRET");
         if let Some(secret) = &jwt_secret
-            && secret.len() < crate::auth::token::MIN_SECRET_BYTES
+            && secret.len() < MIN_SECRET_BYTES
         {
             bail!(
-                "JWT_SECRET must be at least {} bytes long (it is {})",
-                crate::auth::token::MIN_SECRET_BYTES,
+                "JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes long (it is {})",
                 secret.len()
             );
+        }
+        let count = |name: &str, default: usize| -> anyhow::Result<usize> {
+            positive(name, default as u64).map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+        };
+        let seconds = |name: &str, default: Duration| -> anyhow::Result<Duration> {
+            positive(name, default.as_secs()).map(Duration::from_secs)
+        };
+        let (connection_defaults, request_defaults) =
+            (ConnectionLimits::default(), RequestLimits::default());
+        let connections = ConnectionLimits {
+            header_timeout: seconds("HEADER_TIMEOUT_SECONDS", connection_defaults.header_timeout)?,
+            idle_timeout: seconds("IDLE_TIMEOUT_SECONDS", connection_defaults.idle_timeout)?,
+            write_timeout: seconds("WRITE_TIMEOUT_SECONDS", connection_defaults.write_timeout)?,
+            max_connections: count("MAX_CONNECTIONS", connection_defaults.max_connections)?,
+        };
+        let query_defaults = &request_defaults.query;
+        let requests = RequestLimits {
+            max_uri_bytes: count("MAX_URI_BYTES", request_defaults.max_uri_bytes)?,
+            max_body_bytes: count("MAX_BODY_BYTES", request_defaults.max_body_bytes)?,
+            body_timeout: seconds("BODY_TIMEOUT_SECONDS", request_defaults.body_timeout)?,
+            query: QueryLimits {
+                max_parameters: count("MAX_QUERY_PARAMETERS", query_defaults.max_parameters)?,
+                max_filter_repeats: count("MAX_FILTER_REPEATS", query_defaults.max_filter_repeats)?,
+                max_value_chars: count("MAX_VALUE_CHARS", query_defaults.max_value_chars)?,
+                max_cursor_bytes: count("MAX_CURSOR_BYTES", query_defaults.max_cursor_bytes)?,
+            },
+            export_concurrency: count("EXPORT_CONCURRENCY", request_defaults.export_concurrency)?,
+            export_max_bytes: count("EXPORT_MAX_BYTES", request_defaults.export_max_bytes)?,
+            export_memory_bytes: count(
+                "EXPORT_MEMORY_BYTES",
+                request_defaults.export_memory_bytes,
+            )?,
+        };
+        let cache_max_bytes = count("CACHE_MAX_BYTES", DEFAULT_CACHE_MAX_BYTES)?;
+        let flag = |name: &str| -> anyhow::Result<bool> {
+            match non_empty(name).map(|v| v.trim().to_ascii_lowercase()) {
+                None => Ok(false),
+                Some(v) if matches!(v.as_str(), "true" | "1" | "yes") => Ok(true),
+                Some(v) if matches!(v.as_str(), "false" | "0" | "no") => Ok(false),
+                Some(v) => bail!("{name} must be true or false, not {v:?}"),
+            }
+        };
+        let under_functions_host = lookup("FUNCTIONS_CUSTOMHANDLER_PORT")
+            .or_else(|| lookup("FUNCTIONS_HTTPWORKER_PORT"))
+            .is_some_and(|v| !v.trim().is_empty());
+        let trusted_proxies =
+            TrustedProxies::parse(&non_empty("TRUSTED_PROXIES").unwrap_or_default())
+                .context("TRUSTED_PROXIES must be a comma list of IP addresses or CIDR ranges")?;
+        let trusted_proxies = if under_functions_host {
+            trusted_proxies.with_loopback()
+        } else {
+            trusted_proxies
+        };
+        let timer_secret = non_empty("TIMER_SECRET");
+        if timer_secret
+            .as_ref()
+            .is_some_and(|s| s.len() < MIN_SECRET_BYTES)
+        {
+            bail!("TIMER_SECRET must be at least {MIN_SECRET_BYTES} bytes long");
         }
         let auth_provider = match non_empty("AUTH_PROVIDER").map(|v| v.trim().to_ascii_lowercase())
         {
@@ -170,6 +404,19 @@ impl Settings {
         if auth_provider == AuthProvider::Firebase {
             if firebase_project_id.is_none() {
                 bail!("AUTH_PROVIDER=firebase needs FIREBASE_PROJECT_ID");
+            }
+            // Firebase's own rule: the emulator is for `demo-` projects, which no real
+            // project can be named, so an emulator setting left on in production cannot make
+            // unsigned tokens count there.
+            if firebase_auth_emulator_host.is_some()
+                && !firebase_project_id
+                    .as_deref()
+                    .is_some_and(|p| p.starts_with("demo-"))
+            {
+                bail!(
+                    "FIREBASE_AUTH_EMULATOR_HOST is set, but FIREBASE_PROJECT_ID is not a demo- \
+                     project: the Auth emulator is for demo- projects only"
+                );
             }
             if firebase_api_key.is_none() && firebase_auth_emulator_host.is_none() {
                 bail!("AUTH_PROVIDER=firebase needs FIREBASE_API_KEY (the Web API key)");
@@ -216,10 +463,16 @@ impl Settings {
             firebase_project_id,
             firebase_auth_emulator_host,
             firebase_certs_url: non_empty("FIREBASE_CERTS_URL"),
-            max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+            firebase_allow_unverified_email: flag("FIREBASE_ALLOW_UNVERIFIED_EMAIL")?,
             cors_allowed_origins,
             storage_connection_string: non_empty("AZURE_STORAGE_CONNECTION_STRING").map(Secret),
             storage_auth,
+            cache_max_bytes,
+            under_functions_host,
+            trusted_proxies,
+            timer_secret: timer_secret.map(Secret),
+            connections,
+            requests,
         })
     }
 }

@@ -60,7 +60,7 @@ pub trait TokenSource: Send + Sync + 'static {
 /// Tokens cached per scope, refreshed before they expire.
 pub struct Tokens {
     source: Arc<dyn TokenSource>,
-    scopes: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
+    scopes: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
 }
 
 #[derive(Clone)]
@@ -76,7 +76,7 @@ impl Tokens {
     pub fn new(source: Arc<dyn TokenSource>) -> Arc<Tokens> {
         Arc::new(Tokens {
             source,
-            scopes: std::sync::Mutex::default(),
+            scopes: parking_lot::Mutex::default(),
         })
     }
 
@@ -92,13 +92,7 @@ impl Tokens {
     /// not waste it: the token is cached for the next caller all the same. A failed refresh falls
     /// back to the cached token while it is still valid.
     pub async fn current(&self, scope: &str) -> anyhow::Result<(AccessToken, SystemTime)> {
-        let slot = Arc::clone(
-            self.scopes
-                .lock()
-                .expect("token scopes lock")
-                .entry(scope.to_owned())
-                .or_default(),
-        );
+        let slot = Arc::clone(self.scopes.lock().entry(scope.to_owned()).or_default());
         let source = Arc::clone(&self.source);
         let scope = scope.to_owned();
         let fetch = tokio::spawn(async move {

@@ -18,6 +18,7 @@ use anyhow::{Context as _, anyhow, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 
+use crate::datasets::rules::{self, EngineRules};
 use crate::datasets::{Column, Dataset, Value};
 use crate::storage::{Row, Storage};
 
@@ -140,6 +141,7 @@ pub async fn import(
     // touched.
     let (header_checked, header) = tokio::sync::oneshot::channel();
     let (sender, mut receiver) = mpsc::channel::<Vec<Row>>(2);
+    let engine = storage.engine_rules();
     let reading = tokio::task::spawn_blocking({
         let dataset = dataset.clone();
         move || {
@@ -152,7 +154,7 @@ pub async fn import(
                 .flexible(true)
                 .buffer_capacity(1 << 16)
                 .from_reader(CrlfToLf::new(reader));
-            let plan = match ReadPlan::new(&dataset, &mut csv) {
+            let plan = match ReadPlan::new(&dataset, engine, &mut csv) {
                 Ok(plan) => plan,
                 Err(error) => {
                     let _ = header_checked.send(Err(error));
@@ -270,6 +272,7 @@ fn progress_bar(size: u64, visible: bool) -> ProgressBar {
 struct ReadPlan {
     sources: Vec<Option<usize>>,
     fields: usize,
+    engine: EngineRules,
 }
 
 /// What the reader thread found besides the rows it sent.
@@ -280,7 +283,11 @@ struct ReadOutcome {
 }
 
 impl ReadPlan {
-    fn new<R: Read>(dataset: &Dataset, csv: &mut csv::Reader<R>) -> anyhow::Result<ReadPlan> {
+    fn new<R: Read>(
+        dataset: &Dataset,
+        engine: EngineRules,
+        csv: &mut csv::Reader<R>,
+    ) -> anyhow::Result<ReadPlan> {
         let headers = csv
             .byte_headers()
             .context("cannot read the header line")?
@@ -316,6 +323,7 @@ impl ReadPlan {
         Ok(ReadPlan {
             sources,
             fields: names.len(),
+            engine,
         })
     }
 
@@ -408,13 +416,14 @@ impl ReadPlan {
         ordinal: i64,
     ) -> Result<Row, String> {
         let mut row = Vec::with_capacity(dataset.columns.len());
-        for (column, source) in dataset.columns.iter().zip(&self.sources) {
+        for (position, (column, source)) in dataset.columns.iter().zip(&self.sources).enumerate() {
             let value = match source {
                 None => Value::Integer(ordinal), // a generated row_number key
-                Some(index) => {
-                    let raw = std::str::from_utf8(&record[*index])
+                Some(field) => {
+                    let raw = std::str::from_utf8(&record[*field])
                         .map_err(|_| format!("column {:?}: not valid UTF-8", column.name))?;
-                    convert_field(column, raw)?
+                    let is_key = position == dataset.key.column;
+                    convert_field(column, is_key, raw, self.engine)?
                 }
             };
             row.push(value);
@@ -423,27 +432,28 @@ impl ReadPlan {
     }
 }
 
-/// One CSV field to a typed value, or the reason it is not one.
-pub fn convert_field(column: &Column, raw: &str) -> Result<Value, String> {
-    if column.is_null_marker(raw) {
-        if !column.nullable {
-            return Err(format!("column {:?} is required", column.name));
+/// One CSV field to a typed value, or the reason it is not one: its type, then the rules every
+/// value obeys (the same as a write's, see [`rules`]).
+pub fn convert_field(
+    column: &Column,
+    is_key: bool,
+    raw: &str,
+    engine: EngineRules,
+) -> Result<Value, String> {
+    let value = if column.is_null_marker(raw) {
+        Value::Null
+    } else {
+        match &column.list_delimiter {
+            Some(delimiter) => Value::parse_list(raw, delimiter),
+            None => Value::parse_scalar(column.ty, raw)
+                .map_err(|e| format!("column {:?}: {e}", column.name))?,
         }
-        return Ok(Value::Null);
-    }
-    if let Some(max) = column.max_length
-        && raw.chars().count() > max
-    {
-        return Err(format!(
-            "column {:?}: longer than {max} characters",
-            column.name
-        ));
-    }
-    match &column.list_delimiter {
-        Some(delimiter) => Ok(Value::parse_list(raw, delimiter)),
-        None => Value::parse_scalar(column.ty, raw)
-            .map_err(|e| format!("column {:?}: {e}", column.name)),
-    }
+    };
+    rules::check(column, is_key, &value, engine).map_err(|reason| match value {
+        Value::Null => format!("column {:?} {reason}", column.name),
+        _ => format!("column {:?}: {reason}", column.name),
+    })?;
+    Ok(value)
 }
 
 /// Turns `\r\n` into `\n`. The csv crate counts a CRLF record's line one short (it has not yet

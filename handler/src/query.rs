@@ -4,6 +4,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+use crate::config::QueryLimits;
 use crate::datasets::{ColumnType, Dataset, Value, normalise_text};
 
 pub const DEFAULT_LIMIT: u32 = 100;
@@ -163,8 +164,19 @@ fn invalid(parameter: &str, reason: impl Into<String>) -> QueryError {
 }
 
 impl Query {
-    /// Parses a raw (still percent-encoded) query string.
+    /// Parses a raw (still percent-encoded) query string within the default limits.
     pub fn parse(dataset: &Dataset, kind: QueryKind, raw: &str) -> Result<Query, QueryError> {
+        Query::parse_limited(dataset, kind, raw, &QueryLimits::default())
+    }
+
+    /// Parses a raw (still percent-encoded) query string; anything over `limits` is refused,
+    /// naming the parameter, before it costs a database query or a cache key.
+    pub fn parse_limited(
+        dataset: &Dataset,
+        kind: QueryKind,
+        raw: &str,
+        limits: &QueryLimits,
+    ) -> Result<Query, QueryError> {
         let mut query = Query {
             kind,
             filters: Vec::new(),
@@ -179,9 +191,36 @@ impl Query {
         let mut seen: Vec<String> = Vec::new();
         let mut raw_cursor = None;
         for (name, value) in url::form_urlencoded::parse(raw.as_bytes()) {
-            let repeatable = is_list_equality(dataset, &name);
-            if seen.contains(&name.to_string()) && !repeatable {
+            if seen.len() == limits.max_parameters {
+                return Err(invalid(
+                    "query",
+                    format!(
+                        "at most {} parameters (MAX_QUERY_PARAMETERS)",
+                        limits.max_parameters
+                    ),
+                ));
+            }
+            let repeats = seen.iter().filter(|s| **s == name).count();
+            if repeats > 0 && !is_list_equality(dataset, &name) {
                 return Err(invalid(&name, "given more than once"));
+            }
+            if repeats == limits.max_filter_repeats {
+                return Err(invalid(
+                    &name,
+                    format!(
+                        "given more than {} times (MAX_FILTER_REPEATS)",
+                        limits.max_filter_repeats
+                    ),
+                ));
+            }
+            if name != "cursor" && value.chars().count() > limits.max_value_chars {
+                return Err(invalid(
+                    &name,
+                    format!(
+                        "value is too long (at most {} characters, MAX_VALUE_CHARS)",
+                        limits.max_value_chars
+                    ),
+                ));
             }
             seen.push(name.to_string());
             match (name.as_ref(), kind) {
@@ -197,7 +236,19 @@ impl Query {
                 ("sort", QueryKind::List | QueryKind::Export) => {
                     query.sort = parse_sort(dataset, &value)?;
                 }
-                ("cursor", QueryKind::List) => raw_cursor = Some(value.into_owned()),
+                ("cursor", QueryKind::List) => {
+                    if value.len() > limits.max_cursor_bytes {
+                        return Err(invalid(
+                            "cursor",
+                            format!(
+                                "is longer than {} bytes (MAX_CURSOR_BYTES); use the \
+                                 next_cursor of a page",
+                                limits.max_cursor_bytes
+                            ),
+                        ));
+                    }
+                    raw_cursor = Some(value.into_owned());
+                }
                 ("format", QueryKind::Export) => {
                     query.format = match value.as_ref() {
                         "json" => ExportFormat::Json,
@@ -333,7 +384,6 @@ fn parse_filter(dataset: &Dataset, name: &str, raw: &str) -> Result<Filter, Quer
     if column
         .max_length
         .is_some_and(|max| raw.chars().count() > max)
-        || raw.len() > 1024
     {
         return Err(invalid(name, "value is too long"));
     }
@@ -476,6 +526,61 @@ mod tests {
             "null never matches a comparison"
         );
         assert!(!q("genres=comedy&genres=horror").matches(&ds, &row));
+    }
+
+    #[test]
+    fn every_limit_names_what_was_too_large() {
+        let ds = movies();
+        let limits = QueryLimits::default();
+        let parse = |raw: &str| Query::parse_limited(&ds, QueryKind::List, raw, &limits);
+        // Each list filter within its repeats, all of them together over the parameter count.
+        let lists = ["genres", "languages", "countries"]
+            .iter()
+            .flat_map(|name| (0..limits.max_filter_repeats).map(move |i| format!("{name}=v{i}")));
+        let scalars = [
+            "year.gte=1",
+            "year.lte=2",
+            "runtime.gte=1",
+            "runtime.lte=2",
+            "metacritic.gte=1",
+            "metacritic.lte=2",
+            "rating=r",
+            "imdb_id=i",
+            "title=t",
+        ]
+        .map(str::to_owned);
+        let many: Vec<String> = lists.chain(scalars).collect();
+        assert!(many.len() > limits.max_parameters);
+        let many = many.join("&");
+        let repeats = (0..=limits.max_filter_repeats)
+            .map(|i| format!("genres=g{i}"))
+            .collect::<Vec<_>>()
+            .join("&");
+        let cases = [
+            (many, "query"),
+            (repeats, "genres"),
+            (
+                format!("title={}", "a".repeat(limits.max_value_chars + 1)),
+                "title",
+            ),
+            (
+                format!("director={}", "é".repeat(limits.max_value_chars + 1)),
+                "director",
+            ),
+            (
+                format!("cursor={}", "a".repeat(limits.max_cursor_bytes + 1)),
+                "cursor",
+            ),
+        ];
+        for (raw, parameter) in cases {
+            let error = parse(&raw).unwrap_err();
+            assert_eq!(error.parameter, parameter, "{}", &raw[..40]);
+        }
+        let at_the_limit = (0..limits.max_filter_repeats)
+            .map(|i| format!("genres=g{i}"))
+            .collect::<Vec<_>>()
+            .join("&");
+        assert!(parse(&at_the_limit).is_ok());
     }
 
     #[test]

@@ -146,17 +146,17 @@ async fn signup_checks_its_fields() {
 }
 
 #[tokio::test]
-async fn login_attempts_are_limited_per_email_and_per_address() {
-    let app = local_app();
+async fn failed_logins_are_limited_per_email_and_address_and_per_address() {
+    let app = local_app().calling_from("198.51.100.20");
     let (email, _) = app.account_token("user").await; // one attempt, successful
-    for attempt in 2..=handler::auth::ATTEMPTS_PER_EMAIL {
+    for attempt in 1..=handler::auth::ATTEMPTS_PER_EMAIL {
         let response = login(&app, &email, "wrong password").await;
         assert_eq!(response.status, 401, "attempt {attempt}");
     }
     let limited = login(&app, &email, common::TEST_PASSWORD).await;
     assert_eq!(
         limited.status, 429,
-        "even the right password, once over the limit"
+        "even the right password, once over the limit from this address"
     );
     let retry_after: u64 = header(&limited, "retry-after").parse().unwrap();
     assert!((1..=900).contains(&retry_after), "{retry_after}");
@@ -164,26 +164,87 @@ async fn login_attempts_are_limited_per_email_and_per_address() {
     let (other, _) = app.account_token("user").await;
     assert_eq!(login(&app, &other, common::TEST_PASSWORD).await.status, 200);
 
-    // Per address: the last X-Forwarded-For entry is the client the platform saw.
-    let fresh = local_app();
+    // Per address, whatever the emails: and a client's own X-Forwarded-For (no trusted proxy
+    // in front) changes nothing, however it rotates.
+    let fresh = local_app().calling_from("198.51.100.21");
     let mut statuses = Vec::new();
     for n in 0..=handler::auth::ATTEMPTS_PER_ADDRESS {
         let request = json!({"email": format!("u{n}@example.com"), "password": "wrong password"});
+        let forged = format!("203.0.113.{n}");
         let response = fresh
             .send_raw_with(
                 "POST",
                 "/api/auth/login",
                 &[
                     ("content-type", "application/json"),
-                    ("x-forwarded-for", "1.2.3.4, 203.0.113.9:5000"),
+                    ("x-forwarded-for", forged.as_str()),
                 ],
                 request.to_string().into_bytes(),
             )
             .await;
         statuses.push(response.status.as_u16());
     }
-    assert!(statuses[..statuses.len() - 1].iter().all(|&s| s == 401));
+    assert!(
+        statuses[..statuses.len() - 1].iter().all(|&s| s == 401),
+        "{statuses:?}"
+    );
     assert_eq!(statuses.last(), Some(&429));
+}
+
+/// Guessing from one address cannot lock the owner out: the owner, from another address, signs
+/// in. Behind a trusted proxy, the address is the one the proxy saw.
+#[tokio::test]
+async fn an_attacker_cannot_lock_the_owner_out() {
+    let base = local_app();
+    let (email, _) = base.account_token("user").await;
+    let attacker = base.calling_from("203.0.113.66");
+    for _ in 0..handler::auth::ATTEMPTS_PER_EMAIL + 5 {
+        let status = login(&attacker, &email, "a guess at it").await.status;
+        assert!(status == 401 || status == 429, "{status}");
+    }
+    assert_eq!(
+        login(&attacker, &email, common::TEST_PASSWORD).await.status,
+        429
+    );
+    let owner = base.calling_from("198.51.100.5");
+    assert_eq!(
+        login(&owner, &email, common::TEST_PASSWORD).await.status,
+        200,
+        "the owner signs in from their own address"
+    );
+
+    // Behind a trusted proxy (10.0.0.1), the attacker's address is its forwarded one, and the
+    // owner's forwarded address is its own.
+    let mut proxied = base.clone();
+    proxied.state.trusted_proxies =
+        Arc::new(handler::config::TrustedProxies::parse("10.0.0.0/8").unwrap());
+    let through_proxy = proxied.calling_from("10.0.0.1");
+    let (victim, _) = base.account_token("user").await;
+    for _ in 0..handler::auth::ATTEMPTS_PER_EMAIL {
+        let status = login_forwarded(&through_proxy, &victim, "a guess", "192.0.2.66").await;
+        assert_eq!(status, 401);
+    }
+    let status = login_forwarded(&through_proxy, &victim, common::TEST_PASSWORD, "192.0.2.66");
+    assert_eq!(status.await, 429);
+    let status = login_forwarded(&through_proxy, &victim, common::TEST_PASSWORD, "192.0.2.5");
+    assert_eq!(status.await, 200);
+}
+
+/// A login through a proxy that says the client is `forwarded_for`.
+async fn login_forwarded(app: &TestApp, email: &str, password: &str, forwarded_for: &str) -> u16 {
+    let body = json!({"email": email, "password": password}).to_string();
+    app.send_raw_with(
+        "POST",
+        "/api/auth/login",
+        &[
+            ("content-type", "application/json"),
+            ("x-forwarded-for", forwarded_for),
+        ],
+        body.into_bytes(),
+    )
+    .await
+    .status
+    .as_u16()
 }
 
 /// With Redis, the attempts of one email are counted across instances.
@@ -200,7 +261,7 @@ async fn login_limits_are_shared_through_redis() {
     };
     let (a, b) = (instance(), instance());
     let (email, _) = a.account_token("user").await;
-    for attempt in 2..=handler::auth::ATTEMPTS_PER_EMAIL {
+    for attempt in 1..=handler::auth::ATTEMPTS_PER_EMAIL {
         let app = if attempt % 2 == 0 { &a } else { &b };
         assert_eq!(login(app, &email, "wrong password").await.status, 401);
     }
@@ -211,6 +272,19 @@ async fn login_limits_are_shared_through_redis() {
 /// An app in Firebase mode: through the emulator when `emulator` is set, else verifying RS256
 /// ID tokens against `certs_url`.
 fn firebase_app(emulator: Option<&str>, certs_url: Option<&str>) -> TestApp {
+    firebase_app_with(
+        emulator,
+        certs_url,
+        &[("FIREBASE_ALLOW_UNVERIFIED_EMAIL", "true")],
+    )
+}
+
+/// [`firebase_app`] with other settings (verified emails required unless they say otherwise).
+fn firebase_app_with(
+    emulator: Option<&str>,
+    certs_url: Option<&str>,
+    settings: &[(&str, &str)],
+) -> TestApp {
     let storage = common::open(&common::sqlite_url());
     let mut vars = vec![
         ("JWT_SECRET", "0123456789abcdef0123456789abcdef".to_owned()),
@@ -218,6 +292,7 @@ fn firebase_app(emulator: Option<&str>, certs_url: Option<&str>) -> TestApp {
         ("FIREBASE_PROJECT_ID", common::firebase::PROJECT.to_owned()),
         ("FIREBASE_API_KEY", "test-api-key".to_owned()),
     ];
+    vars.extend(settings.iter().map(|(k, v)| (*k, (*v).to_owned())));
     if let Some(host) = emulator {
         vars.push(("FIREBASE_AUTH_EMULATOR_HOST", host.to_owned()));
     }
@@ -243,7 +318,86 @@ fn firebase_app(emulator: Option<&str>, certs_url: Option<&str>) -> TestApp {
     TestApp {
         state,
         bearer: None,
+        peer: None,
     }
+}
+
+/// By default a Firebase account counts only once its email is verified: signing up sends the
+/// link, and neither a login nor the account's own ID token makes a row before it is followed
+/// (someone registering another person's address gains nothing, not even a later promotion).
+#[tokio::test]
+async fn firebase_accounts_count_once_their_email_is_verified() {
+    let Some(host) = common::firebase::emulator() else {
+        return;
+    };
+    let app = firebase_app_with(Some(host), None, &[]);
+    let email = format!("verify{}@example.com", std::process::id());
+    let password = "firebase pw 3";
+    let signup = app
+        .post_json(
+            "/api/auth/signup",
+            &json!({"email": email, "password": password}),
+        )
+        .await;
+    assert_eq!(signup.status, 202, "{}", signup.text());
+    assert_eq!(signup.json()["verification"], "sent");
+    let row = || {
+        let storage = app.state.storage.clone();
+        let email = email.clone();
+        async move { storage.find_user(UserLookup::Email(email)).await.unwrap() }
+    };
+    assert!(
+        row().await.is_none(),
+        "no account before the email is verified"
+    );
+
+    let early = login(&app, &email, password).await;
+    assert_eq!(early.status, 403, "{}", early.text());
+    assert_eq!(early.content_type(), "application/problem+json");
+    let signed_in = emulator_call(
+        host,
+        "signInWithPassword",
+        json!({"email": email, "password": password, "returnSecureToken": true}),
+    )
+    .await;
+    let id_token = signed_in["idToken"].as_str().unwrap();
+    assert_eq!(
+        app.with_token(id_token).get("/api/auth/me").await.status,
+        403
+    );
+    assert!(
+        row().await.is_none(),
+        "an unverified ID token makes no account"
+    );
+
+    // Follow the link the emulator "sent" (it keeps the codes it would have mailed).
+    let codes: serde_json::Value = reqwest::get(format!(
+        "http://{host}/emulator/v1/projects/{}/oobCodes",
+        common::firebase::PROJECT
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let code = codes["oobCodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["email"] == email.as_str() && c["requestType"] == "VERIFY_EMAIL")
+        .and_then(|c| c["oobCode"].as_str())
+        .expect("a verification code for the address")
+        .to_owned();
+    let verified = emulator_call(host, "update", json!({"oobCode": code})).await;
+    assert_eq!(verified["emailVerified"], true, "{verified}");
+
+    let token = login(&app, &email, password).await;
+    assert_eq!(token.status, 200, "{}", token.text());
+    let record = row()
+        .await
+        .expect("the account, made at the first verified login");
+    assert_eq!(record.role, "user");
+    assert!(record.firebase_uid.is_some());
 }
 
 /// A direct call to the emulator's REST API, as a client app would make.
@@ -401,17 +555,33 @@ fn generate_key_pair(dir: &std::path::Path) -> Option<(Vec<u8>, String)> {
 
 /// Serves `{kid: certificate}` as Google does, with a `max-age`; returns its URL.
 async fn serve_certificates(certs: serde_json::Value) -> String {
+    serve_certificates_with(certs, 3600, std::time::Duration::ZERO).await
+}
+
+/// [`serve_certificates`] with a `max-age` of `max_age` seconds, every answer after the first
+/// taking `delay`.
+async fn serve_certificates_with(
+    certs: serde_json::Value,
+    max_age: u64,
+    delay: std::time::Duration,
+) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let cache_control = format!("public, max-age={max_age}");
     let app = axum::Router::new().route(
         "/certs",
         axum::routing::get(move || {
-            let certs = certs.clone();
+            let (certs, served) = (certs.clone(), Arc::clone(&served));
+            let cache_control = cache_control.clone();
             async move {
+                if served.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0 {
+                    tokio::time::sleep(delay).await;
+                }
                 (
                     [
-                        ("cache-control", "public, max-age=3600"),
-                        ("content-type", "application/json"),
+                        ("cache-control", cache_control),
+                        ("content-type", "application/json".to_owned()),
                     ],
                     certs.to_string(),
                 )
@@ -431,13 +601,14 @@ async fn firebase_id_tokens_are_verified_and_every_bad_one_is_a_401() {
     };
     let _ = std::fs::remove_dir_all(&dir);
     let url = serve_certificates(json!({"key-1": cert_pem})).await;
-    let app = firebase_app(None, Some(&url));
+    // Verified emails required, as by default.
+    let app = firebase_app_with(None, Some(&url), &[]);
     let project = common::firebase::PROJECT;
     let now = chrono::Utc::now().timestamp();
     let claims = |change: &dyn Fn(&mut serde_json::Value)| {
         let mut claims = json!({
             "iss": format!("https://securetoken.google.com/{project}"), "aud": project,
-            "sub": "firebase-uid-1", "email": "rs@example.com",
+            "sub": "firebase-uid-1", "email": "rs@example.com", "email_verified": true,
             "iat": now - 10, "auth_time": now - 10, "exp": now + 3600,
         });
         change(&mut claims);
@@ -449,6 +620,19 @@ async fn firebase_id_tokens_are_verified_and_every_bad_one_is_a_401() {
         header.kid = Some(kid.to_owned());
         jsonwebtoken::encode(&header, claims, &key).unwrap()
     };
+
+    // A valid token of an address nobody verified makes no account (a 403, not a 401: the
+    // token itself is fine).
+    let unverified = sign(
+        &claims(&|c| {
+            c["sub"] = json!("firebase-uid-2");
+            c["email"] = json!("someone-else@example.com");
+            c["email_verified"] = json!(false);
+        }),
+        "key-1",
+    );
+    let refused = app.with_token(&unverified).get("/api/auth/me").await;
+    assert_eq!(refused.status, 403, "{}", refused.text());
 
     let good = sign(&claims(&|_| {}), "key-1");
     let me = app.with_token(&good).get("/api/auth/me").await;
@@ -541,4 +725,63 @@ async fn firebase_id_tokens_are_verified_and_every_bad_one_is_a_401() {
             "{what}: the token is echoed"
         );
     }
+}
+
+/// Token checks never queue behind a certificate fetch: once the list has expired, the first
+/// check refreshes it (here, slowly) while every other goes on with the keys it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_certificate_refresh_does_not_hold_up_token_checks() {
+    let dir = std::env::temp_dir().join(format!("smartcache_rs256_slow_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let Some((private_pem, cert_pem)) = generate_key_pair(&dir) else {
+        return;
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    let slow = std::time::Duration::from_secs(3);
+    let url = serve_certificates_with(json!({"key-1": cert_pem}), 1, slow).await;
+    let app = firebase_app_with(None, Some(&url), &[]);
+    let project = common::firebase::PROJECT;
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({
+        "iss": format!("https://securetoken.google.com/{project}"), "aud": project,
+        "sub": "firebase-uid-slow", "email": "slow@example.com", "email_verified": true,
+        "iat": now - 10, "auth_time": now - 10, "exp": now + 3600,
+    });
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("key-1".into());
+    let token = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &EncodingKey::from_rsa_pem(&private_pem).unwrap(),
+    )
+    .unwrap();
+    let user = app.with_token(&token);
+    assert_eq!(
+        user.get("/api/auth/me").await.status,
+        200,
+        "the first fetch"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // the list expires
+    let checks: Vec<_> = (0..8)
+        .map(|_| {
+            let user = user.clone();
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let status = user.get("/api/auth/me").await.status;
+                (status, started.elapsed())
+            })
+        })
+        .collect();
+    let mut quick = 0;
+    for check in checks {
+        let (status, took) = check.await.unwrap();
+        assert_eq!(status, 200);
+        if took < slow / 3 {
+            quick += 1;
+        }
+    }
+    assert!(
+        quick >= 7,
+        "only {quick} of 8 checks went on while one refreshed the list"
+    );
 }

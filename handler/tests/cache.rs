@@ -258,7 +258,7 @@ async fn a_recorded_write_ends_exactly_the_answers_it_touches() {
         Value::List(vec!["Biography".into(), "Drama".into()]);
     app.state
         .cache
-        .record_write("movies", Some(old), Some(new))
+        .record_write(&movies, Some(old), Some(new))
         .await
         .unwrap();
     assert_eq!(
@@ -317,7 +317,7 @@ async fn two_instances_share_entries_and_writes_through_redis() {
     new[movies.column_index("genres").unwrap()] = Value::List(vec!["Western".into()]);
     b.state
         .cache
-        .record_write("movies", Some(old), Some(new))
+        .record_write(&movies, Some(old), Some(new))
         .await
         .unwrap();
     assert_eq!(
@@ -373,7 +373,7 @@ async fn a_redis_cluster_shares_entries_and_writes_too() {
     new[movies.column_index("genres").unwrap()] = Value::List(vec!["War".into()]);
     a.state
         .cache
-        .record_write("movies", Some(old), Some(new))
+        .record_write(&movies, Some(old), Some(new))
         .await
         .unwrap();
     for (uri, expected) in uris
@@ -427,7 +427,7 @@ async fn redis_killed_and_restarted_costs_no_errors_and_no_stale_answers() {
     assert!(
         app.state
             .cache
-            .record_write("movies", Some(row.clone()), Some(row))
+            .record_write(&movies, Some(row.clone()), Some(row))
             .await
             .is_err()
     );
@@ -658,7 +658,7 @@ async fn a_write_redis_missed_never_lets_old_answers_return() {
         writer
             .state
             .cache
-            .record_write("movies", Some(row.clone()), Some(row))
+            .record_write(&movies, Some(row.clone()), Some(row))
             .await
             .is_err()
     );
@@ -738,7 +738,7 @@ async fn exports_are_cached_and_invalidated_like_everything_else() {
             .unwrap();
         a.state
             .cache
-            .record_write("movies", Some(old.clone()), Some(old))
+            .record_write(&movies, Some(old.clone()), Some(old))
             .await
             .unwrap();
         assert_eq!(
@@ -790,5 +790,79 @@ async fn concurrent_cold_exports_make_one_query() {
             "redis: {}",
             redis.is_some()
         );
+    }
+}
+
+/// Bytes in Redis are input like any other: a value cut short, or a stranger's, under an entry's
+/// key is a miss (never a panic or a broken answer), and the answer computed instead overwrites
+/// it. Near caches are small here, so every read goes to Redis.
+#[tokio::test]
+async fn a_corrupt_value_in_redis_is_a_miss_and_is_repaired() {
+    let Some(url) = common::redis_url().await else {
+        return;
+    };
+    let (catalog, real) = movies_db().await;
+    let prefix = common::unique_prefix();
+    let ttl = std::time::Duration::from_secs(60);
+    let app = TestApp::with_cache(
+        real,
+        catalog,
+        handler::cache::Cache::with_redis(&url, &prefix, ttl, 1),
+    );
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    for uri in [
+        "/api/movies?genres=western&limit=50",
+        "/api/movies/595",
+        "/api/movies/export?genres=western",
+    ] {
+        let first = app.get(uri).await;
+        assert_eq!(header(&first, "x-cache"), "MISS", "{uri}");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:movies:*"))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let entries: Vec<&String> = keys.iter().filter(|k| !k.contains(":lease:")).collect();
+        assert_eq!(entries.len(), 1, "{uri}: one entry in Redis: {keys:?}");
+        let key = entries[0].clone();
+        let stored: Vec<u8> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        for garbage in [
+            stored[..stored.len() / 2].to_vec(),
+            stored[..stored.len() - 3].to_vec(),
+            b"SC1 {\"etag\":1}\nnot gzip".to_vec(),
+            vec![0xff; 64],
+        ] {
+            let _: () = redis::cmd("SET")
+                .arg(&key)
+                .arg(garbage)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            let again = app.get(uri).await;
+            assert_eq!(again.status, 200, "{uri}");
+            assert_eq!(
+                header(&again, "x-cache"),
+                "MISS",
+                "{uri}: garbage is a miss"
+            );
+            assert_eq!(again.body, first.body, "{uri}: the right answer");
+            let repaired = app.get(uri).await;
+            assert_eq!(
+                header(&repaired, "x-cache"),
+                "HIT",
+                "{uri}: and was overwritten"
+            );
+            assert_eq!(repaired.body, first.body);
+        }
+        let _: () = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
     }
 }

@@ -4,9 +4,10 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use common::TestApp;
-use handler::http::ENDPOINTS;
+use handler::http::{ENDPOINTS, TimerAccess};
 use serde_json::Value;
 
 struct Declared {
@@ -144,6 +145,24 @@ fn host_json_forwards_http_requests_under_api() {
         "AZURE_STORAGE_CONNECTION_STRING",
         "AZURE_STORAGE_AUTH",
         "AZURE_CLIENT_ID",
+        "TRUSTED_PROXIES",
+        "TIMER_SECRET",
+        "CACHE_MAX_BYTES",
+        "FIREBASE_ALLOW_UNVERIFIED_EMAIL",
+        "MAX_CONNECTIONS",
+        "HEADER_TIMEOUT_SECONDS",
+        "IDLE_TIMEOUT_SECONDS",
+        "WRITE_TIMEOUT_SECONDS",
+        "BODY_TIMEOUT_SECONDS",
+        "MAX_BODY_BYTES",
+        "MAX_URI_BYTES",
+        "MAX_QUERY_PARAMETERS",
+        "MAX_FILTER_REPEATS",
+        "MAX_VALUE_CHARS",
+        "MAX_CURSOR_BYTES",
+        "EXPORT_CONCURRENCY",
+        "EXPORT_MAX_BYTES",
+        "EXPORT_MEMORY_BYTES",
     ] {
         assert!(
             settings["Values"][name].is_string(),
@@ -233,13 +252,20 @@ async fn the_router_answers_every_declared_function() {
     }
 }
 
-/// The timer invocation as the host sends it: JSON in, `{Outputs, Logs, ReturnValue}` out.
+/// The timer invocation as the host sends it: JSON in, `{Outputs, Logs, ReturnValue}` out,
+/// the logs counting what was done without naming anyone's queries.
 #[tokio::test]
 async fn the_warm_cache_timer_answers_as_the_host_expects() {
     let catalog = common::catalog();
     let storage = common::open(&common::sqlite_url());
     common::import_movies(storage.as_ref(), &catalog).await;
-    let app = TestApp::new(storage, catalog);
+    let mut app = TestApp::new(storage, catalog);
+    // As under the Functions host: the host is the loopback peer.
+    app.state.timers = Arc::new(TimerAccess {
+        host_on_loopback: true,
+        secret: None,
+    });
+    let host = app.calling_from("127.0.0.1");
     for uri in [
         "/api/movies?genres=drama",
         "/api/movies?genres=drama",
@@ -247,11 +273,7 @@ async fn the_warm_cache_timer_answers_as_the_host_expects() {
     ] {
         assert_eq!(app.get(uri).await.status, 200);
     }
-    let invocation = serde_json::json!({
-        "Data": {"timer": {"Schedule": {"AdjustForDST": true}, "ScheduleStatus": {"Last": "2026-11-22T10:00:00Z", "Next": "2026-11-22T10:05:00Z", "LastUpdated": "2026-11-22T10:00:00Z"}, "IsPastDue": "false"}},
-        "Metadata": {"sys": {"MethodName": "WarmCache", "UtcNow": "2026-11-22T10:05:00Z", "RandGuid": "0f6a7b4e-0000-0000-0000-000000000000"}},
-    });
-    let response = app.post_json("/WarmCache", &invocation).await;
+    let response = host.post_json("/WarmCache", &invocation()).await;
     assert_eq!(response.status, 200, "{}", response.text());
     let body = response.json();
     assert_eq!(body["Outputs"], serde_json::json!({}));
@@ -263,12 +285,74 @@ async fn the_warm_cache_timer_answers_as_the_host_expects() {
         .collect();
     assert!(
         logs.iter()
-            .any(|l| l.starts_with("/api/movies?genres=drama (score 2.0): fresh")),
+            .any(|l| l.starts_with("warm-up: 0 refreshed, 2 fresh, 0 failed")),
         "{logs:?}"
+    );
+    assert!(
+        !logs
+            .iter()
+            .any(|l| l.contains("/api/") || l.contains("drama")),
+        "other callers' queries never leave the server: {logs:?}"
     );
     assert!(
         body["ReturnValue"].is_object(),
         "an object, never a string the host might base64-decode"
     );
     assert_eq!(body["ReturnValue"]["fresh"], 2);
+}
+
+fn invocation() -> serde_json::Value {
+    serde_json::json!({
+        "Data": {"timer": {"Schedule": {"AdjustForDST": true}, "ScheduleStatus": {"Last": "2026-11-22T10:00:00Z", "Next": "2026-11-22T10:05:00Z", "LastUpdated": "2026-11-22T10:00:00Z"}, "IsPastDue": "false"}},
+        "Metadata": {"sys": {"MethodName": "WarmCache", "UtcNow": "2026-11-22T10:05:00Z", "RandGuid": "0f6a7b4e-0000-0000-0000-000000000000"}},
+    })
+}
+
+/// The timer route answers the Functions host (loopback, when it started this process) or a
+/// caller with `TIMER_SECRET`; anyone else gets a 403 and causes no work.
+#[tokio::test]
+async fn the_timer_route_refuses_everyone_but_the_host() {
+    let secret = "a timer secret, a timer secret, 32+";
+    let app = TestApp::new(common::open(&common::sqlite_url()), common::catalog());
+    // (under the host, TIMER_SECRET, peer, secret sent, status)
+    type Case<'a> = (bool, Option<&'a str>, &'a str, Option<&'a str>, u16);
+    let cases: [Case; 7] = [
+        (false, None, "127.0.0.1", None, 403),
+        (false, None, "203.0.113.9", None, 403),
+        (true, None, "127.0.0.1", None, 200),
+        (true, None, "203.0.113.9", None, 403),
+        (false, Some(secret), "203.0.113.9", Some(secret), 200),
+        (
+            false,
+            Some(secret),
+            "203.0.113.9",
+            Some("a wrong secret, a wrong secret, 32"),
+            403,
+        ),
+        (true, Some(secret), "203.0.113.9", None, 403),
+    ];
+    for (under_host, configured, peer, sent, expected) in cases {
+        let mut app = app.calling_from(peer);
+        app.state.timers = Arc::new(TimerAccess {
+            host_on_loopback: under_host,
+            secret: configured.map(handler::config::Secret::new),
+        });
+        let mut headers = vec![("content-type", "application/json")];
+        headers.extend(sent.map(|s| (handler::http::TIMER_SECRET_HEADER, s)));
+        let response = app
+            .send_raw_with(
+                "POST",
+                "/WarmCache",
+                &headers,
+                invocation().to_string().into_bytes(),
+            )
+            .await;
+        assert_eq!(
+            response.status, expected,
+            "host {under_host}, secret {configured:?}, peer {peer}, sent {sent:?}"
+        );
+        if expected == 403 {
+            assert_eq!(response.content_type(), "application/problem+json");
+        }
+    }
 }

@@ -243,3 +243,48 @@ async fn a_second_concurrent_import_of_a_dataset_is_refused() {
             .unwrap();
     }
 }
+
+/// One set of value rules for imports and writes: a NUL byte in one field of the real movies
+/// file is that line's problem, reported with its own line number, on every engine; every other
+/// row imports (PostgreSQL's COPY would have refused the whole import).
+#[tokio::test]
+async fn a_nul_byte_rejects_its_line_and_every_other_row_imports() {
+    let original = std::fs::read(common::movies_csv()).unwrap();
+    let mut reader = csv::Reader::from_reader(original.as_slice());
+    let title = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|h| h == "Title")
+        .unwrap();
+    let record = reader.records().nth(1796).unwrap().unwrap();
+    let offset = usize::try_from(record.position().unwrap().byte()).unwrap();
+    let field = record[title].to_owned();
+    let at = offset
+        + original[offset..]
+            .windows(field.len())
+            .position(|w| w == field.as_bytes())
+            .unwrap();
+    // The damaged field's line in the file, counted here.
+    let line = 1 + original[..at].iter().filter(|&&b| b == b'\n').count() as u64;
+    let mut damaged = original[..at + 1].to_vec();
+    damaged.push(0);
+    damaged.extend_from_slice(&original[at + 1..]);
+    let path = write_file("nul.csv", &damaged);
+    for url in backends().await {
+        let storage = common::open(&url);
+        let catalog = common::catalog();
+        let movies = catalog.get("movies").unwrap().clone();
+        let report = import_file(storage.as_ref(), &movies, &path, false)
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e:#}"));
+        assert_eq!((report.imported, report.rejected), (17_471, 1), "{url}");
+        let rejection = &report.rejections[0];
+        assert_eq!(rejection.line, line, "{url}: the CSV line, not a COPY line");
+        assert_eq!(
+            rejection.reason, "column \"title\": must not contain NUL characters",
+            "{url}"
+        );
+        assert_eq!(storage.count(&movies).await.unwrap(), 17_471, "{url}");
+    }
+}

@@ -33,7 +33,7 @@ async fn lambda_events_are_answered_by_the_router() {
     let storage = common::open(&common::sqlite_url());
     common::import_movies(storage.as_ref(), &catalog).await;
     let app = common::TestApp::new(storage, catalog);
-    let router = handler::http::router(app.state.clone());
+    let router = handler::lambda::router(app.state.clone());
 
     let request = lambda_http::request::from_str(HTTP_API_EVENT).expect("an HTTP API event");
     let response = router.clone().oneshot(request).await.unwrap();

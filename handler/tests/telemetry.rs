@@ -5,11 +5,12 @@
 mod common;
 
 use std::io::Read as _;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
+use common::served::{Served, movies_db};
 use serde_json::Value;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -47,26 +48,6 @@ fn http_client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Where a server exports to: a port on 127.0.0.1.
 enum Export {
     Nowhere,
@@ -75,7 +56,7 @@ enum Export {
 }
 
 /// `handler serve` over a SQLite database with the movies, exporting as told.
-async fn serve(database_url: &str, export: Export) -> Server {
+async fn serve(database_url: &str, export: Export) -> Served {
     serve_logging(database_url, export, &[], Stdio::null()).await
 }
 
@@ -85,55 +66,26 @@ async fn serve_logging(
     export: Export,
     settings: &[(&str, &str)],
     log: Stdio,
-) -> Server {
-    let port = free_port();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_handler"));
-    command
-        .arg("serve")
-        .env("DATASETS_DIR", common::repo_root().join("datasets"))
-        .env("DATABASE_URL", database_url)
-        .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
-        .env("RUST_LOG", "info")
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
-        .env_remove("REDIS_URL")
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("APPLICATIONINSIGHTS_CONNECTION_STRING")
-        .envs(settings.iter().copied())
-        .stdout(log)
-        .stderr(Stdio::null());
+) -> Served {
+    let mut all: Vec<(&str, String)> = vec![
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "300".into()),
+    ];
     match export {
-        Export::ApplicationInsights(sink) => command.env(
+        Export::ApplicationInsights(sink) => all.push((
             "APPLICATIONINSIGHTS_CONNECTION_STRING",
             format!(
                 "InstrumentationKey=00000000-0000-0000-0000-000000000001;IngestionEndpoint=http://127.0.0.1:{sink}/"
             ),
-        ),
-        Export::Otlp(collector) => command.env(
+        )),
+        Export::Otlp(collector) => all.push((
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             format!("http://127.0.0.1:{collector}"),
-        ),
-        Export::Nowhere => &mut command,
-    };
-    let server = Server {
-        child: command.spawn().unwrap(),
-        port,
-    };
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        )),
+        Export::Nowhere => {}
     }
-    server
-}
-
-async fn movies_db() -> String {
-    let url = common::sqlite_url();
-    common::import_movies(common::open(&url).as_ref(), &common::catalog()).await;
-    url
+    all.extend(settings.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    common::served::serve(database_url, &all, log).await
 }
 
 fn requests(received: &Received) -> Vec<Value> {

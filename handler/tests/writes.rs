@@ -301,6 +301,7 @@ async fn only_admins_write_and_a_demoted_or_deactivated_admin_stops_at_once() {
     let read_only = TestApp {
         state: read_only,
         bearer: Some(token),
+        peer: None,
     };
     let refused = read_only
         .send_json("PATCH", "/api/movies/595", &patch)

@@ -11,6 +11,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 use tokio::sync::Mutex;
 
 use super::token::{LEEWAY_SECONDS, TokenError, peek_header};
@@ -38,6 +41,9 @@ pub struct FirebaseAccount {
 pub struct FirebaseIdentity {
     pub uid: String,
     pub email: Option<String>,
+    /// Whether Firebase has seen the owner of `email` follow a link sent to it (or a provider
+    /// such as Google vouches for it).
+    pub email_verified: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +67,10 @@ pub struct Firebase {
     project_id: String,
     emulator_host: Option<String>,
     certs_url: String,
-    certs: Mutex<Option<Certificates>>,
+    /// The current certificates: read without waiting by every token check.
+    certs: RwLock<Option<Arc<Certificates>>>,
+    /// Held by the one caller fetching new certificates.
+    refreshing: Mutex<()>,
 }
 
 struct Certificates {
@@ -91,6 +100,8 @@ struct IdTokenClaims {
     iat: i64,
     #[serde(default)]
     auth_time: Option<i64>,
+    #[serde(default)]
+    email_verified: bool,
 }
 
 impl Firebase {
@@ -101,6 +112,14 @@ impl Firebase {
         certs_url: Option<String>,
     ) -> anyhow::Result<Self> {
         super::install_tls_provider();
+        if let Some(host) = &emulator_host {
+            tracing::warn!(
+                %host,
+                project = %project_id,
+                "FIREBASE_AUTH_EMULATOR_HOST is set: accounts live in the Auth emulator and its \
+                 unsigned ID tokens are accepted (for demo- projects only); never set it in production"
+            );
+        }
         let http = reqwest::Client::builder()
             .timeout(CALL_TIMEOUT)
             .build()
@@ -111,7 +130,8 @@ impl Firebase {
             project_id,
             emulator_host,
             certs_url: certs_url.unwrap_or_else(|| GOOGLE_CERTS_URL.to_owned()),
-            certs: Mutex::new(None),
+            certs: RwLock::new(None),
+            refreshing: Mutex::new(()),
         })
     }
 
@@ -121,6 +141,12 @@ impl Firebase {
 
     pub fn emulated(&self) -> bool {
         self.emulator_host.is_some()
+    }
+
+    /// Unsigned tokens count only from the emulator, and only for a `demo-` project: Firebase's
+    /// own convention for projects that exist nowhere but in an emulator.
+    fn accepts_unsigned_tokens(&self) -> bool {
+        self.emulated() && self.project_id.starts_with("demo-")
     }
 
     fn endpoint(&self, method: &str) -> String {
@@ -223,7 +249,7 @@ impl Firebase {
                     .map_err(|e| TokenError::Refused(e.to_string()))?
                     .claims
             }
-            "none" if self.emulated() => {
+            "none" if self.accepts_unsigned_tokens() => {
                 let payload = token.split('.').nth(1).ok_or(TokenError::Malformed)?;
                 let bytes = URL_SAFE_NO_PAD
                     .decode(payload)
@@ -240,7 +266,18 @@ impl Firebase {
         Ok(FirebaseIdentity {
             uid: claims.sub,
             email: claims.email,
+            email_verified: claims.email_verified,
         })
+    }
+
+    /// Asks Firebase to send the account's owner a link that verifies its email.
+    pub async fn send_verification_email(&self, id_token: &str) -> Result<(), FirebaseError> {
+        self.call::<serde_json::Value>(
+            "sendOobCode",
+            serde_json::json!({"requestType": "VERIFY_EMAIL", "idToken": id_token}),
+        )
+        .await
+        .map(|_| ())
     }
 
     fn issuer(&self) -> String {
@@ -270,25 +307,49 @@ impl Firebase {
         Ok(())
     }
 
-    /// The key for `kid`, from the cached certificates; fetched when missing or expired, and
-    /// refetched (rate-limited) when the `kid` is unknown, since Google rotates keys.
+    /// The key for `kid`. Token checks read the current certificates without waiting; only a
+    /// check that needs new ones (none yet, or an unknown `kid`, since Google rotates keys) waits
+    /// for one fetch, shared with the others that need it. Expired certificates are refreshed by
+    /// whoever finds them expired first while the others go on with them.
     async fn key(&self, kid: &str) -> Result<DecodingKey, TokenError> {
-        let mut certs = self.certs.lock().await;
-        let now = Instant::now();
-        let stale = match certs.as_ref() {
-            None => true,
-            Some(c) if c.expires <= now => true,
-            Some(c) => {
-                !c.keys.contains_key(kid) && now.duration_since(c.fetched) >= MIN_REFETCH_INTERVAL
+        let asked = Instant::now();
+        let current = self.certs.read().clone();
+        if let Some(certs) = &current {
+            if let Some(key) = certs.keys.get(kid) {
+                if certs.expires <= asked
+                    && let Ok(_turn) = self.refreshing.try_lock()
+                {
+                    // A failed refresh keeps the old list: Google's keys outlive its max-age.
+                    let _ = self.refresh().await;
+                }
+                return Ok(key.clone());
             }
-        };
-        if stale {
-            *certs = Some(self.fetch_certificates().await?);
+            if asked.duration_since(certs.fetched) < MIN_REFETCH_INTERVAL {
+                return Err(TokenError::Refused("unknown kid".into()));
+            }
         }
+        let _turn = self.refreshing.lock().await;
+        let fetched_meanwhile = self
+            .certs
+            .read()
+            .clone()
+            .filter(|certs| certs.fetched >= asked);
+        let certs = match fetched_meanwhile {
+            Some(certs) => certs,
+            None => self.refresh().await?,
+        };
         certs
-            .as_ref()
-            .and_then(|c| c.keys.get(kid).cloned())
+            .keys
+            .get(kid)
+            .cloned()
             .ok_or_else(|| TokenError::Refused("unknown kid".into()))
+    }
+
+    /// Fetches the certificates and makes them the current ones.
+    async fn refresh(&self) -> Result<Arc<Certificates>, TokenError> {
+        let certs = Arc::new(self.fetch_certificates().await?);
+        *self.certs.write() = Some(Arc::clone(&certs));
+        Ok(certs)
     }
 
     async fn fetch_certificates(&self) -> Result<Certificates, TokenError> {
@@ -383,5 +444,37 @@ mod tests {
         let other_project =
             Firebase::new(Secret::new("any"), "other".into(), Some("h:1".into()), None).unwrap();
         assert!(other_project.verify_id_token(&token).await.is_err());
+        // A project that is not a demo- one never takes unsigned tokens, emulator or not.
+        let real_name = token_for("real-p", now);
+        let real_project = Firebase::new(
+            Secret::new("any"),
+            "real-p".into(),
+            Some("h:1".into()),
+            None,
+        )
+        .unwrap();
+        assert!(real_project.verify_id_token(&real_name).await.is_err());
+        let demo = token_for("demo-q", now);
+        let demo_project = Firebase::new(
+            Secret::new("any"),
+            "demo-q".into(),
+            Some("h:1".into()),
+            None,
+        )
+        .unwrap();
+        assert!(demo_project.verify_id_token(&demo).await.is_ok());
+    }
+
+    fn token_for(project: &str, now: i64) -> String {
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+        let payload = URL_SAFE_NO_PAD.encode(
+            serde_json::to_vec(&serde_json::json!({
+                "sub": "uid1", "email": "a@b.c", "aud": project, "email_verified": true,
+                "iss": format!("https://securetoken.google.com/{project}"),
+                "iat": now, "exp": now + 600, "auth_time": now,
+            }))
+            .unwrap(),
+        );
+        format!("{header}.{payload}.")
     }
 }

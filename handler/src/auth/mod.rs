@@ -11,6 +11,7 @@
 //! reads the account again, so a demoted or deactivated admin loses access at once.
 
 pub mod firebase;
+pub mod limits;
 pub mod password;
 pub mod token;
 
@@ -21,16 +22,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::Cache;
 use crate::config::{AuthProvider, Settings};
+pub use crate::datasets::Level;
 use crate::storage::{NewUser, Storage, StorageError, UserLookup, UserRecord};
-use firebase::{Firebase, FirebaseError};
+use firebase::{Firebase, FirebaseError, FirebaseIdentity};
+use limits::LoginLimits;
 use token::{TokenError, TokenIssuer};
 
-/// Login attempts allowed per email, and per client address, in one window.
-pub const ATTEMPTS_PER_EMAIL: u64 = 10;
-pub const ATTEMPTS_PER_ADDRESS: u64 = 50;
-pub const ATTEMPT_WINDOW: Duration = Duration::from_secs(15 * 60);
-/// Sign-ups allowed per client address in one window (each costs a password hash).
-pub const SIGNUPS_PER_ADDRESS: u64 = 20;
+pub use limits::{
+    ACCOUNT_SLOWDOWN_AFTER, ATTEMPT_WINDOW, ATTEMPTS_PER_ADDRESS, ATTEMPTS_PER_EMAIL,
+    SIGNUPS_PER_ADDRESS,
+};
 /// Emails longer than this are refused (RFC 5321's limit for a path).
 const MAX_EMAIL_CHARS: usize = 254;
 
@@ -54,25 +55,6 @@ impl Role {
             "user" => Some(Role::User),
             "admin" => Some(Role::Admin),
             _ => None,
-        }
-    }
-}
-
-/// Who may do something: anyone, any signed-in account, or admins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    Anonymous,
-    User,
-    Admin,
-}
-
-impl Level {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Level::Anonymous => "anonymous",
-            Level::User => "user",
-            Level::Admin => "admin",
         }
     }
 }
@@ -109,6 +91,9 @@ pub enum AuthError {
     InvalidCredentials,
     #[error("this account may not do this")]
     Forbidden,
+    /// The password (or ID token) is right, but the email has not been verified yet.
+    #[error("the email address is not verified")]
+    EmailNotVerified,
     #[error("too many attempts")]
     TooManyAttempts { retry_after: Duration },
     #[error("this email is already registered")]
@@ -139,8 +124,21 @@ pub struct Auth {
     provider: AuthProvider,
     issuer: TokenIssuer,
     firebase: Option<Firebase>,
+    /// A Firebase account makes or links a row here only once its email is verified (unless
+    /// `FIREBASE_ALLOW_UNVERIFIED_EMAIL`): otherwise anyone could register someone else's address
+    /// and inherit a later `users promote` of it.
+    require_verified_email: bool,
     storage: Arc<dyn Storage>,
-    cache: Arc<Cache>,
+    limits: LoginLimits,
+}
+
+/// What a sign-up did.
+pub enum SignUp {
+    /// The account exists (role `user`).
+    Created(UserRecord),
+    /// Firebase made the account and sent a link to verify its email; the account is usable
+    /// once that is done (the first login then makes the row).
+    VerificationSent { email: String },
 }
 
 impl Auth {
@@ -170,8 +168,9 @@ impl Auth {
             provider: settings.auth_provider,
             issuer: TokenIssuer::new(secret.expose().as_bytes(), settings.jwt_ttl),
             firebase,
+            require_verified_email: !settings.firebase_allow_unverified_email,
             storage,
-            cache,
+            limits: LoginLimits::new(cache),
         }))
     }
 
@@ -186,8 +185,9 @@ impl Auth {
             provider: AuthProvider::Local,
             issuer: TokenIssuer::new(secret, ttl),
             firebase: None,
+            require_verified_email: true,
             storage,
-            cache,
+            limits: LoginLimits::new(cache),
         }
     }
 
@@ -201,9 +201,33 @@ impl Auth {
         email: &str,
         password: &str,
         client: &str,
+    ) -> Result<SignUp, AuthError> {
+        self.limits.sign_up(client).await?;
+        self.register(email, password, self.require_verified_email)
+            .await
+    }
+
+    /// An account made by an operator (`handler users create`), who vouches for its email: with
+    /// Firebase, it is made there and linked at once.
+    pub async fn create_vouched(
+        &self,
+        email: &str,
+        password: &str,
     ) -> Result<UserRecord, AuthError> {
-        self.limit(&format!("signup:{client}"), SIGNUPS_PER_ADDRESS)
-            .await?;
+        match self.register(email, password, false).await? {
+            SignUp::Created(record) => Ok(record),
+            SignUp::VerificationSent { .. } => Err(AuthError::Internal(anyhow::anyhow!(
+                "a vouched account was not created"
+            ))),
+        }
+    }
+
+    async fn register(
+        &self,
+        email: &str,
+        password: &str,
+        verify_email_first: bool,
+    ) -> Result<SignUp, AuthError> {
         let checked_email = check_email(email);
         let password_problem = password::policy_violation(password);
         let email = match (checked_email, password_problem) {
@@ -231,12 +255,20 @@ impl Auth {
                     firebase_uid: None,
                     role: Role::User.as_str().to_owned(),
                 })
-                .await;
+                .await
+                .map(SignUp::Created);
         };
         let account = firebase
             .sign_up(&email, password)
             .await
             .map_err(provider_error)?;
+        if verify_email_first {
+            firebase
+                .send_verification_email(&account.id_token)
+                .await
+                .map_err(provider_error)?;
+            return Ok(SignUp::VerificationSent { email });
+        }
         let created = self
             .create(NewUser {
                 email,
@@ -251,7 +283,7 @@ impl Auth {
                 tracing::error!(%error, uid = %account.uid, "could not remove the Firebase account of a failed sign-up");
             }
         }
-        created
+        created.map(SignUp::Created)
     }
 
     async fn create(&self, user: NewUser) -> Result<UserRecord, AuthError> {
@@ -261,48 +293,58 @@ impl Auth {
         }
     }
 
-    /// Checks the credentials (rate-limited per email and per client address) and issues a
-    /// token. Every failure looks the same to the client.
+    /// Checks the credentials (rate-limited: see [`limits`]) and issues a token. Every failure
+    /// looks the same to the client.
     pub async fn log_in(
         &self,
         email: &str,
         password: &str,
         client: &str,
     ) -> Result<AccessToken, AuthError> {
-        // The address first: a blocked client adds nothing to any email's count. An email that
-        // is not one (too long, say) cannot be an account: refused before it becomes a key.
-        self.limit(&format!("addr:{client}"), ATTEMPTS_PER_ADDRESS)
-            .await?;
-        let email = check_email(email).map_err(|_| AuthError::InvalidCredentials)?;
+        // An email that is not one (too long, say) cannot be an account: only the address pays.
+        let email = check_email(email).ok();
+        let account = email.as_deref().map(crate::datasets::normalise_text);
+        self.limits.before_login(account.as_deref(), client).await?;
+        let (Some(email), Some(account)) = (email, account) else {
+            return Err(AuthError::InvalidCredentials);
+        };
         if password.chars().count() > password::MAX_PASSWORD_CHARS {
+            self.limits.failed(&account, client).await;
             return Err(AuthError::InvalidCredentials);
         }
-        self.limit(
-            &format!("email:{}", crate::datasets::normalise_text(&email)),
-            ATTEMPTS_PER_EMAIL,
-        )
-        .await?;
-        let email = email.as_str();
         let record = match &self.firebase {
             None => {
                 let record = self
                     .storage
-                    .find_user(UserLookup::Email(email.to_owned()))
+                    .find_user(UserLookup::Email(email.clone()))
                     .await?;
                 let hash = record.as_ref().and_then(|r| r.password_hash.clone());
                 // No account costs one verification too, so timing does not tell them apart.
                 let matches = password::verify_off_thread(password, hash).await;
                 if matches { record } else { None }
             }
-            Some(firebase) => match firebase.sign_in(email, password).await {
-                Ok(account) => Some(self.account_for_firebase(&account.uid, Some(email)).await?),
+            Some(firebase) => match firebase.sign_in(&email, password).await {
+                Ok(signed_in) => {
+                    // The ID token Firebase just returned says whether the email is verified.
+                    let identity = firebase
+                        .verify_id_token(&signed_in.id_token)
+                        .await
+                        .map_err(|error| match error {
+                            TokenError::KeysUnavailable => AuthError::ProviderUnavailable,
+                            other => AuthError::Internal(anyhow::anyhow!(
+                                "Firebase returned an ID token that does not verify: {other}"
+                            )),
+                        })?;
+                    Some(self.account_for_firebase(&identity, Some(&email)).await?)
+                }
                 Err(FirebaseError::InvalidCredentials) => None,
                 Err(other) => return Err(provider_error(other)),
             },
         };
-        let record = record
-            .filter(|r| r.active)
-            .ok_or(AuthError::InvalidCredentials)?;
+        let Some(record) = record.filter(|r| r.active) else {
+            self.limits.failed(&account, client).await;
+            return Err(AuthError::InvalidCredentials);
+        };
         let principal = Principal::from_record(&record).ok_or(AuthError::InvalidCredentials)?;
         Ok(AccessToken {
             access_token: self
@@ -313,25 +355,14 @@ impl Auth {
         })
     }
 
-    async fn limit(&self, name: &str, allowed: u64) -> Result<(), AuthError> {
-        let (count, left) = self
-            .cache
-            .count_in_window(&format!("login:{name}"), ATTEMPT_WINDOW)
-            .await;
-        if count > allowed {
-            return Err(AuthError::TooManyAttempts {
-                retry_after: left.max(Duration::from_secs(1)),
-            });
-        }
-        Ok(())
-    }
-
-    /// The row of a Firebase account, created (as a `user`) the first time it is seen.
+    /// The row of a Firebase account, created (as a `user`) the first time it is seen, and then
+    /// only if its email is verified: a row carries the email that `users promote` names.
     async fn account_for_firebase(
         &self,
-        uid: &str,
+        identity: &FirebaseIdentity,
         email: Option<&str>,
     ) -> Result<UserRecord, AuthError> {
+        let uid = identity.uid.as_str();
         if let Some(record) = self
             .storage
             .find_user(UserLookup::FirebaseUid(uid.to_owned()))
@@ -339,7 +370,12 @@ impl Auth {
         {
             return Ok(record);
         }
-        let email = email.ok_or(AuthError::InvalidToken)?;
+        if self.require_verified_email && !identity.email_verified {
+            return Err(AuthError::EmailNotVerified);
+        }
+        let email = email
+            .or(identity.email.as_deref())
+            .ok_or(AuthError::InvalidToken)?;
         match self
             .create(NewUser {
                 email: email.to_owned(),
@@ -380,10 +416,7 @@ impl Auth {
                                 AuthError::InvalidToken
                             }
                         })?;
-                Some(
-                    self.account_for_firebase(&identity.uid, identity.email.as_deref())
-                        .await?,
-                )
+                Some(self.account_for_firebase(&identity, None).await?)
             }
             Err(error) => {
                 tracing::debug!(%error, "refused a token");

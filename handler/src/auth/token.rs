@@ -13,8 +13,6 @@ use super::Role;
 pub const ISSUER: &str = "smartcache";
 pub const AUDIENCE: &str = "smartcache-api";
 pub const LEEWAY_SECONDS: u64 = 30;
-/// HS256 keys shorter than the hash output weaken it; the contract asks for at least 32 bytes.
-pub const MIN_SECRET_BYTES: usize = 32;
 
 /// What an access token says. The role is informative: every check that matters reads the
 /// account again (see `auth::Auth::principal`).

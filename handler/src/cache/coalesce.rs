@@ -4,9 +4,9 @@
 //! asked (the property the freshness check needs), while a busy instance makes about one Redis
 //! round trip per round-trip time instead of one per request.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
 
 use tokio::sync::oneshot;
 
@@ -44,7 +44,7 @@ impl<T: Clone> Coalescer<T> {
     {
         let (sender, receiver) = oneshot::channel();
         let lead_now = {
-            let mut queues = self.queues.lock().expect("coalescer lock");
+            let mut queues = self.queues.lock();
             let queue = queues.entry(name.to_owned()).or_insert_with(|| Queue {
                 waiters: Vec::new(),
                 reading: false,
@@ -68,7 +68,7 @@ impl<T: Clone> Coalescer<T> {
         }
         // Leading: everyone queued now (this caller included) gets the result of one read.
         let batch = {
-            let mut queues = self.queues.lock().expect("coalescer lock");
+            let mut queues = self.queues.lock();
             std::mem::take(&mut queues.get_mut(name).expect("queued").waiters)
         };
         let mut guard = Leading {
@@ -88,7 +88,7 @@ impl<T: Clone> Coalescer<T> {
 
     /// Passes the lead to the first caller still waiting, or marks the queue idle.
     fn hand_off(&self, name: &str) {
-        let mut queues = self.queues.lock().expect("coalescer lock");
+        let mut queues = self.queues.lock();
         let Some(queue) = queues.get_mut(name) else {
             return;
         };

@@ -114,17 +114,17 @@ impl CachedResponse {
         self.gzip_body.len() <= SMALL_ENTRY_BYTES
     }
 
-    /// The body for a client that does not accept gzip.
-    pub fn plain_body(&self) -> Bytes {
-        self.plain
-            .get_or_init(|| {
-                let mut out = Vec::with_capacity(self.gzip_body.len() * 4);
-                flate2::read::GzDecoder::new(self.gzip_body.as_ref())
-                    .read_to_end(&mut out)
-                    .expect("we compressed this ourselves");
-                Bytes::from(out)
-            })
-            .clone()
+    /// The whole body for a client that does not accept gzip, if it is small enough to hold
+    /// (large ones are decompressed as they are sent).
+    pub fn plain_body(&self) -> Option<Bytes> {
+        if let Some(plain) = self.plain.get() {
+            return Some(plain.clone());
+        }
+        if !self.is_small() {
+            return None;
+        }
+        let plain = gunzip_checked(&self.gzip_body, &self.etag)?;
+        Some(self.plain.get_or_init(|| plain).clone())
     }
 
     /// The stored form: one JSON header line, then the gzipped body as it is.
@@ -145,16 +145,29 @@ impl CachedResponse {
         out
     }
 
-    /// Reads [`CachedResponse::encode`]'s form; `None` for anything else (treated as a miss).
+    /// Reads [`CachedResponse::encode`]'s form; `None` for anything else (treated as a miss, and
+    /// overwritten by the answer computed instead). Bytes from Redis are input like any other:
+    /// the body must be a whole gzip stream of the length and CRC its ETag names (a small one is
+    /// decompressed and checked now; a large one has its gzip trailer compared, and is checked
+    /// again as it is decompressed for a client).
     pub fn decode(bytes: &[u8]) -> Option<CachedResponse> {
         let rest = bytes.strip_prefix(b"SC1 ")?;
         let newline = rest.iter().position(|&b| b == b'\n')?;
         let header: serde_json::Value = serde_json::from_slice(&rest[..newline]).ok()?;
+        let gzip_body = Bytes::copy_from_slice(&rest[newline + 1..]);
+        let etag = header["etag"].as_str()?.to_owned();
+        let (len, crc) = parse_etag(&etag)?;
+        let plain = std::sync::OnceLock::new();
+        if gzip_body.len() <= SMALL_ENTRY_BYTES {
+            let _ = plain.set(gunzip_checked(&gzip_body, &etag)?);
+        } else if gzip_trailer(&gzip_body)? != (crc, len as u32) {
+            return None;
+        }
         Some(CachedResponse {
-            gzip_body: Bytes::copy_from_slice(&rest[newline + 1..]),
-            plain: std::sync::OnceLock::new(),
+            gzip_body,
+            plain,
             content_type: header["content_type"].as_str()?.to_owned(),
-            etag: header["etag"].as_str()?.to_owned(),
+            etag,
             compute_time: Duration::from_micros(header["compute_us"].as_u64()?),
             stamp: Stamp {
                 epoch: header["epoch"].as_u64()?,
@@ -179,6 +192,38 @@ impl CachedResponse {
 
     /// Bytes this entry holds, for the store's budget.
     pub fn size(&self) -> usize {
-        self.gzip_body.len() + self.plain.get().map_or(0, Bytes::len) + self.etag.len() + 64
+        self.gzip_body.len()
+            + self.plain.get().map_or(0, Bytes::len)
+            + self.etag.len()
+            + self.content_type.len()
+            + std::mem::size_of::<CachedResponse>()
     }
+}
+
+/// `"<length>-<crc32 hex>"` → (length, crc).
+fn parse_etag(etag: &str) -> Option<(u64, u32)> {
+    let (len, crc) = etag.strip_prefix('"')?.strip_suffix('"')?.split_once('-')?;
+    Some((len.parse().ok()?, u32::from_str_radix(crc, 16).ok()?))
+}
+
+/// The CRC32 and length (mod 2^32) a gzip stream's trailer records.
+fn gzip_trailer(gzip: &[u8]) -> Option<(u32, u32)> {
+    let trailer = gzip.get(gzip.len().checked_sub(8)?..)?;
+    let crc = u32::from_le_bytes(trailer[..4].try_into().ok()?);
+    let len = u32::from_le_bytes(trailer[4..].try_into().ok()?);
+    Some((crc, len))
+}
+
+/// The decompressed body, if `gzip` is one whole gzip stream of what `etag` describes.
+fn gunzip_checked(gzip: &[u8], etag: &str) -> Option<Bytes> {
+    let (len, crc) = parse_etag(etag)?;
+    let capacity = usize::try_from(len).ok()?;
+    // The ETag's length is outside input too: never reserve more than a gzip stream this size
+    // can hold (deflate expands at most ~1032:1).
+    let mut out = Vec::with_capacity(capacity.min(gzip.len().saturating_mul(1032)));
+    let mut decoder = flate2::read::GzDecoder::new(gzip).take(len + 1);
+    decoder.read_to_end(&mut out).ok()?;
+    let mut check = flate2::Crc::new();
+    check.update(&out);
+    (out.len() as u64 == len && check.sum() == crc).then(|| Bytes::from(out))
 }

@@ -1,12 +1,17 @@
 //! Hot keys: accesses counted in process (a map increment per request), flushed to the shared
 //! store now and then, and halved at every warm-up so old popularity fades.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 /// Distinct paths remembered between flushes; beyond it new ones are not counted (the hot ones
 /// are already in).
 const MAX_TRACKED: usize = 10_000;
+/// Paths longer than this are not counted: warm-up replays whole paths, and a path is the
+/// client's to make long.
+pub const MAX_PATH_BYTES: usize = 512;
+/// Scores kept between warm-ups (locally, and in Redis's sorted set).
+pub const MAX_SCORED: usize = 1_000;
 
 #[derive(Default)]
 pub struct HotKeys {
@@ -18,7 +23,10 @@ pub struct HotKeys {
 impl HotKeys {
     /// Counts one access to `path` (the request's path and query, which warm-up replays).
     pub fn record(&self, path: &str) {
-        let mut pending = self.pending.lock().expect("hot keys lock");
+        if path.len() > MAX_PATH_BYTES {
+            return;
+        }
+        let mut pending = self.pending.lock();
         if let Some(count) = pending.get_mut(path) {
             *count += 1;
         } else if pending.len() < MAX_TRACKED {
@@ -27,19 +35,25 @@ impl HotKeys {
     }
 
     pub fn drain(&self) -> HashMap<String, u64> {
-        std::mem::take(&mut *self.pending.lock().expect("hot keys lock"))
+        std::mem::take(&mut *self.pending.lock())
     }
 
     pub fn add_local(&self, counts: HashMap<String, u64>) {
-        let mut scores = self.local_scores.lock().expect("hot keys lock");
+        let mut scores = self.local_scores.lock();
         for (path, count) in counts {
             *scores.entry(path).or_default() += count as f64;
+        }
+        if scores.len() > MAX_SCORED {
+            let mut ranked: Vec<f64> = scores.values().copied().collect();
+            ranked.sort_by(|a, b| b.total_cmp(a));
+            let floor = ranked[MAX_SCORED - 1];
+            scores.retain(|_, score| *score >= floor);
         }
     }
 
     /// The `limit` highest local scores, then halves every score.
     pub fn top_local_and_decay(&self, limit: usize) -> Vec<(String, f64)> {
-        let mut scores = self.local_scores.lock().expect("hot keys lock");
+        let mut scores = self.local_scores.lock();
         let mut top: Vec<(String, f64)> = scores.iter().map(|(p, s)| (p.clone(), *s)).collect();
         top.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         top.truncate(limit);
@@ -51,7 +65,7 @@ impl HotKeys {
     }
 
     pub fn peek_local(&self, limit: usize) -> Vec<(String, f64)> {
-        let scores = self.local_scores.lock().expect("hot keys lock");
+        let scores = self.local_scores.lock();
         let mut top: Vec<(String, f64)> = scores.iter().map(|(p, s)| (p.clone(), *s)).collect();
         top.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         top.truncate(limit);

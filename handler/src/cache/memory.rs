@@ -1,7 +1,9 @@
 //! The in-process store: entries behind `Arc`, bounded in bytes, oldest evicted first.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use super::CachedResponse;
@@ -25,7 +27,13 @@ struct Stored {
     entry: Arc<CachedResponse>,
     expires: Instant,
     insertion: u64,
+    /// What this entry counts against the budget: the entry and its key (held twice: in the map
+    /// and in the eviction order).
+    charge: usize,
 }
+
+/// Bookkeeping per entry beyond its bytes and key (map slot, order slot, `Stored`).
+const OVERHEAD_BYTES: usize = 96;
 
 impl MemoryStore {
     pub fn new(max_bytes: usize) -> Self {
@@ -40,7 +48,7 @@ impl MemoryStore {
     }
 
     pub fn get(&self, key: &str) -> Option<Arc<CachedResponse>> {
-        let mut inner = self.inner.lock().expect("store lock");
+        let mut inner = self.inner.lock();
         match inner.entries.get(key) {
             Some(stored) if stored.expires > Instant::now() => Some(Arc::clone(&stored.entry)),
             Some(_) => {
@@ -52,11 +60,11 @@ impl MemoryStore {
     }
 
     pub fn insert(&self, key: String, entry: Arc<CachedResponse>, ttl: Duration) {
-        let size = entry.size();
+        let size = entry.size() + 2 * key.len() + OVERHEAD_BYTES;
         if size > self.max_bytes {
             return; // larger than the whole budget: not worth evicting everything for
         }
-        let mut inner = self.inner.lock().expect("store lock");
+        let mut inner = self.inner.lock();
         inner.remove(&key);
         inner.bytes += size;
         inner.insertions += 1;
@@ -68,6 +76,7 @@ impl MemoryStore {
                 entry,
                 expires: Instant::now() + ttl,
                 insertion,
+                charge: size,
             },
         );
         while inner.bytes > self.max_bytes {
@@ -85,7 +94,7 @@ impl MemoryStore {
     }
 
     pub fn remove_prefix(&self, prefix: &str) {
-        let mut inner = self.inner.lock().expect("store lock");
+        let mut inner = self.inner.lock();
         let keys: Vec<String> = inner
             .entries
             .keys()
@@ -99,19 +108,19 @@ impl MemoryStore {
 
     /// `(entries, bytes)` of the keys starting with `prefix`.
     pub fn usage_of(&self, prefix: &str) -> (usize, usize) {
-        let inner = self.inner.lock().expect("store lock");
+        let inner = self.inner.lock();
         inner
             .entries
             .iter()
             .filter(|(k, _)| k.starts_with(prefix))
             .fold((0, 0), |(n, bytes), (_, stored)| {
-                (n + 1, bytes + stored.entry.size())
+                (n + 1, bytes + stored.charge)
             })
     }
 
     /// `(entries, bytes)`.
     pub fn usage(&self) -> (usize, usize) {
-        let inner = self.inner.lock().expect("store lock");
+        let inner = self.inner.lock();
         (inner.entries.len(), inner.bytes)
     }
 }
@@ -119,7 +128,7 @@ impl MemoryStore {
 impl Inner {
     fn remove(&mut self, key: &str) {
         if let Some(stored) = self.entries.remove(key) {
-            self.bytes -= stored.entry.size();
+            self.bytes -= stored.charge;
         }
         if self.order.len() > 2 * self.entries.len() + 64 {
             // Forget the names of replaced and removed entries now and then.

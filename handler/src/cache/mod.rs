@@ -31,8 +31,10 @@ mod redis;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::sync::OnceCell;
@@ -48,12 +50,24 @@ use crate::query::{Filter, FilterOp, Query, QueryKind};
 /// Writes remembered per dataset for validating entries; an entry older than the oldest
 /// remembered write is treated as stale.
 const WRITE_LOG_CAPACITY: usize = 4096;
+/// The largest record of one write (the key, filterable and sortable columns of the old and new
+/// rows, as JSON). A write whose record would be larger is recorded as a change of the whole
+/// dataset instead, so the log stays bounded in bytes and cheap to read.
+const WRITE_RECORD_MAX_BYTES: usize = 2048;
+/// The most writes one freshness check reads; an entry with more writes since it was computed
+/// is simply recomputed.
+const MAX_WRITES_CHECKED: u64 = 256;
 /// Default byte budget of the in-process store (the near cache when Redis is used).
-pub const DEFAULT_MAX_BYTES: usize = 64 << 20;
+pub const DEFAULT_MAX_BYTES: usize = crate::config::DEFAULT_CACHE_MAX_BYTES;
+/// A canonical query longer than this is cut in cache keys, keeping a readable start and a
+/// SHA-256 of the whole, so a client cannot make keys of any length.
+const MAX_READABLE_QUERY: usize = 200;
 /// How long a copy fetched from Redis stays in the near cache (it is revalidated on every read).
 const NEAR_TTL: Duration = Duration::from_secs(30);
 /// Local rate-limit windows kept before ended ones are swept out.
 const LOCAL_WINDOWS_PRUNE_AT: usize = 4096;
+/// At most this many local windows; beyond it the one nearest its end is forgotten.
+const LOCAL_WINDOWS_MAX: usize = 65_536;
 
 /// How long past its freshness an answer is kept, to be served as STALE while the database fails.
 pub const STALE_GRACE: Duration = Duration::from_secs(300);
@@ -108,6 +122,9 @@ pub struct Cache {
     stales: AtomicU64,
     /// Fixed-window counters kept in process (no Redis, or Redis unreachable).
     local_windows: Mutex<HashMap<String, (u64, Instant)>>,
+    /// Large answers (exports) this instance is serving now, shared by all their readers: one
+    /// copy per answer however many clients download it, and no Redis round trip for the next.
+    large: Mutex<HashMap<String, std::sync::Weak<CachedResponse>>>,
 }
 
 impl Cache {
@@ -127,6 +144,7 @@ impl Cache {
             bypasses: AtomicU64::new(0),
             stales: AtomicU64::new(0),
             local_windows: Mutex::default(),
+            large: Mutex::default(),
         }
     }
 
@@ -159,7 +177,8 @@ impl Cache {
         }
     }
 
-    /// The readable key: `<prefix>:<dataset>:<kind>:<canonical query>`.
+    /// The readable key: `<prefix>:<dataset>:<kind>:<canonical query>` (a long query cut, with
+    /// a hash of the whole).
     pub fn key(&self, dataset: &Dataset, subject: &Subject<'_>) -> String {
         match subject {
             Subject::Query(query) => {
@@ -172,11 +191,12 @@ impl Cache {
                     "{}:{}:{kind}:{}",
                     self.prefix,
                     dataset.name,
-                    query.canonical(dataset)
+                    bounded(query.canonical(dataset))
                 )
             }
             Subject::Item(key) => {
-                format!("{}:{}:item:{}", self.prefix, dataset.name, key.to_text())
+                let key = bounded(key.to_text());
+                format!("{}:{}:item:{key}", self.prefix, dataset.name)
             }
         }
     }
@@ -187,7 +207,7 @@ impl Cache {
             "{}:{}:facets:{column}:{}",
             self.prefix,
             dataset.name,
-            query.canonical(dataset)
+            bounded(query.canonical(dataset))
         )
     }
 
@@ -198,7 +218,6 @@ impl Cache {
             None => Ok(self
                 .writes
                 .lock()
-                .expect("write log lock")
                 .get(dataset)
                 .map(|log| log.stamp)
                 .unwrap_or_default()),
@@ -207,30 +226,38 @@ impl Cache {
 
     /// Records a write (create: `old` None; delete: `new` None). Call it after the database commit
     /// and before acknowledging the write; if it fails, the write must not be acknowledged as
-    /// cached-consistent.
+    /// cached-consistent. Only what freshness checks read is kept of each row (its key and its
+    /// filterable and sortable columns); a write too large to remember that way ends every
+    /// cached answer of the dataset instead.
     pub async fn record_write(
         &self,
-        dataset: &str,
+        dataset: &Dataset,
         old: Option<Vec<Value>>,
         new: Option<Vec<Value>>,
     ) -> Result<(), Unavailable> {
+        let (old, new) = (
+            old.map(|row| freshness_columns(dataset, row)),
+            new.map(|row| freshness_columns(dataset, row)),
+        );
+        let payload = RecordedWrite::encode_payload(&old, &new);
+        if payload.len() > WRITE_RECORD_MAX_BYTES {
+            tracing::info!(dataset = %dataset.name, bytes = payload.len(), "a write too large to record: the dataset's answers end");
+            return self.record_dataset_change(&dataset.name).await;
+        }
+        let dataset = dataset.name.as_str();
         if let Some(redis) = &self.redis {
-            let payload = RecordedWrite::encode_payload(&old, &new);
             if let Err(unavailable) = redis
                 .record_write(dataset, payload, WRITE_LOG_CAPACITY)
                 .await
             {
                 // The write is in the database but not in the log: until a purge of the dataset
                 // succeeds, this instance serves none of its cached answers (see `lookup`).
-                self.unrecorded
-                    .lock()
-                    .expect("unrecorded lock")
-                    .insert(dataset.to_owned());
+                self.unrecorded.lock().insert(dataset.to_owned());
                 return Err(unavailable);
             }
             return Ok(());
         }
-        let mut writes = self.writes.lock().expect("write log lock");
+        let mut writes = self.writes.lock();
         let log = writes.entry(dataset.to_owned()).or_default();
         log.stamp.seq += 1;
         log.recent.push_back(RecordedWrite {
@@ -244,6 +271,16 @@ impl Cache {
         Ok(())
     }
 
+    /// A write whose rows cannot be recorded: every cached answer of the dataset ends, as after
+    /// an import (a Redis that misses it leaves the same debt as a missed write).
+    async fn record_dataset_change(&self, dataset: &str) -> Result<(), Unavailable> {
+        let purged = self.purge(dataset).await;
+        if purged.is_err() {
+            self.unrecorded.lock().insert(dataset.to_owned());
+        }
+        purged
+    }
+
     /// Counts one event under `name` in a fixed `window` (shared through Redis when there is
     /// one, in this process otherwise or while Redis is unreachable): the count so far and the
     /// time left in the window.
@@ -253,19 +290,48 @@ impl Cache {
         {
             return counted;
         }
+        self.local_window(name, window, 1)
+    }
+
+    /// The count of `name`'s current window and the time left in it, without counting anything.
+    pub async fn peek_window(&self, name: &str) -> (u64, Duration) {
+        if let Some(redis) = &self.redis
+            && let Ok(peeked) = redis.peek_window(name).await
+        {
+            return peeked;
+        }
+        self.local_window(name, Duration::ZERO, 0)
+    }
+
+    /// Adds `by` to `name`'s window in this process (opening one of `window` if there is none).
+    fn local_window(&self, name: &str, window: Duration, by: u64) -> (u64, Duration) {
         let now = Instant::now();
-        let mut windows = self.local_windows.lock().expect("window lock");
+        let mut windows = self.local_windows.lock();
         // Ended windows are dropped now and then, not on every call.
         if windows.len() >= LOCAL_WINDOWS_PRUNE_AT {
             windows.retain(|_, (_, ends)| *ends > now);
         }
-        if let Some((_, ends)) = windows.get(name)
-            && *ends <= now
-        {
-            windows.remove(name);
+        match windows.get(name) {
+            Some((_, ends)) if *ends <= now => {
+                windows.remove(name);
+            }
+            Some(_) => {}
+            None if by == 0 => return (0, Duration::ZERO),
+            None => {
+                // Names come from clients (addresses, emails): the map is bounded, and when
+                // full it forgets the window closest to its end.
+                if windows.len() >= LOCAL_WINDOWS_MAX
+                    && let Some(soonest) = windows
+                        .iter()
+                        .min_by_key(|(_, (_, ends))| *ends)
+                        .map(|(name, _)| name.clone())
+                {
+                    windows.remove(&soonest);
+                }
+            }
         }
         let (count, ends) = windows.entry(name.to_owned()).or_insert((0, now + window));
-        *count += 1;
+        *count += by;
         (*count, ends.saturating_duration_since(now))
     }
 
@@ -276,7 +342,7 @@ impl Cache {
         if let Some(redis) = &self.redis {
             return redis.purge(dataset).await;
         }
-        let mut writes = self.writes.lock().expect("write log lock");
+        let mut writes = self.writes.lock();
         let log = writes.entry(dataset.to_owned()).or_default();
         log.stamp = Stamp {
             epoch: log.stamp.epoch + 1,
@@ -301,6 +367,9 @@ impl Cache {
             if current.seq == stamp.seq {
                 return Ok(true);
             }
+            if current.seq - stamp.seq > MAX_WRITES_CHECKED {
+                return Ok(false);
+            }
             return Ok(
                 match redis.writes_since(dataset, stamp.seq, current.seq).await? {
                     Some(writes) => !touched_by(dataset, subject, writes.iter()),
@@ -308,7 +377,7 @@ impl Cache {
                 },
             );
         }
-        let writes = self.writes.lock().expect("write log lock");
+        let writes = self.writes.lock();
         let Some(log) = writes.get(&dataset.name) else {
             return Ok(stamp == Stamp::default());
         };
@@ -317,6 +386,9 @@ impl Cache {
         }
         if log.stamp.seq == stamp.seq {
             return Ok(true);
+        }
+        if log.stamp.seq.saturating_sub(stamp.seq) > MAX_WRITES_CHECKED {
+            return Ok(false);
         }
         // Every write since the stamp must be remembered, and none may touch the answer.
         let remembered_from = log.recent.front().map_or(log.stamp.seq + 1, |w| w.seq);
@@ -355,6 +427,12 @@ impl Cache {
         {
             return Ok(Some(entry));
         }
+        if let Some(entry) = self.large_in_use(key)
+            && usable(&entry)
+            && self.is_fresh(dataset, subject, entry.stamp).await?
+        {
+            return Ok(Some(entry));
+        }
         if let Some(redis) = &self.redis
             && let Some(entry) = redis.get(key).await?
             && usable(&entry)
@@ -363,6 +441,35 @@ impl Cache {
             return Ok(Some(self.keep_near(dataset, key, entry)));
         }
         Ok(None)
+    }
+
+    /// The large answer stored under `key` that some request of this instance still holds.
+    fn large_in_use(&self, key: &str) -> Option<Arc<CachedResponse>> {
+        self.large
+            .lock()
+            .get(key)
+            .and_then(std::sync::Weak::upgrade)
+    }
+
+    /// Lets the readers of a large answer share `entry` while any of them holds it.
+    pub fn share_large(&self, key: &str, entry: &Arc<CachedResponse>) {
+        if entry.is_small() {
+            return;
+        }
+        let mut large = self.large.lock();
+        large.retain(|_, held| held.strong_count() > 0);
+        large.insert(key.to_owned(), Arc::downgrade(entry));
+    }
+
+    /// Bytes of the large answers being served now (each counted once however many readers it
+    /// has); what `EXPORT_MEMORY_BYTES` bounds.
+    pub fn large_bytes_in_use(&self) -> usize {
+        self.large
+            .lock()
+            .values()
+            .filter_map(std::sync::Weak::upgrade)
+            .map(|entry| entry.size())
+            .sum()
     }
 
     /// Keeps a copy fetched from Redis in the near cache for a short while (small ones only: a
@@ -376,12 +483,14 @@ impl Cache {
         let entry = Arc::new(entry);
         if entry.is_small() {
             // Decompressed once now, so the near cache's budget counts what it will hold.
-            entry.plain_body();
+            let _ = entry.plain_body();
             self.store.insert(
                 key.to_owned(),
                 Arc::clone(&entry),
                 NEAR_TTL.min(self.ttl(dataset)),
             );
+        } else {
+            self.share_large(key, &entry);
         }
         entry
     }
@@ -419,15 +528,10 @@ impl Cache {
     ) -> Claim {
         let deadline = Instant::now() + STREAM_WAIT;
         loop {
-            if self
-                .streaming
-                .lock()
-                .expect("streaming lock")
-                .insert(key.to_owned())
-            {
+            if self.streaming.lock().insert(key.to_owned()) {
                 // The previous holder may have stored it just now.
                 if let Ok(Some(entry)) = self.lookup(dataset, &subject, key, false).await {
-                    self.streaming.lock().expect("streaming lock").remove(key);
+                    self.streaming.lock().remove(key);
                     return Claim::Served(entry);
                 }
                 let lease = match self
@@ -435,7 +539,7 @@ impl Cache {
                     .await
                 {
                     Lease::Served(entry) => {
-                        self.streaming.lock().expect("streaming lock").remove(key);
+                        self.streaming.lock().remove(key);
                         return Claim::Served(entry);
                     }
                     Lease::Held(lease_key, token) => Some((lease_key, token)),
@@ -463,9 +567,9 @@ impl Cache {
     }
 
     /// Stores an answer that was streamed and compressed on the way (see [`Cache::lookup_streamed`]).
-    pub async fn store_streamed(&self, key: &str, entry: CachedResponse) {
+    pub async fn store_streamed(&self, key: &str, entry: Arc<CachedResponse>) {
+        self.share_large(key, &entry);
         let ttl = Duration::from_millis(entry.expires_at_ms.saturating_sub(entry::unix_ms()));
-        let entry = Arc::new(entry);
         // In process the store is the cache: keep the entry unless it would crowd out a quarter.
         if self.redis.is_none() && entry.size() <= self.store.max_bytes() / 4 {
             self.store
@@ -544,7 +648,7 @@ impl Cache {
         self.misses.fetch_add(1, Ordering::Relaxed);
         let flight_key = format!("{key}@{}.{}", stamp.epoch, stamp.seq);
         let cell = {
-            let mut flights = self.flights.lock().expect("flight lock");
+            let mut flights = self.flights.lock();
             Arc::clone(flights.entry(flight_key.clone()).or_default())
         };
         let result = cell
@@ -584,7 +688,7 @@ impl Cache {
             .await
             .cloned();
         {
-            let mut flights = self.flights.lock().expect("flight lock");
+            let mut flights = self.flights.lock();
             if flights
                 .get(&flight_key)
                 .is_some_and(|c| Arc::ptr_eq(c, &cell))
@@ -615,19 +719,11 @@ impl Cache {
 
     /// Purges `dataset` if a write to it could not be recorded; fails while that is not done.
     async fn purge_unrecorded(&self, dataset: &str) -> Result<(), Unavailable> {
-        if !self
-            .unrecorded
-            .lock()
-            .expect("unrecorded lock")
-            .contains(dataset)
-        {
+        if !self.unrecorded.lock().contains(dataset) {
             return Ok(());
         }
         self.purge(dataset).await?;
-        self.unrecorded
-            .lock()
-            .expect("unrecorded lock")
-            .remove(dataset);
+        self.unrecorded.lock().remove(dataset);
         tracing::info!(dataset, "purged after a write that Redis missed");
         Ok(())
     }
@@ -635,13 +731,7 @@ impl Cache {
     /// Retries the purges owed for writes Redis missed (the serving loop calls this every few
     /// seconds, so other instances stop serving those answers soon after Redis returns).
     pub async fn settle_unrecorded(&self) {
-        let owed: Vec<String> = self
-            .unrecorded
-            .lock()
-            .expect("unrecorded lock")
-            .iter()
-            .cloned()
-            .collect();
+        let owed: Vec<String> = self.unrecorded.lock().iter().cloned().collect();
         for dataset in owed {
             let _ = self.purge_unrecorded(&dataset).await;
         }
@@ -750,7 +840,11 @@ impl Cache {
     pub async fn flush_hot_keys(&self) -> Result<(), Unavailable> {
         let counts = self.hot.drain();
         match &self.redis {
-            Some(redis) => redis.add_hot(counts.into_iter().collect()).await,
+            Some(redis) => {
+                redis
+                    .add_hot(counts.into_iter().collect(), hot::MAX_SCORED)
+                    .await
+            }
             None => {
                 self.hot.add_local(counts);
                 Ok(())
@@ -801,11 +895,7 @@ pub struct StreamClaim {
 impl Drop for StreamClaim {
     fn drop(&mut self) {
         if !self.key.is_empty() {
-            self.cache
-                .streaming
-                .lock()
-                .expect("streaming lock")
-                .remove(&self.key);
+            self.cache.streaming.lock().remove(&self.key);
         }
         if let (Some((lease_key, token)), Some(_)) = (self.lease.take(), &self.cache.redis) {
             let cache = Arc::clone(&self.cache);
@@ -890,6 +980,43 @@ fn item_query(dataset: &Dataset, key: &Value) -> Query {
         cursor: None,
         format: crate::query::ExportFormat::Json,
     }
+}
+
+/// `text` as it goes into a key: as it is up to [`MAX_READABLE_QUERY`] bytes, else its start
+/// and a SHA-256 of the whole (longer than any uncut text, so the two kinds never meet).
+fn bounded(text: String) -> String {
+    if text.len() <= MAX_READABLE_QUERY {
+        return text;
+    }
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    let mut cut = MAX_READABLE_QUERY / 2;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut key = String::with_capacity(cut + 72);
+    key.push_str(&text[..cut]);
+    key.push_str("~sha256=");
+    for byte in digest {
+        key.push_str(&format!("{byte:02x}"));
+    }
+    key
+}
+
+/// The row as the write log keeps it: the key and the columns a cached answer can depend on
+/// (filters, sorts); the others are nulls that nothing reads.
+fn freshness_columns(dataset: &Dataset, row: Vec<Value>) -> Vec<Value> {
+    row.into_iter()
+        .zip(&dataset.columns)
+        .enumerate()
+        .map(|(index, (value, column))| {
+            if index == dataset.key.column || column.filterable || column.sortable {
+                value
+            } else {
+                Value::Null
+            }
+        })
+        .collect()
 }
 
 /// ±10% on the TTL, so entries computed together do not all expire together.

@@ -307,6 +307,19 @@ impl RedisStore {
         .await
     }
 
+    /// The count of `name`'s current window (0 when there is none) and the time left in it.
+    pub async fn peek_window(&self, name: &str) -> Result<(u64, Duration), Unavailable> {
+        let key = format!("{}:limit:{name}", self.prefix);
+        self.run(|mut conn| async move {
+            let mut pipe = redis::pipe();
+            pipe.cmd("GET").arg(&key).cmd("PTTL").arg(&key);
+            let (count, left): (Option<u64>, i64) = conn.pipeline_query(&pipe).await?;
+            let left = Duration::from_millis(u64::try_from(left).unwrap_or(0));
+            Ok((count.unwrap_or(0), left))
+        })
+        .await
+    }
+
     /// `SET lease token NX PX ttl`: whether this caller now holds the lease.
     #[tracing::instrument(name = "redis.try_lease", skip_all, fields(otel.kind = "client", db.system = "redis"))]
     pub async fn try_lease(
@@ -349,17 +362,28 @@ impl RedisStore {
         format!("{}:hot", self.prefix)
     }
 
-    /// Adds local access counts to the shared sorted set of hot paths.
-    pub async fn add_hot(&self, counts: Vec<(String, u64)>) -> Result<(), Unavailable> {
+    /// Adds local access counts to the shared sorted set of hot paths, which keeps its
+    /// `keep` highest scores only.
+    pub async fn add_hot(
+        &self,
+        counts: Vec<(String, u64)>,
+        keep: usize,
+    ) -> Result<(), Unavailable> {
         if counts.is_empty() {
             return Ok(());
         }
         let key = self.hot_key();
+        let beyond = -i64::try_from(keep).unwrap_or(i64::MAX) - 1;
         self.run(|mut conn| async move {
             let mut pipe = redis::pipe();
             for (path, count) in counts {
                 pipe.cmd("ZINCRBY").arg(&key).arg(count).arg(path).ignore();
             }
+            pipe.cmd("ZREMRANGEBYRANK")
+                .arg(&key)
+                .arg(0)
+                .arg(beyond)
+                .ignore();
             conn.pipeline(&pipe).await
         })
         .await
@@ -488,6 +512,16 @@ impl Conn {
     }
 
     async fn pipeline(&mut self, pipe: &redis::Pipeline) -> redis::RedisResult<()> {
+        match self {
+            Conn::Standalone(c) => pipe.query_async(c).await,
+            Conn::Cluster(c) => pipe.query_async(c).await,
+        }
+    }
+
+    async fn pipeline_query<T: redis::FromRedisValue>(
+        &mut self,
+        pipe: &redis::Pipeline,
+    ) -> redis::RedisResult<T> {
         match self {
             Conn::Standalone(c) => pipe.query_async(c).await,
             Conn::Cluster(c) => pipe.query_async(c).await,

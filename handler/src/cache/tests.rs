@@ -127,6 +127,104 @@ fn keys_are_readable_and_canonical() {
     );
 }
 
+#[test]
+fn keys_stay_short_whatever_the_query_and_count_against_the_budget() {
+    let ds = movies();
+    let cache = Cache::in_process("smartcache", Duration::from_secs(60), 1 << 20);
+    let long = |title: &str| {
+        let raw = format!("title={title}&genres=drama&genres=war");
+        let query = Query::parse(&ds, QueryKind::List, &raw).unwrap();
+        cache.key(&ds, &Subject::Query(&query))
+    };
+    let (a, b) = (
+        long(&"é".repeat(299)),
+        long(&format!("{}x", "é".repeat(298))),
+    );
+    assert!(a.len() <= 200 && b.len() <= 200, "{} {}", a.len(), b.len());
+    assert_ne!(a, b, "different questions, different keys");
+    assert!(
+        a.starts_with("smartcache:movies:list:genres=drama&genres=war&limit=100&title=é"),
+        "{a}"
+    );
+    assert!(a.contains("~sha256="), "{a}");
+    let short = Query::parse(&ds, QueryKind::List, "genres=drama").unwrap();
+    assert!(!cache.key(&ds, &Subject::Query(&short)).contains("sha256"));
+
+    // A key's bytes are held twice (map, eviction order): both count.
+    let store = memory::MemoryStore::new(1 << 20);
+    let entry = Arc::new(CachedResponse::new(
+        b"{}",
+        "application/json",
+        Duration::ZERO,
+        Stamp::default(),
+        Duration::from_secs(60),
+    ));
+    store.insert(
+        "k".repeat(10_000),
+        Arc::clone(&entry),
+        Duration::from_secs(60),
+    );
+    let (_, bytes) = store.usage();
+    assert!(bytes >= 20_000 + entry.size(), "{bytes}");
+}
+
+/// The write log keeps what freshness checks read (key, filterable and sortable columns), so a
+/// big value elsewhere in the row costs nothing; a write whose record would still be too big
+/// ends every answer of the dataset instead of being remembered.
+#[tokio::test]
+async fn the_write_log_holds_what_freshness_needs_and_is_bounded() {
+    let ds = movies();
+    let director = ds.column_index("director").unwrap();
+    for (backend, reader, writer) in instances("bounded-log").await {
+        assert_eq!(outcome(&reader, &ds, "genres=comedy").await, Outcome::Miss);
+        // A large value in a column nothing filters on: recorded, and exactly.
+        let mut row = film(&ds, 1, &["Drama"], 2015);
+        row[director] = Value::Text("d".repeat(100_000));
+        writer.record_write(&ds, None, Some(row)).await.unwrap();
+        assert_eq!(
+            outcome(&reader, &ds, "genres=comedy").await,
+            Outcome::Hit,
+            "{backend}"
+        );
+        assert_eq!(
+            outcome(&reader, &ds, "genres=drama").await,
+            Outcome::Miss,
+            "{backend}"
+        );
+        assert_eq!(
+            outcome(&reader, &ds, "genres=drama").await,
+            Outcome::Hit,
+            "{backend}"
+        );
+        // A list of 20,000 genres: too large to record, so the whole dataset's answers end.
+        let many: Vec<String> = (0..20_000).map(|i| format!("g{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        writer
+            .record_write(&ds, None, Some(film(&ds, 2, &many, 2015)))
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome(&reader, &ds, "genres=comedy").await,
+            Outcome::Miss,
+            "{backend}"
+        );
+        assert_eq!(
+            outcome(&reader, &ds, "genres=comedy").await,
+            Outcome::Hit,
+            "{backend}"
+        );
+    }
+    let record = RecordedWrite::encode_payload(
+        &None,
+        &Some(freshness_columns(&ds, {
+            let mut row = film(&ds, 1, &["Drama"], 2015);
+            row[director] = Value::Text("d".repeat(100_000));
+            row
+        })),
+    );
+    assert!(record.len() < 300, "{} bytes: {record}", record.len());
+}
+
 #[tokio::test]
 async fn a_write_ends_exactly_the_answers_it_could_change() {
     let ds = movies();
@@ -151,7 +249,7 @@ async fn a_write_ends_exactly_the_answers_it_could_change() {
             );
         }
         writer
-            .record_write("movies", None, Some(film(&ds, 1, &["Drama"], 2015)))
+            .record_write(&ds, None, Some(film(&ds, 1, &["Drama"], 2015)))
             .await
             .unwrap();
         assert_eq!(
@@ -174,7 +272,7 @@ async fn a_write_ends_exactly_the_answers_it_could_change() {
         // Moving a film from Drama to Comedy ends both lists, and only them.
         writer
             .record_write(
-                "movies",
+                &ds,
                 Some(film(&ds, 1, &["Drama"], 2015)),
                 Some(film(&ds, 1, &["Comedy"], 2015)),
             )
@@ -213,7 +311,7 @@ async fn an_item_ends_only_with_a_write_to_its_row() {
             "{backend}"
         );
         writer
-            .record_write("movies", Some(film(&ds, 7, &["Drama"], 2000)), None)
+            .record_write(&ds, Some(film(&ds, 7, &["Drama"], 2000)), None)
             .await
             .unwrap();
         assert_eq!(
@@ -241,7 +339,7 @@ async fn an_answer_computed_before_a_write_is_never_served_after_it() {
             .get_or_compute(&ds, Subject::Query(&drama), key.clone(), || async {
                 // The database answered with the old rows; now the write lands and is recorded.
                 writer
-                    .record_write("movies", None, Some(film(&ds, 9, &["Drama"], 2020)))
+                    .record_write(&ds, None, Some(film(&ds, 9, &["Drama"], 2020)))
                     .await
                     .unwrap();
                 Ok::<_, ()>((b"old".to_vec(), "application/json"))
@@ -257,8 +355,8 @@ async fn an_answer_computed_before_a_write_is_never_served_after_it() {
                 .await
                 .unwrap();
             assert_eq!(
-                entry.plain_body().as_ref(),
-                b"new",
+                entry.plain_body().as_deref(),
+                Some(&b"new"[..]),
                 "{backend}: the old answer was served"
             );
         }
@@ -352,7 +450,7 @@ async fn a_dead_redis_means_bypass_not_failure() {
         started.elapsed()
     );
     assert!(
-        cache.record_write("movies", None, None).await.is_err(),
+        cache.record_write(&ds, None, None).await.is_err(),
         "a write learns that it was not recorded"
     );
 }
@@ -396,7 +494,7 @@ fn entries_round_trip_and_have_stable_etags() {
         Stamp::default(),
         Duration::ZERO,
     );
-    assert_eq!(a.plain_body().as_ref(), body);
+    assert_eq!(a.plain_body().as_deref(), Some(&body[..]));
     assert_eq!(a.etag, b.etag);
     assert!(a.etag.starts_with("\"12-"), "{}", a.etag);
     let decoded = CachedResponse::decode(&a.encode()).unwrap();
@@ -404,8 +502,26 @@ fn entries_round_trip_and_have_stable_etags() {
         (decoded.etag.as_str(), decoded.stamp, decoded.compute_time),
         (a.etag.as_str(), a.stamp, a.compute_time)
     );
-    assert_eq!(decoded.plain_body().as_ref(), body);
+    assert_eq!(decoded.plain_body().as_deref(), Some(&body[..]));
     assert!(CachedResponse::decode(b"garbage").is_none());
+    // Bytes from Redis are input: a truncated value, or one whose body is not what its header
+    // says, is no entry (a miss, recomputed and overwritten), never a panic.
+    let encoded = a.encode();
+    for cut in [1, 8, encoded.len() / 2, encoded.len() - 1] {
+        assert!(
+            CachedResponse::decode(&encoded[..cut]).is_none(),
+            "cut at {cut}"
+        );
+    }
+    let mut flipped = encoded.clone();
+    let last = flipped.len() - 12;
+    flipped[last] ^= 0xff;
+    assert!(CachedResponse::decode(&flipped).is_none(), "a changed byte");
+    let foreign = [b"SC1 {\"etag\":\"\\\"5-00000000\\\"\",\"content_type\":\"x\",\"epoch\":1,\"seq\":1,\"compute_us\":1,\"expires_at_ms\":1}\n".as_slice(), b"not gzip"].concat();
+    assert!(
+        CachedResponse::decode(&foreign).is_none(),
+        "not gzip at all"
+    );
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! The declaration is the only source of SQL identifiers: table and column names are checked here
 //! (`[a-z][a-z0-9_]*`) so the SQL builders can quote them without ever touching user input.
 
+pub mod rules;
 pub mod validate;
 mod value;
 
@@ -13,8 +14,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
-
-pub use crate::auth::Level;
 
 pub use value::{ColumnType, ConversionError, Value, normalise_text};
 
@@ -36,6 +35,28 @@ pub struct Dataset {
     pub source_file: Option<PathBuf>,
     /// Who may read and change the rows.
     pub access: Access,
+    /// CSV exports write text cells as they are, formulas included (`csv_keep_formulas`): only
+    /// for consumers that never open them in a spreadsheet. Off by default.
+    pub csv_keep_formulas: bool,
+}
+
+/// Who may do something: anyone, any signed-in account, or admins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Anonymous,
+    User,
+    Admin,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Anonymous => "anonymous",
+            Level::User => "user",
+            Level::Admin => "admin",
+        }
+    }
 }
 
 /// Who may do what with a dataset's rows, declared in its `[access]` table. Default: anyone
@@ -87,6 +108,23 @@ pub struct Column {
 }
 
 impl Column {
+    /// A nullable column of type `ty`, not filtered, sorted or bounded (tests shape the rest).
+    #[cfg(test)]
+    pub(crate) fn plain(name: &str, ty: ColumnType) -> Column {
+        Column {
+            name: name.to_owned(),
+            ty,
+            nullable: true,
+            list_delimiter: None,
+            filterable: false,
+            sortable: false,
+            source: None,
+            null_values: vec![],
+            max_length: None,
+            description: None,
+        }
+    }
+
     pub fn is_list(&self) -> bool {
         self.list_delimiter.is_some()
     }
@@ -218,6 +256,8 @@ struct DatasetFile {
     columns: Vec<ColumnFile>,
     #[serde(default)]
     access: Access,
+    #[serde(default)]
+    csv_keep_formulas: bool,
 }
 
 #[derive(Deserialize)]
@@ -355,6 +395,7 @@ pub fn parse_declaration(text: &str, base: Option<&Path>) -> anyhow::Result<Data
             _ => f,
         }),
         access: file.access,
+        csv_keep_formulas: file.csv_keep_formulas,
     })
 }
 

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::body::JsonBody;
 use super::{ApiError, AppState, json_response};
-use crate::auth::{Auth, AuthError, Level, Principal};
+use crate::auth::{Auth, AuthError, Level, Principal, SignUp};
 
 fn accounts(state: &AppState) -> Result<&Auth, ApiError> {
     state
@@ -81,16 +81,22 @@ pub async fn signup(
 ) -> Result<Response, ApiError> {
     let auth = accounts(&state)?;
     let (email, password) = credentials(&body)?;
-    let user = auth
+    let signed_up = auth
         .sign_up(&email, &password, &client.0)
         .await
         .map_err(ApiError::Auth)?;
-    let body = json!({"id": user.id, "email": user.email, "role": user.role});
-    Ok(json_response(
-        StatusCode::CREATED,
-        body.to_string().into_bytes(),
-        "",
-    ))
+    let (status, body) = match signed_up {
+        SignUp::Created(user) => (
+            StatusCode::CREATED,
+            json!({"id": user.id, "email": user.email, "role": user.role}),
+        ),
+        // Firebase accounts: usable once the owner follows the link sent to the address.
+        SignUp::VerificationSent { email } => (
+            StatusCode::ACCEPTED,
+            json!({"email": email, "verification": "sent"}),
+        ),
+    };
+    Ok(json_response(status, body.to_string().into_bytes(), ""))
 }
 
 /// `POST /api/auth/login`: `{access_token, token_type: "Bearer", expires_in}`.

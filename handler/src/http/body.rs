@@ -34,7 +34,7 @@ impl FromRequest<AppState> for JsonBody {
         if !is_json(content_type) {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let limit = state.max_body_bytes;
+        let limit = state.limits.max_body_bytes;
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -42,9 +42,12 @@ impl FromRequest<AppState> for JsonBody {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(ApiError::PayloadTooLarge(limit));
         }
-        // The length header may be absent or lie: the read itself stops at the limit.
-        let bytes = axum::body::to_bytes(request.into_body(), limit)
+        // The length header may be absent or lie: the read itself stops at the limit, and at
+        // the body timeout (a client trickling its body holds no task for long).
+        let read = axum::body::to_bytes(request.into_body(), limit);
+        let bytes = tokio::time::timeout(state.limits.body_timeout, read)
             .await
+            .map_err(|_| ApiError::BodyTimeout)?
             .map_err(|_| ApiError::PayloadTooLarge(limit))?;
         let value: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::MalformedBody(format!("the body is not valid JSON: {e}")))?;

@@ -10,7 +10,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use tokio_stream::wrappers::ReceiverStream;
 
 use std::future::Future;
 
@@ -18,7 +17,7 @@ use axum::http::HeaderMap;
 
 use super::{ApiError, AppState};
 use crate::cache::{CachedResponse, Claim, Outcome, Stamp, StreamClaim, Subject};
-use crate::datasets::{Dataset, Value};
+use crate::datasets::{Dataset, Level, Value};
 use crate::query::{Cursor, ExportFormat, Query, QueryKind, encode_cursor};
 use crate::storage::Row;
 
@@ -129,23 +128,41 @@ where
             call.warming,
         )
         .await?;
-    Ok(cached_response(
-        &entry,
-        outcome,
-        &call.headers,
-        call.started,
-    ))
+    Ok(cached_response(&entry, outcome, call, is_public(dataset)))
+}
+
+/// Whether anyone may read the dataset, so that browsers and shared caches may keep its answers.
+fn is_public(dataset: &Dataset) -> bool {
+    dataset.access.read == Level::Anonymous
+}
+
+/// The query string of a data GET, within the configured limits.
+fn parse_query(
+    state: &AppState,
+    dataset: &Dataset,
+    kind: QueryKind,
+    raw: Option<&str>,
+) -> Result<Query, ApiError> {
+    Ok(Query::parse_limited(
+        dataset,
+        kind,
+        raw.unwrap_or(""),
+        &state.limits.query,
+    )?)
 }
 
 /// A stored response as HTTP: 304 for a matching `If-None-Match`; the gzipped body as it is
-/// stored when the client accepts gzip, decompressed otherwise.
+/// stored when the client accepts gzip, decompressed otherwise. Public datasets' answers may be
+/// kept by browsers and shared caches but must be revalidated (the ETag makes that cheap); the
+/// others must not be kept at all.
 fn cached_response(
     entry: &CachedResponse,
     outcome: Outcome,
-    headers: &HeaderMap,
-    started: Instant,
+    call: &Call,
+    public: bool,
 ) -> Response {
-    let total_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let headers = &call.headers;
+    let total_ms = call.started.elapsed().as_secs_f64() * 1000.0;
     let timing = match outcome {
         Outcome::Miss => format!(
             "cache;desc=MISS, db;dur={:.1}, total;dur={total_ms:.1}",
@@ -160,6 +177,11 @@ fn cached_response(
             v.split(',')
                 .any(|tag| tag.trim() == entry.etag || tag.trim() == "*")
         });
+    let plain = || match entry.plain_body() {
+        Some(plain) => Body::from(plain),
+        // A large answer (an export) is decompressed as it is sent, never whole in memory.
+        None => Body::from_stream(gunzip_stream(entry.gzip_body.clone())),
+    };
     let mut response = if not_modified {
         StatusCode::NOT_MODIFIED.into_response()
     } else if accepts_gzip(headers) {
@@ -168,21 +190,22 @@ fn cached_response(
             .headers_mut()
             .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         response
-    } else if entry.is_small() {
-        (StatusCode::OK, entry.plain_body()).into_response()
     } else {
-        // A large answer (an export) is decompressed as it is sent, never whole in memory.
-        (
-            StatusCode::OK,
-            Body::from_stream(gunzip_stream(entry.gzip_body.clone())),
-        )
-            .into_response()
+        (StatusCode::OK, plain()).into_response()
     };
     let out = response.headers_mut();
     if let (false, Ok(content_type)) = (not_modified, HeaderValue::from_str(&entry.content_type)) {
         out.insert(header::CONTENT_TYPE, content_type);
     }
     out.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    out.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(if public {
+            "public, no-cache"
+        } else {
+            "private, no-store"
+        }),
+    );
     if let Ok(etag) = HeaderValue::from_str(&entry.etag) {
         out.insert(header::ETAG, etag);
     }
@@ -193,30 +216,21 @@ fn cached_response(
     response
 }
 
-/// Decompresses on a blocking thread, handing 64 KiB chunks over a bounded channel.
-fn gunzip_stream(gzip: Bytes) -> ReceiverStream<Result<Bytes, std::io::Error>> {
-    let (sender, receiver) = tokio::sync::mpsc::channel(4);
-    tokio::task::spawn_blocking(move || {
+/// Decompresses 64 KiB at a time, each when the connection asks for more: a slow client costs
+/// no thread, and a corrupt body (from outside the process) ends the stream with an error.
+fn gunzip_stream(gzip: Bytes) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    use bytes::Buf as _;
+    let decoder = flate2::read::GzDecoder::new(gzip.reader());
+    futures_util::stream::try_unfold(decoder, |mut decoder| async move {
         use std::io::Read as _;
-        let mut decoder = flate2::read::GzDecoder::new(gzip.as_ref());
-        loop {
-            let mut chunk = vec![0; 1 << 16];
-            match decoder.read(&mut chunk) {
-                Ok(0) => return,
-                Ok(n) => {
-                    chunk.truncate(n);
-                    if sender.blocking_send(Ok(Bytes::from(chunk))).is_err() {
-                        return;
-                    }
-                }
-                Err(error) => {
-                    let _ = sender.blocking_send(Err(error));
-                    return;
-                }
-            }
+        let mut chunk = vec![0; 1 << 16];
+        let n = decoder.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(None);
         }
-    });
-    ReceiverStream::new(receiver)
+        chunk.truncate(n);
+        Ok(Some((Bytes::from(chunk), decoder)))
+    })
 }
 
 /// Whether `Accept-Encoding` allows gzip (a `q=0` refuses it).
@@ -244,7 +258,7 @@ pub async fn list(
     call: Call,
 ) -> Result<Response, ApiError> {
     let dataset = readable(&state, &path_params(path)?, &call).await?;
-    let query = Query::parse(&dataset, QueryKind::List, raw.as_deref().unwrap_or(""))?;
+    let query = parse_query(&state, &dataset, QueryKind::List, raw.as_deref())?;
     let key = state.cache.key(&dataset, &Subject::Query(&query));
     cached(
         &state,
@@ -285,7 +299,8 @@ fn list_body(dataset: &Dataset, query: &Query, mut rows: Vec<Row>) -> Vec<u8> {
     body.extend_from_slice(b"],\"next_cursor\":");
     match next_cursor {
         Some(cursor) => {
-            serde_json::to_writer(&mut body, &cursor).expect("writing to a Vec cannot fail")
+            // Writing to a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut body, &cursor);
         }
         None => body.extend_from_slice(b"null"),
     }
@@ -350,7 +365,7 @@ pub async fn facets(
                 ),
             )
         })?;
-    let query = Query::parse(&dataset, QueryKind::Facets, raw.as_deref().unwrap_or(""))?;
+    let query = parse_query(&state, &dataset, QueryKind::Facets, raw.as_deref())?;
     let key = state.cache.facet_key(&dataset, &column_name, &query);
     cached(&state, &dataset, Subject::Query(&query), key, &call, || async {
         let values = state.storage.facets(&dataset, column, &query).await?;
@@ -361,13 +376,16 @@ pub async fn facets(
                 .map(|(value, count)| serde_json::json!({"value": value.to_json(), "count": count}))
                 .collect::<Vec<_>>(),
         });
-        Ok(serde_json::to_vec(&body).expect("a JSON value always serialises"))
+        serde_json::to_vec(&body).map_err(|e| ApiError::Internal(e.into()))
     })
     .await
 }
 
-/// `GET /api/{dataset}/export`: every matching row, written as the database yields them. Memory
-/// stays flat: at most a few batches are in flight between the query and the socket.
+/// `GET /api/{dataset}/export`: every matching row. A cold export is computed at the database's
+/// speed into its cache entry (gzipped, at most `EXPORT_MAX_BYTES`), and every client, fast or
+/// slow, is served from those bytes: a slow reader holds memory that is counted, never a database
+/// connection. At most `EXPORT_CONCURRENCY` cold exports run at once per instance (503 beyond),
+/// so ordinary reads, logins and writes always have connections left.
 pub async fn export(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -375,173 +393,167 @@ pub async fn export(
     call: Call,
 ) -> Result<Response, ApiError> {
     let dataset = readable(&state, &path_params(path)?, &call).await?;
-    let query = Query::parse(&dataset, QueryKind::Export, raw.as_deref().unwrap_or(""))?;
+    let query = parse_query(&state, &dataset, QueryKind::Export, raw.as_deref())?;
     let format = query.format;
     let key = state.cache.key(&dataset, &Subject::Query(&query));
+    if !call.warming {
+        state.cache.record_access(&call.path_and_query);
+    }
     let lookup = state
         .cache
         .lookup_streamed(&dataset, Subject::Query(&query), &key)
         .await;
-    if !matches!(lookup, Ok(Ok(_))) {
-        tables_for_query(&state, &dataset).await?;
-    }
-    let (mut response, capture) = match lookup {
-        Ok(Ok(entry)) => (
-            cached_response(&entry, Outcome::Hit, &call.headers, call.started),
-            None,
-        ),
+    let (entry, outcome) = match lookup {
+        Ok(Ok(entry)) => (entry, Outcome::Hit),
         // A cold export: one request computes it, the others wait for what it stores.
         Ok(Err(stamp)) => match state
             .cache
             .claim_streamed(&dataset, Subject::Query(&query), &key)
             .await
         {
-            Claim::Served(entry) => (
-                cached_response(&entry, Outcome::Hit, &call.headers, call.started),
-                None,
-            ),
-            Claim::Compute(claim) => (
-                streamed_export(&state, &dataset, query, Some((key, stamp, claim))),
-                Some(()),
-            ),
+            Claim::Served(entry) => (entry, Outcome::Hit),
+            Claim::Compute(claim) => {
+                let store = Some((key.clone(), stamp, claim));
+                let entry = compute_export(&state, &dataset, query, store).await?;
+                (entry, Outcome::Miss)
+            }
         },
-        Err(_) => (streamed_export(&state, &dataset, query, None), None),
+        // The cache is unreachable: computed the same way, stored nowhere.
+        Err(_) => (
+            compute_export(&state, &dataset, query, None).await?,
+            Outcome::Bypass,
+        ),
     };
-    let headers = response.headers_mut();
-    if capture.is_some() {
-        headers.insert("x-cache", HeaderValue::from_static(Outcome::Miss.as_str()));
-    } else if !headers.contains_key("x-cache") {
-        headers.insert(
-            "x-cache",
-            HeaderValue::from_static(Outcome::Bypass.as_str()),
-        );
+    // Each large answer is held once however many read it, but many different ones at once
+    // are refused rather than held.
+    if !entry.is_small() {
+        state.cache.share_large(&key, &entry);
+        if state.cache.large_bytes_in_use() > state.limits.export_memory_bytes {
+            return Err(ApiError::Busy(
+                "Too many large exports are being sent; try again shortly.",
+            ));
+        }
     }
+    let mut response = cached_response(&entry, outcome, &call, is_public(&dataset));
     if format == ExportFormat::Csv {
         let disposition = format!("attachment; filename=\"{}.csv\"", dataset.name);
-        headers.insert(
-            header::CONTENT_DISPOSITION,
-            HeaderValue::from_str(&disposition).expect("dataset names are ASCII"),
-        );
+        if let Ok(value) = HeaderValue::from_str(&disposition) {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_DISPOSITION, value);
+        }
     }
     Ok(response)
 }
 
-/// Every matching row, written as the database yields them. Memory stays flat: at most a few
-/// batches are in flight between the query and the socket. With `store`, the bytes are also
-/// gzipped on the way and, once the last one is sent, stored as the cached answer.
-fn streamed_export(
+/// Runs an export query to its end at the database's speed, gzipping the bytes on the way, and
+/// (with `store`) stores the result as the cached answer. The work runs in a task of its own:
+/// a client that leaves wastes nothing, and requests waiting for the stored answer get it.
+async fn compute_export(
     state: &AppState,
     dataset: &Arc<Dataset>,
     query: Query,
     store: Option<(String, Stamp, StreamClaim)>,
-) -> Response {
-    let format = query.format;
-    let mut encoder = ExportEncoder::new(Arc::clone(dataset), format);
-    let head = encoder.head();
-    // The claim lives as long as the body: it ends when the export is stored, fails, or the
-    // client leaves, and waiting requests then go on.
-    let capture = store.map(|(key, stamp, claim)| {
-        Arc::new(std::sync::Mutex::new(Some(Capture::new(key, stamp, claim))))
+) -> Result<Arc<CachedResponse>, ApiError> {
+    let permit = Arc::clone(&state.exports)
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Busy("Too many exports are being prepared; try again shortly."))?;
+    tables_for_query(state, dataset).await?;
+    let (storage, cache) = (Arc::clone(&state.storage), Arc::clone(&state.cache));
+    let (database, dataset) = (Arc::clone(&state.database), Arc::clone(dataset));
+    let (max_bytes, ttl) = (state.limits.export_max_bytes, state.cache.new_ttl(&dataset));
+    let task = tokio::spawn(async move {
+        let _permit = permit;
+        let (key, stamp, claim) = match store {
+            Some((key, stamp, claim)) => (Some(key), stamp, Some(claim)),
+            None => (None, Stamp::default(), None),
+        };
+        let rows = storage.export(Arc::clone(&dataset), query.clone());
+        let result = encode_export(&dataset, query.format, rows, max_bytes).await;
+        if matches!(result, Err(ApiError::Unavailable)) {
+            database.trip();
+        }
+        let entry = Arc::new(result?.finish(query.format.content_type(), stamp, ttl));
+        if let Some(key) = key {
+            cache.store_streamed(&key, Arc::clone(&entry)).await;
+        }
+        drop(claim); // only now may the waiting requests read the stored export
+        Ok(entry)
     });
-    let (on_rows, on_tail) = (capture.clone(), capture);
-    let (cache, ttl) = (Arc::clone(&state.cache), state.cache.new_ttl(dataset));
-    let started = Instant::now();
-    let rows = state.storage.export(Arc::clone(dataset), query);
-    let head_capture = on_rows.clone();
-    let body = futures_util::stream::once(async move {
-        Capture::add(&head_capture, &head);
-        Ok::<_, std::io::Error>(head)
-    })
-    .chain(rows.map(move |batch| match batch {
-        Ok(batch) => {
-            let bytes = encoder.rows(&batch);
-            Capture::add(&on_rows, &bytes);
-            Ok(bytes)
-        }
-        // The status is sent already: cut the body so the client sees a failed transfer, never
-        // a short file that looks complete; and store nothing.
-        Err(error) => {
-            tracing::error!(error = %error, "export failed mid-stream");
-            if let Some(capture) = &on_rows {
-                capture.lock().expect("capture lock").take();
-            }
-            Err(std::io::Error::other("export failed"))
-        }
-    }))
-    .chain(futures_util::stream::once(async move {
-        let tail = ExportEncoder::tail(format);
-        Capture::add(&on_tail, &tail);
-        let finished = on_tail.and_then(|c| c.lock().expect("capture lock").take());
-        if let Some(capture) = finished {
-            let (key, entry, claim) = capture.finish(format.content_type(), started.elapsed(), ttl);
-            tokio::spawn(async move {
-                cache.store_streamed(&key, entry).await;
-                drop(claim); // only now may the waiting requests read the stored export
-            });
-        }
-        Ok(tail)
-    }));
-    let mut response = Body::from_stream(body).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(format.content_type()),
-    );
-    response
+    task.await
+        .map_err(|error| ApiError::Internal(anyhow::anyhow!("the export task failed: {error}")))?
 }
 
-/// An export's bytes gzipped as they stream, with the length and CRC its ETag needs.
+/// Every row of `rows` in `format`, gzipped; refused once the compressed bytes pass `max_bytes`.
+async fn encode_export(
+    dataset: &Arc<Dataset>,
+    format: ExportFormat,
+    mut rows: crate::storage::RowStream,
+    max_bytes: usize,
+) -> Result<Capture, ApiError> {
+    let started = Instant::now();
+    let mut encoder = ExportEncoder::new(Arc::clone(dataset), format);
+    let mut capture = Capture::new(started);
+    capture.add(&encoder.head());
+    while let Some(batch) = rows.next().await {
+        capture.add(&encoder.rows(&batch?));
+        if capture.compressed_len() > max_bytes {
+            return Err(ApiError::TooMuch {
+                parameter: "export",
+                detail: format!(
+                    "This export is larger than {max_bytes} bytes compressed (EXPORT_MAX_BYTES); \
+                     narrow it with filters."
+                ),
+            });
+        }
+    }
+    capture.add(&ExportEncoder::tail(format));
+    Ok(capture)
+}
+
+/// An export's bytes gzipped as they are produced, with the length and CRC its ETag needs.
 struct Capture {
-    key: String,
-    stamp: Stamp,
-    claim: StreamClaim,
+    started: Instant,
     gzip: flate2::write::GzEncoder<Vec<u8>>,
     crc: flate2::Crc,
     len: u64,
 }
 
 impl Capture {
-    fn new(key: String, stamp: Stamp, claim: StreamClaim) -> Self {
+    fn new(started: Instant) -> Self {
         let gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         Capture {
-            key,
-            stamp,
-            claim,
+            started,
             gzip,
             crc: flate2::Crc::new(),
             len: 0,
         }
     }
 
-    fn add(capture: &Option<Arc<std::sync::Mutex<Option<Capture>>>>, bytes: &[u8]) {
-        let Some(capture) = capture else { return };
-        if let Some(capture) = capture.lock().expect("capture lock").as_mut() {
-            use std::io::Write as _;
-            capture
-                .gzip
-                .write_all(bytes)
-                .expect("writing to a Vec cannot fail");
-            capture.crc.update(bytes);
-            capture.len += bytes.len() as u64;
-        }
+    fn add(&mut self, bytes: &[u8]) {
+        use std::io::Write as _;
+        // Writing to a Vec cannot fail.
+        let _ = self.gzip.write_all(bytes);
+        self.crc.update(bytes);
+        self.len += bytes.len() as u64;
     }
 
-    fn finish(
-        self,
-        content_type: &str,
-        compute_time: std::time::Duration,
-        ttl: std::time::Duration,
-    ) -> (String, CachedResponse, StreamClaim) {
-        let gzip = Bytes::from(self.gzip.finish().expect("writing to a Vec cannot fail"));
-        let entry = CachedResponse::from_gzip(
+    fn compressed_len(&self) -> usize {
+        self.gzip.get_ref().len()
+    }
+
+    fn finish(self, content_type: &str, stamp: Stamp, ttl: std::time::Duration) -> CachedResponse {
+        let compute_time = self.started.elapsed();
+        let gzip = Bytes::from(self.gzip.finish().unwrap_or_default());
+        CachedResponse::from_gzip(
             gzip,
             self.len,
             self.crc.sum(),
             content_type,
             compute_time,
-            self.stamp,
+            stamp,
             ttl,
-        );
-        (self.key, entry, self.claim)
+        )
     }
 }
 
@@ -591,12 +603,20 @@ impl ExportEncoder {
             }
             ExportFormat::Csv => {
                 let mut writer = csv::WriterBuilder::new().from_writer(out);
+                let neutralise = !self.dataset.csv_keep_formulas;
                 for row in rows {
                     let fields = row
                         .iter()
                         .zip(&self.dataset.columns)
                         .map(|(value, column)| {
-                            value.to_text_with(column.list_delimiter.as_deref().unwrap_or(","))
+                            let text =
+                                value.to_text_with(column.list_delimiter.as_deref().unwrap_or(","));
+                            match value {
+                                Value::Text(_) | Value::List(_) if neutralise => {
+                                    neutralise_formula(text)
+                                }
+                                _ => text,
+                            }
                         });
                     writer
                         .write_record(fields)
@@ -613,6 +633,17 @@ impl ExportEncoder {
             ExportFormat::Json => Bytes::from_static(b"]"),
             ExportFormat::Ndjson | ExportFormat::Csv => Bytes::new(),
         }
+    }
+}
+
+/// OWASP's rule against CSV injection: a text cell that a spreadsheet would read as a formula
+/// (starting with `=`, `+`, `-`, `@`, a tab or a carriage return) gets a leading `'`, which
+/// spreadsheets show as text. Numbers are never text cells, so `-5` stays a number.
+fn neutralise_formula(text: String) -> String {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{text}")
+    } else {
+        text
     }
 }
 
@@ -637,4 +668,42 @@ pub fn write_row_json(dataset: &Dataset, row: &Row, out: &mut Vec<u8>) {
         value.write_json(out);
     }
     out.push(b'}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formula_cells_are_neutralised_and_other_text_is_not() {
+        for (text, expected) in [
+            (
+                "=HYPERLINK(\"http://x\",\"y\")",
+                "'=HYPERLINK(\"http://x\",\"y\")",
+            ),
+            ("+1+1", "'+1+1"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\tx", "'\tx"),
+            ("\rx", "'\rx"),
+            ("Plain title", "Plain title"),
+            ("a=b", "a=b"),
+            ("", ""),
+        ] {
+            assert_eq!(neutralise_formula(text.to_owned()), expected, "{text:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn corrupt_gzip_ends_the_stream_with_an_error() {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut encoder, &vec![b'x'; 300_000]).unwrap();
+        let whole = encoder.finish().unwrap();
+        let chunks: Vec<_> = gunzip_stream(Bytes::from(whole.clone())).collect().await;
+        let total: usize = chunks.iter().map(|c| c.as_ref().unwrap().len()).sum();
+        assert_eq!(total, 300_000);
+        let cut = Bytes::from(whole[..whole.len() / 2].to_vec());
+        let chunks: Vec<_> = gunzip_stream(cut).collect().await;
+        assert!(chunks.last().unwrap().is_err(), "a truncated body fails");
+    }
 }

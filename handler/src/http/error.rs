@@ -33,6 +33,23 @@ pub enum ApiError {
     /// A service the request depends on (Blob Storage, Entra ID) failed or did not answer.
     #[error("{0}")]
     BadGateway(String),
+    #[error("the request body did not arrive within the body timeout")]
+    BodyTimeout,
+    /// The path and query string together are longer than `MAX_URI_BYTES`.
+    #[error("the path and query string are longer than {0} bytes")]
+    UriTooLong(usize),
+    /// Every slot for this kind of work is taken (uncached exports): try again shortly.
+    #[error("{0}")]
+    Busy(&'static str),
+    /// The request is understood but asks for more than the server will compute at once.
+    #[error("{detail}")]
+    TooMuch {
+        parameter: &'static str,
+        detail: String,
+    },
+    /// Only certain callers may do this (the timer functions: the Functions host).
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -49,6 +66,11 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooMuch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Auth(error) => match error {
                 AuthError::NotConfigured | AuthError::ProviderUnavailable => {
                     StatusCode::SERVICE_UNAVAILABLE
@@ -56,7 +78,7 @@ impl ApiError {
                 AuthError::MissingToken
                 | AuthError::InvalidToken
                 | AuthError::InvalidCredentials => StatusCode::UNAUTHORIZED,
-                AuthError::Forbidden => StatusCode::FORBIDDEN,
+                AuthError::Forbidden | AuthError::EmailNotVerified => StatusCode::FORBIDDEN,
                 AuthError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
                 AuthError::EmailTaken => StatusCode::CONFLICT,
                 AuthError::InvalidField(..) | AuthError::InvalidFields(_) => {
@@ -144,7 +166,37 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_)
             | ApiError::Conflict(_)
             | ApiError::MalformedBody(_)
-            | ApiError::BadGateway(_) => problem(status, &self.to_string(), None),
+            | ApiError::BadGateway(_)
+            | ApiError::Forbidden(_) => problem(status, &self.to_string(), None),
+            ApiError::BodyTimeout => {
+                let mut response =
+                    problem(status, "The request body did not arrive in time.", None);
+                // The rest of the body may still be on its way: do not read it as a request.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                response
+            }
+            ApiError::UriTooLong(limit) => problem(
+                status,
+                &self.to_string(),
+                Some(json!({"invalid_params": [{
+                    "name": "uri",
+                    "reason": format!("the path and query string may be at most {limit} bytes (MAX_URI_BYTES)"),
+                }]})),
+            ),
+            ApiError::Busy(detail) => {
+                let mut response = problem(status, detail, None);
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+                response
+            }
+            ApiError::TooMuch { parameter, detail } => problem(
+                status,
+                detail,
+                Some(json!({"invalid_params": [{"name": parameter, "reason": detail}]})),
+            ),
             ApiError::PayloadTooLarge(_) | ApiError::UnsupportedMediaType => {
                 problem(status, &self.to_string(), None)
             }
@@ -177,6 +229,10 @@ fn auth_problem(status: StatusCode, error: &AuthError) -> Response {
         AuthError::InvalidToken => "The token is invalid or expired; sign in again.".to_owned(),
         AuthError::InvalidCredentials => "Invalid email or password.".to_owned(),
         AuthError::Forbidden => "This account may not do this.".to_owned(),
+        AuthError::EmailNotVerified => {
+            "Verify your email address first: follow the link sent to it when you signed up."
+                .to_owned()
+        }
         AuthError::TooManyAttempts { .. } => "Too many attempts; try again later.".to_owned(),
         AuthError::EmailTaken => "This email is already registered.".to_owned(),
         AuthError::InvalidField(..) | AuthError::InvalidFields(_) => {

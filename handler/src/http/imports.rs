@@ -10,8 +10,10 @@
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher as _;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::extract::rejection::PathRejection;
@@ -48,11 +50,7 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.jobs
-            .busy
-            .lock()
-            .expect("jobs lock")
-            .remove(&self.dataset);
+        self.jobs.busy.lock().remove(&self.dataset);
     }
 }
 
@@ -75,7 +73,7 @@ struct Outcome {
 impl ImportJobs {
     /// The dataset's slot, or the id of the import holding it.
     fn reserve(self: &Arc<Self>, dataset: &str, id: &str) -> Result<Slot, String> {
-        let mut busy = self.busy.lock().expect("jobs lock");
+        let mut busy = self.busy.lock();
         if let Some(holder) = busy.get(dataset) {
             return Err(holder.clone());
         }
@@ -87,11 +85,10 @@ impl ImportJobs {
     }
 
     fn insert(&self, job: Arc<Job>) {
-        let mut jobs = self.jobs.lock().expect("jobs lock");
+        let mut jobs = self.jobs.lock();
         jobs.retain(|_, job| {
             job.outcome
                 .lock()
-                .expect("job lock")
                 .as_ref()
                 .is_none_or(|o| o.finished.elapsed() < KEEP_FINISHED)
         });
@@ -99,7 +96,7 @@ impl ImportJobs {
     }
 
     fn get(&self, id: &str) -> Option<Arc<Job>> {
-        self.jobs.lock().expect("jobs lock").get(id).cloned()
+        self.jobs.lock().get(id).cloned()
     }
 }
 
@@ -115,7 +112,7 @@ fn timestamp(t: &DateTime<Utc>) -> String {
 
 impl Job {
     fn status(&self) -> serde_json::Value {
-        let outcome = self.outcome.lock().expect("job lock");
+        let outcome = self.outcome.lock();
         let state = match outcome.as_ref().map(|o| &o.result) {
             None => "running",
             Some(Ok(_)) => "succeeded",
@@ -258,7 +255,7 @@ pub async fn start(
                     Err(format!("{error:#}"))
                 }
             };
-            *job.outcome.lock().expect("job lock") = Some(Outcome {
+            *job.outcome.lock() = Some(Outcome {
                 finished_at: Utc::now(),
                 finished: Instant::now(),
                 result,

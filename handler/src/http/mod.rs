@@ -14,7 +14,9 @@ mod write;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -28,11 +30,11 @@ use tracing::Instrument as _;
 use crate::auth::Auth;
 use crate::breaker::Breaker;
 use crate::cache::Cache;
-use crate::config::DEFAULT_MAX_BODY_BYTES;
+use crate::config::{RequestLimits, TrustedProxies};
 use crate::datasets::{Catalog, Dataset};
 use crate::storage::Storage;
 
-pub use admin::{WARM_LIMIT, WarmReport, warm};
+pub use admin::{TIMER_SECRET_HEADER, TimerAccess, WARM_LIMIT, WarmReport, warm};
 pub use error::ApiError;
 
 /// How long reads skip the database after it failed to answer.
@@ -46,8 +48,14 @@ pub struct AppState {
     pub cache: Arc<Cache>,
     /// Accounts and tokens; `None` (no `JWT_SECRET`) makes the API read-only.
     pub auth: Option<Arc<Auth>>,
-    /// `MAX_BODY_BYTES`.
-    pub max_body_bytes: usize,
+    /// What one request may make the server read, hold and compute.
+    pub limits: Arc<RequestLimits>,
+    /// Uncached exports being computed (`EXPORT_CONCURRENCY`).
+    exports: Arc<tokio::sync::Semaphore>,
+    /// Whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<TrustedProxies>,
+    /// Who may invoke the timer functions.
+    pub timers: Arc<TimerAccess>,
     /// `CORS_ALLOWED_ORIGINS`; empty means no CORS headers.
     pub cors_allowed_origins: Arc<Vec<String>>,
     /// After the database fails to answer, reads skip it for a moment (and serve a stale answer
@@ -70,7 +78,12 @@ impl AppState {
             storage,
             cache,
             auth: None,
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            limits: Arc::new(RequestLimits::default()),
+            exports: Arc::new(tokio::sync::Semaphore::new(
+                RequestLimits::default().export_concurrency,
+            )),
+            trusted_proxies: Arc::default(),
+            timers: Arc::default(),
             cors_allowed_origins: Arc::new(Vec::new()),
             database: Arc::new(Breaker::new(DATABASE_BREAKER_OPEN_FOR)),
             imports: Arc::default(),
@@ -84,22 +97,20 @@ impl AppState {
         self
     }
 
+    pub fn with_limits(mut self, limits: RequestLimits) -> Self {
+        self.exports = Arc::new(tokio::sync::Semaphore::new(limits.export_concurrency));
+        self.limits = Arc::new(limits);
+        self
+    }
+
     /// Creates the dataset's tables (once per instance) so that a never-imported dataset reads
     /// as empty and takes a first write.
     async fn ensure_tables(&self, dataset: &Dataset) -> Result<(), ApiError> {
-        if self
-            .tables_ready
-            .read()
-            .expect("tables lock")
-            .contains(&dataset.name)
-        {
+        if self.tables_ready.read().contains(&dataset.name) {
             return Ok(());
         }
         self.storage.migrate(dataset).await?;
-        self.tables_ready
-            .write()
-            .expect("tables lock")
-            .insert(dataset.name.clone());
+        self.tables_ready.write().insert(dataset.name.clone());
         Ok(())
     }
 }
@@ -111,43 +122,83 @@ pub struct BlobAccess {
     pub auth: Option<String>,
 }
 
-/// The client's address, for rate limits: the last `X-Forwarded-For` entry (the one the
-/// platform's front end appended; earlier ones come from the client and can be forged), else the
-/// peer address.
+/// The client's address, for rate limits. It is the peer's, unless the peer is a trusted proxy
+/// (`TRUSTED_PROXIES`, or the Functions host on loopback): then it is the right-most
+/// `X-Forwarded-For` entry that is not a trusted proxy itself (entries further left were written
+/// by the client, and can say anything). IPv6 addresses count by their /64, the block one
+/// subscriber usually holds, so rotating within it gains nothing.
 pub struct ClientAddress(pub String);
 
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddress {
+impl axum::extract::FromRequestParts<AppState> for ClientAddress {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(
         parts: &mut axum::http::request::Parts,
-        _: &S,
+        state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let forwarded = parts
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|v| !v.is_empty())
-            .map(strip_port);
         let peer = parts
             .extensions
             .get::<axum::extract::ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string());
-        Ok(ClientAddress(
-            forwarded.or(peer).unwrap_or_else(|| "unknown".to_owned()),
-        ))
+            .map(|c| c.0.ip());
+        Ok(ClientAddress(client_address(
+            peer,
+            &parts.headers,
+            &state.trusted_proxies,
+        )))
     }
 }
 
-/// `203.0.113.7:50123` → `203.0.113.7`; `[2001:db8::1]:443` → `2001:db8::1`.
-fn strip_port(address: &str) -> String {
-    if let Ok(socket) = address.parse::<SocketAddr>() {
-        return socket.ip().to_string();
+/// At most this many `X-Forwarded-For` hops are looked at, from the right.
+const MAX_FORWARDED_HOPS: usize = 16;
+
+/// See [`ClientAddress`]. `unknown` without a peer (a request made in process).
+pub fn client_address(
+    peer: Option<std::net::IpAddr>,
+    headers: &axum::http::HeaderMap,
+    trusted: &TrustedProxies,
+) -> String {
+    let Some(peer) = peer else {
+        return "unknown".to_owned();
+    };
+    let mut client = crate::config::canonical_ip(peer);
+    if trusted.contains(client) {
+        let hops = forwarded_hops(headers);
+        for hop in hops.iter().rev().take(MAX_FORWARDED_HOPS) {
+            // A hop that is no address was written by someone untrusted: the last trusted
+            // proxy's own peer (the one before it) is all that is known.
+            let Some(address) = parse_hop(hop) else { break };
+            client = crate::config::canonical_ip(address);
+            if !trusted.contains(client) {
+                break;
+            }
+        }
     }
-    address.to_owned()
+    match client {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & (u128::MAX << 64);
+            format!("{}/64", std::net::Ipv6Addr::from(prefix))
+        }
+    }
+}
+
+/// The `X-Forwarded-For` entries, first to last (each proxy appends the address it saw).
+pub fn forwarded_hops(headers: &axum::http::HeaderMap) -> Vec<&str> {
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+/// `203.0.113.7`, `203.0.113.7:50123`, `2001:db8::1`, `[2001:db8::1]:443`.
+pub fn parse_hop(hop: &str) -> Option<std::net::IpAddr> {
+    hop.parse::<std::net::IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<SocketAddr>().ok().map(|s| s.ip()))
 }
 
 /// One served endpoint: the Azure function that declares it, and its route as written in that
@@ -413,9 +464,63 @@ pub fn router(state: AppState) -> Router {
             cors_headers(Arc::clone(&cors), request, next)
         }));
     }
+    let limits = Arc::clone(&state.limits);
     router
+        .layer(middleware::from_fn(move |request, next| {
+            refuse_long_uris(limits.max_uri_bytes, request, next)
+        }))
+        .layer(middleware::from_fn(catch_panic))
+        .layer(middleware::from_fn(security_headers))
         .layer(middleware::from_fn(trace_request))
         .with_state(state)
+}
+
+/// A path and query string over `MAX_URI_BYTES` is refused before any handler parses it.
+async fn refuse_long_uris(max: usize, request: Request, next: Next) -> Response {
+    let length = request
+        .uri()
+        .path_and_query()
+        .map_or_else(|| request.uri().path().len(), |p| p.as_str().len());
+    if length > max {
+        return ApiError::UriTooLong(max).into_response();
+    }
+    next.run(request).await
+}
+
+/// A panic while answering (a bug) becomes a logged error and a 500 problem document, never a
+/// dropped connection; the other requests on the instance go on.
+async fn catch_panic(request: Request, next: Next) -> Response {
+    use futures_util::FutureExt as _;
+    match std::panic::AssertUnwindSafe(next.run(request))
+        .catch_unwind()
+        .await
+    {
+        Ok(response) => response,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %message, "a request panicked");
+            error::problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The server could not answer this request.",
+                None,
+            )
+        }
+    }
+}
+
+/// Headers every answer carries: browsers must not guess another content type than the one
+/// sent (a JSON or CSV body read as HTML would run a script in the API's origin).
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(
+        axum::http::header::X_CONTENT_TYPE_OPTIONS,
+        axum::http::HeaderValue::from_static("nosniff"),
+    );
+    response
 }
 
 /// CORS, only for the configured origins: preflights are answered here, and responses to an
@@ -540,4 +645,93 @@ pub(crate) fn json_response(status: StatusCode, body: Vec<u8>, timing: &str) -> 
         headers.insert("server-timing", value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt as _;
+
+    #[tokio::test]
+    async fn a_panic_while_answering_is_a_500_problem_not_a_dropped_connection() {
+        async fn boom() -> &'static str {
+            panic!("a bug")
+        }
+        let router = Router::new()
+            .route("/boom", axum::routing::get(boom))
+            .layer(middleware::from_fn(catch_panic))
+            .layer(middleware::from_fn(security_headers));
+        let request = axum::http::Request::get("/boom")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+    }
+
+    fn forwarded(value: &str) -> axum::http::HeaderMap {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("x-forwarded-for", value.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn forwarded_addresses_count_only_behind_trusted_proxies() {
+        let peer = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
+        let none = TrustedProxies::default();
+        let proxies = TrustedProxies::parse("10.0.0.0/8, 192.0.2.1").unwrap();
+        let forged = forwarded("198.51.100.1, 203.0.113.9:5000");
+        // An untrusted peer's header is ignored, whatever it says.
+        assert_eq!(
+            client_address(peer("198.51.100.77"), &forged, &none),
+            "198.51.100.77"
+        );
+        assert_eq!(
+            client_address(peer("198.51.100.77"), &forged, &proxies),
+            "198.51.100.77"
+        );
+        // Behind a trusted proxy, the right-most entry the proxies did not write.
+        assert_eq!(
+            client_address(peer("10.1.2.3"), &forged, &proxies),
+            "203.0.113.9"
+        );
+        let chain = forwarded("198.51.100.1, 203.0.113.9, 10.9.9.9");
+        assert_eq!(
+            client_address(peer("192.0.2.1"), &chain, &proxies),
+            "203.0.113.9"
+        );
+        // Garbage where an address should be: the last proxy's peer is all that is known.
+        let garbage = forwarded("203.0.113.9, not-an-address");
+        assert_eq!(
+            client_address(peer("10.1.2.3"), &garbage, &proxies),
+            "10.1.2.3"
+        );
+        // No header behind a proxy: the proxy itself.
+        let empty = axum::http::HeaderMap::new();
+        assert_eq!(
+            client_address(peer("10.1.2.3"), &empty, &proxies),
+            "10.1.2.3"
+        );
+        // IPv6 counts by /64; IPv4-mapped IPv6 is IPv4.
+        assert_eq!(
+            client_address(peer("2001:db8:1:2:aaaa::1"), &empty, &none),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(
+            client_address(peer("::ffff:203.0.113.5"), &empty, &none),
+            "203.0.113.5"
+        );
+        // The Functions host on loopback forwards the front end's entry.
+        let host = TrustedProxies::default().with_loopback();
+        let azure = forwarded("198.51.100.1, 203.0.113.9:61234");
+        assert_eq!(
+            client_address(peer("127.0.0.1"), &azure, &host),
+            "203.0.113.9"
+        );
+        assert_eq!(client_address(None, &azure, &host), "unknown");
+    }
 }

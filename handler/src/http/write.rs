@@ -77,7 +77,7 @@ async fn apply_now(
         })?;
     let recorded = state
         .cache
-        .record_write(&dataset.name, written.old.clone(), written.new.clone())
+        .record_write(dataset, written.old.clone(), written.new.clone())
         .await
         .inspect_err(|_| {
             tracing::warn!(dataset = %dataset.name, "a write was committed while the cache was unreachable; its answers are purged when it returns");
@@ -123,7 +123,8 @@ pub async fn create(
     let name = path_params(path)?;
     let dataset = writable(&state, &name, &headers, |d| d.access.create).await?;
     let body = JsonBody::from_request(request, &state).await?;
-    let row = validate::full_row(&dataset, &body.fields, None).map_err(unprocessable)?;
+    let row = validate::full_row(&dataset, &body.fields, None, state.storage.engine_rules())
+        .map_err(unprocessable)?;
     let (written, recorded) = apply(&state, &dataset, Change::Create(row), None).await?;
     let mut response = row_response(StatusCode::CREATED, &dataset, &written, recorded);
     if let Some(row) = &written.new {
@@ -159,7 +160,13 @@ pub async fn replace(
     request: Request,
 ) -> Result<Response, ApiError> {
     let (dataset, id, key, body) = row_to_update(&state, path, &headers, request).await?;
-    let row = validate::full_row(&dataset, &body.fields, Some(&key)).map_err(unprocessable)?;
+    let row = validate::full_row(
+        &dataset,
+        &body.fields,
+        Some(&key),
+        state.storage.engine_rules(),
+    )
+    .map_err(unprocessable)?;
     let (written, recorded) = apply(&state, &dataset, Change::Replace(key, row), Some(&id)).await?;
     Ok(row_response(StatusCode::OK, &dataset, &written, recorded))
 }
@@ -172,7 +179,8 @@ pub async fn patch(
     request: Request,
 ) -> Result<Response, ApiError> {
     let (dataset, id, key, body) = row_to_update(&state, path, &headers, request).await?;
-    let changes = validate::patch(&dataset, &body.fields, &key).map_err(unprocessable)?;
+    let changes = validate::patch(&dataset, &body.fields, &key, state.storage.engine_rules())
+        .map_err(unprocessable)?;
     let (written, recorded) =
         apply(&state, &dataset, Change::Patch(key, changes), Some(&id)).await?;
     Ok(row_response(StatusCode::OK, &dataset, &written, recorded))

@@ -125,6 +125,12 @@ pub trait Storage: Send + Sync + 'static {
     /// `sqlite`, `postgres`, ...
     fn backend(&self) -> &'static str;
 
+    /// What this engine adds to the declarations' value rules (text it can index); nothing
+    /// unless it says otherwise.
+    fn engine_rules(&self) -> crate::datasets::rules::EngineRules {
+        crate::datasets::rules::EngineRules::default()
+    }
+
     /// A cheap round trip, for `/api/health`.
     async fn ping(&self) -> Result<()>;
 

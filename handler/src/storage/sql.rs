@@ -69,6 +69,23 @@ impl Dialect {
         }
     }
 
+    /// The longest text this engine's indexes take, for the value rules (see `declared_type`
+    /// and `key_text_type`).
+    pub fn engine_rules(self) -> crate::datasets::rules::EngineRules {
+        let (indexed, sorted) = match self {
+            Dialect::Sqlite | Dialect::Postgres => (None, None),
+            Dialect::MySql => (Some(MYSQL_KEY_CHARS), None),
+            Dialect::SqlServer => (
+                Some(SQL_SERVER_INDEXABLE_CHARS),
+                Some(SQL_SERVER_INDEXABLE_CHARS),
+            ),
+        };
+        crate::datasets::rules::EngineRules {
+            indexed_text_chars: indexed,
+            sorted_text_chars: sorted,
+        }
+    }
+
     /// The type of a declared column. SQL Server cannot index `NVARCHAR(MAX)`: text that is
     /// sorted, or short by declaration, gets a bounded type there.
     pub fn declared_type(self, column: &Column) -> String {

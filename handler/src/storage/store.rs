@@ -217,6 +217,10 @@ impl<D: Driver> Storage for SqlStore<D> {
         D::NAME
     }
 
+    fn engine_rules(&self) -> crate::datasets::rules::EngineRules {
+        D::DIALECT.engine_rules()
+    }
+
     async fn ping(&self) -> Result<()> {
         self.driver.execute("SELECT 1").await
     }

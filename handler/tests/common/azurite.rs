@@ -15,14 +15,6 @@ pub const ACCOUNT: &str = "devstoreaccount1";
 pub const KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The blob endpoint of a running Azurite (`http://127.0.0.1:<port>/devstoreaccount1`), or `None`
 /// with a line naming what to install (a failure under `CI=true`).
 pub fn endpoint() -> Option<&'static str> {
@@ -41,7 +33,7 @@ fn start() -> Option<String> {
         return None;
     }
     let dir = super::background::scratch("azurite");
-    let port = free_port();
+    let port = super::served::free_port();
     let mut command = std::process::Command::new("azurite-blob");
     command.args([
         "--blobHost",

@@ -7,14 +7,6 @@ use std::time::Duration;
 /// The project id the tests use; `demo-` projects need no credentials.
 pub const PROJECT: &str = "demo-smartcache";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `host:port` of a running emulator (`FIREBASE_AUTH_EMULATOR_HOST` if set, else one started
 /// here); `None`, with a line naming what to install, when `firebase` is missing (a failure under
 /// `CI=true`).
@@ -31,11 +23,11 @@ fn start() -> Option<String> {
         return None;
     }
     let dir = super::background::scratch("firebase");
-    let port = free_port();
+    let port = super::served::free_port();
     let config = serde_json::json!({"emulators": {
         "auth": {"host": "127.0.0.1", "port": port},
-        "hub": {"host": "127.0.0.1", "port": free_port()},
-        "logging": {"host": "127.0.0.1", "port": free_port()},
+        "hub": {"host": "127.0.0.1", "port": super::served::free_port()},
+        "logging": {"host": "127.0.0.1", "port": super::served::free_port()},
         "ui": {"enabled": false},
     }});
     std::fs::write(dir.join("firebase.json"), config.to_string()).unwrap();

@@ -23,6 +23,8 @@ mod background;
 #[allow(dead_code)] // used by the account tests only
 pub mod firebase;
 mod redis_servers;
+#[allow(dead_code)] // used by the tests that run the binary
+pub mod served;
 #[allow(unused_imports)] // not every test binary starts its own Redis
 pub use redis_servers::{PrivateRedis, RedisCluster};
 
@@ -171,6 +173,8 @@ pub struct TestApp {
     pub state: AppState,
     /// Sent as `Authorization: Bearer …` with every request that has none.
     pub bearer: Option<String>,
+    /// The peer address requests come from, as a listener would see it (none by default).
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 /// The `JWT_SECRET` of test apps.
@@ -225,14 +229,23 @@ impl TestApp {
         TestApp {
             state: AppState::new(Arc::new(catalog), storage, cache).with_auth(Some(auth)),
             bearer: None,
+            peer: None,
         }
     }
 
     /// The same app, sending `token` with every request.
     pub fn with_token(&self, token: &str) -> TestApp {
         TestApp {
-            state: self.state.clone(),
             bearer: Some(token.to_owned()),
+            ..self.clone()
+        }
+    }
+
+    /// The same app, its requests coming from `address` (as a listener would report the peer).
+    pub fn calling_from(&self, address: &str) -> TestApp {
+        TestApp {
+            peer: Some(std::net::SocketAddr::new(address.parse().unwrap(), 40000)),
+            ..self.clone()
         }
     }
 
@@ -365,6 +378,11 @@ impl TestApp {
         {
             let value = format!("Bearer {token}").parse().unwrap();
             request.headers_mut().insert("authorization", value);
+        }
+        if let Some(peer) = self.peer {
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
         }
         let response = router(self.state.clone()).oneshot(request).await.unwrap();
         let status = response.status();

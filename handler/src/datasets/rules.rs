@@ -1,0 +1,222 @@
+//! The rules every cell obeys, whether it arrives in a CSV line (an import) or a JSON body (a
+//! write): one place, so the two accept and refuse the same values, and a value the database
+//! would refuse is refused here, by row, before it can fail a whole import.
+
+use super::{Column, ColumnType, Value};
+
+/// What the database engine adds to a declaration's rules.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineRules {
+    /// The longest text a filterable column (its hidden normalised key, a list's elements)
+    /// holds; `None`: no limit.
+    pub indexed_text_chars: Option<usize>,
+    /// The longest text a sortable column holds (SQL Server indexes only bounded text).
+    pub sorted_text_chars: Option<usize>,
+}
+
+/// Why a value breaks a rule, in words that follow the column's name: `"title": must not …`.
+pub fn check(
+    column: &Column,
+    is_key: bool,
+    value: &Value,
+    engine: EngineRules,
+) -> Result<(), String> {
+    match value {
+        Value::Null if !column.nullable || is_key => Err("is required".into()),
+        Value::Date(date) => years(chrono::Datelike::year(date)),
+        Value::Timestamp(time) => years(chrono::Datelike::year(time)),
+        Value::Text(text) => {
+            if is_key && text.trim().is_empty() {
+                return Err("must not be empty".into());
+            }
+            let limit = [
+                column
+                    .filterable
+                    .then_some(engine.indexed_text_chars)
+                    .flatten(),
+                column
+                    .sortable
+                    .then_some(engine.sorted_text_chars)
+                    .flatten(),
+            ];
+            check_text(column, text, limit.into_iter().flatten().min())
+        }
+        Value::List(items) => {
+            let separator = column.list_delimiter.as_deref().map(|d| match d.trim() {
+                "" => d,
+                trimmed => trimmed,
+            });
+            for item in items {
+                if item.trim().is_empty() {
+                    return Err("must not have empty elements".into());
+                }
+                if let Some(separator) = separator
+                    && item.contains(separator)
+                {
+                    return Err(format!("elements must not contain {separator:?}"));
+                }
+                let limit = column
+                    .filterable
+                    .then_some(engine.indexed_text_chars)
+                    .flatten();
+                check_text(column, item, limit)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Every engine stores years 1 to 9999 (PostgreSQL and SQL Server refuse others).
+fn years(year: i32) -> Result<(), String> {
+    if (1..=9999).contains(&year) {
+        Ok(())
+    } else {
+        Err("must be between the years 1 and 9999".into())
+    }
+}
+
+/// NUL, and the declared length or the engine's (`engine_limit`), whichever is shorter.
+fn check_text(column: &Column, text: &str, engine_limit: Option<usize>) -> Result<(), String> {
+    // PostgreSQL's text cannot hold NUL at all; elsewhere it would end strings early.
+    if text.contains('\0') {
+        return Err("must not contain NUL characters".into());
+    }
+    let limit = match (column.max_length, engine_limit) {
+        (Some(declared), Some(engine)) => Some(declared.min(engine)),
+        (declared, engine) => declared.or(engine),
+    };
+    if let Some(max) = limit
+        && column.ty == ColumnType::Text
+        && text.chars().count() > max
+    {
+        return Err(format!("longer than {max} characters"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn column(ty: ColumnType) -> Column {
+        Column::plain("c", ty)
+    }
+
+    #[test]
+    fn one_table_of_rules() {
+        let none = EngineRules::default();
+        let mysql = EngineRules {
+            indexed_text_chars: Some(512),
+            sorted_text_chars: None,
+        };
+        let text = column(ColumnType::Text);
+        let short = Column {
+            max_length: Some(3),
+            ..column(ColumnType::Text)
+        };
+        let required = Column {
+            nullable: false,
+            ..column(ColumnType::Text)
+        };
+        let filtered = Column {
+            filterable: true,
+            ..column(ColumnType::Text)
+        };
+        let list = Column {
+            list_delimiter: Some(",".into()),
+            filterable: true,
+            ..column(ColumnType::Text)
+        };
+        let date = column(ColumnType::Date);
+        let long = Value::Text("x".repeat(600));
+        let ymd = |y, m, d| Value::Date(chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap());
+        let cases: Vec<(&Column, bool, Value, EngineRules, Option<&str>)> = vec![
+            (
+                &text,
+                false,
+                Value::Text("a\0b".into()),
+                none,
+                Some("must not contain NUL characters"),
+            ),
+            (&text, false, Value::Text("fine".into()), none, None),
+            (
+                &short,
+                false,
+                Value::Text("abcd".into()),
+                none,
+                Some("longer than 3 characters"),
+            ),
+            (&short, false, Value::Text("äöü".into()), none, None),
+            (&required, false, Value::Null, none, Some("is required")),
+            (&text, true, Value::Null, none, Some("is required")),
+            (
+                &text,
+                true,
+                Value::Text("  ".into()),
+                none,
+                Some("must not be empty"),
+            ),
+            (&text, false, Value::Text(String::new()), none, None),
+            (&filtered, false, long.clone(), none, None),
+            (
+                &filtered,
+                false,
+                long.clone(),
+                mysql,
+                Some("longer than 512 characters"),
+            ),
+            (&text, false, long, mysql, None),
+            (
+                &list,
+                false,
+                Value::List(vec!["a".into(), " ".into()]),
+                none,
+                Some("must not have empty elements"),
+            ),
+            (
+                &list,
+                false,
+                Value::List(vec!["a,b".into()]),
+                none,
+                Some("elements must not contain \",\""),
+            ),
+            (
+                &list,
+                false,
+                Value::List(vec!["a\0".into()]),
+                none,
+                Some("must not contain NUL characters"),
+            ),
+            (
+                &list,
+                false,
+                Value::List(vec!["y".repeat(513)]),
+                mysql,
+                Some("longer than 512 characters"),
+            ),
+            (&date, false, ymd(2024, 2, 29), none, None),
+            (
+                &date,
+                false,
+                ymd(10000, 1, 1),
+                none,
+                Some("must be between the years 1 and 9999"),
+            ),
+            (
+                &date,
+                false,
+                ymd(0, 1, 1),
+                none,
+                Some("must be between the years 1 and 9999"),
+            ),
+        ];
+        for (column, is_key, value, engine, expected) in cases {
+            assert_eq!(
+                check(column, is_key, &value, engine).err().as_deref(),
+                expected,
+                "{value:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! The listener of `handler serve`: hyper's HTTP/1 server with what a public endpoint needs and
+//! `axum::serve` lacks: a cap on open connections, and timeouts that cut off clients who send
+//! or read too slowly.
+//!
+//! - **Idle keep-alive**: a connection waiting for its next request (or its first) is closed
+//!   after `IDLE_TIMEOUT_SECONDS` (hyper's header-read timer, which starts when a request head is
+//!   awaited). It is long on purpose: the Functions host keeps a pool of connections, and closing
+//!   one just as the host reuses it would fail a request.
+//! - **Header read**: once the first byte of a request has arrived, its headers must be complete
+//!   within `HEADER_TIMEOUT_SECONDS` (slowloris clients trickle them).
+//! - **Write progress**: a response write that makes no progress for `WRITE_TIMEOUT_SECONDS` (the
+//!   client stopped reading, or reads a few bytes now and then) closes the connection. Timed-out
+//!   connections end with a reset, not a close: the kernel would otherwise go on holding (and
+//!   offering) megabytes the client does not read.
+//! - **Body read**: bounded where bodies are read ([`crate::http`]'s JSON extractor).
+//! - **Connections**: at most `MAX_CONNECTIONS` at once; the next ones get a short 503 and are
+//!   closed at once, so the ones being served keep their share.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use bytes::Bytes;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Sleep;
+use tower::ServiceExt as _;
+
+use crate::config::ConnectionLimits;
+
+/// How long a refused connection is given to take its 503.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// After a shutdown signal, how long open connections may finish their requests.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// The largest request head hyper buffers (request line and headers). Longer URIs are refused
+/// earlier, by the router's own limit, with a problem document.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Serves `router` on `listener` until `shutdown` completes, then lets open connections finish
+/// (at most [`SHUTDOWN_GRACE`]).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.idle_timeout)
+        .keep_alive(true)
+        .max_buf_size(MAX_HEAD_BYTES);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, say: wait a moment rather than spin.
+                    tracing::warn!(%error, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tokio::spawn(refuse(stream));
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let tracker = Arc::new(RequestTracker::default());
+        let io = GuardedIo::new(stream, Arc::clone(&tracker), &limits);
+        let service = connection_service(router.clone(), peer, tracker);
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(io), service));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, %peer, "connection ended");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the shutdown grace period: closing them");
+    }
+    Ok(())
+}
+
+/// The router as hyper calls it for one connection: the peer address for the handlers, and the
+/// start and end of every request for the connection's header timer.
+fn connection_service(
+    router: Router,
+    peer: SocketAddr,
+    tracker: Arc<RequestTracker>,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = hyper::Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<hyper::Response<Body>, Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        tracker.request_started();
+        let mut request = request.map(Body::new);
+        request.extensions_mut().insert(ConnectInfo(peer));
+        let (router, tracker) = (router.clone(), Arc::clone(&tracker));
+        async move {
+            let response = router.oneshot(request).await?;
+            Ok(response.map(|body| Body::new(TrackedBody { body, tracker })))
+        }
+    })
+}
+
+/// Tells the header timer whether a request is being answered: bytes that arrive while none is
+/// are the start of the next request's head.
+#[derive(Default)]
+struct RequestTracker {
+    started: AtomicU64,
+    in_flight: AtomicBool,
+}
+
+impl RequestTracker {
+    fn request_started(&self) {
+        self.started.fetch_add(1, Ordering::AcqRel);
+        self.in_flight.store(true, Ordering::Release);
+    }
+
+    fn response_finished(&self) {
+        self.in_flight.store(false, Ordering::Release);
+    }
+}
+
+/// A response body that reports when it has been sent (or dropped).
+struct TrackedBody {
+    body: Body,
+    tracker: Arc<RequestTracker>,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.tracker.response_finished();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        self.tracker.response_finished();
+    }
+}
+
+/// A connection's socket with the header and write-progress timers.
+struct GuardedIo {
+    stream: TcpStream,
+    tracker: Arc<RequestTracker>,
+    header_timeout: Duration,
+    write_timeout: Duration,
+    /// Armed by the first bytes of a request head: the request count then, and the deadline.
+    header_deadline: Option<(u64, Pin<Box<Sleep>>)>,
+    /// Armed when a write cannot proceed; cleared by any progress.
+    write_stall: Option<Pin<Box<Sleep>>>,
+}
+
+impl GuardedIo {
+    fn new(stream: TcpStream, tracker: Arc<RequestTracker>, limits: &ConnectionLimits) -> Self {
+        GuardedIo {
+            stream,
+            tracker,
+            header_timeout: limits.header_timeout,
+            write_timeout: limits.write_timeout,
+            header_deadline: None,
+            write_stall: None,
+        }
+    }
+
+    /// Passes a write's result on, failing it once writes have made no progress for the write
+    /// timeout.
+    fn guard_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.write_stall = None;
+            return polled;
+        }
+        let timeout = self.write_timeout;
+        let stall = self
+            .write_stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if stall.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(self.abort("the client stopped reading the response")));
+        }
+        Poll::Pending
+    }
+
+    /// Makes the connection end with a reset when it is dropped, so that the kernel does not
+    /// keep sending what the client would not read, and returns the error that drops it.
+    fn abort(&self, why: &'static str) -> io::Error {
+        let _ = self.stream.set_zero_linger();
+        io::Error::new(io::ErrorKind::TimedOut, why)
+    }
+}
+
+impl AsyncRead for GuardedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let started = this.tracker.started.load(Ordering::Acquire);
+        if this
+            .header_deadline
+            .as_ref()
+            .is_some_and(|(armed_at, _)| *armed_at != started)
+        {
+            this.header_deadline = None; // that head arrived: the request is being answered
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        match &polled {
+            Poll::Ready(Ok(()))
+                if buf.filled().len() > before
+                    && this.header_deadline.is_none()
+                    && !this.tracker.in_flight.load(Ordering::Acquire) =>
+            {
+                let deadline = Box::pin(tokio::time::sleep(this.header_timeout));
+                this.header_deadline = Some((started, deadline));
+            }
+            Poll::Pending => {
+                if let Some((_, deadline)) = &mut this.header_deadline
+                    && deadline.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Err(
+                        this.abort("the request headers did not arrive in time")
+                    ));
+                }
+            }
+            Poll::Ready(_) => {}
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for GuardedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.guard_write(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.guard_write(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.stream).poll_flush(cx);
+        self.guard_write(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.stream).poll_shutdown(cx);
+        self.guard_write(cx, polled)
+    }
+}
+
+/// What a connection over the cap is told before it is closed.
+fn busy_response() -> Vec<u8> {
+    let body = r#"{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"Too many open connections; try again shortly."}"#;
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+async fn refuse(mut stream: TcpStream) {
+    tracing::warn!("connection limit reached: refusing a connection");
+    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
+        stream.write_all(&busy_response()).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
