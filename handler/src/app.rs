@@ -108,9 +108,16 @@ impl Application {
                 cache.settle_unrecorded().await;
             }
         });
+        let trusted = (*self.state.trusted_proxies).clone();
         let router = http::router(self.state);
-        let served =
-            crate::server::serve(self.listener, router, self.limits, shutdown_signal()).await;
+        let served = crate::server::serve(
+            self.listener,
+            router,
+            self.limits,
+            trusted,
+            shutdown_signal(),
+        )
+        .await;
         flusher.abort();
         served?;
         Ok(())

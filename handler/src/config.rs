@@ -32,9 +32,11 @@
 //! - `FIREBASE_ALLOW_UNVERIFIED_EMAIL`: accept Firebase accounts whose email is not verified;
 //! - the limits on what one client may make the server spend, each with a default in
 //!   [`ConnectionLimits`] and [`RequestLimits`]: `HEADER_TIMEOUT_SECONDS`,
-//!   `IDLE_TIMEOUT_SECONDS`, `WRITE_TIMEOUT_SECONDS`, `MAX_CONNECTIONS`, `BODY_TIMEOUT_SECONDS`,
+//!   `IDLE_TIMEOUT_SECONDS`, `WRITE_TIMEOUT_SECONDS`, `MAX_CONNECTIONS`,
+//!   `MAX_CONNECTIONS_PER_ADDRESS`, `BODY_TIMEOUT_SECONDS`,
 //!   `MAX_URI_BYTES`, `MAX_QUERY_PARAMETERS`, `MAX_FILTER_REPEATS`, `MAX_VALUE_CHARS`,
-//!   `MAX_CURSOR_BYTES`, `EXPORT_CONCURRENCY`, `EXPORT_MAX_BYTES`, `EXPORT_MEMORY_BYTES`.
+//!   `MAX_CURSOR_BYTES`, `EXPORT_CONCURRENCY`, `EXPORT_MAX_BYTES`, `EXPORT_MEMORY_BYTES`,
+//!   `MAX_DATABASE_READS`.
 //!
 //! Errors name the variable. Secrets (a database password) are never printed.
 
@@ -103,6 +105,9 @@ pub struct ConnectionLimits {
     pub write_timeout: Duration,
     /// `MAX_CONNECTIONS`: open connections per instance.
     pub max_connections: usize,
+    /// `MAX_CONNECTIONS_PER_ADDRESS`: open connections from one client address (trusted proxies,
+    /// the Functions host among them, are exempt).
+    pub max_per_address: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -112,6 +117,7 @@ impl Default for ConnectionLimits {
             idle_timeout: Duration::from_secs(120),
             write_timeout: Duration::from_secs(30),
             max_connections: 1024,
+            max_per_address: 64,
         }
     }
 }
@@ -134,6 +140,9 @@ pub struct RequestLimits {
     /// `EXPORT_MEMORY_BYTES`: large answers (exports) held at once while they are sent, each
     /// counted once however many clients read it (503 beyond).
     pub export_memory_bytes: usize,
+    /// `MAX_DATABASE_READS`: database reads for cache misses at once; `None`, the pool's size
+    /// less one, which leaves a connection to logins, writes and health checks.
+    pub database_reads: Option<usize>,
 }
 
 impl Default for RequestLimits {
@@ -146,6 +155,7 @@ impl Default for RequestLimits {
             export_concurrency: 2,
             export_max_bytes: 128 << 20,
             export_memory_bytes: 512 << 20,
+            database_reads: None,
         }
     }
 }
@@ -340,6 +350,10 @@ impl Settings {
             idle_timeout: seconds("IDLE_TIMEOUT_SECONDS", connection_defaults.idle_timeout)?,
             write_timeout: seconds("WRITE_TIMEOUT_SECONDS", connection_defaults.write_timeout)?,
             max_connections: count("MAX_CONNECTIONS", connection_defaults.max_connections)?,
+            max_per_address: count(
+                "MAX_CONNECTIONS_PER_ADDRESS",
+                connection_defaults.max_per_address,
+            )?,
         };
         let query_defaults = &request_defaults.query;
         let requests = RequestLimits {
@@ -358,6 +372,10 @@ impl Settings {
                 "EXPORT_MEMORY_BYTES",
                 request_defaults.export_memory_bytes,
             )?,
+            database_reads: match non_empty("MAX_DATABASE_READS") {
+                None => None,
+                Some(_) => Some(count("MAX_DATABASE_READS", 1)?),
+            },
         };
         let cache_max_bytes = count("CACHE_MAX_BYTES", DEFAULT_CACHE_MAX_BYTES)?;
         let flag = |name: &str| -> anyhow::Result<bool> {

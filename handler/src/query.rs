@@ -5,7 +5,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::config::QueryLimits;
-use crate::datasets::{ColumnType, Dataset, Value, normalise_text};
+use crate::datasets::{ColumnType, Dataset, Value, normalise_text, rules};
 
 pub const DEFAULT_LIMIT: u32 = 100;
 pub const MAX_LIMIT: u32 = 1000;
@@ -390,8 +390,9 @@ fn parse_filter(dataset: &Dataset, name: &str, raw: &str) -> Result<Filter, Quer
     let value = match column.ty {
         // Text compares normalised: see `normalise_text`.
         ColumnType::Text if op == FilterOp::Eq => Value::Text(normalise_text(raw)),
-        ty => Value::parse_scalar(ty, raw).map_err(|e| invalid(name, e.to_string()))?,
+        ty => rules::request_value(ty, raw).map_err(|reason| invalid(name, reason))?,
     };
+    rules::check_scalar(&value).map_err(|reason| invalid(name, reason))?;
     Ok(Filter {
         column: column_index,
         op,
@@ -435,9 +436,9 @@ fn decode_cursor(dataset: &Dataset, sort: Sort, raw: &str) -> Result<Cursor, Que
     let sort_type = dataset.columns[sort.column].ty;
     let sort_value = match wire.v {
         None => Value::Null,
-        Some(v) => Value::parse_scalar(sort_type, &v).map_err(|_| bad())?,
+        Some(v) => rules::request_value(sort_type, &v).map_err(|_| bad())?,
     };
-    let key = Value::parse_scalar(dataset.key_column().ty, &wire.k).map_err(|_| bad())?;
+    let key = rules::request_value(dataset.key_column().ty, &wire.k).map_err(|_| bad())?;
     Ok(Cursor { sort_value, key })
 }
 
@@ -505,6 +506,9 @@ mod tests {
         assert_eq!(err("cursor=!!!").parameter, "cursor");
         assert_eq!(err("year=1&year=2").parameter, "year");
         assert_eq!(err("format=csv").parameter, "format");
+        // What a database would refuse with an error of its own is the client's 400.
+        assert_eq!(err("title=a%00b").parameter, "title");
+        assert_eq!(err("genres=a%00").parameter, "genres");
     }
 
     #[test]

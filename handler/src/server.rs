@@ -2,19 +2,23 @@
 //! `axum::serve` lacks: a cap on open connections, and timeouts that cut off clients who send
 //! or read too slowly.
 //!
-//! - **Idle keep-alive**: a connection waiting for its next request (or its first) is closed
-//!   after `IDLE_TIMEOUT_SECONDS` (hyper's header-read timer, which starts when a request head is
+//! - **Idle keep-alive**: a connection waiting for its next request is closed after
+//!   `IDLE_TIMEOUT_SECONDS` (hyper's header-read timer, which starts when a request head is
 //!   awaited). It is long on purpose: the Functions host keeps a pool of connections, and closing
 //!   one just as the host reuses it would fail a request.
-//! - **Header read**: once the first byte of a request has arrived, its headers must be complete
-//!   within `HEADER_TIMEOUT_SECONDS` (slowloris clients trickle them).
+//! - **Header read**: a new connection's first request, and any later one from its first byte,
+//!   must have its headers complete within `HEADER_TIMEOUT_SECONDS` (slowloris clients trickle
+//!   them; others open connections and send nothing).
 //! - **Write progress**: a response write that makes no progress for `WRITE_TIMEOUT_SECONDS` (the
-//!   client stopped reading, or reads a few bytes now and then) closes the connection. Timed-out
+//!   client stopped reading, or reads a few bytes now and then: the kernel wakes a blocked writer
+//!   only once half its send buffer has drained) closes the connection. Timed-out
 //!   connections end with a reset, not a close: the kernel would otherwise go on holding (and
 //!   offering) megabytes the client does not read.
 //! - **Body read**: bounded where bodies are read ([`crate::http`]'s JSON extractor).
-//! - **Connections**: at most `MAX_CONNECTIONS` at once; the next ones get a short 503 and are
-//!   closed at once, so the ones being served keep their share.
+//! - **Connections**: at most `MAX_CONNECTIONS` at once, and `MAX_CONNECTIONS_PER_ADDRESS` from
+//!   one client address (an IPv6 /64; trusted proxies, such as the Functions host, are exempt);
+//!   the next ones get a short 503 and are closed at once, so the ones being served keep their
+//!   share.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -38,10 +42,12 @@ use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 use tower::ServiceExt as _;
 
-use crate::config::ConnectionLimits;
+use crate::config::{ConnectionLimits, TrustedProxies, canonical_ip};
 
 /// How long a refused connection is given to take its 503.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Refused connections being told so at once; beyond, they are closed without a word.
+const MAX_REFUSALS: usize = 64;
 /// After a shutdown signal, how long open connections may finish their requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The largest request head hyper buffers (request line and headers). Longer URIs are refused
@@ -54,9 +60,12 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
+    trusted: TrustedProxies,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_address = Arc::new(PerAddress::new(limits.max_per_address, trusted));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -77,8 +86,17 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            tokio::spawn(refuse(stream));
+        let admitted = Arc::clone(&slots)
+            .try_acquire_owned()
+            .ok()
+            .zip(PerAddress::admit(&per_address, peer));
+        let Some((slot, address_slot)) = admitted else {
+            if let Ok(refusal) = Arc::clone(&refusals).try_acquire_owned() {
+                tokio::spawn(async move {
+                    refuse(stream).await;
+                    drop(refusal);
+                });
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -90,7 +108,7 @@ pub async fn serve(
             if let Err(error) = connection.await {
                 tracing::debug!(%error, %peer, "connection ended");
             }
-            drop(slot);
+            drop((slot, address_slot));
         });
     }
     drop(listener);
@@ -125,6 +143,69 @@ fn connection_service(
             Ok(response.map(|body| Body::new(TrackedBody { body, tracker })))
         }
     })
+}
+
+/// Open connections per client address (IPv6 by /64), for `MAX_CONNECTIONS_PER_ADDRESS`.
+struct PerAddress {
+    max: usize,
+    trusted: TrustedProxies,
+    open: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One admitted connection of an address; gives its place back when dropped.
+struct AddressSlot {
+    of: Arc<PerAddress>,
+    address: Option<std::net::IpAddr>,
+}
+
+impl PerAddress {
+    fn new(max: usize, trusted: TrustedProxies) -> Self {
+        PerAddress {
+            max,
+            trusted,
+            open: parking_lot::Mutex::default(),
+        }
+    }
+
+    /// A place for one more connection from `peer`, if its address has one left.
+    fn admit(this: &Arc<PerAddress>, peer: SocketAddr) -> Option<AddressSlot> {
+        let ip = canonical_ip(peer.ip());
+        if this.trusted.contains(ip) {
+            return Some(AddressSlot {
+                of: Arc::clone(this),
+                address: None,
+            });
+        }
+        let address = match ip {
+            std::net::IpAddr::V6(v6) => {
+                std::net::IpAddr::V6((u128::from(v6) & (u128::MAX << 64)).into())
+            }
+            v4 => v4,
+        };
+        let mut open = this.open.lock();
+        let count = open.entry(address).or_default();
+        if *count >= this.max {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            of: Arc::clone(this),
+            address: Some(address),
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let Some(address) = self.address else { return };
+        let mut open = self.of.open.lock();
+        if let Some(count) = open.get_mut(&address) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&address);
+            }
+        }
+    }
 }
 
 /// Tells the header timer whether a request is being answered: bytes that arrive while none is
@@ -196,12 +277,15 @@ struct GuardedIo {
 
 impl GuardedIo {
     fn new(stream: TcpStream, tracker: Arc<RequestTracker>, limits: &ConnectionLimits) -> Self {
+        // A new connection has the header timeout for its first request, from the start: one
+        // that sends nothing holds a slot no longer than one that trickles.
+        let first_request = Box::pin(tokio::time::sleep(limits.header_timeout));
         GuardedIo {
             stream,
             tracker,
             header_timeout: limits.header_timeout,
             write_timeout: limits.write_timeout,
-            header_deadline: None,
+            header_deadline: Some((0, first_request)),
             write_stall: None,
         }
     }

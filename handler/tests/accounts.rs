@@ -785,3 +785,56 @@ async fn a_slow_certificate_refresh_does_not_hold_up_token_checks() {
         "only {quick} of 8 checks went on while one refreshed the list"
     );
 }
+
+/// Concurrent guesses cannot all slip under the per-account-and-address limit together: an
+/// attempt counts before its password is checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_guesses_are_counted_before_they_are_checked() {
+    let app = local_app().calling_from("198.51.100.40");
+    let (email, _) = app.account_token("user").await;
+    let guesses: Vec<_> = (0..30)
+        .map(|_| {
+            let (app, email) = (app.clone(), email.clone());
+            tokio::spawn(async move { login(&app, &email, "a guess at it").await.status })
+        })
+        .collect();
+    let mut failed = 0;
+    for guess in guesses {
+        match guess.await.unwrap().as_u16() {
+            401 => failed += 1,
+            429 => {}
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(failed as u64, handler::auth::ATTEMPTS_PER_EMAIL);
+}
+
+/// Cache misses use at most `MAX_DATABASE_READS` connections; logins and writes need none of
+/// those: with every read slot taken, a miss waits and is a 503, a login still works.
+#[tokio::test]
+async fn logins_and_writes_keep_a_connection_whatever_the_reads() {
+    let catalog = common::catalog();
+    let storage = common::open(&common::sqlite_url());
+    common::import_movies(storage.as_ref(), &catalog).await;
+    let app = TestApp::new(storage, catalog);
+    let (email, _) = app.account_token("admin").await;
+    let mut starved = app.clone();
+    starved.state = starved
+        .state
+        .clone()
+        .with_limits(handler::config::RequestLimits {
+            database_reads: Some(0),
+            ..Default::default()
+        });
+    let miss = starved.get("/api/movies?year=1999").await;
+    assert_eq!(miss.status, 503, "{}", miss.text());
+    assert!(!header(&miss, "retry-after").is_empty());
+    let token = login(&starved, &email, common::TEST_PASSWORD).await;
+    assert_eq!(token.status, 200, "{}", token.text());
+    let access = token.json()["access_token"].as_str().unwrap().to_owned();
+    let write = starved
+        .with_token(&access)
+        .send_json("PATCH", "/api/movies/595", &json!({"runtime": 111}))
+        .await;
+    assert_eq!(write.status, 200, "{}", write.text());
+}

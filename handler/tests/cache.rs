@@ -866,3 +866,43 @@ async fn a_corrupt_value_in_redis_is_a_miss_and_is_repaired() {
             .unwrap();
     }
 }
+
+/// An export found too large is refused again without running its query, until the dataset
+/// changes.
+#[tokio::test]
+async fn an_export_too_large_is_not_run_again_until_the_dataset_changes() {
+    let (app, db) = movies_app().await;
+    let mut small = app.clone();
+    small.state = small
+        .state
+        .clone()
+        .with_limits(handler::config::RequestLimits {
+            export_max_bytes: 10_000,
+            ..Default::default()
+        });
+    for _ in 0..3 {
+        assert_eq!(small.get("/api/movies/export").await.status, 422);
+    }
+    assert_eq!(
+        db.exports.load(Ordering::SeqCst),
+        1,
+        "one query, then refusals"
+    );
+    let movies = app.dataset("movies");
+    let row = db
+        .get(&movies, &Value::Integer(595))
+        .await
+        .unwrap()
+        .unwrap();
+    app.state
+        .cache
+        .record_write(&movies, Some(row.clone()), Some(row))
+        .await
+        .unwrap();
+    assert_eq!(small.get("/api/movies/export").await.status, 422);
+    assert_eq!(
+        db.exports.load(Ordering::SeqCst),
+        2,
+        "run again once the dataset changed"
+    );
+}

@@ -163,6 +163,8 @@ fn host_json_forwards_http_requests_under_api() {
         "EXPORT_CONCURRENCY",
         "EXPORT_MAX_BYTES",
         "EXPORT_MEMORY_BYTES",
+        "MAX_CONNECTIONS_PER_ADDRESS",
+        "MAX_DATABASE_READS",
     ] {
         assert!(
             settings["Values"][name].is_string(),

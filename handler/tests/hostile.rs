@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::served::{Served, movies_db, serve};
+use common::served::{Served, movies_db, serve, serve_plain};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -331,4 +331,51 @@ async fn connections_over_the_cap_get_a_503_and_are_closed() {
     handler::auth::install_tls_provider();
     let response = reqwest::get(served.url("/api/health")).await.unwrap();
     assert_eq!(response.status(), 200, "a freed slot is used again");
+}
+
+/// One address may hold at most `MAX_CONNECTIONS_PER_ADDRESS` connections (here, a plain server:
+/// loopback is an ordinary client); a connection that sends nothing is cut by the header timeout
+/// like one that trickles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_connection() {
+    let db = movies_db().await;
+    let settings = [
+        ("MAX_CONNECTIONS_PER_ADDRESS", "3".to_owned()),
+        ("HEADER_TIMEOUT_SECONDS", "1".to_owned()),
+    ];
+    let served = serve_plain(&db, &settings).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            TcpStream::connect(("127.0.0.1", served.port))
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut extra = TcpStream::connect(("127.0.0.1", served.port))
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = extra.read_to_end(&mut answer).await;
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 503"));
+    // Silent connections are cut after the header timeout, freeing the address's places.
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    for mut silent in held {
+        let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "a silent connection is cut: {read:?}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    handler::auth::install_tls_provider();
+    let response = reqwest::get(served.url("/api/health")).await.unwrap();
+    assert_eq!(response.status(), 200);
 }

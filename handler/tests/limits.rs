@@ -130,6 +130,7 @@ async fn exports_are_bounded_in_number_and_size() {
     let too_big = small.get("/api/movies/export").await;
     assert_eq!(too_big.status, 422, "{}", too_big.text());
     assert_eq!(too_big.json()["invalid_params"][0]["name"], "export");
+
     let fits = small
         .get("/api/movies/export?genres=western&year.gte=2010")
         .await;

@@ -71,6 +71,8 @@ pub struct Firebase {
     certs: RwLock<Option<Arc<Certificates>>>,
     /// Held by the one caller fetching new certificates.
     refreshing: Mutex<()>,
+    /// When a fetch last failed: expired certificates are not fetched again for a minute.
+    failed_at: parking_lot::Mutex<Option<Instant>>,
 }
 
 struct Certificates {
@@ -132,6 +134,7 @@ impl Firebase {
             certs_url: certs_url.unwrap_or_else(|| GOOGLE_CERTS_URL.to_owned()),
             certs: RwLock::new(None),
             refreshing: Mutex::new(()),
+            failed_at: parking_lot::Mutex::new(None),
         })
     }
 
@@ -316,7 +319,12 @@ impl Firebase {
         let current = self.certs.read().clone();
         if let Some(certs) = &current {
             if let Some(key) = certs.keys.get(kid) {
+                let failed_lately = self
+                    .failed_at
+                    .lock()
+                    .is_some_and(|at| asked.duration_since(at) < MIN_REFETCH_INTERVAL);
                 if certs.expires <= asked
+                    && !failed_lately
                     && let Ok(_turn) = self.refreshing.try_lock()
                 {
                     // A failed refresh keeps the old list: Google's keys outlive its max-age.
@@ -347,7 +355,9 @@ impl Firebase {
 
     /// Fetches the certificates and makes them the current ones.
     async fn refresh(&self) -> Result<Arc<Certificates>, TokenError> {
-        let certs = Arc::new(self.fetch_certificates().await?);
+        let fetched = self.fetch_certificates().await;
+        *self.failed_at.lock() = fetched.is_err().then(Instant::now);
+        let certs = Arc::new(fetched?);
         *self.certs.write() = Some(Arc::clone(&certs));
         Ok(certs)
     }

@@ -6,8 +6,13 @@
 //! - **Per account and address**: failed logins ([`ATTEMPTS_PER_EMAIL`] per window) block that
 //!   address for that account only. The owner, elsewhere, is not affected.
 //! - **Per account, from anywhere**: failures beyond [`ACCOUNT_SLOWDOWN_AFTER`] (many addresses
-//!   guessing one account) make every attempt on it wait ([`slowdown`]): a guesser gets a few
-//!   tries a second at most, the owner still gets in.
+//!   guessing one account) make every attempt on it wait ([`slowdown`]), which slows sequential
+//!   guessing; parallel guessing stays bounded by the per-address counts. The owner still gets in.
+//! - **Per IPv6 /48**: [`ATTEMPTS_PER_NETWORK`], since one site holds 65,536 /64s.
+//!
+//! An attempt is counted for its account and address *before* the password is checked, so
+//! concurrent guesses cannot all pass under the limit at once, and handed back when the password
+//! was right: what stays counted are the failures.
 //!
 //! Counters live in the cache's store (Redis, shared by every instance, or this process), in
 //! fixed windows of [`ATTEMPT_WINDOW`]. Their names are bounded: an address as parsed, an email
@@ -25,6 +30,8 @@ pub const ATTEMPTS_PER_EMAIL: u64 = 10;
 pub const ATTEMPTS_PER_ADDRESS: u64 = 50;
 /// Sign-ups per client address in one window (each costs a password hash).
 pub const SIGNUPS_PER_ADDRESS: u64 = 20;
+/// Login attempts per IPv6 /48 in one window.
+pub const ATTEMPTS_PER_NETWORK: u64 = 500;
 /// Failed logins per account, from all addresses, before its attempts are slowed down.
 pub const ACCOUNT_SLOWDOWN_AFTER: u64 = 30;
 /// The longest an attempt is made to wait.
@@ -53,13 +60,17 @@ impl LoginLimits {
     pub async fn before_login(&self, email: Option<&str>, client: &str) -> Result<(), AuthError> {
         self.count(&format!("addr:{client}"), ATTEMPTS_PER_ADDRESS)
             .await?;
+        if let Some(network) = ipv6_network(client) {
+            self.count(&format!("net:{network}"), ATTEMPTS_PER_NETWORK)
+                .await?;
+        }
         let Some(email) = email else { return Ok(()) };
         let (pair, account) = names(email, client);
         let (from_here, from_anywhere) = tokio::join!(
-            self.cache.peek_window(&pair),
+            self.cache.count_in_window(&pair, ATTEMPT_WINDOW),
             self.cache.peek_window(&account),
         );
-        if from_here.0 >= ATTEMPTS_PER_EMAIL {
+        if from_here.0 > ATTEMPTS_PER_EMAIL {
             return Err(AuthError::TooManyAttempts {
                 retry_after: from_here.1.max(Duration::from_secs(1)),
             });
@@ -76,13 +87,17 @@ impl LoginLimits {
         Ok(())
     }
 
-    /// Records a failed login of `email` from `client`.
-    pub async fn failed(&self, email: &str, client: &str) {
-        let (pair, account) = names(email, client);
-        tokio::join!(
-            self.cache.count_in_window(&pair, ATTEMPT_WINDOW),
-            self.cache.count_in_window(&account, ATTEMPT_WINDOW),
-        );
+    /// Records a failed login of `email` (its attempt from its address is counted already).
+    pub async fn failed(&self, email: &str) {
+        self.cache
+            .count_in_window(&account_name(email), ATTEMPT_WINDOW)
+            .await;
+    }
+
+    /// Hands back the attempt of a login that succeeded: only failures stay counted.
+    pub async fn succeeded(&self, email: &str, client: &str) {
+        let (pair, _) = names(email, client);
+        self.cache.uncount_in_window(&pair).await;
     }
 
     async fn count(&self, name: &str, allowed: u64) -> Result<(), AuthError> {
@@ -112,13 +127,21 @@ pub fn slowdown(failures: u64) -> Duration {
         .min(MAX_SLOWDOWN)
 }
 
+/// `2001:db8:1::/48` for the /64 `2001:db8:1:2::/64`; `None` for IPv4.
+fn ipv6_network(client: &str) -> Option<String> {
+    let address: std::net::Ipv6Addr = client.strip_suffix("/64")?.parse().ok()?;
+    let network = u128::from(address) & (u128::MAX << 80);
+    Some(format!("{}/48", std::net::Ipv6Addr::from(network)))
+}
+
 /// The counters of failures of `email` from `client`, and from anywhere.
 fn names(email: &str, client: &str) -> (String, String) {
-    let account = account_key(email);
-    (
-        format!("login:pair:{account}:{client}"),
-        format!("login:account:{account}"),
-    )
+    let pair = format!("login:pair:{}:{client}", account_key(email));
+    (pair, account_name(email))
+}
+
+fn account_name(email: &str) -> String {
+    format!("login:account:{}", account_key(email))
 }
 
 /// An email as a counter's name: a hash, so its length is fixed and the store never holds it.
@@ -151,6 +174,16 @@ mod tests {
                 "{failures} failures"
             );
         }
+    }
+
+    #[test]
+    fn ipv6_addresses_also_count_by_their_48() {
+        assert_eq!(
+            ipv6_network("2001:db8:1:2::/64").as_deref(),
+            Some("2001:db8:1::/48")
+        );
+        assert_eq!(ipv6_network("203.0.113.9"), None);
+        assert_eq!(ipv6_network("unknown"), None);
     }
 
     #[test]

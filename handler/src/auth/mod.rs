@@ -263,10 +263,14 @@ impl Auth {
             .await
             .map_err(provider_error)?;
         if verify_email_first {
-            firebase
-                .send_verification_email(&account.id_token)
-                .await
-                .map_err(provider_error)?;
+            if let Err(error) = firebase.send_verification_email(&account.id_token).await {
+                // No account whose owner was never told how to use it (a retry would meet
+                // EMAIL_EXISTS otherwise).
+                if let Err(cleanup) = firebase.delete(&account.id_token).await {
+                    tracing::error!(error = %cleanup, uid = %account.uid, "could not remove the Firebase account of a failed sign-up");
+                }
+                return Err(provider_error(error));
+            }
             return Ok(SignUp::VerificationSent { email });
         }
         let created = self
@@ -309,7 +313,7 @@ impl Auth {
             return Err(AuthError::InvalidCredentials);
         };
         if password.chars().count() > password::MAX_PASSWORD_CHARS {
-            self.limits.failed(&account, client).await;
+            self.limits.failed(&account).await;
             return Err(AuthError::InvalidCredentials);
         }
         let record = match &self.firebase {
@@ -342,9 +346,10 @@ impl Auth {
             },
         };
         let Some(record) = record.filter(|r| r.active) else {
-            self.limits.failed(&account, client).await;
+            self.limits.failed(&account).await;
             return Err(AuthError::InvalidCredentials);
         };
+        self.limits.succeeded(&account, client).await;
         let principal = Principal::from_record(&record).ok_or(AuthError::InvalidCredentials)?;
         Ok(AccessToken {
             access_token: self

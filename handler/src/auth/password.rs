@@ -47,8 +47,13 @@ pub fn verify_against_nothing(password: &str) {
 
 /// [`hash`] on a blocking thread: argon2 takes tens of milliseconds of CPU, which would stall
 /// every request sharing an async worker.
+/// Password hashes computed at once: each takes ~19 MiB and a core for a while, so a flood of
+/// logins queues here instead of taking the instance's memory and threads.
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
 pub async fn hash_off_thread(password: &str) -> anyhow::Result<String> {
     let password = password.to_owned();
+    let _turn = HASHING.acquire().await?;
     tokio::task::spawn_blocking(move || hash(&password))
         .await
         .map_err(|e| anyhow::anyhow!("the hashing task failed: {e}"))?
@@ -58,6 +63,9 @@ pub async fn hash_off_thread(password: &str) -> anyhow::Result<String> {
 /// account" costs what "wrong password" costs) and `false`.
 pub async fn verify_off_thread(password: &str, stored: Option<String>) -> bool {
     let password = password.to_owned();
+    let Ok(_turn) = HASHING.acquire().await else {
+        return false;
+    };
     tokio::task::spawn_blocking(move || match stored {
         Some(stored) => verify(&password, &stored),
         None => {

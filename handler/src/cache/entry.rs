@@ -73,7 +73,9 @@ impl CachedResponse {
         encoder
             .write_all(body)
             .expect("writing to a Vec cannot fail");
-        let gzip_body = Bytes::from(encoder.finish().expect("writing to a Vec cannot fail"));
+        let mut gzip = encoder.finish().expect("writing to a Vec cannot fail");
+        gzip.shrink_to_fit();
+        let gzip_body = Bytes::from(gzip);
         CachedResponse {
             gzip_body,
             plain: std::sync::OnceLock::from(Bytes::copy_from_slice(body)),
@@ -150,11 +152,13 @@ impl CachedResponse {
     /// the body must be a whole gzip stream of the length and CRC its ETag names (a small one is
     /// decompressed and checked now; a large one has its gzip trailer compared, and is checked
     /// again as it is decompressed for a client).
-    pub fn decode(bytes: &[u8]) -> Option<CachedResponse> {
+    pub fn decode(bytes: Vec<u8>) -> Option<CachedResponse> {
+        let bytes = Bytes::from(bytes);
         let rest = bytes.strip_prefix(b"SC1 ")?;
         let newline = rest.iter().position(|&b| b == b'\n')?;
         let header: serde_json::Value = serde_json::from_slice(&rest[..newline]).ok()?;
-        let gzip_body = Bytes::copy_from_slice(&rest[newline + 1..]);
+        // The body is a view of what Redis returned, not a copy.
+        let gzip_body = bytes.slice(4 + newline + 1..);
         let etag = header["etag"].as_str()?.to_owned();
         let (len, crc) = parse_etag(&etag)?;
         let plain = std::sync::OnceLock::new();

@@ -60,7 +60,7 @@ const MAX_WRITES_CHECKED: u64 = 256;
 /// Default byte budget of the in-process store (the near cache when Redis is used).
 pub const DEFAULT_MAX_BYTES: usize = crate::config::DEFAULT_CACHE_MAX_BYTES;
 /// A canonical query longer than this is cut in cache keys, keeping a readable start and a
-/// SHA-256 of the whole, so a client cannot make keys of any length.
+/// SHA-256 of the whole, so a client cannot make keys of any length (at most ~270 bytes).
 const MAX_READABLE_QUERY: usize = 200;
 /// How long a copy fetched from Redis stays in the near cache (it is revalidated on every read).
 const NEAR_TTL: Duration = Duration::from_secs(30);
@@ -125,7 +125,12 @@ pub struct Cache {
     /// Large answers (exports) this instance is serving now, shared by all their readers: one
     /// copy per answer however many clients download it, and no Redis round trip for the next.
     large: Mutex<HashMap<String, std::sync::Weak<CachedResponse>>>,
+    /// Redis reads of entries under way: concurrent readers of one key share one.
+    fetches: Mutex<HashMap<String, Arc<Fetch>>>,
 }
+
+/// One shared read of an entry from Redis.
+type Fetch = OnceCell<Option<Arc<CachedResponse>>>;
 
 impl Cache {
     pub fn in_process(prefix: &str, default_ttl: Duration, max_bytes: usize) -> Self {
@@ -145,6 +150,7 @@ impl Cache {
             stales: AtomicU64::new(0),
             local_windows: Mutex::default(),
             large: Mutex::default(),
+            fetches: Mutex::default(),
         }
     }
 
@@ -293,6 +299,19 @@ impl Cache {
         self.local_window(name, window, 1)
     }
 
+    /// Takes one back from `name`'s current window, if it has one.
+    pub async fn uncount_in_window(&self, name: &str) {
+        if let Some(redis) = &self.redis
+            && redis.uncount_in_window(name).await.is_ok()
+        {
+            return;
+        }
+        let mut windows = self.local_windows.lock();
+        if let Some((count, _)) = windows.get_mut(name) {
+            *count = count.saturating_sub(1);
+        }
+    }
+
     /// The count of `name`'s current window and the time left in it, without counting anything.
     pub async fn peek_window(&self, name: &str) -> (u64, Duration) {
         if let Some(redis) = &self.redis
@@ -319,14 +338,13 @@ impl Cache {
             None if by == 0 => return (0, Duration::ZERO),
             None => {
                 // Names come from clients (addresses, emails): the map is bounded, and when
-                // full it forgets the window closest to its end.
-                if windows.len() >= LOCAL_WINDOWS_MAX
-                    && let Some(soonest) = windows
-                        .iter()
-                        .min_by_key(|(_, (_, ends))| *ends)
-                        .map(|(name, _)| name.clone())
-                {
-                    windows.remove(&soonest);
+                // full it forgets a window chosen at random (a chosen one could be a victim's).
+                if windows.len() >= LOCAL_WINDOWS_MAX {
+                    let skip = (random_unit() * windows.len() as f64) as usize;
+                    let forgotten = windows.keys().nth(skip.min(windows.len() - 1)).cloned();
+                    if let Some(forgotten) = forgotten {
+                        windows.remove(&forgotten);
+                    }
                 }
             }
         }
@@ -434,13 +452,40 @@ impl Cache {
             return Ok(Some(entry));
         }
         if let Some(redis) = &self.redis
-            && let Some(entry) = redis.get(key).await?
+            && let Some(entry) = self.fetch(redis, subject, key).await?
             && usable(&entry)
             && self.is_fresh(dataset, subject, entry.stamp).await?
         {
             return Ok(Some(self.keep_near(dataset, key, entry)));
         }
         Ok(None)
+    }
+
+    /// The entry stored in Redis under `key`, fetched once however many ask at the same time (an
+    /// export's may be large); exports get longer to arrive than the rest.
+    async fn fetch(
+        &self,
+        redis: &RedisStore,
+        subject: &Subject<'_>,
+        key: &str,
+    ) -> Result<Option<Arc<CachedResponse>>, Unavailable> {
+        let large = matches!(subject, Subject::Query(query) if query.kind == QueryKind::Export);
+        let cell = Arc::clone(self.fetches.lock().entry(key.to_owned()).or_default());
+        let fetched = cell
+            .get_or_try_init(|| async {
+                let entry = match large {
+                    true => redis.get_large(key).await?,
+                    false => redis.get(key).await?,
+                };
+                Ok::<_, Unavailable>(entry.map(Arc::new))
+            })
+            .await
+            .cloned();
+        let mut fetches = self.fetches.lock();
+        if fetches.get(key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            fetches.remove(key);
+        }
+        fetched
     }
 
     /// The large answer stored under `key` that some request of this instance still holds.
@@ -478,9 +523,8 @@ impl Cache {
         &self,
         dataset: &Dataset,
         key: &str,
-        entry: CachedResponse,
+        entry: Arc<CachedResponse>,
     ) -> Arc<CachedResponse> {
-        let entry = Arc::new(entry);
         if entry.is_small() {
             // Decompressed once now, so the near cache's budget counts what it will hold.
             let _ = entry.plain_body();
@@ -552,7 +596,10 @@ impl Cache {
                 });
             }
             tokio::time::sleep(STREAM_POLL).await;
-            if let Ok(Some(entry)) = self.lookup(dataset, &subject, key, false).await {
+            // Only once the holder is done is the stored answer worth a look (it may be large).
+            if !self.streaming.lock().contains(key)
+                && let Ok(Some(entry)) = self.lookup(dataset, &subject, key, false).await
+            {
                 return Claim::Served(entry);
             }
             if Instant::now() > deadline {
@@ -783,7 +830,15 @@ impl Cache {
                 Err(_) => return Lease::None,
             }
             tokio::time::sleep(LEASE_POLL).await;
-            if let Ok(Some(entry)) = redis.get(key).await
+            // While the holder works, only its (tiny) lease is looked at; the answer, which may
+            // be large, is read once the lease is gone.
+            if redis.exists(&lease_key).await.unwrap_or(true) {
+                if Instant::now() > deadline {
+                    return Lease::None;
+                }
+                continue;
+            }
+            if let Ok(Some(entry)) = self.fetch(redis, subject, key).await
                 && self
                     .is_fresh(dataset, subject, entry.stamp)
                     .await
@@ -982,15 +1037,17 @@ fn item_query(dataset: &Dataset, key: &Value) -> Query {
     }
 }
 
-/// `text` as it goes into a key: as it is up to [`MAX_READABLE_QUERY`] bytes, else its start
-/// and a SHA-256 of the whole (longer than any uncut text, so the two kinds never meet).
+/// `text` as it goes into a key: as it is up to [`MAX_READABLE_QUERY`] bytes, else its first
+/// [`MAX_READABLE_QUERY`] bytes (to a character boundary) and a SHA-256 of the whole. A cut text
+/// is at least 269 bytes long and an uncut one at most 200, so no query can be written to read
+/// as another's cut key.
 fn bounded(text: String) -> String {
     if text.len() <= MAX_READABLE_QUERY {
         return text;
     }
     use sha2::Digest as _;
     let digest = sha2::Sha256::digest(text.as_bytes());
-    let mut cut = MAX_READABLE_QUERY / 2;
+    let mut cut = MAX_READABLE_QUERY;
     while !text.is_char_boundary(cut) {
         cut -= 1;
     }

@@ -29,6 +29,12 @@ use crate::identity::{self, Tokens};
 
 /// How long one Redis call may take before the request goes to the database instead.
 const CALL_TIMEOUT: Duration = Duration::from_millis(250);
+/// How long a read of a possibly large entry (an export) may take.
+const LARGE_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// The pace writes of large entries are given time for (bytes per second).
+const LARGE_WRITE_BYTES_PER_SECOND: u64 = 32 << 20;
+/// The connection's own limit on waiting for an answer: the calls' timeouts above decide.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long Redis is skipped after a failure.
 const BREAKER_OPEN_FOR: Duration = Duration::from_secs(2);
 
@@ -62,6 +68,11 @@ const COUNT_IN_WINDOW: &str = r"
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return {n, redis.call('PTTL', KEYS[1])}";
+
+/// A missing counter stays missing (a `DECR` would make one without an expiry).
+const UNCOUNT_IN_WINDOW: &str = r"
+if redis.call('GET', KEYS[1]) then return redis.call('DECR', KEYS[1]) end
+return 0";
 
 /// A dataset's position starts at a fresh epoch (the clock, in microseconds): if the stamp key
 /// is ever lost (eviction, a restart without persistence), counting restarts from a new epoch and
@@ -125,7 +136,7 @@ impl RedisStore {
                 .collect();
             let mut builder = ClusterClientBuilder::new(nodes)
                 .connection_timeout(CALL_TIMEOUT)
-                .response_timeout(CALL_TIMEOUT)
+                .response_timeout(RESPONSE_TIMEOUT)
                 .retries(1);
             if let Some(tokens) = &self.tokens {
                 builder = builder.set_credentials_provider(EntraCredentials(Arc::clone(tokens)));
@@ -136,7 +147,7 @@ impl RedisStore {
             let client = redis::Client::open(self.url.as_str())?;
             let mut config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(CALL_TIMEOUT))
-                .set_response_timeout(Some(CALL_TIMEOUT))
+                .set_response_timeout(Some(RESPONSE_TIMEOUT))
                 .set_number_of_retries(1);
             if let Some(tokens) = &self.tokens {
                 config = config.set_credentials_provider(EntraCredentials(Arc::clone(tokens)));
@@ -153,10 +164,19 @@ impl RedisStore {
         F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
+        self.run_within(CALL_TIMEOUT * 2, call).await
+    }
+
+    /// [`RedisStore::run`] with a timeout of its own (large values take longer to move).
+    async fn run_within<T, F, Fut>(&self, timeout: Duration, call: F) -> Result<T, Unavailable>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
         if self.breaker.is_open() {
             return Err(Unavailable);
         }
-        let result = tokio::time::timeout(CALL_TIMEOUT * 2, async {
+        let result = tokio::time::timeout(timeout, async {
             let connection = self.connection.get_or_try_init(|| self.connect()).await?;
             let conn = match connection {
                 Connection::Standalone(c) => Conn::Standalone(c.clone()),
@@ -185,11 +205,36 @@ impl RedisStore {
 
     #[tracing::instrument(name = "redis.get", skip_all, fields(otel.kind = "client", db.system = "redis"))]
     pub async fn get(&self, key: &str) -> Result<Option<CachedResponse>, Unavailable> {
+        self.get_within(key, CALL_TIMEOUT * 2).await
+    }
+
+    /// [`RedisStore::get`] of an entry that may be large (an export).
+    #[tracing::instrument(name = "redis.get", skip_all, fields(otel.kind = "client", db.system = "redis"))]
+    pub async fn get_large(&self, key: &str) -> Result<Option<CachedResponse>, Unavailable> {
+        self.get_within(key, LARGE_READ_TIMEOUT).await
+    }
+
+    async fn get_within(
+        &self,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<Option<CachedResponse>, Unavailable> {
         let key = key.to_owned();
         let bytes: Option<Vec<u8>> = self
-            .run(|mut conn| async move { conn.get(&key).await })
+            .run_within(timeout, |mut conn| async move { conn.get(&key).await })
             .await?;
-        Ok(bytes.and_then(|b| CachedResponse::decode(&b)))
+        Ok(bytes.and_then(CachedResponse::decode))
+    }
+
+    /// Whether `key` exists (a lease, say).
+    pub async fn exists(&self, key: &str) -> Result<bool, Unavailable> {
+        let key = key.to_owned();
+        self.run(|mut conn| async move {
+            let mut exists = redis::cmd("EXISTS");
+            exists.arg(&key);
+            conn.query::<bool>(&exists).await
+        })
+        .await
     }
 
     #[tracing::instrument(name = "redis.set", skip_all, fields(otel.kind = "client", db.system = "redis"))]
@@ -201,8 +246,12 @@ impl RedisStore {
     ) -> Result<(), Unavailable> {
         let (key, bytes) = (key.to_owned(), entry.encode());
         let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        self.run(|mut conn| async move { conn.set_px(&key, bytes, millis).await })
-            .await
+        let transfer =
+            Duration::from_secs_f64(bytes.len() as f64 / LARGE_WRITE_BYTES_PER_SECOND as f64);
+        self.run_within(CALL_TIMEOUT * 2 + transfer, |mut conn| async move {
+            conn.set_px(&key, bytes, millis).await
+        })
+        .await
     }
 
     /// The dataset's write position, from a read issued after this call began (concurrent
@@ -303,6 +352,18 @@ impl RedisStore {
                 count,
                 Duration::from_millis(u64::try_from(left).unwrap_or(0)),
             ))
+        })
+        .await
+    }
+
+    /// Takes one back from `name`'s window, if it still exists.
+    pub async fn uncount_in_window(&self, name: &str) -> Result<(), Unavailable> {
+        let key = format!("{}:limit:{name}", self.prefix);
+        self.run(|mut conn| async move {
+            let script = Script::new(UNCOUNT_IN_WINDOW);
+            let mut invocation = script.key(key);
+            invocation.arg(0);
+            conn.invoke::<i64>(&invocation).await.map(|_| ())
         })
         .await
     }

@@ -14,6 +14,25 @@ pub struct EngineRules {
     pub sorted_text_chars: Option<usize>,
 }
 
+/// A value a request gives outside any row (a filter, a cursor, a key in the path), parsed as
+/// `ty`: it obeys the rules every stored value does that a database would otherwise refuse with an
+/// error of its own (NUL, years), so it is the client's 400, never a 500.
+pub fn request_value(ty: super::ColumnType, raw: &str) -> Result<Value, String> {
+    let value = Value::parse_scalar(ty, raw).map_err(|e| e.to_string())?;
+    check_scalar(&value)?;
+    Ok(value)
+}
+
+/// The rules any single value obeys, whatever its column: no NUL in text, years 1 to 9999.
+pub fn check_scalar(value: &Value) -> Result<(), String> {
+    match value {
+        Value::Text(text) if text.contains('\0') => Err("must not contain NUL characters".into()),
+        Value::Date(date) => years(chrono::Datelike::year(date)),
+        Value::Timestamp(time) => years(chrono::Datelike::year(time)),
+        _ => Ok(()),
+    }
+}
+
 /// Why a value breaks a rule, in words that follow the column's name: `"title": must not …`.
 pub fn check(
     column: &Column,
@@ -23,8 +42,7 @@ pub fn check(
 ) -> Result<(), String> {
     match value {
         Value::Null if !column.nullable || is_key => Err("is required".into()),
-        Value::Date(date) => years(chrono::Datelike::year(date)),
-        Value::Timestamp(time) => years(chrono::Datelike::year(time)),
+        Value::Date(_) | Value::Timestamp(_) => check_scalar(value),
         Value::Text(text) => {
             if is_key && text.trim().is_empty() {
                 return Err("must not be empty".into());

@@ -28,6 +28,11 @@ fn convert(
             }
             (false, ty) => format!("must be a {}", ty.name()),
         })?;
+    // List elements are stored trimmed, as an import's split stores them.
+    let value = match value {
+        Value::List(items) => Value::List(items.iter().map(|i| i.trim().to_owned()).collect()),
+        other => other,
+    };
     rules::check(column, is_key, &value, engine)?;
     Ok(value)
 }

@@ -102,14 +102,13 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<Vec<u8>, ApiError>>,
 {
-    if !call.warming {
-        state.cache.record_access(&call.path_and_query);
-    }
-    // When the database is down, the last good answer is better than an error (X-Cache: STALE).
-    // After a failure the breaker skips the database for a moment, so that every request does
-    // not wait out a connect timeout first.
-    let database_down = |error: &ApiError| matches!(error, ApiError::Unavailable);
+    // When the database is down or busy, the last good answer is better than an error
+    // (X-Cache: STALE). After a failure the breaker skips the database for a moment, so that
+    // every request does not wait out a connect timeout first.
+    let database_down =
+        |error: &ApiError| matches!(error, ApiError::Unavailable | ApiError::Busy(_));
     let compute = || async {
+        let _slot = read_slot(state).await?;
         tables_for_query(state, dataset).await?;
         let result = compute().await;
         if matches!(result, Err(ApiError::Unavailable)) {
@@ -128,7 +127,23 @@ where
             call.warming,
         )
         .await?;
+    // Counted for warm-up once answered: paths that fail never become hot.
+    if !call.warming {
+        state.cache.record_access(&call.path_and_query);
+    }
     Ok(cached_response(&entry, outcome, call, is_public(dataset)))
+}
+
+/// How long a cache miss waits for one of the read slots.
+const READ_SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A slot for one database read (`MAX_DATABASE_READS` at once): the rest of the pool is kept for
+/// logins, writes and health checks, whatever the misses. Waits a little; then a quick 503.
+async fn read_slot(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    match tokio::time::timeout(READ_SLOT_WAIT, Arc::clone(&state.reads).acquire_owned()).await {
+        Ok(Ok(slot)) => Ok(slot),
+        _ => Err(ApiError::Busy("The database is busy; try again shortly.")),
+    }
 }
 
 /// Whether anyone may read the dataset, so that browsers and shared caches may keep its answers.
@@ -156,7 +171,7 @@ fn parse_query(
 /// kept by browsers and shared caches but must be revalidated (the ETag makes that cheap); the
 /// others must not be kept at all.
 fn cached_response(
-    entry: &CachedResponse,
+    entry: &Arc<CachedResponse>,
     outcome: Outcome,
     call: &Call,
     public: bool,
@@ -180,12 +195,12 @@ fn cached_response(
     let plain = || match entry.plain_body() {
         Some(plain) => Body::from(plain),
         // A large answer (an export) is decompressed as it is sent, never whole in memory.
-        None => Body::from_stream(gunzip_stream(entry.gzip_body.clone())),
+        None => Body::from_stream(gunzip_stream(Arc::clone(entry))),
     };
     let mut response = if not_modified {
         StatusCode::NOT_MODIFIED.into_response()
     } else if accepts_gzip(headers) {
-        let mut response = (StatusCode::OK, entry.gzip_body.clone()).into_response();
+        let mut response = (StatusCode::OK, stored_body(entry)).into_response();
         response
             .headers_mut()
             .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
@@ -216,12 +231,27 @@ fn cached_response(
     response
 }
 
+/// The stored (gzipped) bytes as a body that holds the entry until it is sent, so that a large
+/// answer counts as in use for as long as any response is sending it.
+fn stored_body(entry: &Arc<CachedResponse>) -> Body {
+    if entry.is_small() {
+        return Body::from(entry.gzip_body.clone());
+    }
+    let entry = Arc::clone(entry);
+    Body::from_stream(futures_util::stream::once(async move {
+        Ok::<_, std::io::Error>(entry.gzip_body.clone())
+    }))
+}
+
 /// Decompresses 64 KiB at a time, each when the connection asks for more: a slow client costs
-/// no thread, and a corrupt body (from outside the process) ends the stream with an error.
-fn gunzip_stream(gzip: Bytes) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+/// no thread, and a corrupt body (from outside the process) ends the stream with an error. The
+/// stream holds the entry until it ends.
+fn gunzip_stream(
+    entry: Arc<CachedResponse>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
     use bytes::Buf as _;
-    let decoder = flate2::read::GzDecoder::new(gzip.reader());
-    futures_util::stream::try_unfold(decoder, |mut decoder| async move {
+    let decoder = flate2::read::GzDecoder::new(entry.gzip_body.clone().reader());
+    futures_util::stream::try_unfold((decoder, entry), |(mut decoder, entry)| async move {
         use std::io::Read as _;
         let mut chunk = vec![0; 1 << 16];
         let n = decoder.read(&mut chunk)?;
@@ -229,7 +259,7 @@ fn gunzip_stream(gzip: Bytes) -> impl futures_util::Stream<Item = Result<Bytes, 
             return Ok(None);
         }
         chunk.truncate(n);
-        Ok(Some((Bytes::from(chunk), decoder)))
+        Ok(Some((Bytes::from(chunk), (decoder, entry))))
     })
 }
 
@@ -317,8 +347,8 @@ pub async fn item(
     let (name, id) = path_params(path)?;
     let dataset = readable(&state, &name, &call).await?;
     let key_type = dataset.key_column().ty;
-    let key =
-        Value::parse_scalar(key_type, &id).map_err(|e| ApiError::invalid("id", e.to_string()))?;
+    let key = crate::datasets::rules::request_value(key_type, &id)
+        .map_err(|e| ApiError::invalid("id", e))?;
     let cache_key = state.cache.key(&dataset, &Subject::Item(&key));
     cached(
         &state,
@@ -384,8 +414,8 @@ pub async fn facets(
 /// `GET /api/{dataset}/export`: every matching row. A cold export is computed at the database's
 /// speed into its cache entry (gzipped, at most `EXPORT_MAX_BYTES`), and every client, fast or
 /// slow, is served from those bytes: a slow reader holds memory that is counted, never a database
-/// connection. At most `EXPORT_CONCURRENCY` cold exports run at once per instance (503 beyond),
-/// so ordinary reads, logins and writes always have connections left.
+/// connection. At most `EXPORT_CONCURRENCY` cold exports run at once per instance, each holding
+/// one of the read slots (503 beyond), so logins and writes always have connections left.
 pub async fn export(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -396,9 +426,6 @@ pub async fn export(
     let query = parse_query(&state, &dataset, QueryKind::Export, raw.as_deref())?;
     let format = query.format;
     let key = state.cache.key(&dataset, &Subject::Query(&query));
-    if !call.warming {
-        state.cache.record_access(&call.path_and_query);
-    }
     let lookup = state
         .cache
         .lookup_streamed(&dataset, Subject::Query(&query), &key)
@@ -413,8 +440,16 @@ pub async fn export(
         {
             Claim::Served(entry) => (entry, Outcome::Hit),
             Claim::Compute(claim) => {
-                let store = Some((key.clone(), stamp, claim));
-                let entry = compute_export(&state, &dataset, query, store).await?;
+                let max_bytes = state.limits.export_max_bytes;
+                state
+                    .exports_too_large
+                    .refuse_again(&key, stamp, max_bytes)?;
+                let computed = compute_export(&state, &dataset, query, Some((&key, stamp, claim)));
+                let entry = computed.await.inspect_err(|error| {
+                    if matches!(error, ApiError::TooMuch { .. }) {
+                        state.exports_too_large.remember(&key, stamp, max_bytes);
+                    }
+                })?;
                 (entry, Outcome::Miss)
             }
         },
@@ -424,8 +459,8 @@ pub async fn export(
             Outcome::Bypass,
         ),
     };
-    // Each large answer is held once however many read it, but many different ones at once
-    // are refused rather than held.
+    // Each large answer is held once however many read it (its bytes live as long as the
+    // responses sending them), but many different ones at once are refused rather than held.
     if !entry.is_small() {
         state.cache.share_large(&key, &entry);
         if state.cache.large_bytes_in_use() > state.limits.export_memory_bytes {
@@ -433,6 +468,9 @@ pub async fn export(
                 "Too many large exports are being sent; try again shortly.",
             ));
         }
+    }
+    if !call.warming {
+        state.cache.record_access(&call.path_and_query);
     }
     let mut response = cached_response(&entry, outcome, &call, is_public(&dataset));
     if format == ExportFormat::Csv {
@@ -446,41 +484,80 @@ pub async fn export(
     Ok(response)
 }
 
-/// Runs an export query to its end at the database's speed, gzipping the bytes on the way, and
-/// (with `store`) stores the result as the cached answer. The work runs in a task of its own:
+/// Exports found too large at a write position (and under which `EXPORT_MAX_BYTES`): asked again
+/// before the dataset changes, they are refused at once instead of running the query again.
+#[derive(Default)]
+pub(super) struct TooLarge(parking_lot::Mutex<std::collections::HashMap<String, (Stamp, usize)>>);
+
+/// Remembered refusals; beyond this many, the oldest knowledge is simply dropped.
+const TOO_LARGE_REMEMBERED: usize = 1024;
+
+impl TooLarge {
+    fn refuse_again(&self, key: &str, stamp: Stamp, max_bytes: usize) -> Result<(), ApiError> {
+        match self.0.lock().get(key) {
+            Some(&(refused, over)) if refused == stamp && max_bytes <= over => {
+                Err(ApiError::TooMuch {
+                    parameter: "export",
+                    detail:
+                        "This export is larger than EXPORT_MAX_BYTES compressed; narrow it with \
+                         filters."
+                            .to_owned(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn remember(&self, key: &str, stamp: Stamp, max_bytes: usize) {
+        let mut refused = self.0.lock();
+        if refused.len() >= TOO_LARGE_REMEMBERED {
+            refused.clear();
+        }
+        refused.insert(key.to_owned(), (stamp, max_bytes));
+    }
+}
+
+/// Runs an export query to its end at the database's speed, gzipping the bytes on the way.
+/// With `store`, the work runs in a task of its own and stores the result as the cached answer:
 /// a client that leaves wastes nothing, and requests waiting for the stored answer get it.
+/// Without (the cache is unreachable), it runs in the request, which a client that leaves ends.
 async fn compute_export(
     state: &AppState,
     dataset: &Arc<Dataset>,
     query: Query,
-    store: Option<(String, Stamp, StreamClaim)>,
+    store: Option<(&str, Stamp, StreamClaim)>,
 ) -> Result<Arc<CachedResponse>, ApiError> {
     let permit = Arc::clone(&state.exports)
         .try_acquire_owned()
         .map_err(|_| ApiError::Busy("Too many exports are being prepared; try again shortly."))?;
+    let slot = read_slot(state).await?;
     tables_for_query(state, dataset).await?;
     let (storage, cache) = (Arc::clone(&state.storage), Arc::clone(&state.cache));
     let (database, dataset) = (Arc::clone(&state.database), Arc::clone(dataset));
     let (max_bytes, ttl) = (state.limits.export_max_bytes, state.cache.new_ttl(&dataset));
-    let task = tokio::spawn(async move {
-        let _permit = permit;
-        let (key, stamp, claim) = match store {
-            Some((key, stamp, claim)) => (Some(key), stamp, Some(claim)),
-            None => (None, Stamp::default(), None),
-        };
+    let store = store.map(|(key, stamp, claim)| (key.to_owned(), stamp, claim));
+    let storing = store.is_some();
+    let stamp = store.as_ref().map_or(Stamp::default(), |s| s.1);
+    let work = async move {
+        let _held = (permit, slot);
         let rows = storage.export(Arc::clone(&dataset), query.clone());
         let result = encode_export(&dataset, query.format, rows, max_bytes).await;
         if matches!(result, Err(ApiError::Unavailable)) {
             database.trip();
         }
         let entry = Arc::new(result?.finish(query.format.content_type(), stamp, ttl));
-        if let Some(key) = key {
+        if let Some((key, _, claim)) = store {
             cache.store_streamed(&key, Arc::clone(&entry)).await;
+            drop(claim); // only now may the waiting requests read the stored export
         }
-        drop(claim); // only now may the waiting requests read the stored export
         Ok(entry)
-    });
-    task.await
+    };
+    if !storing {
+        // Nothing will be stored for anyone: the request does the work itself.
+        return work.await;
+    }
+    tokio::spawn(work)
+        .await
         .map_err(|error| ApiError::Internal(anyhow::anyhow!("the export task failed: {error}")))?
 }
 
@@ -544,7 +621,9 @@ impl Capture {
 
     fn finish(self, content_type: &str, stamp: Stamp, ttl: std::time::Duration) -> CachedResponse {
         let compute_time = self.started.elapsed();
-        let gzip = Bytes::from(self.gzip.finish().unwrap_or_default());
+        let mut gzip = self.gzip.finish().unwrap_or_default();
+        gzip.shrink_to_fit(); // the entry holds what it counts, not the doubled buffer
+        let gzip = Bytes::from(gzip);
         CachedResponse::from_gzip(
             gzip,
             self.len,
@@ -699,11 +778,23 @@ mod tests {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut encoder, &vec![b'x'; 300_000]).unwrap();
         let whole = encoder.finish().unwrap();
-        let chunks: Vec<_> = gunzip_stream(Bytes::from(whole.clone())).collect().await;
+        let entry = |gzip: &[u8]| {
+            Arc::new(CachedResponse::from_gzip(
+                Bytes::copy_from_slice(gzip),
+                300_000,
+                0,
+                "text/plain",
+                std::time::Duration::ZERO,
+                Stamp::default(),
+                std::time::Duration::ZERO,
+            ))
+        };
+        let chunks: Vec<_> = gunzip_stream(entry(&whole)).collect().await;
         let total: usize = chunks.iter().map(|c| c.as_ref().unwrap().len()).sum();
         assert_eq!(total, 300_000);
-        let cut = Bytes::from(whole[..whole.len() / 2].to_vec());
-        let chunks: Vec<_> = gunzip_stream(cut).collect().await;
+        let chunks: Vec<_> = gunzip_stream(entry(&whole[..whole.len() / 2]))
+            .collect()
+            .await;
         assert!(chunks.last().unwrap().is_err(), "a truncated body fails");
     }
 }

@@ -52,6 +52,11 @@ pub struct AppState {
     pub limits: Arc<RequestLimits>,
     /// Uncached exports being computed (`EXPORT_CONCURRENCY`).
     exports: Arc<tokio::sync::Semaphore>,
+    /// Exports refused as too large, by key and write position.
+    exports_too_large: Arc<data::TooLarge>,
+    /// Database reads under way for cache misses (`MAX_DATABASE_READS`, by default the pool's
+    /// size less one): the rest of the pool stays free for logins, writes and health checks.
+    reads: Arc<tokio::sync::Semaphore>,
     /// Whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Arc<TrustedProxies>,
     /// Who may invoke the timer functions.
@@ -73,6 +78,7 @@ pub struct AppState {
 impl AppState {
     /// A read-only state with default limits; see the `with_*` methods for the rest.
     pub fn new(catalog: Arc<Catalog>, storage: Arc<dyn Storage>, cache: Arc<Cache>) -> Self {
+        let reads = read_slots(&RequestLimits::default(), storage.as_ref());
         AppState {
             catalog,
             storage,
@@ -82,6 +88,8 @@ impl AppState {
             exports: Arc::new(tokio::sync::Semaphore::new(
                 RequestLimits::default().export_concurrency,
             )),
+            reads: Arc::new(tokio::sync::Semaphore::new(reads)),
+            exports_too_large: Arc::default(),
             trusted_proxies: Arc::default(),
             timers: Arc::default(),
             cors_allowed_origins: Arc::new(Vec::new()),
@@ -99,6 +107,8 @@ impl AppState {
 
     pub fn with_limits(mut self, limits: RequestLimits) -> Self {
         self.exports = Arc::new(tokio::sync::Semaphore::new(limits.export_concurrency));
+        let reads = read_slots(&limits, self.storage.as_ref());
+        self.reads = Arc::new(tokio::sync::Semaphore::new(reads));
         self.limits = Arc::new(limits);
         self
     }
@@ -113,6 +123,13 @@ impl AppState {
         self.tables_ready.write().insert(dataset.name.clone());
         Ok(())
     }
+}
+
+/// Concurrent cache-miss reads: `MAX_DATABASE_READS`, else the pool's size less one.
+fn read_slots(limits: &RequestLimits, storage: &dyn Storage) -> usize {
+    limits
+        .database_reads
+        .unwrap_or_else(|| storage.pool_size().saturating_sub(1).max(1))
 }
 
 /// The Blob Storage settings of imports started over HTTP.
@@ -161,6 +178,7 @@ pub fn client_address(
         return "unknown".to_owned();
     };
     let mut client = crate::config::canonical_ip(peer);
+    warn_of_an_untrusted_proxy(client, headers, trusted);
     if trusted.contains(client) {
         let hops = forwarded_hops(headers);
         for hop in hops.iter().rev().take(MAX_FORWARDED_HOPS) {
@@ -179,6 +197,32 @@ pub fn client_address(
             let prefix = u128::from(v6) & (u128::MAX << 64);
             format!("{}/64", std::net::Ipv6Addr::from(prefix))
         }
+    }
+}
+
+/// Says once, in the log, when a private or loopback peer forwards addresses while no proxy is
+/// trusted: behind a load balancer then, every client has the balancer's address, and the
+/// sign-in limits count them all as one (set `TRUSTED_PROXIES`).
+fn warn_of_an_untrusted_proxy(
+    peer: std::net::IpAddr,
+    headers: &axum::http::HeaderMap,
+    trusted: &TrustedProxies,
+) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let private = match peer {
+        std::net::IpAddr::V4(v4) => v4.is_private() || v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => v6.is_loopback() || v6.is_unique_local(),
+    };
+    if private
+        && trusted.is_empty()
+        && headers.contains_key("x-forwarded-for")
+        && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        tracing::warn!(
+            %peer,
+            "a private peer sends X-Forwarded-For but TRUSTED_PROXIES is not set: if this is \
+             your load balancer, every client counts as its address for the sign-in limits"
+        );
     }
 }
 

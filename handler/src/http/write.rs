@@ -34,7 +34,7 @@ async fn writable(
 }
 
 fn parse_key(dataset: &Dataset, id: &str) -> Result<Value, ApiError> {
-    Value::parse_scalar(dataset.key_column().ty, id)
+    crate::datasets::rules::request_value(dataset.key_column().ty, id)
         .map_err(|_| ApiError::NotFound(format!("{} has no row with id {id:?}.", dataset.name)))
 }
 

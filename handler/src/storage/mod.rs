@@ -125,6 +125,11 @@ pub trait Storage: Send + Sync + 'static {
     /// `sqlite`, `postgres`, ...
     fn backend(&self) -> &'static str;
 
+    /// Connections in the pool (what concurrent queries can use at most).
+    fn pool_size(&self) -> usize {
+        10
+    }
+
     /// What this engine adds to the declarations' value rules (text it can index); nothing
     /// unless it says otherwise.
     fn engine_rules(&self) -> crate::datasets::rules::EngineRules {

@@ -51,6 +51,9 @@ pub enum ConnectError {
     Token(String),
 }
 
+/// Connections in the pool.
+const POOL_SIZE: usize = 10;
+
 /// Opens connections for the pool: configuration, TLS, authentication, Azure SQL's redirect.
 pub struct Manager {
     config: MssqlConfig,
@@ -191,7 +194,7 @@ impl MssqlDriver {
         // No test on checkout (a round trip per query): a writer dropped mid-transaction rolls
         // back before its connection returns to the pool (see `MssqlWrite`).
         let pool = bb8::Pool::builder()
-            .max_size(10)
+            .max_size(POOL_SIZE as u32)
             .connection_timeout(Duration::from_secs(5))
             .max_lifetime(Some(MAX_CONNECTION_LIFETIME))
             .test_on_check_out(false)
@@ -328,6 +331,7 @@ async fn run(conn: &mut Connection, sql: &str) -> Result<()> {
 #[async_trait]
 impl Driver for MssqlDriver {
     const NAME: &'static str = "mssql";
+    const POOL_SIZE: usize = POOL_SIZE;
     const DIALECT: Dialect = Dialect::SqlServer;
 
     async fn fetch(&self, statement: Statement, decode: &[Decode]) -> Result<Vec<Row>> {

@@ -30,6 +30,9 @@ const RETIRED_SUFFIX: &str = "__retired";
 /// MySQL's "duplicate key name": the index a `CREATE INDEX` asks for exists already.
 const ER_DUP_KEYNAME: u16 = 1061;
 
+/// Connections in the pool.
+const POOL_SIZE: usize = 10;
+
 pub struct MySqlDriver {
     pool: MySqlPool,
     options: MySqlConnectOptions,
@@ -49,7 +52,7 @@ impl MySqlDriver {
             .charset("utf8mb4")
             .log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(30));
         let pool = MySqlPoolOptions::new()
-            .max_connections(10)
+            .max_connections(POOL_SIZE as u32)
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy_with(options.clone());
         Ok(MySqlDriver { pool, options })
@@ -144,6 +147,7 @@ async fn run(conn: &mut MySqlConnection, statement: String) -> Result<()> {
 #[async_trait]
 impl Driver for MySqlDriver {
     const NAME: &'static str = "mysql";
+    const POOL_SIZE: usize = POOL_SIZE;
     const DIALECT: Dialect = Dialect::MySql;
 
     async fn fetch(&self, statement: Statement, decode: &[Decode]) -> Result<Vec<Row>> {

@@ -28,6 +28,9 @@ const STAGING_SCHEMA: &str = "smartcache_import";
 /// Index builds run this many at a time (each one may also use PostgreSQL's parallel workers).
 const PARALLEL_INDEX_BUILDS: usize = 2;
 
+/// Connections in the pool.
+const POOL_SIZE: usize = 10;
+
 pub struct PgDriver {
     pool: PgPool,
     options: PgConnectOptions,
@@ -40,7 +43,7 @@ impl PgDriver {
             // Exports of whole datasets are long on purpose; warn only about the truly slow.
             .log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(30));
         let pool = PgPoolOptions::new()
-            .max_connections(10)
+            .max_connections(POOL_SIZE as u32)
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy_with(options.clone());
         Ok(PgDriver { pool, options })
@@ -104,6 +107,7 @@ fn decode_value(row: &PgRow, i: usize, decode: &Decode) -> Result<Value> {
 #[async_trait]
 impl Driver for PgDriver {
     const NAME: &'static str = "postgres";
+    const POOL_SIZE: usize = POOL_SIZE;
     const DIALECT: Dialect = Dialect::Postgres;
 
     async fn fetch(&self, statement: Statement, decode: &[Decode]) -> Result<Vec<Row>> {

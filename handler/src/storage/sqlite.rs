@@ -26,6 +26,9 @@ use crate::datasets::{ColumnType, Dataset, Value};
 const MAX_PARAMS_PER_INSERT: usize = 16_000;
 const STAGING_SUFFIX: &str = "__import";
 
+/// Connections in the pool: a few, since SQLite writes one at a time.
+const POOL_SIZE: usize = 4;
+
 pub struct SqliteDriver {
     pool: SqlitePool,
 }
@@ -40,7 +43,7 @@ impl SqliteDriver {
             .busy_timeout(Duration::from_secs(10))
             .log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(30));
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(POOL_SIZE as u32)
             .acquire_timeout(Duration::from_secs(10))
             .connect_lazy_with(options);
         Ok(SqliteDriver { pool })
@@ -122,6 +125,7 @@ fn decode_value(row: &SqliteRow, index: usize, decode: &Decode) -> Result<Value>
 #[async_trait]
 impl Driver for SqliteDriver {
     const NAME: &'static str = "sqlite";
+    const POOL_SIZE: usize = POOL_SIZE;
     const DIALECT: Dialect = Dialect::Sqlite;
 
     async fn fetch(&self, statement: Statement, decode: &[Decode]) -> Result<Vec<Row>> {

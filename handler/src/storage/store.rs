@@ -26,6 +26,8 @@ const WRITE_ATTEMPTS: u64 = 3;
 pub trait Driver: Send + Sync + 'static {
     const NAME: &'static str;
     const DIALECT: Dialect;
+    /// Connections in the pool.
+    const POOL_SIZE: usize;
 
     async fn fetch(&self, statement: Statement, decode: &[Decode]) -> Result<Vec<Row>>;
 
@@ -219,6 +221,10 @@ impl<D: Driver> Storage for SqlStore<D> {
 
     fn engine_rules(&self) -> crate::datasets::rules::EngineRules {
         D::DIALECT.engine_rules()
+    }
+
+    fn pool_size(&self) -> usize {
+        D::POOL_SIZE
     }
 
     async fn ping(&self) -> Result<()> {

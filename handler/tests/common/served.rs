@@ -39,13 +39,30 @@ pub fn free_port() -> u16 {
 /// Starts `handler serve` over `database_url` with `settings` (and no Redis or telemetry unless
 /// they say so), its log lines (stdout) going to `log`; returns once it accepts connections.
 pub async fn serve(database_url: &str, settings: &[(&str, String)], log: Stdio) -> Served {
+    start(database_url, settings, log, "FUNCTIONS_CUSTOMHANDLER_PORT").await
+}
+
+/// [`serve`] as a plain server (`PORT`), not under the Functions host: loopback is a client
+/// like any other.
+pub async fn serve_plain(database_url: &str, settings: &[(&str, String)]) -> Served {
+    start(database_url, settings, Stdio::null(), "PORT").await
+}
+
+async fn start(
+    database_url: &str,
+    settings: &[(&str, String)],
+    log: Stdio,
+    port_variable: &str,
+) -> Served {
     let port = free_port();
     let mut command = Command::new(env!("CARGO_BIN_EXE_handler"));
     command
         .arg("serve")
         .env("DATASETS_DIR", super::repo_root().join("datasets"))
         .env("DATABASE_URL", database_url)
-        .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+        .env_remove("FUNCTIONS_CUSTOMHANDLER_PORT")
+        .env_remove("PORT")
+        .env(port_variable, port.to_string())
         .env("RUST_LOG", "info")
         .env_remove("REDIS_URL")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
