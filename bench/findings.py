@@ -93,7 +93,8 @@ def main():
         input=password + "\n")
     port, prefix = free_port(), f"findings-{os.getpid()}"
     server = subprocess.Popen([str(HANDLER), "serve"], env=env(
-        sqlite, PORT=str(port), REDIS_URL="redis://127.0.0.1:6379", CACHE_PREFIX=prefix))
+        sqlite, PORT=str(port), REDIS_URL="redis://127.0.0.1:6379", CACHE_PREFIX=prefix,
+        CACHE_MAX_BYTES="1"))  # no near cache: every hit reads Redis (finding 7)
     try:
         while True:
             try:
@@ -191,7 +192,7 @@ def findings(port, auth, prefix):
     path = "/api/movies?genres=western&limit=20"
     first = request(port, "GET", path)
     key = f"{prefix}:movies:list:genres=western&limit=20"
-    stored = subprocess.run(["redis-cli", "--no-raw", "strlen", key], capture_output=True, text=True).stdout.strip()
+    stored = subprocess.run(["redis-cli", "strlen", key], capture_output=True, text=True).stdout.strip()
     subprocess.run(["redis-cli", "eval", "redis.call('SET', KEYS[1], string.sub(redis.call('GET', KEYS[1]), 1, 40))",
                     "1", key], capture_output=True)
     again, repaired = request(port, "GET", path), request(port, "GET", path)

@@ -392,6 +392,9 @@ async fn bench_static(file: &std::path::Path, port: u16) -> anyhow::Result<ExitC
         }
     });
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    axum::serve(listener, router).await?;
+    // The same listener as `serve`, so that a comparison measures the cache logic only.
+    let limits = crate::config::ConnectionLimits::default();
+    let local = crate::config::TrustedProxies::default().with_loopback();
+    crate::server::serve(listener, router, limits, local, std::future::pending()).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -3,9 +3,8 @@
 //! or read too slowly.
 //!
 //! - **Idle keep-alive**: a connection waiting for its next request is closed after
-//!   `IDLE_TIMEOUT_SECONDS` (hyper's header-read timer, which starts when a request head is
-//!   awaited). It is long on purpose: the Functions host keeps a pool of connections, and closing
-//!   one just as the host reuses it would fail a request.
+//!   `IDLE_TIMEOUT_SECONDS`. It is long on purpose: the Functions host keeps a pool of
+//!   connections, and closing one just as the host reuses it would fail a request.
 //! - **Header read**: a new connection's first request, and any later one from its first byte,
 //!   must have its headers complete within `HEADER_TIMEOUT_SECONDS` (slowloris clients trickle
 //!   them; others open connections and send nothing).
@@ -39,7 +38,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tower::ServiceExt as _;
 
 use crate::config::{ConnectionLimits, TrustedProxies, canonical_ip};
@@ -68,8 +67,9 @@ pub async fn serve(
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
+    // The timers are the connection's own (`GuardedIo`): hyper's would be reset on every request.
     http.timer(TokioTimer::new())
-        .header_read_timeout(limits.idle_timeout)
+        .header_read_timeout(None)
         .keep_alive(true)
         .max_buf_size(MAX_HEAD_BYTES);
     let mut shutdown = std::pin::pin!(shutdown);
@@ -214,6 +214,8 @@ impl Drop for AddressSlot {
 struct RequestTracker {
     started: AtomicU64,
     in_flight: AtomicBool,
+    /// Woken when a response ends: a read that waited while it was sent starts the idle timer.
+    answered: futures_util::task::AtomicWaker,
 }
 
 impl RequestTracker {
@@ -224,6 +226,7 @@ impl RequestTracker {
 
     fn response_finished(&self) {
         self.in_flight.store(false, Ordering::Release);
+        self.answered.wake();
     }
 }
 
@@ -268,26 +271,56 @@ struct GuardedIo {
     stream: TcpStream,
     tracker: Arc<RequestTracker>,
     header_timeout: Duration,
+    idle_timeout: Duration,
     write_timeout: Duration,
-    /// Armed by the first bytes of a request head: the request count then, and the deadline.
-    header_deadline: Option<(u64, Pin<Box<Sleep>>)>,
-    /// Armed when a write cannot proceed; cleared by any progress.
-    write_stall: Option<Pin<Box<Sleep>>>,
+    /// Armed by the first bytes of a request head (or the connection's start): the request
+    /// count then, and the deadline.
+    header_deadline: Option<(u64, Instant)>,
+    /// Since when the connection has waited for a next request with nothing of it arrived.
+    idle_since: Option<Instant>,
+    /// Armed when a write cannot proceed: its deadline; cleared by any progress.
+    write_deadline: Option<Instant>,
+    /// The one timer of the connection, set to whichever deadline a pending read or write
+    /// waits for. A head that arrives in one read, or a write that goes through, never touches
+    /// it: the timers cost only the connections that are slow.
+    timer: Pin<Box<Sleep>>,
 }
 
 impl GuardedIo {
     fn new(stream: TcpStream, tracker: Arc<RequestTracker>, limits: &ConnectionLimits) -> Self {
         // A new connection has the header timeout for its first request, from the start: one
         // that sends nothing holds a slot no longer than one that trickles.
-        let first_request = Box::pin(tokio::time::sleep(limits.header_timeout));
+        let first_request = Instant::now() + limits.header_timeout;
         GuardedIo {
             stream,
             tracker,
             header_timeout: limits.header_timeout,
+            idle_timeout: limits.idle_timeout,
             write_timeout: limits.write_timeout,
             header_deadline: Some((0, first_request)),
-            write_stall: None,
+            idle_since: None,
+            write_deadline: None,
+            timer: Box::pin(tokio::time::sleep_until(first_request)),
         }
+    }
+
+    /// Whether `deadline` has passed; if not, the timer wakes this connection by the earliest
+    /// armed deadline (a read and a write may both be waiting), and each checks its own then.
+    /// The timer is moved only when it must ring sooner than it would, or has rung: one that
+    /// rings early costs a check, while moving it on every request would cost every request.
+    fn expired(&mut self, cx: &mut Context<'_>, deadline: Instant) -> bool {
+        if Instant::now() >= deadline {
+            return true;
+        }
+        let earliest = [self.header_deadline.map(|(_, at)| at), self.write_deadline]
+            .into_iter()
+            .flatten()
+            .fold(deadline, Instant::min);
+        if self.timer.deadline() > earliest || self.timer.is_elapsed() {
+            self.timer.as_mut().reset(earliest);
+        }
+        let _ = self.timer.as_mut().poll(cx); // registers the wake-up
+        false
     }
 
     /// Passes a write's result on, failing it once writes have made no progress for the write
@@ -298,14 +331,13 @@ impl GuardedIo {
         polled: Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
         if polled.is_ready() {
-            self.write_stall = None;
+            self.write_deadline = None;
             return polled;
         }
-        let timeout = self.write_timeout;
-        let stall = self
-            .write_stall
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        if stall.as_mut().poll(cx).is_ready() {
+        let deadline = *self
+            .write_deadline
+            .get_or_insert_with(|| Instant::now() + self.write_timeout);
+        if self.expired(cx, deadline) {
             return Poll::Ready(Err(self.abort("the client stopped reading the response")));
         }
         Poll::Pending
@@ -336,24 +368,37 @@ impl AsyncRead for GuardedIo {
         }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        let answering = this.tracker.in_flight.load(Ordering::Acquire);
         match &polled {
-            Poll::Ready(Ok(()))
-                if buf.filled().len() > before
-                    && this.header_deadline.is_none()
-                    && !this.tracker.in_flight.load(Ordering::Acquire) =>
-            {
-                let deadline = Box::pin(tokio::time::sleep(this.header_timeout));
-                this.header_deadline = Some((started, deadline));
-            }
-            Poll::Pending => {
-                if let Some((_, deadline)) = &mut this.header_deadline
-                    && deadline.as_mut().poll(cx).is_ready()
-                {
-                    return Poll::Ready(Err(
-                        this.abort("the request headers did not arrive in time")
-                    ));
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                this.idle_since = None;
+                if this.header_deadline.is_none() && !answering {
+                    this.header_deadline = Some((started, Instant::now() + this.header_timeout));
                 }
             }
+            Poll::Pending => match this.header_deadline {
+                Some((_, deadline)) => {
+                    if this.expired(cx, deadline) {
+                        return Poll::Ready(Err(
+                            this.abort("the request headers did not arrive in time")
+                        ));
+                    }
+                }
+                None => {
+                    if answering {
+                        this.idle_since = None;
+                        this.tracker.answered.register(cx.waker());
+                    }
+                    // Asked again once registered: a response that ended meanwhile woke nobody.
+                    if !this.tracker.in_flight.load(Ordering::Acquire) {
+                        let since = *this.idle_since.get_or_insert_with(Instant::now);
+                        if this.expired(cx, since + this.idle_timeout) {
+                            // An idle connection ends as if the client had closed it: gracefully.
+                            return Poll::Ready(Ok(()));
+                        }
+                    }
+                }
+            },
             Poll::Ready(_) => {}
         }
         polled

@@ -379,3 +379,34 @@ async fn one_address_cannot_take_every_connection() {
     let response = reqwest::get(served.url("/api/health")).await.unwrap();
     assert_eq!(response.status(), 200);
 }
+
+/// A kept-alive connection with no request under way is closed after the idle timeout, the
+/// way a client closing it would be: gracefully, not reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    let db = movies_db().await;
+    let settings = [("IDLE_TIMEOUT_SECONDS", "1".to_owned())];
+    let served = serve(&db, &settings, std::process::Stdio::null()).await;
+    let mut stream = TcpStream::connect(("127.0.0.1", served.port))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                Err(error) => return Err(error),
+            }
+        }
+    })
+    .await
+    .expect("closed within the idle timeout and some slack");
+    assert!(ended.is_ok(), "a graceful close, not a reset: {ended:?}");
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"));
+}
