@@ -62,6 +62,7 @@ pub async fn serve(
     trusted: TrustedProxies,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    raise_open_file_limit(limits.max_connections);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let per_address = Arc::new(PerAddress::new(limits.max_per_address, trusted));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
@@ -438,6 +439,48 @@ impl AsyncWrite for GuardedIo {
         self.guard_write(cx, polled)
     }
 }
+
+/// Every connection is a file descriptor: the soft limit (often 1024) is raised to the hard one,
+/// and the log says so when `MAX_CONNECTIONS` (and the database, Redis and log files besides)
+/// would still not fit, since accepting then fails for everyone instead of the cap refusing a
+/// few.
+#[cfg(unix)]
+fn raise_open_file_limit(max_connections: usize) {
+    /// Descriptors besides connections: pools, Redis, files, the runtime's own.
+    const OTHERS: u64 = 128;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` and `setrlimit` only read and write the struct passed to them.
+    let raised = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                limit = wanted;
+            }
+        }
+        limit.rlim_cur
+    };
+    let needed = max_connections as u64 + OTHERS;
+    if raised < needed {
+        tracing::warn!(
+            open_files = raised,
+            max_connections,
+            "the open-file limit is below MAX_CONNECTIONS plus what the service needs besides: \
+             lower MAX_CONNECTIONS or raise the limit"
+        );
+    }
+}
+
+#[cfg(not(unix))]
+fn raise_open_file_limit(_max_connections: usize) {}
 
 /// What a connection over the cap is told before it is closed.
 fn busy_response() -> Vec<u8> {

@@ -823,10 +823,24 @@ impl Cache {
         let lease_key = self.lease_key(key);
         let token = lease_token();
         let deadline = Instant::now() + wait;
+        let mut waited = false;
         loop {
             match redis.try_lease(&lease_key, &token, lease_ttl).await {
+                // Taken after another holder let go: it stored its answer first, so look.
+                Ok(true) if waited => {
+                    if let Ok(Some(entry)) = self.fetch(redis, subject, key).await
+                        && self
+                            .is_fresh(dataset, subject, entry.stamp)
+                            .await
+                            .unwrap_or(false)
+                    {
+                        let _ = redis.release_lease(&lease_key, &token).await;
+                        return Lease::Served(self.keep_near(dataset, key, entry));
+                    }
+                    return Lease::Held(lease_key, token);
+                }
                 Ok(true) => return Lease::Held(lease_key, token),
-                Ok(false) => {}
+                Ok(false) => waited = true,
                 Err(_) => return Lease::None,
             }
             tokio::time::sleep(LEASE_POLL).await;

@@ -420,6 +420,7 @@ pub async fn export(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
+    client: super::ClientAddress,
     call: Call,
 ) -> Result<Response, ApiError> {
     let dataset = readable(&state, &path_params(path)?, &call).await?;
@@ -444,7 +445,8 @@ pub async fn export(
                 state
                     .exports_too_large
                     .refuse_again(&key, stamp, max_bytes)?;
-                let computed = compute_export(&state, &dataset, query, Some((&key, stamp, claim)));
+                let store = Some((key.as_str(), stamp, claim));
+                let computed = compute_export(&state, &dataset, query, &client.0, store);
                 let entry = computed.await.inspect_err(|error| {
                     if matches!(error, ApiError::TooMuch { .. }) {
                         state.exports_too_large.remember(&key, stamp, max_bytes);
@@ -455,7 +457,7 @@ pub async fn export(
         },
         // The cache is unreachable: computed the same way, stored nowhere.
         Err(_) => (
-            compute_export(&state, &dataset, query, None).await?,
+            compute_export(&state, &dataset, query, &client.0, None).await?,
             Outcome::Bypass,
         ),
     };
@@ -482,6 +484,32 @@ pub async fn export(
         }
     }
     Ok(response)
+}
+
+/// Cold exports being computed, by client address.
+#[derive(Default)]
+pub(super) struct ExportsByClient(Arc<parking_lot::Mutex<std::collections::HashSet<String>>>);
+
+/// A client's turn to compute an export; ends when dropped.
+struct ClientTurn {
+    of: Arc<parking_lot::Mutex<std::collections::HashSet<String>>>,
+    client: String,
+}
+
+impl ExportsByClient {
+    /// The client's turn, unless it has one already.
+    fn take(&self, client: &str) -> Option<ClientTurn> {
+        self.0.lock().insert(client.to_owned()).then(|| ClientTurn {
+            of: Arc::clone(&self.0),
+            client: client.to_owned(),
+        })
+    }
+}
+
+impl Drop for ClientTurn {
+    fn drop(&mut self) {
+        self.of.lock().remove(&self.client);
+    }
 }
 
 /// Exports found too large at a write position (and under which `EXPORT_MAX_BYTES`): asked again
@@ -525,8 +553,13 @@ async fn compute_export(
     state: &AppState,
     dataset: &Arc<Dataset>,
     query: Query,
+    client: &str,
     store: Option<(&str, Stamp, StreamClaim)>,
 ) -> Result<Arc<CachedResponse>, ApiError> {
+    // One at a time per client: nobody keeps every slot busy with exports of their own.
+    let mine = state.exports_by_client.take(client).ok_or(ApiError::Busy(
+        "An export of yours is being prepared; ask again when it is done.",
+    ))?;
     let permit = Arc::clone(&state.exports)
         .try_acquire_owned()
         .map_err(|_| ApiError::Busy("Too many exports are being prepared; try again shortly."))?;
@@ -539,7 +572,7 @@ async fn compute_export(
     let storing = store.is_some();
     let stamp = store.as_ref().map_or(Stamp::default(), |s| s.1);
     let work = async move {
-        let _held = (permit, slot);
+        let _held = (permit, slot, mine);
         let rows = storage.export(Arc::clone(&dataset), query.clone());
         let result = encode_export(&dataset, query.format, rows, max_bytes).await;
         if matches!(result, Err(ApiError::Unavailable)) {
@@ -771,6 +804,25 @@ mod tests {
         ] {
             assert_eq!(neutralise_formula(text.to_owned()), expected, "{text:?}");
         }
+    }
+
+    #[test]
+    fn a_client_computes_one_export_at_a_time() {
+        let exports = ExportsByClient::default();
+        let first = exports.take("203.0.113.9").expect("a first turn");
+        assert!(
+            exports.take("203.0.113.9").is_none(),
+            "no second one meanwhile"
+        );
+        assert!(
+            exports.take("198.51.100.1").is_some(),
+            "others have their own"
+        );
+        drop(first);
+        assert!(
+            exports.take("203.0.113.9").is_some(),
+            "the turn ended with the export"
+        );
     }
 
     #[tokio::test]

@@ -76,6 +76,8 @@ pub struct Shared {
     exports: Arc<tokio::sync::Semaphore>,
     /// Exports refused as too large, by key and write position.
     exports_too_large: Arc<data::TooLarge>,
+    /// Clients computing a cold export now (one each).
+    exports_by_client: Arc<data::ExportsByClient>,
     /// Database reads under way for cache misses (`MAX_DATABASE_READS`, by default the pool's
     /// size less one): the rest of the pool stays free for logins, writes and health checks.
     reads: Arc<tokio::sync::Semaphore>,
@@ -112,6 +114,7 @@ impl AppState {
             )),
             reads: Arc::new(tokio::sync::Semaphore::new(reads)),
             exports_too_large: Arc::default(),
+            exports_by_client: Arc::default(),
             trusted_proxies: Arc::default(),
             timers: Arc::default(),
             cors_allowed_origins: Arc::new(Vec::new()),
