@@ -108,7 +108,42 @@ def main():
     finally:
         server.terminate()
         server.wait()
+    memory_from_keys(sqlite, admin, password)
     firebase_and_import()
+
+
+def rss_kib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def memory_from_keys(sqlite, admin, password):
+    """6b. Long, distinct questions against the in-process cache: what the process holds
+    against what the cache says it holds."""
+    port = free_port()
+    server = subprocess.Popen([str(HANDLER), "serve"], env=env(sqlite, PORT=str(port)))
+    try:
+        while True:
+            try:
+                if request(port, "GET", "/api/health")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.05)
+        token = json.loads(request(port, "POST", "/api/auth/login", {"email": admin, "password": password})[2])["access_token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        near = lambda: json.loads(request(port, "GET", "/api/admin/cache", headers=auth)[2])["near"]["bytes"]
+        before_rss, before_cache = rss_kib(server.pid), near()
+        for i in range(3000):
+            request(port, "GET", f"/api/movies?genres={i:05d}{'x' * 495}&limit=1")
+        after_rss, after_cache = rss_kib(server.pid), near()
+        report("6b", "a long key per request grew the process (+52 MB) while the cache reported +0.2 MB",
+               f"3,000 distinct 500-character questions: RSS +{(after_rss - before_rss) / 1024:.1f} MiB, "
+               f"the cache's own count +{(after_cache - before_cache) / 2**20:.1f} MiB (keys cut to ~270 bytes and counted)")
+    finally:
+        server.terminate()
+        server.wait()
 
 
 def findings(port, auth, prefix):
