@@ -339,7 +339,7 @@ struct Opened {
 
 impl BlobReader {
     pub fn new(location: BlobLocation, auth: BlobAuth) -> anyhow::Result<BlobReader> {
-        crate::auth::install_tls_provider();
+        crate::tls::install_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             // Between two chunks, not for the whole blob.

@@ -167,7 +167,7 @@ impl AzureIdentity {
             UserAssignedId, WorkloadIdentityCredential,
         };
         // The HTTP client of azure_core is reqwest on rustls: ring must be the process's provider.
-        crate::auth::install_tls_provider();
+        crate::tls::install_provider();
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         if env("AZURE_FEDERATED_TOKEN_FILE").is_some() {
             return Ok(WorkloadIdentityCredential::new(None)

@@ -1,27 +1,30 @@
 //! Smartcache: a dataset behind a fast, cached HTTP API, run as an Azure Functions custom handler.
 //!
 //! # Layout
-//! - [`config`]: settings from the environment, read once at start-up.
-//! - [`datasets`]: dataset declarations (`datasets/*.toml`), typed values, and the value rules
-//!   that imports and writes share (`datasets::rules`).
-//! - [`query`]: a request's query string as typed filters, sort, limit and cursor; its canonical
-//!   text is what cache keys are made of.
-//! - [`storage`]: the `Storage` trait and the SQL backends (SQLite, PostgreSQL, MySQL/MariaDB,
-//!   SQL Server).
-//! - [`import`]: CSV → typed rows → a storage's staging area → atomic swap.
-//! - [`blob`]: CSV blobs streamed from Azure Blob Storage (SAS, Shared Key or Entra ID).
-//! - [`identity`]: Entra ID tokens from one lazily created credential per instance.
-//! - [`http`]: the axum router, built from one endpoint table shared with the OpenAPI document and
-//!   checked against `functions/*/function.json`.
-//! - [`app`]: wiring: settings → catalog → storage → router → listener.
-//! - [`server`]: the listener of `handler serve`: hyper's HTTP/1 server with timeouts (header,
-//!   idle, write progress) and a cap on open connections.
-//! - [`auth`]: accounts, tokens, Firebase, and the sign-in limits (`auth::limits`).
-//! - [`cache`]: cache-aside of finished responses in process or in Redis, exact invalidation.
-//! - [`breaker`]: the circuit breaker that skips a failing Redis or database for a moment.
-//! - [`cli`]: the `handler` subcommands.
-//! - [`telemetry`]: logs (JSON lines when serving), OpenTelemetry traces and metrics to
-//!   Application Insights or OTLP.
+//!
+//! Layers, lowest first. A module uses only modules of lower layers: a request goes down through
+//! them and nothing calls back up (`tests/architecture.rs` reads every `crate::…` path and fails
+//! on one that points up or sideways, and on any cycle).
+//!
+//! | layer | module | owns |
+//! |---|---|---|
+//! | 0 | [`config`] | every setting, read once at start-up from the environment; `Secret` |
+//! | 1 | [`tls`] | the process's one TLS stack (rustls on ring) |
+//! | 1 | [`breaker`] | the circuit breaker that skips a failing Redis or database for a moment |
+//! | 2 | [`telemetry`] | logs (JSON lines when serving), OpenTelemetry traces and metrics |
+//! | 2 | [`identity`] | Entra ID tokens from one lazily created credential per instance |
+//! | 3 | [`datasets`] | declarations (`datasets/*.toml`), typed values and rows, the value rules |
+//! | 4 | [`query`] | a query string as typed filters, sort, limit, cursor; its canonical text |
+//! | 5 | [`storage`] | the `Storage` trait and the SQL engines (SQLite, PostgreSQL, MySQL, SQL Server) |
+//! | 5 | [`cache`] | cache-aside of finished answers, in process or in Redis; exact invalidation |
+//! | 6 | [`import`] | CSV → typed rows → a storage's staging area → atomic swap |
+//! | 6 | [`auth`] | accounts, tokens, Firebase, sign-in limits |
+//! | 7 | [`blob`] | CSV blobs streamed from Azure Blob Storage (SAS, Shared Key or Entra ID) |
+//! | 9 | [`server`] | the listener of `handler serve`: timeouts and connection caps |
+//! | 9 | [`http`] | the axum router from one endpoint table; handlers; problem+json; OpenAPI |
+//! | 10 | [`app`] | wiring: settings → catalog → storage → router → listener |
+//! | 10 | `lambda` | the same router under AWS Lambda (feature `lambda`) |
+//! | 11 | [`cli`] | the `handler` subcommands |
 
 pub mod app;
 pub mod auth;
@@ -40,3 +43,4 @@ pub mod query;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
+pub mod tls;

@@ -245,7 +245,7 @@ struct ExportClient {
 
 impl ExportClient {
     fn new() -> anyhow::Result<ExportClient> {
-        crate::auth::install_tls_provider();
+        crate::tls::install_provider();
         Ok(ExportClient {
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))

@@ -113,7 +113,7 @@ impl Firebase {
         emulator_host: Option<String>,
         certs_url: Option<String>,
     ) -> anyhow::Result<Self> {
-        super::install_tls_provider();
+        crate::tls::install_provider();
         if let Some(host) = &emulator_host {
             tracing::warn!(
                 %host,

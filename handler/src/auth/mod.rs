@@ -482,14 +482,7 @@ fn provider_error(error: FirebaseError) -> AuthError {
     }
 }
 
-/// reqwest is built without a crypto provider (so that the project has one TLS stack, rustls on
-/// ring, as sqlx and redis use): make ring the process default once.
-pub fn install_tls_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
+pub use crate::tls::install_provider as install_tls_provider;
 
 #[cfg(test)]
 mod tests {

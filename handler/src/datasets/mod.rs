@@ -20,6 +20,9 @@ pub use value::{ColumnType, ConversionError, Value, normalise_text};
 /// The values a CSV may use for "missing" when a dataset does not say otherwise.
 const DEFAULT_NULL_VALUES: &[&str] = &["", "NA"];
 
+/// One row: a value per column of the dataset, in declaration order.
+pub type Row = Vec<Value>;
+
 /// One declared dataset, validated.
 #[derive(Debug, Clone)]
 pub struct Dataset {

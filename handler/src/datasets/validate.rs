@@ -4,8 +4,7 @@
 use serde_json::{Map, Value as Json};
 
 use super::rules::{self, EngineRules};
-use super::{Column, ColumnType, Dataset, Value};
-use crate::storage::Row;
+use super::{Column, ColumnType, Dataset, Row, Value};
 
 /// One refused field: its name and the reason.
 pub type Invalid = (String, String);

@@ -28,8 +28,7 @@ pub use sql::Dialect;
 pub use store::SqlStore;
 pub use users::{NewUser, UserLookup, UserRecord, UserUpdate};
 
-/// One row: a value per column of the dataset, in declaration order.
-pub type Row = Vec<Value>;
+pub use crate::datasets::Row;
 
 /// A stream of row batches (batched so that streaming an export costs one channel hop per
 /// batch, not per row).
