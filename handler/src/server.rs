@@ -317,7 +317,9 @@ impl GuardedIo {
             .into_iter()
             .flatten()
             .fold(deadline, Instant::min);
-        if self.timer.deadline() > earliest || self.timer.is_elapsed() {
+        // A deadline already past (rung or not: a timer never polled has not rung) would wake
+        // nobody again.
+        if self.timer.deadline() > earliest || self.timer.deadline() <= Instant::now() {
             self.timer.as_mut().reset(earliest);
         }
         let _ = self.timer.as_mut().poll(cx); // registers the wake-up

@@ -92,9 +92,12 @@ async fn slow_reader(port: u16, path: &'static str, stop: Arc<AtomicBool>) -> Ve
             if let Ok(Some(_)) = stream.take_error() {
                 break Ended::ByServer(opened.elapsed());
             }
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break Ended::ByServer(opened.elapsed()),
-                Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            // Bounded, so that a connection the server failed to cut shows as still open at the
+            // end instead of hanging the test.
+            match tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await {
+                Err(_) => {}
+                Ok(Ok(0) | Err(_)) => break Ended::ByServer(opened.elapsed()),
+                Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         };
         ended.push(end);
@@ -409,4 +412,45 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
     .expect("closed within the idle timeout and some slack");
     assert!(ended.is_ok(), "a graceful close, not a reset: {ended:?}");
     assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"));
+}
+
+/// The idle timer also runs for a connection whose first answer ended after its header deadline
+/// had passed (here: a body sent slowly, within the body timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_slow_to_its_first_answer_still_closes_when_idle() {
+    let db = movies_db().await;
+    let settings = [
+        ("HEADER_TIMEOUT_SECONDS", "1".to_owned()),
+        ("IDLE_TIMEOUT_SECONDS", "2".to_owned()),
+        ("BODY_TIMEOUT_SECONDS", "5".to_owned()),
+    ];
+    let served = serve(&db, &settings, std::process::Stdio::null()).await;
+    let mut stream = TcpStream::connect(("127.0.0.1", served.port))
+        .await
+        .unwrap();
+    let body = br#"{"email":"a@b.c","password":"slow slow"}"#;
+    let head = format!(
+        "POST /api/auth/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stream.write_all(&body[10..]).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let ended = tokio::time::timeout(Duration::from_secs(8), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                Err(error) => return Err(error),
+            }
+        }
+    })
+    .await
+    .expect("closed once idle, not held open");
+    assert!(ended.is_ok(), "{ended:?}");
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 "));
 }
