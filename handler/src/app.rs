@@ -11,14 +11,15 @@ use crate::cache::Cache;
 use crate::config::ConnectionLimits;
 use crate::config::Settings;
 use crate::datasets::Catalog;
-use crate::http::{self, AppState, BlobAccess, TimerAccess};
+use crate::http::{self, AppState, TimerAccess};
+use crate::service::{BlobAccess, Service};
 use crate::storage;
 
 /// Everything a command needs. Building it opens no connection: pools connect on first use, so a
 /// Functions instance answers the host's first probe at once.
 pub struct Context {
     pub settings: Settings,
-    pub state: AppState,
+    pub service: Service,
 }
 
 impl Context {
@@ -41,20 +42,26 @@ impl Context {
         if auth.is_none() {
             tracing::info!("JWT_SECRET is not set: accounts and writes are off (read-only)");
         }
-        let mut state = AppState::new(Arc::new(catalog), storage, cache)
+        let mut service = Service::new(Arc::new(catalog), storage, cache)
             .with_auth(auth)
             .with_limits(settings.requests.clone());
-        state.cors_allowed_origins = Arc::new(settings.cors_allowed_origins.clone());
-        state.trusted_proxies = Arc::new(settings.trusted_proxies.clone());
-        state.timers = Arc::new(TimerAccess {
-            host_on_loopback: settings.under_functions_host,
-            secret: settings.timer_secret.clone(),
-        });
-        state.blob_access = Arc::new(BlobAccess {
+        service.blob_access = Arc::new(BlobAccess {
             connection_string: settings.storage_connection_string.clone(),
             auth: settings.storage_auth.clone(),
         });
-        Ok(Context { settings, state })
+        Ok(Context { settings, service })
+    }
+
+    /// The HTTP front end's state: the service, and what only HTTP needs.
+    pub fn app_state(&self) -> AppState {
+        let mut state = AppState::from_service(self.service.clone());
+        state.cors_allowed_origins = Arc::new(self.settings.cors_allowed_origins.clone());
+        state.trusted_proxies = Arc::new(self.settings.trusted_proxies.clone());
+        state.timers = Arc::new(TimerAccess {
+            host_on_loopback: self.settings.under_functions_host,
+            secret: self.settings.timer_secret.clone(),
+        });
+        state
     }
 }
 
@@ -166,13 +173,13 @@ mod tests {
     #[tokio::test]
     async fn redis_url_selects_the_shared_cache_and_accounts_need_a_secret() {
         let local = context(&[]);
-        assert_eq!(local.state.cache.backend(), "in-process");
-        assert!(local.state.auth.is_none(), "read-only without JWT_SECRET");
+        assert_eq!(local.service.cache.backend(), "in-process");
+        assert!(local.service.auth.is_none(), "read-only without JWT_SECRET");
         let shared = context(&[
             ("REDIS_URL", "redis://127.0.0.1:6379"),
             ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
         ]);
-        assert_eq!(shared.state.cache.backend(), "redis");
-        assert!(shared.state.auth.is_some());
+        assert_eq!(shared.service.cache.backend(), "redis");
+        assert!(shared.service.auth.is_some());
     }
 }

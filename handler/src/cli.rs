@@ -8,9 +8,8 @@ use anyhow::{Context as _, anyhow};
 use clap::{Parser, Subcommand};
 
 use crate::app::{Application, Context};
-use crate::blob::{BlobAuth, BlobLocation, BlobReader};
 use crate::config::Settings;
-use crate::import;
+use crate::service::ImportFrom;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -137,7 +136,7 @@ impl Cli {
             Command::Users { action } => users(&context, action).await,
             Command::BenchStatic { file, port } => bench_static(&file, port).await,
             Command::Warm => {
-                let report = crate::http::warm(&context.state, crate::http::WARM_LIMIT).await;
+                let report = context.service.warm(crate::service::WARM_LIMIT).await;
                 for line in &report.lines {
                     println!("{line}");
                 }
@@ -159,11 +158,11 @@ async fn serve(context: Context, started: Instant) -> anyhow::Result<ExitCode> {
     #[cfg(feature = "lambda")]
     if crate::lambda::is_lambda() {
         tracing::info!("serving Lambda events");
-        crate::lambda::run(context.state).await?;
+        crate::lambda::run(context.app_state()).await?;
         return Ok(ExitCode::SUCCESS);
     }
     let address = std::net::SocketAddr::new(context.settings.bind_address, context.settings.port);
-    let app = Application::bind_to(context.state, address)
+    let app = Application::bind_to(context.app_state(), address)
         .await?
         .with_connection_limits(context.settings.connections.clone());
     tracing::info!(
@@ -178,8 +177,8 @@ async fn serve(context: Context, started: Instant) -> anyhow::Result<ExitCode> {
 }
 
 async fn migrate(context: &Context) -> anyhow::Result<()> {
-    let storage = &context.state.storage;
-    for dataset in context.state.catalog.iter() {
+    let storage = &context.service.storage;
+    for dataset in context.service.catalog.iter() {
         storage.migrate(dataset).await.with_context(|| {
             format!(
                 "cannot create the tables of {} in the {} database",
@@ -194,11 +193,11 @@ async fn migrate(context: &Context) -> anyhow::Result<()> {
 
 async fn demo_setup(context: &Context) -> anyhow::Result<()> {
     migrate(context).await?;
-    for dataset in context.state.catalog.iter() {
+    for dataset in context.service.catalog.iter() {
         let Some(file) = &dataset.source_file else {
             continue;
         };
-        if context.state.storage.count(dataset).await? > 0 {
+        if context.service.storage.count(dataset).await? > 0 {
             continue;
         }
         if !file.exists() {
@@ -209,8 +208,8 @@ async fn demo_setup(context: &Context) -> anyhow::Result<()> {
             );
             continue;
         }
-        let report =
-            import::import_file(context.state.storage.as_ref(), dataset, file, true).await?;
+        let from = ImportFrom::File(file.clone());
+        let report = context.service.import(&dataset.name, from, true).await?;
         println!("{}", report.summary());
     }
     Ok(())
@@ -222,52 +221,22 @@ async fn run_import(
     file: Option<&std::path::Path>,
     blob: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    let catalog = &context.state.catalog;
-    let dataset = catalog.get(name).ok_or_else(|| {
-        anyhow!(
-            "there is no dataset named {name:?}; declared: {}",
-            catalog.names().collect::<Vec<_>>().join(", ")
-        )
-    })?;
-    let storage = context.state.storage.as_ref();
-    let source = match (file, blob) {
-        (Some(file), _) => import::ImportSource::file(file)?,
-        (None, Some(url)) => {
-            let settings = &context.settings;
-            // `-`: the URL from standard input, so that a SAS stays out of `ps` and shell history.
-            let url = if url == "-" {
-                let mut line = String::new();
-                std::io::stdin()
-                    .read_line(&mut line)
-                    .context("cannot read the blob URL from standard input")?;
-                line.trim().to_owned()
-            } else {
-                url.to_owned()
-            };
-            let location = BlobLocation::parse(&url)?;
-            let auth = BlobAuth::for_location(
-                &location,
-                settings
-                    .storage_connection_string
-                    .as_ref()
-                    .map(|s| s.expose()),
-                settings.storage_auth.as_deref(),
-            )?;
-            BlobReader::new(location, auth)?.open().await?
+    let from = match (file, blob) {
+        (Some(file), _) => ImportFrom::File(file.to_owned()),
+        // `-`: the URL from standard input, so that a SAS stays out of `ps` and shell history.
+        (None, Some("-")) => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("cannot read the blob URL from standard input")?;
+            ImportFrom::Blob(line.trim().to_owned())
         }
+        (None, Some(url)) => ImportFrom::Blob(url.to_owned()),
         (None, None) => anyhow::bail!("give --file or --blob"),
     };
-    let report = import::import(storage, dataset, source, true, None).await?;
-    let peak = peak_memory_mib();
-    if let Some(peak) = peak {
+    let report = context.service.import(name, from, true).await?;
+    if let Some(peak) = peak_memory_mib() {
         eprintln!("peak memory: {peak} MiB");
-    }
-    // Every cached answer of the dataset predates the new rows. With REDIS_URL this reaches the
-    // serving instances; an in-process cache lives in the server, which holds its own answers.
-    if context.state.cache.purge(&dataset.name).await.is_err() {
-        eprintln!(
-            "warning: the cache could not be told; cached answers of {name} expire by their TTL"
-        );
     }
     for rejection in &report.rejections {
         eprintln!("rejected line {}: {}", rejection.line, rejection.reason);
@@ -293,7 +262,7 @@ fn peak_memory_mib() -> Option<u64> {
 async fn users(context: &Context, action: UsersCommand) -> anyhow::Result<ExitCode> {
     use crate::auth::{Role, password};
     use crate::storage::{NewUser, StorageError, UserLookup, UserUpdate};
-    let storage = &context.state.storage;
+    let storage = &context.service.storage;
     let (email, change) = match action {
         UsersCommand::Create { email, admin, .. } => {
             let email = crate::auth::check_email(&email).map_err(|e| anyhow!("{e}"))?;
@@ -306,7 +275,7 @@ async fn users(context: &Context, action: UsersCommand) -> anyhow::Result<ExitCo
                 anyhow::bail!("the password {reason}");
             }
             let role = if admin { Role::Admin } else { Role::User };
-            let created = match context.state.auth.as_deref() {
+            let created = match context.service.auth.as_deref() {
                 // With Firebase, the account is made there too, so that it can sign in.
                 Some(auth) if auth.provider() == crate::config::AuthProvider::Firebase => {
                     let user = auth

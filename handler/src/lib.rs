@@ -20,6 +20,7 @@
 //! | 6 | [`import`] | CSV → typed rows → a storage's staging area → atomic swap |
 //! | 6 | [`auth`] | accounts, tokens, Firebase, sign-in limits |
 //! | 7 | [`blob`] | CSV blobs streamed from Azure Blob Storage (SAS, Shared Key or Entra ID) |
+//! | 8 | [`service`] | what the API does: reads, writes, imports, warm-up, accounts; one span each |
 //! | 9 | [`server`] | the listener of `handler serve`: timeouts and connection caps |
 //! | 9 | [`http`] | the axum router from one endpoint table; handlers; problem+json; OpenAPI |
 //! | 10 | [`app`] | wiring: settings → catalog → storage → router → listener |
@@ -41,6 +42,7 @@ pub mod import;
 pub mod lambda;
 pub mod query;
 pub mod server;
+pub mod service;
 pub mod storage;
 pub mod telemetry;
 pub mod tls;

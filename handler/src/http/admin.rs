@@ -1,60 +1,21 @@
-//! The cache's admin view and the warm-up (the `WarmCache` timer function and `handler warm`).
-//!
-//! The admin endpoints need an admin's token (and, in Azure, a function key).
+//! The cache's admin view and purge (admins; in Azure, a function key too), and the `WarmCache`
+//! timer's invocation (the Functions host only).
 
-use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, Request, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use tower::ServiceExt as _;
 
-use super::data::Warming;
 use super::{ApiError, AppState, json_response};
-use crate::auth::Level;
 use crate::config::{Secret, canonical_ip};
-
-/// Hot paths that one warm-up run considers.
-pub const WARM_LIMIT: usize = 50;
-/// Hot paths the admin view lists.
-const ADMIN_HOT_KEYS: usize = 20;
+use crate::service::{Caller, WARM_LIMIT, WarmReport};
 
 /// `GET /api/admin/cache`.
-pub async fn view(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    super::auth::authorize(&state, &headers, Level::Admin).await?;
-    let cache = &state.cache;
-    let (hits, misses) = (cache.hit_count(), cache.miss_count());
-    let lookups = hits + misses;
-    let hot = cache
-        .hot_paths(ADMIN_HOT_KEYS, false)
-        .await
-        .unwrap_or_default();
-    let mut datasets = Vec::new();
-    for dataset in state.catalog.iter() {
-        let (entries, bytes) = cache.usage_of(&dataset.name);
-        let stamp = cache.stamp(&dataset.name).await.ok();
-        datasets.push(json!({
-            "name": dataset.name,
-            "near_entries": entries,
-            "near_bytes": bytes,
-            "write_position": stamp.map(|s| json!({"epoch": s.epoch, "seq": s.seq})),
-        }));
-    }
-    let (entries, bytes) = cache.usage();
-    let body = json!({
-        "backend": cache.backend(),
-        "hits": hits,
-        "misses": misses,
-        "bypasses": cache.bypass_count(),
-        "stale": cache.stale_count(),
-        "hit_ratio": if lookups == 0 { 0.0 } else { hits as f64 / lookups as f64 },
-        "near": {"entries": entries, "bytes": bytes},
-        "hot_keys": hot.iter().map(|(path, score)| json!({"path": path, "score": score})).collect::<Vec<_>>(),
-        "datasets": datasets,
-    });
+pub async fn view(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    let report = state.cache_report(&caller).await?;
     Ok(json_response(
         StatusCode::OK,
-        body.to_string().into_bytes(),
+        report.to_string().into_bytes(),
         "",
     ))
 }
@@ -62,26 +23,14 @@ pub async fn view(State(state): State<AppState>, headers: HeaderMap) -> Result<R
 /// `DELETE /api/admin/cache?dataset=NAME`: every cached answer of the dataset becomes stale.
 pub async fn purge(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    super::auth::authorize(&state, &headers, Level::Admin).await?;
     let raw = raw.unwrap_or_default();
     let name = url::form_urlencoded::parse(raw.as_bytes())
         .find(|(k, _)| k == "dataset")
-        .map(|(_, v)| v.into_owned())
-        .ok_or_else(|| ApiError::invalid("dataset", "is required"))?;
-    if state.catalog.get(&name).is_none() {
-        return Err(ApiError::invalid(
-            "dataset",
-            format!("there is no dataset named {name:?}"),
-        ));
-    }
-    state
-        .cache
-        .purge(&name)
-        .await
-        .map_err(|_| ApiError::Unavailable)?;
+        .map(|(_, v)| v.into_owned());
+    state.purge(&caller, name.as_deref()).await?;
     Ok(json_response(
         StatusCode::OK,
         json!({"dataset": name, "purged": true})
@@ -91,66 +40,9 @@ pub async fn purge(
     ))
 }
 
-/// What a warm-up did: counts only (its log goes to whoever invoked it, and the hot paths are
-/// other callers' queries).
-#[derive(Debug, Default)]
-pub struct WarmReport {
-    pub lines: Vec<String>,
-    pub refreshed: usize,
-    pub fresh: usize,
-    pub failed: usize,
-    /// Hot paths that are not this API's data reads (nothing to replay).
-    pub skipped: usize,
-}
-
-/// Replays the hottest paths through the router, refreshing what is missing or near expiry.
-/// The paths come from the shared hot-key set, outside this process: any that is not a data
-/// GET of this API is skipped, never trusted.
+/// The warm-up of `state`'s service (what the timer and `handler warm` run).
 pub async fn warm(state: &AppState, limit: usize) -> WarmReport {
-    let mut report = WarmReport::default();
-    let paths = match state.cache.hot_paths(limit, true).await {
-        Ok(paths) => paths,
-        Err(_) => {
-            report.failed += 1;
-            report
-                .lines
-                .push("the cache is unavailable: nothing warmed".to_owned());
-            return report;
-        }
-    };
-    let router = super::router(state.clone());
-    let started = std::time::Instant::now();
-    for (path, _score) in paths {
-        let request = (path.starts_with("/api/") && !path.starts_with("/api/admin"))
-            .then(|| Request::get(path.as_str()).body(Body::empty()).ok())
-            .flatten();
-        let Some(mut request) = request else {
-            report.skipped += 1;
-            continue;
-        };
-        request.extensions_mut().insert(Warming);
-        let Ok(response) = router.clone().oneshot(request).await;
-        let outcome = response.headers().get("x-cache").map(|v| v.as_bytes());
-        match (response.status().is_success(), outcome) {
-            (true, Some(b"HIT")) => report.fresh += 1,
-            (true, Some(b"MISS")) => report.refreshed += 1,
-            _ => report.failed += 1,
-        }
-    }
-    report.lines.push(format!(
-        "warm-up: {} refreshed, {} fresh, {} failed, {} skipped in {:.1} ms",
-        report.refreshed,
-        report.fresh,
-        report.failed,
-        report.skipped,
-        started.elapsed().as_secs_f64() * 1000.0
-    ));
-    crate::telemetry::metrics::warmup(
-        report.refreshed as u64,
-        report.fresh as u64,
-        report.failed as u64,
-    );
-    report
+    state.service.warm(limit).await
 }
 
 /// Who may invoke the timer functions: the Functions host, which started this process and
@@ -205,7 +97,7 @@ pub async fn warm_cache_invocation(
         .await
         .map_err(|_| ApiError::BodyTimeout)?
         .map_err(|_| ApiError::PayloadTooLarge(MAX_INVOCATION_BYTES))?;
-    let report = warm(&state, WARM_LIMIT).await;
+    let report = state.service.warm(WARM_LIMIT).await;
     let body = json!({
         "Outputs": {},
         "Logs": report.lines,

@@ -1,55 +1,14 @@
-//! Accounts over HTTP (`/api/auth/signup`, `/api/auth/login`, `/api/auth/me`) and the one check
-//! every protected endpoint makes, [`authorize`].
+//! Accounts over HTTP: `/api/auth/signup`, `/api/auth/login`, `/api/auth/me`.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::Response;
 use serde_json::json;
 
 use super::body::JsonBody;
 use super::{ApiError, AppState, json_response};
-use crate::auth::{Auth, AuthError, Level, Principal, SignUp};
-
-fn accounts(state: &AppState) -> Result<&Auth, ApiError> {
-    state
-        .auth
-        .as_deref()
-        .ok_or(ApiError::Auth(AuthError::NotConfigured))
-}
-
-/// The bearer token of the request, if it has one.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
-}
-
-/// Checks that the caller may act at `level`: anyone passes `anonymous` (a token is not even
-/// read); otherwise the token must be valid and the account, as stored now, active and of a
-/// high enough role. 401 without a valid token, 403 with a too-low role.
-pub async fn authorize(
-    state: &AppState,
-    headers: &HeaderMap,
-    level: Level,
-) -> Result<Option<Principal>, ApiError> {
-    if level == Level::Anonymous {
-        return Ok(None);
-    }
-    let auth = accounts(state)?;
-    let token = bearer(headers).ok_or(ApiError::Auth(AuthError::MissingToken))?;
-    let principal = auth.principal(token).await.map_err(ApiError::Auth)?;
-    let allowed = match level {
-        Level::Anonymous | Level::User => true,
-        Level::Admin => principal.role == crate::auth::Role::Admin,
-    };
-    if !allowed {
-        return Err(ApiError::Auth(AuthError::Forbidden));
-    }
-    Ok(Some(principal))
-}
+use crate::auth::{AuthError, SignUp};
+use crate::service::Caller;
 
 /// The `email` and `password` fields of a sign-up or login body; anything else (a `role`, say)
 /// is ignored.
@@ -68,24 +27,21 @@ fn credentials(body: &JsonBody) -> Result<(String, String), ApiError> {
                 .filter(|(_, value)| value.is_none())
                 .map(|(name, _)| (name, "must be a string".to_owned()))
                 .collect();
-            Err(ApiError::Auth(AuthError::InvalidFields(missing)))
+            Err(AuthError::InvalidFields(missing).into())
         }
     }
 }
 
-/// `POST /api/auth/signup`: 201 `{id, email, role: "user"}`.
+/// `POST /api/auth/signup`: 201 `{id, email, role: "user"}`, or 202 when Firebase has sent a
+/// verification link first.
 pub async fn signup(
     State(state): State<AppState>,
-    client: super::ClientAddress,
+    caller: Caller,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    let auth = accounts(&state)?;
+    state.accounts()?;
     let (email, password) = credentials(&body)?;
-    let signed_up = auth
-        .sign_up(&email, &password, &client.0)
-        .await
-        .map_err(ApiError::Auth)?;
-    let (status, body) = match signed_up {
+    let (status, body) = match state.sign_up(&caller, &email, &password).await? {
         SignUp::Created(user) => (
             StatusCode::CREATED,
             json!({"id": user.id, "email": user.email, "role": user.role}),
@@ -102,18 +58,16 @@ pub async fn signup(
 /// `POST /api/auth/login`: `{access_token, token_type: "Bearer", expires_in}`.
 pub async fn login(
     State(state): State<AppState>,
-    client: super::ClientAddress,
+    caller: Caller,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    let auth = accounts(&state)?;
+    state.accounts()?;
     let (email, password) = credentials(&body)?;
-    let token = auth
-        .log_in(&email, &password, &client.0)
-        .await
-        .map_err(ApiError::Auth)?;
+    let token = state.log_in(&caller, &email, &password).await?;
     let mut response = json_response(
         StatusCode::OK,
-        serde_json::to_vec(&token).map_err(|e| ApiError::Internal(e.into()))?,
+        serde_json::to_vec(&token)
+            .map_err(|e| ApiError::Service(crate::service::ServiceError::Internal(e.into())))?,
         "",
     );
     response
@@ -123,10 +77,8 @@ pub async fn login(
 }
 
 /// `GET /api/auth/me`: the caller's id, email and role.
-pub async fn me(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let principal = authorize(&state, &headers, Level::User)
-        .await?
-        .expect("a signed-in level yields a principal");
+pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    let principal = state.me(&caller).await?;
     let body =
         json!({"id": principal.id, "email": principal.email, "role": principal.role.as_str()});
     Ok(json_response(

@@ -53,7 +53,7 @@ impl FromRequest<AppState> for JsonBody {
             .map_err(|e| ApiError::MalformedBody(format!("the body is not valid JSON: {e}")))?;
         match value {
             serde_json::Value::Object(fields) => Ok(JsonBody { fields }),
-            _ => Err(ApiError::Unprocessable(vec![(
+            _ => Err(ApiError::unprocessable(vec![(
                 "body".into(),
                 "must be a JSON object".into(),
             )])),

@@ -1,122 +1,93 @@
-//! One error type for the HTTP layer, answered as `application/problem+json` (RFC 9457).
-//! Internal causes are logged, never sent: the body says what the client can act on.
+//! The HTTP layer's one error type, answered as `application/problem+json` (RFC 9457): what
+//! the service says ([`ServiceError`], converted here once), and what only HTTP can get wrong
+//! (bodies, URIs, the timer route). Internal causes are logged, never sent: the body says what
+//! the client can act on.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::auth::AuthError;
-use crate::query::QueryError;
+use crate::service::ServiceError;
 use crate::storage::StorageError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("{0}")]
-    InvalidParameter(#[from] QueryError),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("the database is unavailable")]
-    Unavailable,
-    #[error("{0}")]
-    Auth(AuthError),
-    /// The request body, field by field: `(name, reason)`.
-    #[error("the request body is invalid")]
-    Unprocessable(Vec<(String, String)>),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
     #[error("{0}")]
     MalformedBody(String),
     #[error("the body is larger than {0} bytes")]
     PayloadTooLarge(usize),
     #[error("the body must be JSON (Content-Type: application/json)")]
     UnsupportedMediaType,
-    #[error("{0}")]
-    Conflict(String),
-    /// A service the request depends on (Blob Storage, Entra ID) failed or did not answer.
-    #[error("{0}")]
-    BadGateway(String),
     #[error("the request body did not arrive within the body timeout")]
     BodyTimeout,
     /// The path and query string together are longer than `MAX_URI_BYTES`.
     #[error("the path and query string are longer than {0} bytes")]
     UriTooLong(usize),
-    /// Every slot for this kind of work is taken (uncached exports): try again shortly.
-    #[error("{0}")]
-    Busy(&'static str),
-    /// The request is understood but asks for more than the server will compute at once.
-    #[error("{detail}")]
-    TooMuch {
-        parameter: &'static str,
-        detail: String,
-    },
     /// Only certain callers may do this (the timer functions: the Functions host).
     #[error("{0}")]
     Forbidden(&'static str),
-    #[error("internal error")]
-    Internal(#[source] anyhow::Error),
 }
 
 impl ApiError {
     pub fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::InvalidParameter(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Service(error) => service_status(error),
             ApiError::MalformedBody(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
-            ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::TooMuch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::Auth(error) => match error {
-                AuthError::NotConfigured | AuthError::ProviderUnavailable => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
-                AuthError::MissingToken
-                | AuthError::InvalidToken
-                | AuthError::InvalidCredentials => StatusCode::UNAUTHORIZED,
-                AuthError::Forbidden | AuthError::EmailNotVerified => StatusCode::FORBIDDEN,
-                AuthError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
-                AuthError::EmailTaken => StatusCode::CONFLICT,
-                AuthError::InvalidField(..) | AuthError::InvalidFields(_) => {
-                    StatusCode::UNPROCESSABLE_ENTITY
-                }
-                AuthError::Storage(StorageError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
-                AuthError::Storage(_) | AuthError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            },
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
+    /// A parameter of the request the client got wrong, named.
     pub fn invalid(parameter: &str, reason: impl Into<String>) -> Self {
-        ApiError::InvalidParameter(QueryError {
-            parameter: parameter.to_owned(),
-            reason: reason.into(),
-        })
+        ApiError::Service(ServiceError::invalid(parameter, reason))
+    }
+
+    /// The body, field by field: `(name, reason)`.
+    pub fn unprocessable(invalid: Vec<(String, String)>) -> Self {
+        ApiError::Service(ServiceError::Unprocessable(invalid))
     }
 }
 
-impl From<StorageError> for ApiError {
-    fn from(error: StorageError) -> Self {
-        match error {
-            StorageError::Unavailable(cause) | StorageError::Deadlock(cause) => {
-                tracing::warn!(error = %cause, "database unavailable");
-                ApiError::Unavailable
-            }
-            StorageError::ValueTooLong(cause) => {
-                tracing::info!(error = %cause, "a value too long for the database");
-                ApiError::Unprocessable(vec![(
-                    "body".into(),
-                    "a text value is longer than this database stores in an indexed column \
-                     (see the dataset's max_length)"
-                        .into(),
-                )])
-            }
-            other => ApiError::Internal(other.into()),
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        ApiError::Service(ServiceError::Auth(error))
+    }
+}
+
+fn service_status(error: &ServiceError) -> StatusCode {
+    match error {
+        ServiceError::InvalidParameter(_) => StatusCode::BAD_REQUEST,
+        ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
+        ServiceError::Unavailable | ServiceError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ServiceError::Unprocessable(_) | ServiceError::TooMuch { .. } => {
+            StatusCode::UNPROCESSABLE_ENTITY
         }
+        ServiceError::Conflict(_) => StatusCode::CONFLICT,
+        ServiceError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+        ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        ServiceError::Auth(error) => match error {
+            AuthError::NotConfigured | AuthError::ProviderUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            AuthError::MissingToken | AuthError::InvalidToken | AuthError::InvalidCredentials => {
+                StatusCode::UNAUTHORIZED
+            }
+            AuthError::Forbidden | AuthError::EmailNotVerified => StatusCode::FORBIDDEN,
+            AuthError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AuthError::EmailTaken => StatusCode::CONFLICT,
+            AuthError::InvalidField(..) | AuthError::InvalidFields(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            AuthError::Storage(StorageError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            AuthError::Storage(_) | AuthError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        },
     }
 }
 
@@ -139,35 +110,19 @@ pub fn problem(status: StatusCode, detail: &str, extra: Option<serde_json::Value
     response
 }
 
+/// `response` with a `Retry-After` of `seconds`.
+fn retry_after(mut response: Response, seconds: &'static str) -> Response {
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
+    response
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status_code();
         match &self {
-            ApiError::InvalidParameter(e) => problem(
-                status,
-                &self.to_string(),
-                Some(json!({"invalid_params": [{"name": e.parameter, "reason": e.reason}]})),
-            ),
-            ApiError::Internal(cause) => {
-                tracing::error!(error = format!("{cause:#}"), "request failed");
-                problem(status, "The server could not answer this request.", None)
-            }
-            ApiError::Unavailable => {
-                let mut response = problem(
-                    status,
-                    "The database is unavailable; try again shortly.",
-                    None,
-                );
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-                response
-            }
-            ApiError::NotFound(_)
-            | ApiError::Conflict(_)
-            | ApiError::MalformedBody(_)
-            | ApiError::BadGateway(_)
-            | ApiError::Forbidden(_) => problem(status, &self.to_string(), None),
+            ApiError::Service(error) => service_problem(status, error),
             ApiError::BodyTimeout => {
                 let mut response =
                     problem(status, "The request body did not arrive in time.", None);
@@ -185,28 +140,48 @@ impl IntoResponse for ApiError {
                     "reason": format!("the path and query string may be at most {limit} bytes (MAX_URI_BYTES)"),
                 }]})),
             ),
-            ApiError::Busy(detail) => {
-                let mut response = problem(status, detail, None);
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
-                response
-            }
-            ApiError::TooMuch { parameter, detail } => problem(
-                status,
-                detail,
-                Some(json!({"invalid_params": [{"name": parameter, "reason": detail}]})),
-            ),
-            ApiError::PayloadTooLarge(_) | ApiError::UnsupportedMediaType => {
-                problem(status, &self.to_string(), None)
-            }
-            ApiError::Unprocessable(invalid) => problem(
-                status,
-                "Some fields of the request body are invalid.",
-                Some(json!({"invalid_params": invalid_params(invalid)})),
-            ),
-            ApiError::Auth(error) => auth_problem(status, error),
+            ApiError::MalformedBody(_)
+            | ApiError::PayloadTooLarge(_)
+            | ApiError::UnsupportedMediaType
+            | ApiError::Forbidden(_) => problem(status, &self.to_string(), None),
         }
+    }
+}
+
+fn service_problem(status: StatusCode, error: &ServiceError) -> Response {
+    match error {
+        ServiceError::InvalidParameter(e) => problem(
+            status,
+            &error.to_string(),
+            Some(json!({"invalid_params": [{"name": e.parameter, "reason": e.reason}]})),
+        ),
+        ServiceError::Internal(cause) => {
+            tracing::error!(error = format!("{cause:#}"), "request failed");
+            problem(status, "The server could not answer this request.", None)
+        }
+        ServiceError::Unavailable => retry_after(
+            problem(
+                status,
+                "The database is unavailable; try again shortly.",
+                None,
+            ),
+            "5",
+        ),
+        ServiceError::Busy(detail) => retry_after(problem(status, detail, None), "2"),
+        ServiceError::TooMuch { parameter, detail } => problem(
+            status,
+            detail,
+            Some(json!({"invalid_params": [{"name": parameter, "reason": detail}]})),
+        ),
+        ServiceError::NotFound(_) | ServiceError::Conflict(_) | ServiceError::BadGateway(_) => {
+            problem(status, &error.to_string(), None)
+        }
+        ServiceError::Unprocessable(invalid) => problem(
+            status,
+            "Some fields of the request body are invalid.",
+            Some(json!({"invalid_params": invalid_params(invalid)})),
+        ),
+        ServiceError::Auth(error) => auth_problem(status, error),
     }
 }
 

@@ -12,12 +12,11 @@ mod meta;
 pub mod openapi;
 mod write;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use parking_lot::RwLock;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
@@ -28,23 +27,21 @@ use axum::routing::{MethodFilter, MethodRouter};
 use tracing::Instrument as _;
 
 use crate::auth::Auth;
-use crate::breaker::Breaker;
 use crate::cache::Cache;
 use crate::config::{RequestLimits, TrustedProxies};
-use crate::datasets::{Catalog, Dataset};
+use crate::datasets::Catalog;
+use crate::service::{Caller, Service};
 use crate::storage::Storage;
 
-pub use admin::{TIMER_SECRET_HEADER, TimerAccess, WARM_LIMIT, WarmReport, warm};
+pub use crate::service::BlobAccess;
+pub use admin::{TIMER_SECRET_HEADER, TimerAccess, warm};
 pub use error::ApiError;
 
-/// How long reads skip the database after it failed to answer.
-const DATABASE_BREAKER_OPEN_FOR: Duration = Duration::from_secs(2);
-
 /// What every handler shares: one `Arc`, so that the clone each request makes costs one atomic
-/// increment, not one per field (on two cores the shared counters' cache lines bounce). Reads
-/// and writes of its fields go through [`Shared`] (`Deref`); writing to a state that other
-/// clones share first copies the fields (cheap: they are handles), so a changed clone never
-/// changes the others.
+/// increment, not one per field (on two cores the shared counters' cache lines bounce). Its
+/// fields, and the service's through them, are read and written through `Deref`; writing to a
+/// state that other clones share first copies the fields (cheap: they are handles), so a changed
+/// clone never changes the others.
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
 
@@ -62,116 +59,63 @@ impl std::ops::DerefMut for AppState {
     }
 }
 
-/// The fields of [`AppState`].
+/// The fields of [`AppState`]: the service, and what only HTTP needs.
 #[derive(Clone)]
 pub struct Shared {
-    pub catalog: Arc<Catalog>,
-    pub storage: Arc<dyn Storage>,
-    pub cache: Arc<Cache>,
-    /// Accounts and tokens; `None` (no `JWT_SECRET`) makes the API read-only.
-    pub auth: Option<Arc<Auth>>,
-    /// What one request may make the server read, hold and compute.
-    pub limits: Arc<RequestLimits>,
-    /// Uncached exports being computed (`EXPORT_CONCURRENCY`).
-    exports: Arc<tokio::sync::Semaphore>,
-    /// Exports refused as too large, by key and write position.
-    exports_too_large: Arc<data::TooLarge>,
-    /// Clients computing a cold export now (one each).
-    exports_by_client: Arc<data::ExportsByClient>,
-    /// Database reads under way for cache misses (`MAX_DATABASE_READS`, by default the pool's
-    /// size less one): the rest of the pool stays free for logins, writes and health checks.
-    reads: Arc<tokio::sync::Semaphore>,
+    pub service: Service,
     /// Whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Arc<TrustedProxies>,
     /// Who may invoke the timer functions.
     pub timers: Arc<TimerAccess>,
     /// `CORS_ALLOWED_ORIGINS`; empty means no CORS headers.
     pub cors_allowed_origins: Arc<Vec<String>>,
-    /// After the database fails to answer, reads skip it for a moment (and serve a stale answer
-    /// or a quick 503) instead of each waiting out a connect timeout.
-    pub database: Arc<Breaker>,
-    /// Imports from Blob Storage started over HTTP, with their progress.
-    pub imports: Arc<imports::ImportJobs>,
-    /// How imports reach Blob Storage (`AZURE_STORAGE_CONNECTION_STRING`, `AZURE_STORAGE_AUTH`).
-    pub blob_access: Arc<BlobAccess>,
-    /// Datasets whose tables this instance has made sure of before a first write.
-    /// Read on every data request, written once per dataset: a read-write lock.
-    tables_ready: Arc<RwLock<HashSet<String>>>,
+}
+
+impl std::ops::Deref for Shared {
+    type Target = Service;
+
+    fn deref(&self) -> &Service {
+        &self.service
+    }
+}
+
+impl std::ops::DerefMut for Shared {
+    fn deref_mut(&mut self) -> &mut Service {
+        &mut self.service
+    }
 }
 
 impl AppState {
     /// A read-only state with default limits; see the `with_*` methods for the rest.
     pub fn new(catalog: Arc<Catalog>, storage: Arc<dyn Storage>, cache: Arc<Cache>) -> Self {
-        let reads = read_slots(&RequestLimits::default(), storage.as_ref());
+        AppState::from_service(Service::new(catalog, storage, cache))
+    }
+
+    pub fn from_service(service: Service) -> Self {
         AppState(Arc::new(Shared {
-            catalog,
-            storage,
-            cache,
-            auth: None,
-            limits: Arc::new(RequestLimits::default()),
-            exports: Arc::new(tokio::sync::Semaphore::new(
-                RequestLimits::default().export_concurrency,
-            )),
-            reads: Arc::new(tokio::sync::Semaphore::new(reads)),
-            exports_too_large: Arc::default(),
-            exports_by_client: Arc::default(),
+            service,
             trusted_proxies: Arc::default(),
             timers: Arc::default(),
             cors_allowed_origins: Arc::new(Vec::new()),
-            database: Arc::new(Breaker::new(DATABASE_BREAKER_OPEN_FOR)),
-            imports: Arc::default(),
-            blob_access: Arc::default(),
-            tables_ready: Arc::default(),
         }))
     }
 
     pub fn with_auth(mut self, auth: Option<Auth>) -> Self {
-        self.auth = auth.map(Arc::new);
+        let service = &mut self.service;
+        *service = service.clone().with_auth(auth);
         self
     }
 
     pub fn with_limits(mut self, limits: RequestLimits) -> Self {
-        self.exports = Arc::new(tokio::sync::Semaphore::new(limits.export_concurrency));
-        let reads = read_slots(&limits, self.storage.as_ref());
-        self.reads = Arc::new(tokio::sync::Semaphore::new(reads));
-        self.limits = Arc::new(limits);
+        let service = &mut self.service;
+        *service = service.clone().with_limits(limits);
         self
     }
-
-    /// Creates the dataset's tables (once per instance) so that a never-imported dataset reads
-    /// as empty and takes a first write.
-    async fn ensure_tables(&self, dataset: &Dataset) -> Result<(), ApiError> {
-        if self.tables_ready.read().contains(&dataset.name) {
-            return Ok(());
-        }
-        self.storage.migrate(dataset).await?;
-        self.tables_ready.write().insert(dataset.name.clone());
-        Ok(())
-    }
 }
 
-/// Concurrent cache-miss reads: `MAX_DATABASE_READS`, else the pool's size less one.
-fn read_slots(limits: &RequestLimits, storage: &dyn Storage) -> usize {
-    limits
-        .database_reads
-        .unwrap_or_else(|| storage.pool_size().saturating_sub(1).max(1))
-}
-
-/// The Blob Storage settings of imports started over HTTP.
-#[derive(Debug, Default)]
-pub struct BlobAccess {
-    pub connection_string: Option<crate::config::Secret>,
-    pub auth: Option<String>,
-}
-
-/// The client's address, for rate limits. It is the peer's, unless the peer is a trusted proxy
-/// (`TRUSTED_PROXIES`, or the Functions host on loopback): then it is the right-most
-/// `X-Forwarded-For` entry that is not a trusted proxy itself (entries further left were written
-/// by the client, and can say anything). IPv6 addresses count by their /64, the block one
-/// subscriber usually holds, so rotating within it gains nothing.
-pub struct ClientAddress(pub String);
-
-impl axum::extract::FromRequestParts<AppState> for ClientAddress {
+/// Who asks, as the service needs to know: the bearer token, and the client's address (see
+/// [`client_address`]).
+impl axum::extract::FromRequestParts<AppState> for Caller {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(
@@ -182,18 +126,33 @@ impl axum::extract::FromRequestParts<AppState> for ClientAddress {
             .extensions
             .get::<axum::extract::ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip());
-        Ok(ClientAddress(client_address(
-            peer,
-            &parts.headers,
-            &state.trusted_proxies,
-        )))
+        let address = client_address(peer, &parts.headers, &state.trusted_proxies);
+        Ok(Caller::new(bearer(&parts.headers), address))
     }
+}
+
+/// The bearer token of a request, if it has one.
+fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+        .filter(|t| !t.is_empty())
 }
 
 /// At most this many `X-Forwarded-For` hops are looked at, from the right.
 const MAX_FORWARDED_HOPS: usize = 16;
 
-/// See [`ClientAddress`]. `unknown` without a peer (a request made in process).
+/// The client's address, for rate limits. It is the peer's, unless the peer is a trusted proxy
+/// (`TRUSTED_PROXIES`, or the Functions host on loopback): then it is the right-most
+/// `X-Forwarded-For` entry that is not a trusted proxy itself (entries further left were written
+/// by the client, and can say anything). IPv6 addresses count by their /64, the block one
+/// subscriber usually holds, so rotating within it gains nothing. `unknown` without a peer (a
+/// request made in process).
 pub fn client_address(
     peer: Option<std::net::IpAddr>,
     headers: &axum::http::HeaderMap,

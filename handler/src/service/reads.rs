@@ -1,0 +1,221 @@
+//! Reads: a page of rows, one row, facet counts. Each is answered from the cache, or computed
+//! once (however many ask at once) behind a read slot and stored; when the database is down or
+//! busy, the last good answer is better than an error (`STALE`).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use super::warm::Read;
+use super::{Caller, Service, ServiceError, encode};
+use crate::cache::{CachedResponse, Outcome, Subject};
+use crate::datasets::{Dataset, Level, rules};
+use crate::query::{Query, QueryKind};
+
+/// A read's answer: the stored bytes and how they were found.
+pub struct Answer {
+    pub entry: Arc<CachedResponse>,
+    pub outcome: Outcome,
+    /// Whether anyone may read the dataset, so that browsers and shared caches may keep it.
+    pub public: bool,
+    /// For a CSV export: the file name to offer.
+    pub attachment: Option<String>,
+}
+
+impl Service {
+    /// `GET /api/{dataset}`: `{"items": [...], "next_cursor": ...}`.
+    #[tracing::instrument(level = "debug", name = "service.list", skip_all, fields(dataset = name))]
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        name: &str,
+        raw_query: Option<&str>,
+    ) -> Result<Answer, ServiceError> {
+        let dataset = self.readable(caller, name).await?;
+        let query = self.query(&dataset, QueryKind::List, raw_query)?;
+        let key = self.cache.key(&dataset, &Subject::Query(&query));
+        let read = Read::List {
+            dataset: name.to_owned(),
+            query: raw_query.map(str::to_owned),
+        };
+        self.cached(
+            caller,
+            &dataset,
+            Subject::Query(&query),
+            key,
+            read,
+            || async {
+                let rows = self.storage.list(&dataset, &query).await?;
+                Ok(encode::list_body(&dataset, &query, rows))
+            },
+        )
+        .await
+    }
+
+    /// `GET /api/{dataset}/{id}`.
+    #[tracing::instrument(level = "debug", name = "service.item", skip_all, fields(dataset = name))]
+    pub async fn item(
+        &self,
+        caller: &Caller,
+        name: &str,
+        id: &str,
+    ) -> Result<Answer, ServiceError> {
+        let dataset = self.readable(caller, name).await?;
+        let key = rules::request_value(dataset.key_column().ty, id)
+            .map_err(|reason| ServiceError::invalid("id", reason))?;
+        let cache_key = self.cache.key(&dataset, &Subject::Item(&key));
+        let read = Read::Item {
+            dataset: name.to_owned(),
+            id: id.to_owned(),
+        };
+        self.cached(
+            caller,
+            &dataset,
+            Subject::Item(&key),
+            cache_key,
+            read,
+            || async {
+                let row = self.storage.get(&dataset, &key).await?.ok_or_else(|| {
+                    ServiceError::NotFound(format!("{name} has no row with id {id:?}."))
+                })?;
+                let mut body = Vec::with_capacity(512);
+                encode::write_row_json(&dataset, &row, &mut body);
+                Ok(body)
+            },
+        )
+        .await
+    }
+
+    /// `GET /api/{dataset}/facets/{column}`: value counts of one column under the filters.
+    #[tracing::instrument(level = "debug", name = "service.facets", skip_all, fields(dataset = name))]
+    pub async fn facets(
+        &self,
+        caller: &Caller,
+        name: &str,
+        column_name: &str,
+        raw_query: Option<&str>,
+    ) -> Result<Answer, ServiceError> {
+        let dataset = self.readable(caller, name).await?;
+        let column = dataset
+            .column_index(column_name)
+            .filter(|&i| dataset.columns[i].filterable)
+            .ok_or_else(|| {
+                let names: Vec<_> = dataset
+                    .columns
+                    .iter()
+                    .filter(|c| c.filterable)
+                    .map(|c| c.name.as_str())
+                    .collect();
+                ServiceError::invalid(
+                    "column",
+                    format!(
+                        "{column_name:?} has no facets; use one of {}",
+                        names.join(", ")
+                    ),
+                )
+            })?;
+        let query = self.query(&dataset, QueryKind::Facets, raw_query)?;
+        let key = self.cache.facet_key(&dataset, column_name, &query);
+        let read = Read::Facets {
+            dataset: name.to_owned(),
+            column: column_name.to_owned(),
+            query: raw_query.map(str::to_owned),
+        };
+        self.cached(
+            caller,
+            &dataset,
+            Subject::Query(&query),
+            key,
+            read,
+            || async {
+                let values = self.storage.facets(&dataset, column, &query).await?;
+                Ok(encode::facets_body(column_name, values))
+            },
+        )
+        .await
+    }
+
+    /// The dataset, if the caller may read it (its `[access] read` level; anyone by default).
+    pub(super) async fn readable(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<Arc<Dataset>, ServiceError> {
+        let dataset = self.dataset(name)?;
+        if !caller.warming {
+            self.authorize(caller, dataset.access.read).await?;
+        }
+        Ok(dataset)
+    }
+
+    /// A read's query string, within the configured limits.
+    pub(super) fn query(
+        &self,
+        dataset: &Dataset,
+        kind: QueryKind,
+        raw: Option<&str>,
+    ) -> Result<Query, ServiceError> {
+        Ok(Query::parse_limited(
+            dataset,
+            kind,
+            raw.unwrap_or(""),
+            &self.limits.query,
+        )?)
+    }
+
+    /// Answers from the cache, computing the body (once, however many callers wait) on a miss.
+    async fn cached<F, Fut>(
+        &self,
+        caller: &Caller,
+        dataset: &Dataset,
+        subject: Subject<'_>,
+        key: String,
+        read: Read,
+        compute: F,
+    ) -> Result<Answer, ServiceError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Vec<u8>, ServiceError>>,
+    {
+        // When the database is down or busy, the last good answer is better than an error
+        // (STALE). After a failure the breaker skips the database for a moment, so that every
+        // request does not wait out a connect timeout first.
+        let database_down = |error: &ServiceError| {
+            matches!(error, ServiceError::Unavailable | ServiceError::Busy(_))
+        };
+        let compute = || async {
+            let _slot = self.read_slot().await?;
+            self.tables_for_query(dataset).await?;
+            let result = compute().await;
+            if matches!(result, Err(ServiceError::Unavailable)) {
+                self.database.trip();
+            }
+            result
+        };
+        let (entry, outcome) = self
+            .cache
+            .get_or_compute_or_stale(
+                dataset,
+                subject,
+                key,
+                || async { Ok::<_, ServiceError>((compute().await?, "application/json")) },
+                database_down,
+                caller.warming,
+            )
+            .await?;
+        self.answered(caller, &read);
+        Ok(Answer {
+            entry,
+            outcome,
+            public: dataset.access.read == Level::Anonymous,
+            attachment: None,
+        })
+    }
+
+    /// Counts an answered read for warm-up (its own reads do not count): reads that fail never
+    /// become hot.
+    pub(super) fn answered(&self, caller: &Caller, read: &Read) {
+        if !caller.warming {
+            self.cache.record_access(&read.path());
+        }
+    }
+}
