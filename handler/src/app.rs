@@ -30,12 +30,12 @@ impl Context {
         let (prefix, ttl) = (&settings.cache_prefix, settings.cache_ttl);
         let budget = settings.cache_max_bytes;
         let cache = match &settings.redis_url {
-            Some(url) => Cache::with_redis(url.expose(), prefix, ttl, budget),
+            Some(url) => match settings.redis_entra {
+                true => Cache::with_redis(url.expose(), prefix, ttl, budget)
+                    .with_entra_tokens(crate::identity::azure()),
+                false => Cache::with_redis(url.expose(), prefix, ttl, budget),
+            },
             None => Cache::in_process(prefix, ttl, budget),
-        };
-        let cache = match settings.redis_entra {
-            true => cache.with_entra_tokens(crate::identity::azure()),
-            false => cache,
         };
         let cache = Arc::new(cache);
         let auth = Auth::from_settings(&settings, Arc::clone(&storage), Arc::clone(&cache))?;

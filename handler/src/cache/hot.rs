@@ -13,11 +13,10 @@ pub const MAX_PATH_BYTES: usize = 512;
 /// Scores kept between warm-ups (locally, and in Redis's sorted set).
 pub const MAX_SCORED: usize = 1_000;
 
+/// Accesses counted since the last flush.
 #[derive(Default)]
 pub struct HotKeys {
     pending: Mutex<HashMap<String, u64>>,
-    /// Scores in process mode (Redis keeps them in a sorted set otherwise).
-    local_scores: Mutex<HashMap<String, f64>>,
 }
 
 impl HotKeys {
@@ -37,38 +36,41 @@ impl HotKeys {
     pub fn drain(&self) -> HashMap<String, u64> {
         std::mem::take(&mut *self.pending.lock())
     }
+}
 
-    pub fn add_local(&self, counts: HashMap<String, u64>) {
-        let mut scores = self.local_scores.lock();
+/// Scores kept in this process (the in-process store's; Redis keeps them in a sorted set).
+#[derive(Default)]
+pub struct LocalScores {
+    scores: Mutex<HashMap<String, f64>>,
+}
+
+impl LocalScores {
+    /// Adds `counts`, keeping the `keep` highest scores.
+    pub fn add(&self, counts: Vec<(String, u64)>, keep: usize) {
+        let mut scores = self.scores.lock();
         for (path, count) in counts {
             *scores.entry(path).or_default() += count as f64;
         }
-        if scores.len() > MAX_SCORED {
+        if keep > 0 && scores.len() > keep {
             let mut ranked: Vec<f64> = scores.values().copied().collect();
             ranked.sort_by(|a, b| b.total_cmp(a));
-            let floor = ranked[MAX_SCORED - 1];
+            let floor = ranked[keep - 1];
             scores.retain(|_, score| *score >= floor);
         }
     }
 
-    /// The `limit` highest local scores, then halves every score.
-    pub fn top_local_and_decay(&self, limit: usize) -> Vec<(String, f64)> {
-        let mut scores = self.local_scores.lock();
+    /// The `limit` highest scores; with `decay`, halves every score after.
+    pub fn top(&self, limit: usize, decay: bool) -> Vec<(String, f64)> {
+        let mut scores = self.scores.lock();
         let mut top: Vec<(String, f64)> = scores.iter().map(|(p, s)| (p.clone(), *s)).collect();
         top.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         top.truncate(limit);
-        scores.retain(|_, score| {
-            *score /= 2.0;
-            *score >= 0.5
-        });
-        top
-    }
-
-    pub fn peek_local(&self, limit: usize) -> Vec<(String, f64)> {
-        let scores = self.local_scores.lock();
-        let mut top: Vec<(String, f64)> = scores.iter().map(|(p, s)| (p.clone(), *s)).collect();
-        top.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        top.truncate(limit);
+        if decay {
+            scores.retain(|_, score| {
+                *score /= 2.0;
+                *score >= 0.5
+            });
+        }
         top
     }
 }

@@ -10,22 +10,23 @@
 //! Every call has a short timeout, and after a failure a breaker skips Redis for a moment, so a
 //! dead Redis costs no latency: the caller serves from the database instead (`X-Cache: BYPASS`).
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClientBuilder;
-use redis::cluster_async::ClusterConnection;
-use redis::{AsyncCommands as _, BasicAuth, Script, StreamingCredentialsProvider};
+use async_trait::async_trait;
+use redis::Script;
 use tokio::sync::OnceCell;
 
 use super::coalesce::Coalescer;
 use super::entry::CachedResponse;
-use super::{RecordedWrite, Stamp};
+use super::fresh::{RecordedWrite, Stamp};
+use super::store::{NewWrite, Store, Unavailable};
 use crate::breaker::Breaker;
-use crate::datasets::{Dataset, Value};
-use crate::identity::{self, Tokens};
+use crate::datasets::Dataset;
+use crate::identity::Tokens;
+use connection::{Conn, Connection};
+
+mod connection;
 
 /// How long one Redis call may take before the request goes to the database instead.
 const CALL_TIMEOUT: Duration = Duration::from_millis(250);
@@ -33,20 +34,8 @@ const CALL_TIMEOUT: Duration = Duration::from_millis(250);
 const LARGE_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// The pace writes of large entries are given time for (bytes per second).
 const LARGE_WRITE_BYTES_PER_SECOND: u64 = 32 << 20;
-/// The connection's own limit on waiting for an answer: the calls' timeouts above decide.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long Redis is skipped after a failure.
 const BREAKER_OPEN_FOR: Duration = Duration::from_secs(2);
-
-/// Redis did not answer (down, slow, refusing): the caller bypasses the cache.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("the cache is unavailable")]
-pub struct Unavailable;
-
-enum Connection {
-    Standalone(ConnectionManager),
-    Cluster(ClusterConnection),
-}
 
 pub struct RedisStore {
     url: String,
@@ -105,57 +94,12 @@ impl RedisStore {
         }
     }
 
-    /// Authenticates every connection with an Entra ID token (user: the token's object id) and
-    /// authenticates live connections again with each new token, before the old one expires.
-    pub fn use_entra_tokens(&mut self, tokens: Arc<Tokens>) {
-        self.tokens = Some(tokens);
-    }
-
     fn stamp_key(&self, dataset: &str) -> String {
         format!("{}:{{{dataset}}}:stamp", self.prefix)
     }
 
     fn writes_key(&self, dataset: &str) -> String {
         format!("{}:{{{dataset}}}:writes", self.prefix)
-    }
-
-    async fn connect(&self) -> redis::RedisResult<Connection> {
-        if self.url.contains(',') {
-            let nodes: Vec<String> = self
-                .url
-                .split(',')
-                .map(str::trim)
-                .filter(|n| !n.is_empty())
-                .map(|n| {
-                    if n.contains("://") {
-                        n.to_owned()
-                    } else {
-                        format!("redis://{n}")
-                    }
-                })
-                .collect();
-            let mut builder = ClusterClientBuilder::new(nodes)
-                .connection_timeout(CALL_TIMEOUT)
-                .response_timeout(RESPONSE_TIMEOUT)
-                .retries(1);
-            if let Some(tokens) = &self.tokens {
-                builder = builder.set_credentials_provider(EntraCredentials(Arc::clone(tokens)));
-            }
-            let client = builder.build()?;
-            Ok(Connection::Cluster(client.get_async_connection().await?))
-        } else {
-            let client = redis::Client::open(self.url.as_str())?;
-            let mut config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(CALL_TIMEOUT))
-                .set_response_timeout(Some(RESPONSE_TIMEOUT))
-                .set_number_of_retries(1);
-            if let Some(tokens) = &self.tokens {
-                config = config.set_credentials_provider(EntraCredentials(Arc::clone(tokens)));
-            }
-            Ok(Connection::Standalone(
-                ConnectionManager::new_with_config(client, config).await?,
-            ))
-        }
     }
 
     /// Runs `call` on the shared connection, within the timeout, unless the breaker is open.
@@ -177,12 +121,11 @@ impl RedisStore {
             return Err(Unavailable);
         }
         let result = tokio::time::timeout(timeout, async {
-            let connection = self.connection.get_or_try_init(|| self.connect()).await?;
-            let conn = match connection {
-                Connection::Standalone(c) => Conn::Standalone(c.clone()),
-                Connection::Cluster(c) => Conn::Cluster(c.clone()),
-            };
-            call(conn).await
+            let connection = self
+                .connection
+                .get_or_try_init(|| Connection::open(&self.url, self.tokens.as_ref()))
+                .await?;
+            call(connection.conn()).await
         })
         .await;
         match result {
@@ -203,17 +146,6 @@ impl RedisStore {
         }
     }
 
-    #[tracing::instrument(name = "redis.get", skip_all, fields(otel.kind = "client", db.system = "redis"))]
-    pub async fn get(&self, key: &str) -> Result<Option<CachedResponse>, Unavailable> {
-        self.get_within(key, CALL_TIMEOUT * 2).await
-    }
-
-    /// [`RedisStore::get`] of an entry that may be large (an export).
-    #[tracing::instrument(name = "redis.get", skip_all, fields(otel.kind = "client", db.system = "redis"))]
-    pub async fn get_large(&self, key: &str) -> Result<Option<CachedResponse>, Unavailable> {
-        self.get_within(key, LARGE_READ_TIMEOUT).await
-    }
-
     async fn get_within(
         &self,
         key: &str,
@@ -224,43 +156,6 @@ impl RedisStore {
             .run_within(timeout, |mut conn| async move { conn.get(&key).await })
             .await?;
         Ok(bytes.and_then(CachedResponse::decode))
-    }
-
-    /// Whether `key` exists (a lease, say).
-    pub async fn exists(&self, key: &str) -> Result<bool, Unavailable> {
-        let key = key.to_owned();
-        self.run(|mut conn| async move {
-            let mut exists = redis::cmd("EXISTS");
-            exists.arg(&key);
-            conn.query::<bool>(&exists).await
-        })
-        .await
-    }
-
-    #[tracing::instrument(name = "redis.set", skip_all, fields(otel.kind = "client", db.system = "redis"))]
-    pub async fn set(
-        &self,
-        key: &str,
-        entry: &CachedResponse,
-        ttl: Duration,
-    ) -> Result<(), Unavailable> {
-        let (key, bytes) = (key.to_owned(), entry.encode());
-        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let transfer =
-            Duration::from_secs_f64(bytes.len() as f64 / LARGE_WRITE_BYTES_PER_SECOND as f64);
-        self.run_within(CALL_TIMEOUT * 2 + transfer, |mut conn| async move {
-            conn.set_px(&key, bytes, millis).await
-        })
-        .await
-    }
-
-    /// The dataset's write position, from a read issued after this call began (concurrent
-    /// callers share one; see `coalesce`).
-    #[tracing::instrument(name = "redis.stamp", skip_all, fields(otel.kind = "client", db.system = "redis"))]
-    pub async fn stamp(&self, dataset: &str) -> Result<Stamp, Unavailable> {
-        self.stamp_reads
-            .read(dataset, || self.read_stamp(dataset), Err(Unavailable))
-            .await
     }
 
     async fn read_stamp(&self, dataset: &str) -> Result<Stamp, Unavailable> {
@@ -290,9 +185,75 @@ impl RedisStore {
         })
     }
 
+    fn hot_key(&self) -> String {
+        format!("{}:hot", self.prefix)
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    /// Every connection authenticates with an Entra ID token (user: the token's object id), and
+    /// live connections again with each new token, before the old one expires.
+    fn use_entra_tokens(&mut self, tokens: Arc<Tokens>) {
+        self.tokens = Some(tokens);
+    }
+
+    #[tracing::instrument(name = "redis.get", skip_all, fields(otel.kind = "client", db.system = "redis"))]
+    async fn get(&self, key: &str, large: bool) -> Result<Option<CachedResponse>, Unavailable> {
+        let timeout = match large {
+            true => LARGE_READ_TIMEOUT,
+            false => CALL_TIMEOUT * 2,
+        };
+        self.get_within(key, timeout).await
+    }
+
+    async fn lease_exists(&self, lease_key: &str) -> Result<bool, Unavailable> {
+        let key = lease_key.to_owned();
+        self.run(|mut conn| async move {
+            let mut exists = redis::cmd("EXISTS");
+            exists.arg(&key);
+            conn.query::<bool>(&exists).await
+        })
+        .await
+    }
+
+    #[tracing::instrument(name = "redis.set", skip_all, fields(otel.kind = "client", db.system = "redis"))]
+    async fn set(
+        &self,
+        key: &str,
+        entry: &CachedResponse,
+        ttl: Duration,
+    ) -> Result<(), Unavailable> {
+        let (key, bytes) = (key.to_owned(), entry.encode());
+        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let transfer =
+            Duration::from_secs_f64(bytes.len() as f64 / LARGE_WRITE_BYTES_PER_SECOND as f64);
+        self.run_within(CALL_TIMEOUT * 2 + transfer, |mut conn| async move {
+            conn.set_px(&key, bytes, millis).await
+        })
+        .await
+    }
+
+    /// The dataset's write position, from a read issued after this call began (concurrent
+    /// callers share one; see `coalesce`).
+    #[tracing::instrument(name = "redis.stamp", skip_all, fields(otel.kind = "client", db.system = "redis"))]
+    async fn stamp(&self, dataset: &str) -> Result<Stamp, Unavailable> {
+        self.stamp_reads
+            .read(dataset, || self.read_stamp(dataset), Err(Unavailable))
+            .await
+    }
+
     /// The writes after `seq`, or `None` when some of them are no longer remembered.
     #[tracing::instrument(name = "redis.writes_since", skip_all, fields(otel.kind = "client", db.system = "redis"))]
-    pub async fn writes_since(
+    async fn writes_since(
         &self,
         dataset: &Dataset,
         seq: u64,
@@ -318,25 +279,25 @@ impl RedisStore {
     }
 
     #[tracing::instrument(name = "redis.record_write", skip_all, fields(otel.kind = "client", db.system = "redis"))]
-    pub async fn record_write(
+    async fn record_write(
         &self,
         dataset: &str,
-        write: String,
+        write: NewWrite,
         capacity: usize,
-    ) -> Result<u64, Unavailable> {
+    ) -> Result<(), Unavailable> {
         let (stamp, writes) = (self.stamp_key(dataset), self.writes_key(dataset));
         self.run(|mut conn| async move {
             let script = Script::new(RECORD_WRITE);
             let mut invocation = script.key(stamp);
-            invocation.key(writes).arg(write).arg(capacity);
-            conn.invoke(&invocation).await
+            invocation.key(writes).arg(write.payload).arg(capacity);
+            conn.invoke::<u64>(&invocation).await.map(|_| ())
         })
         .await
     }
 
     /// Counts one event under `name` in a fixed window: the count so far and the time until
     /// the window ends. Used for login attempts, shared by every instance.
-    pub async fn count_in_window(
+    async fn count_in_window(
         &self,
         name: &str,
         window: Duration,
@@ -357,7 +318,7 @@ impl RedisStore {
     }
 
     /// Takes one back from `name`'s window, if it still exists.
-    pub async fn uncount_in_window(&self, name: &str) -> Result<(), Unavailable> {
+    async fn uncount_in_window(&self, name: &str) -> Result<(), Unavailable> {
         let key = format!("{}:limit:{name}", self.prefix);
         self.run(|mut conn| async move {
             let script = Script::new(UNCOUNT_IN_WINDOW);
@@ -369,7 +330,7 @@ impl RedisStore {
     }
 
     /// The count of `name`'s current window (0 when there is none) and the time left in it.
-    pub async fn peek_window(&self, name: &str) -> Result<(u64, Duration), Unavailable> {
+    async fn peek_window(&self, name: &str) -> Result<(u64, Duration), Unavailable> {
         let key = format!("{}:limit:{name}", self.prefix);
         self.run(|mut conn| async move {
             let mut pipe = redis::pipe();
@@ -383,7 +344,7 @@ impl RedisStore {
 
     /// `SET lease token NX PX ttl`: whether this caller now holds the lease.
     #[tracing::instrument(name = "redis.try_lease", skip_all, fields(otel.kind = "client", db.system = "redis"))]
-    pub async fn try_lease(
+    async fn try_lease(
         &self,
         lease_key: &str,
         token: &str,
@@ -401,7 +362,7 @@ impl RedisStore {
     }
 
     /// Deletes the lease if this caller still holds it.
-    pub async fn release_lease(&self, lease_key: &str, token: &str) -> Result<(), Unavailable> {
+    async fn release_lease(&self, lease_key: &str, token: &str) -> Result<(), Unavailable> {
         let (key, token) = (lease_key.to_owned(), token.to_owned());
         self.run(|mut conn| async move {
             let script = Script::new(RELEASE_LEASE);
@@ -412,24 +373,16 @@ impl RedisStore {
         .await
     }
 
-    pub async fn ping(&self) -> Result<(), Unavailable> {
+    async fn ping(&self) -> Result<(), Unavailable> {
         self.run(
             |mut conn| async move { conn.query::<String>(&redis::cmd("PING")).await.map(|_| ()) },
         )
         .await
     }
 
-    fn hot_key(&self) -> String {
-        format!("{}:hot", self.prefix)
-    }
-
     /// Adds local access counts to the shared sorted set of hot paths, which keeps its
     /// `keep` highest scores only.
-    pub async fn add_hot(
-        &self,
-        counts: Vec<(String, u64)>,
-        keep: usize,
-    ) -> Result<(), Unavailable> {
+    async fn add_hot(&self, counts: Vec<(String, u64)>, keep: usize) -> Result<(), Unavailable> {
         if counts.is_empty() {
             return Ok(());
         }
@@ -451,11 +404,7 @@ impl RedisStore {
     }
 
     /// The `limit` hottest paths; with `decay`, halves every score afterwards.
-    pub async fn top_hot(
-        &self,
-        limit: usize,
-        decay: bool,
-    ) -> Result<Vec<(String, f64)>, Unavailable> {
+    async fn top_hot(&self, limit: usize, decay: bool) -> Result<Vec<(String, f64)>, Unavailable> {
         let key = self.hot_key();
         let stop = isize::try_from(limit).unwrap_or(isize::MAX) - 1;
         self.run(|mut conn| async move {
@@ -476,7 +425,7 @@ impl RedisStore {
     }
 
     #[tracing::instrument(name = "redis.purge", skip_all, fields(otel.kind = "client", db.system = "redis"))]
-    pub async fn purge(&self, dataset: &str) -> Result<(), Unavailable> {
+    async fn purge(&self, dataset: &str) -> Result<(), Unavailable> {
         let (stamp, writes) = (self.stamp_key(dataset), self.writes_key(dataset));
         self.run(|mut conn| async move {
             let script = Script::new(PURGE);
@@ -485,172 +434,5 @@ impl RedisStore {
             conn.invoke::<i64>(&invocation).await.map(|_| ())
         })
         .await
-    }
-}
-
-/// Credentials from Entra ID for redis-rs: the current token at once, then each next one when
-/// the current enters its refresh window; redis-rs sends `AUTH <oid> <token>` on every live
-/// connection as each arrives, and uses the latest for new connections.
-struct EntraCredentials(Arc<Tokens>);
-
-/// After a failed token fetch, the next try.
-const TOKEN_RETRY: Duration = Duration::from_secs(10);
-
-impl StreamingCredentialsProvider for EntraCredentials {
-    fn subscribe(
-        &self,
-    ) -> Pin<Box<dyn futures_util::Stream<Item = redis::RedisResult<BasicAuth>> + Send + 'static>>
-    {
-        let tokens = Arc::clone(&self.0);
-        Box::pin(futures_util::stream::unfold(
-            None,
-            move |next_at: Option<SystemTime>| {
-                let tokens = Arc::clone(&tokens);
-                async move {
-                    if let Some(at) = next_at {
-                        let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
-                        tokio::time::sleep(wait).await;
-                    }
-                    let now = SystemTime::now();
-                    let item = match tokens.current(identity::REDIS_SCOPE).await {
-                        Ok((token, next)) => {
-                            let user = token.object_id().unwrap_or_else(|| "default".to_owned());
-                            (Ok(BasicAuth::new(user, token.secret)), next)
-                        }
-                        Err(error) => {
-                            tracing::warn!(
-                                error = format!("{error:#}"),
-                                "no Entra ID token for Redis"
-                            );
-                            let failure = redis::RedisError::from((
-                                redis::ErrorKind::AuthenticationFailed,
-                                "no Entra ID token for Redis",
-                                format!("{error:#}"),
-                            ));
-                            (Err(failure), now + TOKEN_RETRY)
-                        }
-                    };
-                    Some((item.0, Some(item.1)))
-                }
-            },
-        ))
-    }
-}
-
-/// A cheap clone of the shared connection for one call.
-pub enum Conn {
-    Standalone(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl Conn {
-    async fn get(&mut self, key: &str) -> redis::RedisResult<Option<Vec<u8>>> {
-        match self {
-            Conn::Standalone(c) => c.get(key).await,
-            Conn::Cluster(c) => c.get(key).await,
-        }
-    }
-
-    async fn set_px(&mut self, key: &str, value: Vec<u8>, millis: u64) -> redis::RedisResult<()> {
-        let options = redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(millis));
-        match self {
-            Conn::Standalone(c) => c.set_options(key, value, options).await,
-            Conn::Cluster(c) => c.set_options(key, value, options).await,
-        }
-    }
-
-    async fn hget(
-        &mut self,
-        key: &str,
-        fields: &[&str],
-    ) -> redis::RedisResult<(Option<u64>, Option<u64>)> {
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(key).arg(fields);
-        match self {
-            Conn::Standalone(c) => cmd.query_async(c).await,
-            Conn::Cluster(c) => cmd.query_async(c).await,
-        }
-    }
-
-    async fn pipeline(&mut self, pipe: &redis::Pipeline) -> redis::RedisResult<()> {
-        match self {
-            Conn::Standalone(c) => pipe.query_async(c).await,
-            Conn::Cluster(c) => pipe.query_async(c).await,
-        }
-    }
-
-    async fn pipeline_query<T: redis::FromRedisValue>(
-        &mut self,
-        pipe: &redis::Pipeline,
-    ) -> redis::RedisResult<T> {
-        match self {
-            Conn::Standalone(c) => pipe.query_async(c).await,
-            Conn::Cluster(c) => pipe.query_async(c).await,
-        }
-    }
-
-    async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
-        match self {
-            Conn::Standalone(c) => cmd.query_async(c).await,
-            Conn::Cluster(c) => cmd.query_async(c).await,
-        }
-    }
-
-    async fn lrange(
-        &mut self,
-        key: &str,
-        start: isize,
-        stop: isize,
-    ) -> redis::RedisResult<Vec<String>> {
-        match self {
-            Conn::Standalone(c) => c.lrange(key, start, stop).await,
-            Conn::Cluster(c) => c.lrange(key, start, stop).await,
-        }
-    }
-
-    async fn invoke<T: redis::FromRedisValue>(
-        &mut self,
-        invocation: &redis::ScriptInvocation<'_>,
-    ) -> redis::RedisResult<T> {
-        match self {
-            Conn::Standalone(c) => invocation.invoke_async(c).await,
-            Conn::Cluster(c) => invocation.invoke_async(c).await,
-        }
-    }
-}
-
-impl RecordedWrite {
-    /// `"<seq> [old, new]"` as the write log stores it.
-    pub fn encode_payload(old: &Option<Vec<Value>>, new: &Option<Vec<Value>>) -> String {
-        let row = |r: &Option<Vec<Value>>| match r {
-            Some(values) => serde_json::Value::Array(values.iter().map(Value::to_json).collect()),
-            None => serde_json::Value::Null,
-        };
-        serde_json::Value::Array(vec![row(old), row(new)]).to_string()
-    }
-
-    fn decode(dataset: &Dataset, item: &str) -> Option<RecordedWrite> {
-        let (seq, payload) = item.split_once(' ')?;
-        let json: serde_json::Value = serde_json::from_str(payload).ok()?;
-        let row = |v: &serde_json::Value| -> Option<Option<Vec<Value>>> {
-            match v {
-                serde_json::Value::Null => Some(None),
-                serde_json::Value::Array(cells) if cells.len() == dataset.columns.len() => {
-                    Some(Some(
-                        cells
-                            .iter()
-                            .zip(&dataset.columns)
-                            .map(|(cell, column)| Value::from_json(column, cell))
-                            .collect::<Option<_>>()?,
-                    ))
-                }
-                _ => None,
-            }
-        };
-        Some(RecordedWrite {
-            seq: seq.parse().ok()?,
-            old: row(json.get(0)?)?,
-            new: row(json.get(1)?)?,
-        })
     }
 }

@@ -1,0 +1,310 @@
+//! One database query per cold key: concurrent misses of a key at one write position share one
+//! computation in this instance (a flight), and instances sharing a store take a lease so only
+//! one of them computes while the others wait for its stored answer.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::OnceCell;
+
+use super::entry::{CachedResponse, Outcome};
+use super::fresh::is_fresh;
+use super::spread::{jittered, lease_token};
+use super::{Cache, STALE_GRACE, Subject};
+use crate::datasets::Dataset;
+
+/// One computation shared by the concurrent misses of a key at one write position.
+pub(super) type Flight = OnceCell<(Arc<CachedResponse>, Outcome)>;
+
+/// How long a lease lasts if its holder never releases it (it died, say).
+const LEASE_TTL: Duration = Duration::from_secs(5);
+/// How long a request waits for another instance's computation before doing its own.
+const LEASE_WAIT: Duration = Duration::from_secs(3);
+const LEASE_POLL: Duration = Duration::from_millis(20);
+/// Streamed answers (exports) take seconds: their leases last longer and are waited for longer.
+const STREAM_LEASE_TTL: Duration = Duration::from_secs(60);
+const STREAM_WAIT: Duration = Duration::from_secs(30);
+const STREAM_POLL: Duration = Duration::from_millis(50);
+
+/// Whether this request computes a streamed answer or got it from the one that did.
+pub enum Claim {
+    Compute(StreamClaim),
+    Served(Arc<CachedResponse>),
+}
+
+/// The right to compute a streamed answer; dropping it (after storing, or on failure or a
+/// client that left) lets waiters go on.
+pub struct StreamClaim {
+    cache: Arc<Cache>,
+    key: String,
+    lease: Option<(String, String)>,
+}
+
+impl Drop for StreamClaim {
+    fn drop(&mut self) {
+        if !self.key.is_empty() {
+            self.cache.streaming.lock().remove(&self.key);
+        }
+        if let Some((lease_key, token)) = self.lease.take()
+            && self.cache.store.is_shared()
+        {
+            let cache = Arc::clone(&self.cache);
+            // Dropped inside the runtime (a response body or a handler): release off this thread.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = cache.store.release_lease(&lease_key, &token).await;
+                });
+            }
+        }
+    }
+}
+
+enum Lease {
+    /// Not shared between instances, or the store failed: compute without one.
+    None,
+    Held(String, String),
+    /// Another instance stored the answer while we waited.
+    Served(Arc<CachedResponse>),
+}
+
+impl Cache {
+    /// Returns the cached answer for `key`, or computes it once, however many callers ask at once.
+    pub async fn get_or_compute<F, Fut, E>(
+        &self,
+        dataset: &Dataset,
+        subject: Subject<'_>,
+        key: String,
+        compute: F,
+    ) -> Result<(Arc<CachedResponse>, Outcome), E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(Vec<u8>, &'static str), E>>,
+    {
+        self.get_or_compute_or_stale(dataset, subject, key, compute, |_| false, false)
+            .await
+    }
+
+    /// [`Cache::get_or_compute`], and when the computation fails in a way `database_down` accepts,
+    /// the last good answer (at most [`STALE_GRACE`] past its freshness) as `STALE`.
+    pub async fn get_or_compute_or_stale<F, Fut, E>(
+        &self,
+        dataset: &Dataset,
+        subject: Subject<'_>,
+        key: String,
+        compute: F,
+        database_down: impl Fn(&E) -> bool,
+        warming: bool,
+    ) -> Result<(Arc<CachedResponse>, Outcome), E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(Vec<u8>, &'static str), E>>,
+    {
+        let stamp = match self.lookup(dataset, &subject, &key, warming).await {
+            Ok(Some(entry)) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok((entry, Outcome::Hit));
+            }
+            // The stamp is read before the query starts: see the module documentation.
+            Ok(None) => self.stamp(&dataset.name).await,
+            Err(unavailable) => Err(unavailable),
+        };
+        let Ok(stamp) = stamp else {
+            // The cache is down: answer from the database, store nothing.
+            self.bypasses.fetch_add(1, Ordering::Relaxed);
+            let started = Instant::now();
+            let (body, content_type) = compute().await?;
+            let entry = CachedResponse::new(
+                &body,
+                content_type,
+                started.elapsed(),
+                Default::default(),
+                Duration::ZERO,
+            );
+            return Ok((Arc::new(entry), Outcome::Bypass));
+        };
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let flight_key = format!("{key}@{}.{}", stamp.epoch, stamp.seq);
+        let cell = Arc::clone(self.flights.lock().entry(flight_key.clone()).or_default());
+        let result = cell
+            .get_or_try_init(|| async {
+                // Another instance may be computing the same answer: wait for it rather than
+                // query the database again.
+                let lease = match self.lease_or_wait(dataset, &subject, &key).await {
+                    Lease::Served(entry) => return Ok((entry, Outcome::Hit)),
+                    lease => lease,
+                };
+                let started = Instant::now();
+                let computed = compute().await;
+                let (body, content_type) = match computed {
+                    Ok(computed) => computed,
+                    Err(error) => {
+                        self.release(lease).await;
+                        return Err(error);
+                    }
+                };
+                let ttl = jittered(self.ttl(dataset));
+                let entry = Arc::new(CachedResponse::new(
+                    &body,
+                    content_type,
+                    started.elapsed(),
+                    stamp,
+                    ttl,
+                ));
+                self.memory
+                    .insert(key.clone(), Arc::clone(&entry), ttl + STALE_GRACE);
+                // A failed store costs the next reader a miss, nothing more.
+                let _ = self.store.set(&key, &entry, ttl + STALE_GRACE).await;
+                self.release(lease).await;
+                Ok((entry, Outcome::Miss))
+            })
+            .await
+            .cloned();
+        {
+            let mut flights = self.flights.lock();
+            if flights
+                .get(&flight_key)
+                .is_some_and(|c| Arc::ptr_eq(c, &cell))
+            {
+                flights.remove(&flight_key);
+            }
+        }
+        match result {
+            Err(error) if database_down(&error) => match self.last_good(&key).await {
+                Some(entry) => {
+                    self.stales.fetch_add(1, Ordering::Relaxed);
+                    Ok((entry, Outcome::Stale))
+                }
+                None => Err(error),
+            },
+            other => other,
+        }
+    }
+
+    /// Claims the computation of a streamed answer (an export), or waits for the request that
+    /// holds it, in this instance or (with a shared store) any other, and returns the answer it
+    /// stored. The claim ends when the returned [`StreamClaim`] is dropped.
+    pub async fn claim_streamed(
+        self: &Arc<Self>,
+        dataset: &Dataset,
+        subject: Subject<'_>,
+        key: &str,
+    ) -> Claim {
+        let deadline = Instant::now() + STREAM_WAIT;
+        loop {
+            if self.streaming.lock().insert(key.to_owned()) {
+                // The previous holder may have stored it just now.
+                if let Ok(Some(entry)) = self.lookup(dataset, &subject, key, false).await {
+                    self.streaming.lock().remove(key);
+                    return Claim::Served(entry);
+                }
+                let lease = match self
+                    .lease_or_wait_for(dataset, &subject, key, STREAM_LEASE_TTL, STREAM_WAIT)
+                    .await
+                {
+                    Lease::Served(entry) => {
+                        self.streaming.lock().remove(key);
+                        return Claim::Served(entry);
+                    }
+                    Lease::Held(lease_key, token) => Some((lease_key, token)),
+                    Lease::None => None,
+                };
+                return Claim::Compute(StreamClaim {
+                    cache: Arc::clone(self),
+                    key: key.to_owned(),
+                    lease,
+                });
+            }
+            tokio::time::sleep(STREAM_POLL).await;
+            // Only once the holder is done is the stored answer worth a look (it may be large).
+            if !self.streaming.lock().contains(key)
+                && let Ok(Some(entry)) = self.lookup(dataset, &subject, key, false).await
+            {
+                return Claim::Served(entry);
+            }
+            if Instant::now() > deadline {
+                // The holder is slow or stuck: compute this one without a claim.
+                return Claim::Compute(StreamClaim {
+                    cache: Arc::clone(self),
+                    key: String::new(),
+                    lease: None,
+                });
+            }
+        }
+    }
+
+    /// With a shared store, takes the key's lease, or waits for the instance holding it to store
+    /// the answer. A lease expires by itself if its holder dies.
+    async fn lease_or_wait(&self, dataset: &Dataset, subject: &Subject<'_>, key: &str) -> Lease {
+        self.lease_or_wait_for(dataset, subject, key, LEASE_TTL, LEASE_WAIT)
+            .await
+    }
+
+    async fn lease_or_wait_for(
+        &self,
+        dataset: &Dataset,
+        subject: &Subject<'_>,
+        key: &str,
+        lease_ttl: Duration,
+        wait: Duration,
+    ) -> Lease {
+        if !self.store.is_shared() {
+            return Lease::None;
+        }
+        let lease_key = self.keys.lease_key(key);
+        let token = lease_token();
+        let deadline = Instant::now() + wait;
+        let mut waited = false;
+        loop {
+            match self.store.try_lease(&lease_key, &token, lease_ttl).await {
+                // Taken after another holder let go: it stored its answer first, so look.
+                Ok(true) if waited => {
+                    if let Some(entry) = self.fetch_fresh(dataset, subject, key).await {
+                        let _ = self.store.release_lease(&lease_key, &token).await;
+                        return Lease::Served(entry);
+                    }
+                    return Lease::Held(lease_key, token);
+                }
+                Ok(true) => return Lease::Held(lease_key, token),
+                Ok(false) => waited = true,
+                Err(_) => return Lease::None,
+            }
+            tokio::time::sleep(LEASE_POLL).await;
+            // While the holder works, only its (tiny) lease is looked at; the answer, which may
+            // be large, is read once the lease is gone.
+            if self.store.lease_exists(&lease_key).await.unwrap_or(true) {
+                if Instant::now() > deadline {
+                    return Lease::None;
+                }
+                continue;
+            }
+            if let Some(entry) = self.fetch_fresh(dataset, subject, key).await {
+                return Lease::Served(entry);
+            }
+            if Instant::now() > deadline {
+                return Lease::None; // the holder is slow: answer this request ourselves
+            }
+        }
+    }
+
+    /// The answer another instance stored under `key`, if it is fresh (kept near when small).
+    async fn fetch_fresh(
+        &self,
+        dataset: &Dataset,
+        subject: &Subject<'_>,
+        key: &str,
+    ) -> Option<Arc<CachedResponse>> {
+        let entry = self.fetch(subject, key).await.ok()??;
+        let fresh = is_fresh(&*self.store, dataset, subject, entry.stamp).await;
+        fresh
+            .unwrap_or(false)
+            .then(|| self.keep_near(dataset, key, entry))
+    }
+
+    async fn release(&self, lease: Lease) {
+        if let Lease::Held(lease_key, token) = lease {
+            let _ = self.store.release_lease(&lease_key, &token).await;
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The one store behind the cache: what every instance must agree on (write positions and the
+//! write log, entries, leases, hot keys, rate-limit windows). [`super::local::LocalStore`] keeps
+//! it in this process; [`super::redis::RedisStore`] shares it through Redis.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::entry::CachedResponse;
+use super::fresh::{RecordedWrite, Stamp};
+use crate::datasets::{Dataset, Value};
+use crate::identity::Tokens;
+
+/// The store did not answer (Redis down, slow, refusing): the caller bypasses the cache.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the cache is unavailable")]
+pub struct Unavailable;
+
+/// A write as it is handed to the store: the rows the write log keeps, and the same rows encoded
+/// (what a shared store writes; its size was checked by the caller).
+pub struct NewWrite {
+    pub old: Option<Vec<Value>>,
+    pub new: Option<Vec<Value>>,
+    pub payload: String,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// `"in-process"` or `"redis"`, as reported to clients and in `/api/health`.
+    fn backend(&self) -> &'static str;
+
+    /// Whether other instances read the same store. When not, entries live only in the
+    /// cache's memory tier ([`Store::get`] finds nothing) and no leases are needed, since
+    /// the instance's own flights already share computations.
+    fn is_shared(&self) -> bool;
+
+    /// Authenticates with Entra ID tokens (Redis without access keys); nothing to do in process.
+    fn use_entra_tokens(&mut self, _tokens: Arc<Tokens>) {}
+
+    /// The dataset's current write position.
+    async fn stamp(&self, dataset: &str) -> Result<Stamp, Unavailable>;
+
+    /// Appends a write at the next position, keeping the newest `capacity` writes.
+    async fn record_write(
+        &self,
+        dataset: &str,
+        write: NewWrite,
+        capacity: usize,
+    ) -> Result<(), Unavailable>;
+
+    /// The writes after `seq` up to at least `current`, or `None` when some of them are no
+    /// longer remembered.
+    async fn writes_since(
+        &self,
+        dataset: &Dataset,
+        seq: u64,
+        current: u64,
+    ) -> Result<Option<Vec<RecordedWrite>>, Unavailable>;
+
+    /// Starts a new epoch of the dataset: every answer stamped before is stale.
+    async fn purge(&self, dataset: &str) -> Result<(), Unavailable>;
+
+    /// The entry stored under `key`; `large` gives an export's value longer to arrive.
+    async fn get(&self, key: &str, large: bool) -> Result<Option<CachedResponse>, Unavailable>;
+
+    async fn set(
+        &self,
+        key: &str,
+        entry: &CachedResponse,
+        ttl: Duration,
+    ) -> Result<(), Unavailable>;
+
+    /// Whether this caller now holds the lease `lease_key` (for `ttl`, or until released).
+    async fn try_lease(
+        &self,
+        lease_key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, Unavailable>;
+
+    async fn lease_exists(&self, lease_key: &str) -> Result<bool, Unavailable>;
+
+    /// Ends the lease if `token` still holds it.
+    async fn release_lease(&self, lease_key: &str, token: &str) -> Result<(), Unavailable>;
+
+    /// Adds access counts to the hot-path scores, which keep their `keep` highest.
+    async fn add_hot(&self, counts: Vec<(String, u64)>, keep: usize) -> Result<(), Unavailable>;
+
+    /// The `limit` hottest paths, highest first; with `decay`, every score is halved after.
+    async fn top_hot(&self, limit: usize, decay: bool) -> Result<Vec<(String, f64)>, Unavailable>;
+
+    /// Counts one event under `name` in a fixed `window`: the count so far and the time left.
+    async fn count_in_window(
+        &self,
+        name: &str,
+        window: Duration,
+    ) -> Result<(u64, Duration), Unavailable>;
+
+    /// Takes one back from `name`'s current window, if it has one.
+    async fn uncount_in_window(&self, name: &str) -> Result<(), Unavailable>;
+
+    /// `name`'s current count (0 without a window) and the time left, counting nothing.
+    async fn peek_window(&self, name: &str) -> Result<(u64, Duration), Unavailable>;
+
+    /// A round trip to the store.
+    async fn ping(&self) -> Result<(), Unavailable>;
+}
