@@ -168,14 +168,14 @@ impl AzureIdentity {
         };
         // The HTTP client of azure_core is reqwest on rustls: ring must be the process's provider.
         crate::tls::install_provider();
-        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        if env("AZURE_FEDERATED_TOKEN_FILE").is_some() {
+        let settings = crate::config::IdentitySettings::from_env();
+        if settings.workload_identity {
             return Ok(WorkloadIdentityCredential::new(None)
                 .context("cannot create the workload identity credential")?);
         }
-        if env("IDENTITY_ENDPOINT").is_some() || env("MSI_ENDPOINT").is_some() {
+        if settings.managed_identity {
             let options = ManagedIdentityCredentialOptions {
-                user_assigned_id: env("AZURE_CLIENT_ID").map(UserAssignedId::ClientId),
+                user_assigned_id: settings.client_id.map(UserAssignedId::ClientId),
                 ..Default::default()
             };
             return Ok(ManagedIdentityCredential::new(Some(options))

@@ -6,7 +6,7 @@ use crate::http::AppState;
 
 /// Whether this process was started by the Lambda runtime.
 pub fn is_lambda() -> bool {
-    std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
+    crate::config::started_by_lambda()
 }
 
 /// Answers the runtime's events with the router until the runtime stops the process.

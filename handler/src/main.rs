@@ -5,13 +5,13 @@ use clap::Parser as _;
 #[tokio::main]
 async fn main() -> ExitCode {
     // The Lambda runtime starts the binary without arguments: that means `serve`.
-    let cli =
-        if std::env::args_os().len() == 1 && std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
-            handler::cli::Cli::parse_from(["handler", "serve"])
-        } else {
-            handler::cli::Cli::parse()
-        };
-    let telemetry = handler::telemetry::init(cli.output());
+    let cli = if std::env::args_os().len() == 1 && handler::config::started_by_lambda() {
+        handler::cli::Cli::parse_from(["handler", "serve"])
+    } else {
+        handler::cli::Cli::parse()
+    };
+    let telemetry_settings = handler::config::TelemetrySettings::from_env();
+    let telemetry = handler::telemetry::init(cli.output(), &telemetry_settings);
     let code = match cli.run().await {
         Ok(code) => code,
         Err(error) => {

@@ -28,6 +28,8 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
+use crate::config::TelemetrySettings;
+
 /// Where the output of this process goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
@@ -70,29 +72,32 @@ pub enum Exporter {
 }
 
 impl Exporter {
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Exporter {
-        let set = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        match (
-            set("APPLICATIONINSIGHTS_CONNECTION_STRING"),
-            set("OTEL_EXPORTER_OTLP_ENDPOINT"),
-        ) {
-            (Some(connection_string), _) => Exporter::ApplicationInsights(connection_string),
-            (None, Some(endpoint)) => Exporter::Otlp(endpoint),
+    pub fn from_settings(settings: &TelemetrySettings) -> Exporter {
+        match (&settings.application_insights, &settings.otlp_endpoint) {
+            (Some(connection_string), _) => {
+                Exporter::ApplicationInsights(connection_string.expose().to_owned())
+            }
+            (None, Some(endpoint)) => Exporter::Otlp(endpoint.clone()),
             (None, None) => Exporter::None,
         }
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Exporter {
+        Exporter::from_settings(&TelemetrySettings::from_lookup(lookup))
     }
 }
 
 /// Sets up logging and, when configured, trace and metric export. Call once, inside the runtime.
-pub fn init(output: Output) -> Telemetry {
-    let exporter = Exporter::from_lookup(|name| std::env::var(name).ok());
-    let (telemetry, error) = match exporters(&exporter) {
+pub fn init(output: Output, settings: &TelemetrySettings) -> Telemetry {
+    let exporter = Exporter::from_settings(settings);
+    let (telemetry, error) = match exporters(&exporter, settings.metric_export_interval) {
         Ok(telemetry) => (telemetry, None),
         // Telemetry must not stop the service: log why, and serve without export.
         Err(error) => (Telemetry::default(), Some(error)),
     };
     let filter = || {
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        let chosen = settings.log_filter.as_deref().map(EnvFilter::try_new);
+        chosen.and_then(Result::ok).unwrap_or_else(|| {
             // The SDK's own diagnostics only when they matter (dropped spans are a warning).
             EnvFilter::new("info,sqlx=warn,opentelemetry=warn,opentelemetry_sdk=warn")
         })
@@ -140,12 +145,8 @@ fn resource() -> Resource {
         .build()
 }
 
-fn exporters(exporter: &Exporter) -> anyhow::Result<Telemetry> {
+fn exporters(exporter: &Exporter, interval: Duration) -> anyhow::Result<Telemetry> {
     let client = ExportClient::new()?;
-    let interval = std::env::var("OTEL_METRIC_EXPORT_INTERVAL")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(Duration::from_secs(60), Duration::from_millis);
     let telemetry = match exporter {
         Exporter::None => return Ok(Telemetry::default()),
         Exporter::ApplicationInsights(connection_string) => {

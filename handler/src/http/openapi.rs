@@ -3,7 +3,8 @@
 
 use serde_json::{Map, Value as Json, json};
 
-use super::{ENDPOINTS, Handler};
+use super::ENDPOINTS;
+use super::endpoints::Handler;
 use crate::datasets::{Catalog, Column, ColumnType, Dataset};
 use crate::query::{DEFAULT_LIMIT, MAX_LIMIT};
 

@@ -38,13 +38,28 @@
 //!   `MAX_CURSOR_BYTES`, `EXPORT_CONCURRENCY`, `EXPORT_MAX_BYTES`, `EXPORT_MEMORY_BYTES`,
 //!   `MAX_DATABASE_READS`.
 //!
+//! The platform's own variables (telemetry export, the Azure identity, AWS Lambda) are read here
+//! too, in [`TelemetrySettings`], [`IdentitySettings`] and [`started_by_lambda`]; no other module
+//! reads the environment.
+//!
 //! Errors name the variable. Secrets (a database password) are never printed.
 
-use std::fmt;
+mod limits;
+mod platform;
+mod proxies;
+mod secret;
+mod vars;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+
+pub use limits::{ConnectionLimits, QueryLimits, RequestLimits};
+pub use platform::{IdentitySettings, TelemetrySettings, started_by_lambda};
+pub use proxies::{TrustedProxies, canonical_ip};
+pub use secret::Secret;
+use vars::Vars;
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://smartcache.db";
 pub const DEFAULT_DATASETS_DIR: &str = "datasets";
@@ -94,168 +109,6 @@ pub struct Settings {
     pub requests: RequestLimits,
 }
 
-/// The listener's timeouts and connection cap (see [`crate::server`]).
-#[derive(Debug, Clone)]
-pub struct ConnectionLimits {
-    /// `HEADER_TIMEOUT_SECONDS`: from a request's first byte to its last header.
-    pub header_timeout: Duration,
-    /// `IDLE_TIMEOUT_SECONDS`: an open connection with no request under way.
-    pub idle_timeout: Duration,
-    /// `WRITE_TIMEOUT_SECONDS`: a response write making no progress (the client stopped reading).
-    pub write_timeout: Duration,
-    /// `MAX_CONNECTIONS`: open connections per instance.
-    pub max_connections: usize,
-    /// `MAX_CONNECTIONS_PER_ADDRESS`: open connections from one client address (trusted proxies,
-    /// the Functions host among them, are exempt).
-    pub max_per_address: usize,
-}
-
-impl Default for ConnectionLimits {
-    fn default() -> Self {
-        ConnectionLimits {
-            header_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(120),
-            write_timeout: Duration::from_secs(30),
-            max_connections: 1024,
-            max_per_address: 64,
-        }
-    }
-}
-
-/// What one request may make the server read, hold and compute.
-#[derive(Debug, Clone)]
-pub struct RequestLimits {
-    /// `MAX_URI_BYTES`: path and query string together (414 beyond).
-    pub max_uri_bytes: usize,
-    /// `MAX_BODY_BYTES`: a request body (413 beyond).
-    pub max_body_bytes: usize,
-    /// `BODY_TIMEOUT_SECONDS`: reading a request body (408 beyond).
-    pub body_timeout: Duration,
-    pub query: QueryLimits,
-    /// `EXPORT_CONCURRENCY`: uncached exports computed at once per instance (503 beyond). Keep it
-    /// below the database pool's size: the rest is for ordinary reads, logins and writes.
-    pub export_concurrency: usize,
-    /// `EXPORT_MAX_BYTES`: the compressed size of one export held while it is computed.
-    pub export_max_bytes: usize,
-    /// `EXPORT_MEMORY_BYTES`: large answers (exports) held at once while they are sent, each
-    /// counted once however many clients read it (503 beyond).
-    pub export_memory_bytes: usize,
-    /// `MAX_DATABASE_READS`: database reads for cache misses at once; `None`, the pool's size
-    /// less one, which leaves a connection to logins, writes and health checks.
-    pub database_reads: Option<usize>,
-}
-
-impl Default for RequestLimits {
-    fn default() -> Self {
-        RequestLimits {
-            max_uri_bytes: 4096,
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            body_timeout: Duration::from_secs(30),
-            query: QueryLimits::default(),
-            export_concurrency: 2,
-            export_max_bytes: 128 << 20,
-            export_memory_bytes: 512 << 20,
-            database_reads: None,
-        }
-    }
-}
-
-/// What a query string may hold (400 beyond, naming the parameter).
-#[derive(Debug, Clone)]
-pub struct QueryLimits {
-    /// `MAX_QUERY_PARAMETERS`: parameters in one query string.
-    pub max_parameters: usize,
-    /// `MAX_FILTER_REPEATS`: repeats of one list filter (`genres=a&genres=b`).
-    pub max_filter_repeats: usize,
-    /// `MAX_VALUE_CHARS`: characters in one filter value.
-    pub max_value_chars: usize,
-    /// `MAX_CURSOR_BYTES`: the length of a cursor (the ones this API makes are far shorter).
-    pub max_cursor_bytes: usize,
-}
-
-impl Default for QueryLimits {
-    fn default() -> Self {
-        QueryLimits {
-            max_parameters: 32,
-            max_filter_repeats: 8,
-            max_value_chars: 512,
-            // A cursor carries a sort value: a 300-character title sorts, encoded, into ~1.6 KB.
-            max_cursor_bytes: 2048,
-        }
-    }
-}
-
-/// Proxies whose `X-Forwarded-For` is believed: addresses and CIDR ranges.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct TrustedProxies {
-    ranges: Vec<(std::net::IpAddr, u8)>,
-}
-
-impl TrustedProxies {
-    /// `10.0.0.0/8, 192.0.2.7, ::1`.
-    pub fn parse(list: &str) -> anyhow::Result<TrustedProxies> {
-        let mut ranges = Vec::new();
-        for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-            let (address, bits) = match item.split_once('/') {
-                Some((address, bits)) => (address, Some(bits)),
-                None => (item, None),
-            };
-            let address: std::net::IpAddr = address
-                .parse()
-                .with_context(|| format!("{item:?} is not an IP address or CIDR range"))?;
-            let max = if address.is_ipv4() { 32 } else { 128 };
-            let bits = match bits {
-                None => max,
-                Some(bits) => bits
-                    .parse()
-                    .ok()
-                    .filter(|b| *b <= max)
-                    .with_context(|| format!("{item:?} has a bad prefix length"))?,
-            };
-            ranges.push((address, bits));
-        }
-        Ok(TrustedProxies { ranges })
-    }
-
-    /// Loopback, IPv4 and IPv6: where the Functions host connects from.
-    pub fn with_loopback(mut self) -> Self {
-        self.ranges
-            .push((std::net::IpAddr::from([127, 0, 0, 0]), 8));
-        self.ranges
-            .push((std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST), 128));
-        self
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ranges.is_empty()
-    }
-
-    pub fn contains(&self, address: std::net::IpAddr) -> bool {
-        let address = canonical_ip(address);
-        self.ranges
-            .iter()
-            .any(|&(network, bits)| match (canonical_ip(network), address) {
-                (std::net::IpAddr::V4(n), std::net::IpAddr::V4(a)) => {
-                    let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
-                    u32::from(n) & mask == u32::from(a) & mask
-                }
-                (std::net::IpAddr::V6(n), std::net::IpAddr::V6(a)) => {
-                    let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
-                    u128::from(n) & mask == u128::from(a) & mask
-                }
-                _ => false,
-            })
-    }
-}
-
-/// An IPv4-mapped IPv6 address (`::ffff:192.0.2.1`) as the IPv4 address it is.
-pub fn canonical_ip(address: std::net::IpAddr) -> std::net::IpAddr {
-    match address {
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, std::net::IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthProvider {
     Local,
@@ -269,7 +122,8 @@ impl Settings {
 
     /// Reads settings through `lookup`, so tests need not touch the process environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Settings> {
-        let non_empty = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let vars = Vars::new(lookup);
+        let non_empty = |name: &str| vars.non_empty(name);
         let database_url =
             non_empty("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
         let datasets_dir =
@@ -316,18 +170,7 @@ impl Settings {
                 );
             }
         }
-        let positive = |name: &str, default: u64| -> anyhow::Result<u64> {
-            match non_empty(name) {
-                None => Ok(default),
-                Some(value) => value
-                    .trim()
-                    .parse()
-                    .ok()
-                    .filter(|&n: &u64| n > 0)
-                    .with_context(|| format!("{name} must be a positive number, not {value:?}")),
-            }
-        };
-        let jwt_ttl = positive("JWT_TTL_SECONDS", DEFAULT_JWT_TTL_SECONDS)?;
+        let jwt_ttl = vars.positive("JWT_TTL_SECONDS", DEFAULT_JWT_TTL_SECONDS)?;
         let jwt_secret = non_empty("JWT_SECRET");
         if let Some(secret) = &jwt_secret
             && secret.len() < MIN_SECRET_BYTES
@@ -337,57 +180,12 @@ impl Settings {
                 secret.len()
             );
         }
-        let count = |name: &str, default: usize| -> anyhow::Result<usize> {
-            positive(name, default as u64).map(|n| usize::try_from(n).unwrap_or(usize::MAX))
-        };
-        let seconds = |name: &str, default: Duration| -> anyhow::Result<Duration> {
-            positive(name, default.as_secs()).map(Duration::from_secs)
-        };
-        let (connection_defaults, request_defaults) =
-            (ConnectionLimits::default(), RequestLimits::default());
-        let connections = ConnectionLimits {
-            header_timeout: seconds("HEADER_TIMEOUT_SECONDS", connection_defaults.header_timeout)?,
-            idle_timeout: seconds("IDLE_TIMEOUT_SECONDS", connection_defaults.idle_timeout)?,
-            write_timeout: seconds("WRITE_TIMEOUT_SECONDS", connection_defaults.write_timeout)?,
-            max_connections: count("MAX_CONNECTIONS", connection_defaults.max_connections)?,
-            max_per_address: count(
-                "MAX_CONNECTIONS_PER_ADDRESS",
-                connection_defaults.max_per_address,
-            )?,
-        };
-        let query_defaults = &request_defaults.query;
-        let requests = RequestLimits {
-            max_uri_bytes: count("MAX_URI_BYTES", request_defaults.max_uri_bytes)?,
-            max_body_bytes: count("MAX_BODY_BYTES", request_defaults.max_body_bytes)?,
-            body_timeout: seconds("BODY_TIMEOUT_SECONDS", request_defaults.body_timeout)?,
-            query: QueryLimits {
-                max_parameters: count("MAX_QUERY_PARAMETERS", query_defaults.max_parameters)?,
-                max_filter_repeats: count("MAX_FILTER_REPEATS", query_defaults.max_filter_repeats)?,
-                max_value_chars: count("MAX_VALUE_CHARS", query_defaults.max_value_chars)?,
-                max_cursor_bytes: count("MAX_CURSOR_BYTES", query_defaults.max_cursor_bytes)?,
-            },
-            export_concurrency: count("EXPORT_CONCURRENCY", request_defaults.export_concurrency)?,
-            export_max_bytes: count("EXPORT_MAX_BYTES", request_defaults.export_max_bytes)?,
-            export_memory_bytes: count(
-                "EXPORT_MEMORY_BYTES",
-                request_defaults.export_memory_bytes,
-            )?,
-            database_reads: match non_empty("MAX_DATABASE_READS") {
-                None => None,
-                Some(_) => Some(count("MAX_DATABASE_READS", 1)?),
-            },
-        };
-        let cache_max_bytes = count("CACHE_MAX_BYTES", DEFAULT_CACHE_MAX_BYTES)?;
-        let flag = |name: &str| -> anyhow::Result<bool> {
-            match non_empty(name).map(|v| v.trim().to_ascii_lowercase()) {
-                None => Ok(false),
-                Some(v) if matches!(v.as_str(), "true" | "1" | "yes") => Ok(true),
-                Some(v) if matches!(v.as_str(), "false" | "0" | "no") => Ok(false),
-                Some(v) => bail!("{name} must be true or false, not {v:?}"),
-            }
-        };
-        let under_functions_host = lookup("FUNCTIONS_CUSTOMHANDLER_PORT")
-            .or_else(|| lookup("FUNCTIONS_HTTPWORKER_PORT"))
+        let connections = ConnectionLimits::from_vars(&vars)?;
+        let requests = RequestLimits::from_vars(&vars)?;
+        let cache_max_bytes = vars.count("CACHE_MAX_BYTES", DEFAULT_CACHE_MAX_BYTES)?;
+        let under_functions_host = vars
+            .raw("FUNCTIONS_CUSTOMHANDLER_PORT")
+            .or_else(|| vars.raw("FUNCTIONS_HTTPWORKER_PORT"))
             .is_some_and(|v| !v.trim().is_empty());
         let trusted_proxies =
             TrustedProxies::parse(&non_empty("TRUSTED_PROXIES").unwrap_or_default())
@@ -418,7 +216,7 @@ impl Settings {
         };
         let firebase_project_id = non_empty("FIREBASE_PROJECT_ID");
         let firebase_auth_emulator_host = non_empty("FIREBASE_AUTH_EMULATOR_HOST");
-        let firebase_api_key = non_empty("FIREBASE_API_KEY").map(Secret);
+        let firebase_api_key = non_empty("FIREBASE_API_KEY").map(Secret::new);
         if auth_provider == AuthProvider::Firebase {
             if firebase_project_id.is_none() {
                 bail!("AUTH_PROVIDER=firebase needs FIREBASE_PROJECT_ID");
@@ -466,68 +264,33 @@ impl Settings {
             );
         }
         Ok(Settings {
-            database_url: Secret(database_url),
+            database_url: Secret::new(database_url),
             datasets_dir: datasets_dir.into(),
             port,
             bind_address,
-            redis_url: non_empty("REDIS_URL").map(Secret),
+            redis_url: non_empty("REDIS_URL").map(Secret::new),
             redis_entra,
             cache_prefix,
             cache_ttl: std::time::Duration::from_secs(cache_ttl),
-            jwt_secret: jwt_secret.map(Secret),
+            jwt_secret: jwt_secret.map(Secret::new),
             jwt_ttl: std::time::Duration::from_secs(jwt_ttl),
             auth_provider,
             firebase_api_key,
             firebase_project_id,
             firebase_auth_emulator_host,
             firebase_certs_url: non_empty("FIREBASE_CERTS_URL"),
-            firebase_allow_unverified_email: flag("FIREBASE_ALLOW_UNVERIFIED_EMAIL")?,
+            firebase_allow_unverified_email: vars.flag("FIREBASE_ALLOW_UNVERIFIED_EMAIL")?,
             cors_allowed_origins,
-            storage_connection_string: non_empty("AZURE_STORAGE_CONNECTION_STRING").map(Secret),
+            storage_connection_string: non_empty("AZURE_STORAGE_CONNECTION_STRING")
+                .map(Secret::new),
             storage_auth,
             cache_max_bytes,
             under_functions_host,
             trusted_proxies,
-            timer_secret: timer_secret.map(Secret),
+            timer_secret: timer_secret.map(Secret::new),
             connections,
             requests,
         })
-    }
-}
-
-/// A value that must not reach logs: `Debug` and `Display` print a redacted form.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl PartialEq for Secret {
-    fn eq(&self, other: &Self) -> bool {
-        self.0 == other.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Keep the scheme: it is useful and never secret.
-        match self.0.split_once("://") {
-            Some((scheme, _)) => write!(f, "{scheme}://[redacted]"),
-            None => f.write_str("[redacted]"),
-        }
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
     }
 }
 

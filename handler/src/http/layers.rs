@@ -1,0 +1,164 @@
+//! The layers every request goes through: limits and panics, CORS, the request span, and the
+//! answers for unknown paths and methods.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tracing::Instrument as _;
+
+use super::{ApiError, error};
+
+/// What every request goes through (one layer, since each costs every request):
+/// - a path and query string over `MAX_URI_BYTES` is refused before any handler parses it;
+/// - a panic while answering (a bug) becomes a logged error and a 500 problem document, never a
+///   dropped connection, and the other requests on the instance go on;
+/// - `X-Content-Type-Options: nosniff` on every answer: browsers must not guess another content
+///   type than the one sent (a JSON or CSV body read as HTML would run a script in the API's
+///   origin).
+pub async fn guard(max_uri_bytes: usize, request: Request, next: Next) -> Response {
+    use futures_util::FutureExt as _;
+    let length = request
+        .uri()
+        .path_and_query()
+        .map_or_else(|| request.uri().path().len(), |p| p.as_str().len());
+    let mut response = if length > max_uri_bytes {
+        ApiError::UriTooLong(max_uri_bytes).into_response()
+    } else {
+        match std::panic::AssertUnwindSafe(next.run(request))
+            .catch_unwind()
+            .await
+        {
+            Ok(response) => response,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(panic = %message, "a request panicked");
+                error::problem(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "The server could not answer this request.",
+                    None,
+                )
+            }
+        }
+    };
+    response.headers_mut().insert(
+        axum::http::header::X_CONTENT_TYPE_OPTIONS,
+        axum::http::HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+/// CORS, only for the configured origins: preflights are answered here, and responses to an
+/// allowed origin name it. Without `CORS_ALLOWED_ORIGINS`, browsers get no CORS headers at all.
+pub async fn cors_headers(allowed: Arc<Vec<String>>, request: Request, next: Next) -> Response {
+    use axum::http::{HeaderValue, Method, header};
+    let origin = request
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .filter(|o| allowed.iter().any(|a| a == o || a == "*"))
+        .and_then(|o| HeaderValue::from_str(o).ok());
+    let Some(origin) = origin else {
+        return next.run(request).await;
+    };
+    let preflight = request.method() == Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut response = if preflight {
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("authorization, content-type, if-none-match"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        response
+    } else {
+        next.run(request).await
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("etag, location, x-cache, server-timing, retry-after"),
+    );
+    headers.append(header::VARY, HeaderValue::from_static("origin"));
+    response
+}
+
+pub async fn not_found() -> Response {
+    error::problem(StatusCode::NOT_FOUND, "No endpoint at this path.", None)
+}
+
+pub async fn method_not_allowed() -> Response {
+    error::problem(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "This endpoint does not accept this method.",
+        None,
+    )
+}
+
+/// One span per request, named after the route template (not the raw path, which would make
+/// every movie its own operation), continuing the caller's trace (`traceparent`), with the
+/// status, the dataset and the cache outcome; and the request duration metric.
+pub async fn trace_request(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().clone();
+    let dataset = route
+        .contains("{dataset}")
+        .then(|| request.uri().path().split('/').nth(2).map(str::to_owned))
+        .flatten();
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        dataset = dataset.as_deref().unwrap_or_default(),
+        cache.outcome = tracing::field::Empty,
+    );
+    // Before the span is first entered; a no-op when no exporter is configured.
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&opentelemetry_http::HeaderExtractor(request.headers()))
+    });
+    let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
+    let started = Instant::now();
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("otel.status_code", "error");
+    }
+    if let Some(outcome) = response
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+    {
+        span.record("cache.outcome", outcome);
+        crate::telemetry::metrics::cache_outcome(outcome, dataset.as_deref().unwrap_or_default());
+    }
+    let elapsed = started.elapsed();
+    crate::telemetry::metrics::request(method.as_str(), &route, status, elapsed);
+    tracing::debug!(parent: &span, elapsed_ms = elapsed.as_secs_f64() * 1000.0, "answered");
+    response
+}
