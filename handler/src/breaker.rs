@@ -2,7 +2,11 @@
 //! moment, so that each request does not wait out a timeout of its own while it is down.
 
 use parking_lot::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock (the system's outside a test that pauses it), so tests advance time instead of
+// sleeping.
+use tokio::time::Instant;
 
 pub struct Breaker {
     open_for: Duration,
@@ -39,8 +43,8 @@ impl Breaker {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_trip_opens_for_a_while_and_a_success_closes() {
+    #[tokio::test(start_paused = true)]
+    async fn a_trip_opens_for_a_while_and_a_success_closes() {
         let breaker = Breaker::new(Duration::from_millis(50));
         assert!(!breaker.is_open());
         breaker.trip();
@@ -48,7 +52,9 @@ mod tests {
         breaker.close();
         assert!(!breaker.is_open());
         breaker.trip();
-        std::thread::sleep(Duration::from_millis(60));
+        tokio::time::advance(Duration::from_millis(49)).await;
+        assert!(breaker.is_open(), "still open just before its time");
+        tokio::time::advance(Duration::from_millis(2)).await;
         assert!(!breaker.is_open(), "it reopens the way by itself");
     }
 }

@@ -61,7 +61,12 @@ pub trait TokenSource: Send + Sync + 'static {
 pub struct Tokens {
     source: Arc<dyn TokenSource>,
     scopes: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
+    clock: Clock,
 }
+
+/// The wall clock tokens' lifetimes are read against (tests pass one that follows tokio's
+/// paused clock, so they advance time instead of waiting for it).
+pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
 #[derive(Clone)]
 struct Cached {
@@ -74,9 +79,14 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Tokens {
     pub fn new(source: Arc<dyn TokenSource>) -> Arc<Tokens> {
+        Tokens::with_clock(source, Arc::new(SystemTime::now))
+    }
+
+    pub fn with_clock(source: Arc<dyn TokenSource>, clock: Clock) -> Arc<Tokens> {
         Arc::new(Tokens {
             source,
             scopes: parking_lot::Mutex::default(),
+            clock,
         })
     }
 
@@ -94,10 +104,10 @@ impl Tokens {
     pub async fn current(&self, scope: &str) -> anyhow::Result<(AccessToken, SystemTime)> {
         let slot = Arc::clone(self.scopes.lock().entry(scope.to_owned()).or_default());
         let source = Arc::clone(&self.source);
-        let scope = scope.to_owned();
+        let (scope, clock) = (scope.to_owned(), Arc::clone(&self.clock));
         let fetch = tokio::spawn(async move {
             let mut cached = slot.lock().await;
-            let now = SystemTime::now();
+            let now = clock();
             if let Some(c) = cached.as_ref()
                 && now < c.refresh_at
             {
@@ -211,10 +221,17 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 
+    /// The wall clock as of now, moving with tokio's (paused) clock.
+    fn paused_clock() -> Clock {
+        let (wall, start) = (SystemTime::now(), tokio::time::Instant::now());
+        Arc::new(move || wall + start.elapsed())
+    }
+
     /// A test double of the credential: tokens that live `life`, numbered in order.
     struct Counting {
         fetched: AtomicU32,
         life: Duration,
+        clock: Clock,
     }
 
     #[async_trait]
@@ -223,18 +240,20 @@ mod tests {
             let n = self.fetched.fetch_add(1, Ordering::SeqCst) + 1;
             Ok(AccessToken {
                 secret: format!("token-{n}"),
-                expires_at: SystemTime::now() + self.life,
+                expires_at: (self.clock)() + self.life,
             })
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_token_is_reused_until_its_refresh_window_then_replaced() {
+        let clock = paused_clock();
         let source = Arc::new(Counting {
             fetched: AtomicU32::new(0),
             life: Duration::from_millis(800),
+            clock: clock.clone(),
         });
-        let tokens = Tokens::new(source.clone());
+        let tokens = Tokens::with_clock(source.clone(), clock);
         assert_eq!(tokens.get(STORAGE_SCOPE).await.unwrap().secret, "token-1");
         assert_eq!(tokens.get(STORAGE_SCOPE).await.unwrap().secret, "token-1");
         // Another scope is another token.
@@ -250,6 +269,7 @@ mod tests {
         let source = Arc::new(Counting {
             fetched: AtomicU32::new(0),
             life: Duration::from_secs(3600),
+            clock: Arc::new(SystemTime::now),
         });
         let tokens = Tokens::new(source.clone());
         let calls = (0..50).map(|_| {
@@ -266,6 +286,7 @@ mod tests {
     struct Flaky {
         fetched: AtomicU32,
         delay: Duration,
+        clock: Clock,
     }
 
     #[async_trait]
@@ -277,18 +298,20 @@ mod tests {
             }
             Ok(AccessToken {
                 secret: "first".into(),
-                expires_at: SystemTime::now() + Duration::from_millis(800),
+                expires_at: (self.clock)() + Duration::from_millis(800),
             })
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_failed_refresh_keeps_a_valid_token_and_a_cancelled_caller_wastes_no_fetch() {
+        let clock = paused_clock();
         let source = Arc::new(Flaky {
             fetched: AtomicU32::new(0),
             delay: Duration::from_millis(100),
+            clock: clock.clone(),
         });
-        let tokens = Tokens::new(source.clone());
+        let tokens = Tokens::with_clock(source.clone(), clock);
         // A caller that gives up after 20 ms: the fetch goes on and its token is cached.
         let impatient = tokio::time::timeout(Duration::from_millis(20), tokens.get(REDIS_SCOPE));
         assert!(impatient.await.is_err());

@@ -187,7 +187,7 @@ mod tests {
     /// A waiter cancelled while queued does not keep the queue waiting. (The narrower case, a
     /// waiter cancelled after the lead was sent to it but before it ran, goes through the same
     /// `Waiting` guard; the scheduler gives no deterministic way to stage it here.)
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_cancelled_waiter_does_not_block_the_queue() {
         let coalescer = Arc::new(Coalescer::<u64>::default());
         let release = Arc::new(tokio::sync::Notify::new());
@@ -226,7 +226,7 @@ mod tests {
         assert!(next == 3 || next == 2, "{next}");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_cancelled_leader_hands_over_instead_of_blocking_the_queue() {
         let coalescer = Arc::new(Coalescer::<u64>::default());
         let leader = {
