@@ -13,22 +13,20 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
-use futures_util::TryStreamExt as _;
 use tiberius::{AuthMethod, Client, ColumnData, Config, EncryptionLevel, FromSql, IntoSql, Query};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt as _};
 
 use super::mssql_config::{Authentication, Encrypt, MssqlConfig};
-use super::sql::{self, Decode, Dialect, Placement, Statement, StoredColumn};
-use super::store::{Driver, STREAM_BATCH_ROWS, Transaction};
+use super::sql::{self, Decode, Dialect, Placement, Statement, StoredColumn, staging};
+use super::store::{Driver, Transaction, forward_rows};
 use super::{ImportSink, Result, Row, StorageError};
 use crate::datasets::{ColumnType, Dataset, Value};
 use crate::identity::{self, Tokens};
 
 pub type Connection = Client<Compat<TcpStream>>;
 
-const STAGING_SUFFIX: &str = "__import";
 /// Connections are replaced after this long, so none outlives many token lifetimes.
 const MAX_CONNECTION_LIFETIME: Duration = Duration::from_secs(30 * 60);
 /// Unique key violations (`2627` constraint, `2601` index).
@@ -53,6 +51,10 @@ pub enum ConnectError {
 
 /// Connections in the pool.
 const POOL_SIZE: usize = 10;
+
+/// Opens a write transaction (and an import's swap). XACT_ABORT: any error rolls the whole
+/// transaction back, never half of it.
+const BEGIN: &str = "SET XACT_ABORT ON; BEGIN TRANSACTION";
 
 /// Opens connections for the pool: configuration, TLS, authentication, Azure SQL's redirect.
 pub struct Manager {
@@ -354,29 +356,21 @@ impl Driver for MssqlDriver {
         // next user of a pooled connection would have to drain. This one is simply closed.
         let manager = Manager::new(self.manager_config.clone(), self.tokens.clone());
         tokio::spawn(async move {
-            let result: Result<()> = async {
-                let mut conn = manager.open().await.map_err(connect_error)?;
-                let mut rows = query(statement).query(&mut conn).await?.into_row_stream();
-                let mut batch = Vec::with_capacity(STREAM_BATCH_ROWS);
-                while let Some(row) = rows.try_next().await? {
-                    batch.push(decode_row(&row, &decode)?);
-                    if batch.len() == STREAM_BATCH_ROWS {
-                        let full =
-                            std::mem::replace(&mut batch, Vec::with_capacity(STREAM_BATCH_ROWS));
-                        if sender.send(Ok(full)).await.is_err() {
-                            return Ok(()); // the client went away
-                        }
-                    }
+            let mut conn = match manager.open().await {
+                Ok(conn) => conn,
+                Err(error) => {
+                    let _ = sender.send(Err(connect_error(error))).await;
+                    return;
                 }
-                if !batch.is_empty() {
-                    let _ = sender.send(Ok(batch)).await;
+            };
+            let rows = match query(statement).query(&mut conn).await {
+                Ok(results) => results.into_row_stream(),
+                Err(error) => {
+                    let _ = sender.send(Err(error.into())).await;
+                    return;
                 }
-                Ok(())
-            }
-            .await;
-            if let Err(error) = result {
-                let _ = sender.send(Err(error)).await;
-            }
+            };
+            forward_rows(rows, |row| decode_row(row, &decode), sender).await;
         });
     }
 
@@ -385,30 +379,9 @@ impl Driver for MssqlDriver {
         run(&mut conn, sql).await
     }
 
-    async fn table_columns(&self, table: &str) -> Result<Option<Vec<String>>> {
-        let statement = Statement {
-            sql: "SELECT COLUMN_NAME FROM INFORMATION_SCHEMA.COLUMNS \
-                  WHERE TABLE_SCHEMA = SCHEMA_NAME() AND TABLE_NAME = @P1 ORDER BY ORDINAL_POSITION"
-                .to_owned(),
-            params: vec![Value::Text(table.to_owned())],
-        };
-        let rows = self
-            .fetch(statement, &[Decode::Scalar(ColumnType::Text)])
-            .await?;
-        let names: Vec<String> = rows
-            .into_iter()
-            .filter_map(|row| match row.into_iter().next() {
-                Some(Value::Text(name)) => Some(name),
-                _ => None,
-            })
-            .collect();
-        Ok((!names.is_empty()).then_some(names))
-    }
-
     async fn begin_write(&self) -> Result<Box<dyn Transaction>> {
         let mut conn = self.pool.get_owned().await?;
-        // XACT_ABORT: any error rolls the whole transaction back, never half of it.
-        run(&mut conn, "SET XACT_ABORT ON; BEGIN TRANSACTION").await?;
+        run(&mut conn, BEGIN).await?;
         Ok(Box::new(MssqlWrite { conn: Some(conn) }))
     }
 
@@ -416,8 +389,9 @@ impl Driver for MssqlDriver {
         // The lock belongs to this connection's session: two imports of one dataset would share
         // the staging tables, and the lock ends with the session if this process dies.
         let mut conn = self.dedicated().await?;
-        // The swap waits at most 30 s for readers and writers of the live tables.
-        run(&mut conn, "SET LOCK_TIMEOUT 30000").await?;
+        if let Some(session) = staging::session(Dialect::SqlServer) {
+            run(&mut conn, session).await?;
+        }
         let lock = Statement {
             sql: "DECLARE @granted int; EXEC @granted = sp_getapplock @Resource = @P1, \
                   @LockMode = 'Exclusive', @LockOwner = 'Session', @LockTimeout = 0; \
@@ -432,20 +406,13 @@ impl Driver for MssqlDriver {
         if granted < 0 {
             return Err(StorageError::ImportRunning(dataset.name.clone()));
         }
-        let staging = Placement {
-            schema: None,
-            suffix: STAGING_SUFFIX,
-        };
-        for statement in sql::drop_tables(dataset, Dialect::SqlServer, &staging) {
-            run(&mut conn, &statement).await?;
-        }
-        for statement in sql::create_tables(dataset, Dialect::SqlServer, &staging, true) {
+        for statement in staging::create(dataset, Dialect::SqlServer) {
             run(&mut conn, &statement).await?;
         }
         Ok(Box::new(MssqlImport {
             conn,
             dataset: Arc::new(dataset.clone()),
-            staging,
+            staging: staging::placement(Dialect::SqlServer),
         }))
     }
 }
@@ -476,7 +443,7 @@ impl MssqlImport {
     }
 
     async fn discard(mut self) -> Result<()> {
-        for statement in sql::drop_tables(&self.dataset, Dialect::SqlServer, &self.staging) {
+        for statement in staging::discard(&self.dataset, Dialect::SqlServer) {
             run(&mut self.conn, &statement).await?;
         }
         self.conn.close().await?;
@@ -523,30 +490,20 @@ impl ImportSink for MssqlImport {
         Ok(())
     }
 
-    /// Indexes on the staged tables, then one transaction that drops the old tables and renames
-    /// the staged ones: readers see the old rows or the new ones.
+    /// Indexes on the staged tables, then one batch, one transaction, that drops the old tables
+    /// and renames the staged ones: readers see the old rows or the new ones.
     async fn commit(mut self: Box<Self>) -> Result<()> {
-        let dataset = Arc::clone(&self.dataset);
-        for index in sql::indexes(&dataset, Dialect::SqlServer) {
-            let statement = sql::create_index(Dialect::SqlServer, &index, &self.staging);
-            if let Err(error) = run(&mut self.conn, &statement).await {
+        let plan = staging::swap(&self.dataset, Dialect::SqlServer, None);
+        for statement in &plan.build {
+            if let Err(error) = run(&mut self.conn, statement).await {
                 self.discard().await?;
                 return Err(error);
             }
         }
-        let mut swap = vec!["SET XACT_ABORT ON; BEGIN TRANSACTION".to_owned()];
-        swap.extend(sql::drop_tables(
-            &dataset,
-            Dialect::SqlServer,
-            &Placement::default(),
-        ));
-        for table in sql::tables(&dataset) {
-            swap.push(format!(
-                "EXEC sp_rename N'{table}{STAGING_SUFFIX}', N'{table}'"
-            ));
-        }
-        swap.push("COMMIT TRANSACTION".to_owned());
-        run(&mut self.conn, &swap.join("; ")).await?;
+        let mut batch = vec![BEGIN.to_owned()];
+        batch.extend(plan.swap);
+        batch.push("COMMIT TRANSACTION".to_owned());
+        run(&mut self.conn, &batch.join("; ")).await?;
         // The new rows are live; closing also releases the lock.
         let _ = self.conn.close().await;
         Ok(())

@@ -5,7 +5,8 @@
 //!
 //! - [`dialect`]: the four dialects' quoting, parameters, column types and index limits;
 //! - [`layout`]: how a dataset is stored (hidden key columns, list tables) and where;
-//! - [`schema`]: the DDL of tables and indexes;
+//! - [`schema`]: the DDL of tables and indexes, and the catalog query of a table's columns;
+//! - [`staging`]: an import's staged tables and the swap that makes them live;
 //! - [`builder`]: text and parameters written together; [`reads`] and [`writes`] use it for
 //!   the queries of the API and the changes of one row.
 
@@ -14,6 +15,7 @@ mod dialect;
 mod layout;
 mod reads;
 mod schema;
+pub mod staging;
 mod writes;
 
 pub use dialect::{Dialect, MYSQL_INDEX_PREFIX_CHARS};
@@ -23,7 +25,8 @@ pub use layout::{
 };
 pub use reads::{count, export, facet_decode, facets, get, list};
 pub use schema::{
-    create_index, create_table_if_missing, create_tables, drop_tables, index_columns, indexes,
+    add_column, create_index, create_table_if_missing, create_tables, drop_tables, index_columns,
+    indexes, table_columns,
 };
 pub use writes::{
     delete_list_elements, delete_row, get_for_update, insert_list_elements, insert_row,

@@ -1,9 +1,11 @@
-//! DDL: the dataset's tables and their indexes.
+//! DDL: the dataset's tables and indexes, a column a declaration gained, and the catalog query
+//! that tells which columns a table has.
 
 use super::{
-    Dialect, MYSQL_INDEX_PREFIX_CHARS, Placement, StoredColumn, stored_columns, stored_name, tables,
+    Dialect, MYSQL_INDEX_PREFIX_CHARS, Placement, Statement, StoredColumn, stored_columns,
+    stored_name, stored_type, tables,
 };
-use crate::datasets::{Column, ColumnType, Dataset};
+use crate::datasets::{Column, ColumnType, Dataset, Value};
 
 /// `CREATE TABLE` statements for the dataset's main and list tables.
 pub fn create_tables(
@@ -86,6 +88,44 @@ pub fn drop_tables(dataset: &Dataset, dialect: Dialect, placement: &Placement) -
             }
         })
         .collect()
+}
+
+/// Adds a column that the declaration gained since the table was created (T-SQL spells it
+/// `ADD`, the others `ADD COLUMN`).
+pub fn add_column(dataset: &Dataset, column: StoredColumn, dialect: Dialect) -> String {
+    let table = Placement::default().table(dialect, &dataset.table);
+    let name = dialect.quote(&stored_name(dataset, column));
+    let ty = stored_type(dataset, column, dialect);
+    let add = if dialect == Dialect::SqlServer {
+        "ADD"
+    } else {
+        "ADD COLUMN"
+    };
+    format!("ALTER TABLE {table} {add} {name} {ty}")
+}
+
+/// The names of a table's columns in order, one text column (no rows: the table does not
+/// exist).
+pub fn table_columns(dialect: Dialect, table: &str) -> Statement {
+    let sql = match dialect {
+        Dialect::Sqlite => "SELECT name FROM pragma_table_info(?) ORDER BY cid",
+        Dialect::Postgres => {
+            "SELECT column_name::text FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position"
+        }
+        Dialect::MySql => {
+            "SELECT column_name FROM information_schema.columns \
+             WHERE table_schema = DATABASE() AND table_name = ? ORDER BY ordinal_position"
+        }
+        Dialect::SqlServer => {
+            "SELECT COLUMN_NAME FROM INFORMATION_SCHEMA.COLUMNS \
+             WHERE TABLE_SCHEMA = SCHEMA_NAME() AND TABLE_NAME = @P1 ORDER BY ORDINAL_POSITION"
+        }
+    };
+    Statement {
+        sql: sql.to_owned(),
+        params: vec![Value::Text(table.to_owned())],
+    }
 }
 
 /// An index: its name (derived from the final table name) and definition.
