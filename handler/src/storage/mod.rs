@@ -14,8 +14,8 @@
 //!   what differs (connecting, binding a value, decoding a column, starting an import);
 //!   `sqlite`, `postgres` and `mysql` implement it; `insert_import` is the multi-row `INSERT`
 //!   import that SQLite and MySQL share (PostgreSQL's uses `COPY`);
-//! - `mssql`: SQL Server's driver over tiberius (its pool, TDS bulk load); `mssql_config` parses
-//!   its connection strings;
+//! - `mssql/`: SQL Server's driver over tiberius (`connect`: its pool's connections; `import`:
+//!   TDS bulk load); `mssql_config` parses its connection strings;
 //! - `users`: the accounts table's statements.
 
 mod insert_import;
