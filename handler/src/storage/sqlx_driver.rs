@@ -85,7 +85,7 @@ impl<DB: Engine> SqlxDriver<DB> {
 }
 
 /// A statement with its parameters bound in the engine's encoding.
-pub fn query<DB: Engine>(statement: Statement) -> sqlx::query::Query<'static, DB, DB::Arguments> {
+fn query<DB: Engine>(statement: Statement) -> sqlx::query::Query<'static, DB, DB::Arguments> {
     let mut arguments = DB::Arguments::default();
     for value in statement.params {
         DB::bind(&mut arguments, value);
