@@ -3,7 +3,6 @@
 //! `RENAME TABLE` that swaps the staged tables in.
 
 use std::str::FromStr as _;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
@@ -26,8 +25,6 @@ pub type MySqlDriver = SqlxDriver<MySql>;
 impl Engine for MySql {
     const BACKEND: &'static str = "mysql";
     const DIALECT: Dialect = Dialect::MySql;
-    const POOL_SIZE: usize = 10;
-    const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
     /// `mysql://` or `mariadb://` (the same protocol).
     fn connect_options(url: &str) -> anyhow::Result<Options<Self>> {

@@ -3,7 +3,6 @@
 
 use std::str::FromStr as _;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
@@ -29,8 +28,6 @@ pub type PgDriver = SqlxDriver<Postgres>;
 impl Engine for Postgres {
     const BACKEND: &'static str = "postgres";
     const DIALECT: Dialect = Dialect::Postgres;
-    const POOL_SIZE: usize = 10;
-    const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
     fn connect_options(url: &str) -> anyhow::Result<Options<Self>> {
         PgConnectOptions::from_str(url)

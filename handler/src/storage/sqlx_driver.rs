@@ -27,9 +27,9 @@ pub trait Engine: Database<Arguments: IntoArguments<Self>> {
     const BACKEND: &'static str;
     const DIALECT: Dialect;
     /// Connections in the pool.
-    const POOL_SIZE: usize;
+    const POOL_SIZE: usize = 10;
     /// How long a statement waits for a pooled connection.
-    const ACQUIRE_TIMEOUT: Duration;
+    const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
     /// What opens a write transaction (and an import's swap).
     const BEGIN: &'static str = "BEGIN";
 

@@ -17,11 +17,12 @@ use crate::query::Query;
 use crate::telemetry::metrics;
 
 /// Rows per batch handed from the database task to an export's writer.
-pub const STREAM_BATCH_ROWS: usize = 512;
+const STREAM_BATCH_ROWS: usize = 512;
 /// Retries of a write rolled back to break a deadlock.
 const WRITE_ATTEMPTS: u64 = 3;
 
-/// What differs between database engines: binding, decoding, catalog look-ups and bulk loading.
+/// How statements reach one database engine: run, fetched, streamed, in a write transaction or
+/// as a bulk import. (The statements themselves come from `sql`, in the driver's dialect.)
 #[async_trait]
 pub trait Driver: Send + Sync + 'static {
     const NAME: &'static str;
