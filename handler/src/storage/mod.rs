@@ -1,18 +1,31 @@
-//! Storage: one [`Storage`] trait, one implementation over SQL ([`SqlStore`]) and one small
-//! [`Driver`] per database engine that knows how to bind, decode and bulk-load.
+//! Storage: one [`Storage`] trait, implemented once over SQL ([`SqlStore`]) for any `Driver`,
+//! the one thing that differs between database engines.
 //!
 //! ```text
-//!  http / import ──> dyn Storage ──> SqlStore<D> ──(sql::Statement)──> D: Driver ──> sqlx pool
+//!  http / import ──> dyn Storage ──> SqlStore<D> ──(sql::Statement)──> D: Driver
+//!      D = SqlxDriver<Sqlite | Postgres | MySql> (sqlx) or MssqlDriver (tiberius)
 //! ```
-//! The SQL text is built by [`sql`] from the dataset declaration only; every value from a request
-//! or a CSV file travels as a bound parameter.
+//! - `store`: [`SqlStore`] (reads, writes in one transaction, migrations, accounts) and the
+//!   `Driver` and `Transaction` traits it runs statements through;
+//! - `sql/`: the SQL text of every statement, built from the dataset declaration only (every
+//!   value from a request or a CSV file travels as a bound parameter): `dialect`, `layout`,
+//!   `schema`, `staging` (an import's staged tables and swap), `builder`, `reads`, `writes`;
+//! - `sqlx_driver`: one `Driver` for the engines sqlx speaks, with a small `Engine` trait for
+//!   what differs (connecting, binding a value, decoding a column, starting an import);
+//!   `sqlite`, `postgres` and `mysql` implement it; `insert_import` is the multi-row `INSERT`
+//!   import that SQLite and MySQL share (PostgreSQL's uses `COPY`);
+//! - `mssql/`: SQL Server's driver over tiberius (`connect`: its pool's connections; `import`:
+//!   TDS bulk load); `mssql_config` parses its connection strings;
+//! - `users`: the accounts table's statements.
 
+mod insert_import;
 pub mod mssql;
 pub mod mssql_config;
 mod mysql;
 mod postgres;
 mod sql;
 mod sqlite;
+mod sqlx_driver;
 mod store;
 pub mod users;
 

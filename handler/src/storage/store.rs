@@ -17,11 +17,12 @@ use crate::query::Query;
 use crate::telemetry::metrics;
 
 /// Rows per batch handed from the database task to an export's writer.
-pub const STREAM_BATCH_ROWS: usize = 512;
+const STREAM_BATCH_ROWS: usize = 512;
 /// Retries of a write rolled back to break a deadlock.
 const WRITE_ATTEMPTS: u64 = 3;
 
-/// What differs between database engines: binding, decoding, catalog look-ups and bulk loading.
+/// How statements reach one database engine: run, fetched, streamed, in a write transaction or
+/// as a bulk import. (The statements themselves come from `sql`, in the driver's dialect.)
 #[async_trait]
 pub trait Driver: Send + Sync + 'static {
     const NAME: &'static str;
@@ -41,9 +42,6 @@ pub trait Driver: Send + Sync + 'static {
     );
 
     async fn execute(&self, sql: &str) -> Result<()>;
-
-    /// The table's column names, or `None` when it does not exist.
-    async fn table_columns(&self, table: &str) -> Result<Option<Vec<String>>>;
 
     async fn begin_import(&self, dataset: &Dataset) -> Result<Box<dyn ImportSink>>;
 
@@ -86,6 +84,23 @@ impl<D: Driver> SqlStore<D> {
             })
             .await
             .copied()
+    }
+
+    /// The table's column names, or `None` when it does not exist.
+    async fn table_columns(&self, table: &str) -> Result<Option<Vec<String>>> {
+        let statement = sql::table_columns(D::DIALECT, table);
+        let rows = self
+            .driver
+            .fetch(statement, &[Decode::Scalar(ColumnType::Text)])
+            .await?;
+        let names: Vec<String> = rows
+            .into_iter()
+            .filter_map(|row| match row.into_iter().next() {
+                Some(Value::Text(name)) => Some(name),
+                _ => None,
+            })
+            .collect();
+        Ok((!names.is_empty()).then_some(names))
     }
 
     async fn one_user(&self, statement: Statement) -> Result<Option<UserRecord>> {
@@ -238,23 +253,14 @@ impl<D: Driver> Storage for SqlStore<D> {
             self.driver.execute(&statement).await?;
         }
         // A declaration may have gained columns since the table was created.
-        if let Some(existing) = self.driver.table_columns(&dataset.table).await? {
+        if let Some(existing) = self.table_columns(&dataset.table).await? {
             for stored in sql::stored_columns(dataset) {
                 let name = sql::stored_name(dataset, stored);
                 if existing.iter().any(|e| e == &name) {
                     continue;
                 }
-                let ty = sql::stored_type(dataset, stored, D::DIALECT);
-                let table = placement.table(D::DIALECT, &dataset.table);
-                let column = D::DIALECT.quote(&name);
-                // T-SQL spells it `ADD`, the others `ADD COLUMN`.
-                let add = if D::DIALECT == Dialect::SqlServer {
-                    "ADD"
-                } else {
-                    "ADD COLUMN"
-                };
                 self.driver
-                    .execute(&format!("ALTER TABLE {table} {add} {column} {ty}"))
+                    .execute(&sql::add_column(dataset, stored, D::DIALECT))
                     .await?;
                 tracing::info!(dataset = %dataset.name, column = %name, "added a column");
             }
@@ -268,16 +274,13 @@ impl<D: Driver> Storage for SqlStore<D> {
     }
 
     async fn count(&self, dataset: &Dataset) -> Result<u64> {
-        if self.driver.table_columns(&dataset.table).await?.is_none() {
+        if self.table_columns(&dataset.table).await?.is_none() {
             return Ok(0);
         }
         let statement = sql::count(dataset, D::DIALECT);
         let rows = self
             .driver
-            .fetch(
-                statement,
-                &[Decode::Scalar(crate::datasets::ColumnType::Integer)],
-            )
+            .fetch(statement, &[Decode::Scalar(ColumnType::Integer)])
             .await?;
         Ok(match rows.first().and_then(|r| r.first()) {
             Some(Value::Integer(n)) => u64::try_from(*n).unwrap_or(0),
@@ -398,12 +401,13 @@ impl<D: Driver> Storage for SqlStore<D> {
 
 /// Decodes a database row stream into batches and sends them until the stream ends, fails, or the
 /// receiver (an export being written to a client) goes away.
-pub async fn forward_rows<S, R>(
+pub async fn forward_rows<S, R, E>(
     mut rows: S,
     decode: impl Fn(&R) -> Result<Row>,
     sender: mpsc::Sender<Result<Vec<Row>>>,
 ) where
-    S: Stream<Item = std::result::Result<R, sqlx::Error>> + Unpin,
+    S: Stream<Item = std::result::Result<R, E>> + Unpin,
+    StorageError: From<E>,
 {
     let mut batch = Vec::with_capacity(STREAM_BATCH_ROWS);
     loop {

@@ -1,0 +1,238 @@
+//! The write statements: a row read under lock, generated keys, a row inserted, updated or
+//! deleted, and the elements of its list columns.
+
+use super::builder::{Builder, select_from};
+use super::{
+    Dialect, Statement, StoredColumn, list_elements, stored_columns, stored_name, stored_type,
+    stored_value,
+};
+use crate::datasets::{Column, Dataset, Row, Value};
+
+/// The row as it is now, locked until the transaction ends where the engine locks rows
+/// (SQLite's `BEGIN IMMEDIATE` already holds the whole database).
+pub fn get_for_update(dataset: &Dataset, key: &Value, dialect: Dialect) -> Statement {
+    let mut b = Builder::new(dialect);
+    select_from(dataset, &mut b);
+    if dialect == Dialect::SqlServer {
+        // HOLDLOCK also locks the gap where a missing key would go, against a concurrent create.
+        b.push(" WITH (UPDLOCK, HOLDLOCK, ROWLOCK)");
+    }
+    b.push(" WHERE ")
+        .column(&dataset.key_column().name)
+        .push(" = ")
+        .bind(key.clone());
+    if matches!(dialect, Dialect::Postgres | Dialect::MySql) {
+        b.push(" FOR UPDATE");
+    }
+    b.finish()
+}
+
+/// The next generated key: one past the largest. Callers hold a write lock on the table (on
+/// MySQL this read takes it: InnoDB locks the last key and the gap after it until commit).
+pub fn next_generated_key(dataset: &Dataset, dialect: Dialect) -> Statement {
+    // SQL Server locks the whole table in this read, until the transaction ends.
+    let (hint, lock) = match dialect {
+        Dialect::SqlServer => (" WITH (TABLOCKX, HOLDLOCK)", ""),
+        Dialect::MySql => ("", " FOR UPDATE"),
+        _ => ("", ""),
+    };
+    Statement {
+        sql: format!(
+            "SELECT COALESCE(MAX({}), 0) + 1 FROM {}{hint}{lock}",
+            dialect.quote(&dataset.key_column().name),
+            dialect.quote(&dataset.table)
+        ),
+        params: vec![],
+    }
+}
+
+/// Serialises inserts that generate keys on PostgreSQL (SQLite's write transaction already does;
+/// MySQL's and SQL Server's read of the largest key takes the lock itself).
+pub fn lock_for_generated_keys(dataset: &Dataset, dialect: Dialect) -> Option<Statement> {
+    let table = dialect.quote(&dataset.table);
+    let sql = match dialect {
+        Dialect::Sqlite | Dialect::MySql | Dialect::SqlServer => return None,
+        Dialect::Postgres => format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"),
+    };
+    Some(Statement {
+        sql,
+        params: vec![],
+    })
+}
+
+pub fn insert_row(dataset: &Dataset, row: &Row, dialect: Dialect) -> Statement {
+    let stored = stored_columns(dataset);
+    let mut b = Builder::new(dialect);
+    b.push("INSERT INTO ")
+        .push(&dialect.quote(&dataset.table))
+        .push(" (");
+    for (i, &column) in stored.iter().enumerate() {
+        if i > 0 {
+            b.push(", ");
+        }
+        b.push(&dialect.quote(&stored_name(dataset, column)));
+    }
+    b.push(") VALUES (");
+    for (i, &column) in stored.iter().enumerate() {
+        if i > 0 {
+            b.push(", ");
+        }
+        b.bind_as(
+            stored_value(dataset, row, column),
+            &stored_type(dataset, column, dialect),
+        );
+    }
+    b.push(")");
+    b.finish()
+}
+
+/// Sets every stored column but the key to the row's values.
+pub fn update_row(dataset: &Dataset, row: &Row, dialect: Dialect) -> Statement {
+    let mut b = Builder::new(dialect);
+    b.push("UPDATE ")
+        .push(&dialect.quote(&dataset.table))
+        .push(" SET ");
+    let stored = stored_columns(dataset);
+    let assigned = stored
+        .iter()
+        .filter(|c| !matches!(c, StoredColumn::Declared(i) if *i == dataset.key.column));
+    for (i, &column) in assigned.enumerate() {
+        if i > 0 {
+            b.push(", ");
+        }
+        b.push(&dialect.quote(&stored_name(dataset, column)))
+            .push(" = ");
+        b.bind_as(
+            stored_value(dataset, row, column),
+            &stored_type(dataset, column, dialect),
+        );
+    }
+    b.push(" WHERE ")
+        .push(&dialect.quote(&dataset.key_column().name))
+        .push(" = ");
+    b.bind(row[dataset.key.column].clone());
+    b.finish()
+}
+
+pub fn delete_row(dataset: &Dataset, key: &Value, dialect: Dialect) -> Statement {
+    let mut b = Builder::new(dialect);
+    b.push("DELETE FROM ")
+        .push(&dialect.quote(&dataset.table))
+        .push(" WHERE ")
+        .push(&dialect.quote(&dataset.key_column().name))
+        .push(" = ");
+    b.bind(key.clone());
+    b.finish()
+}
+
+pub fn delete_list_elements(
+    dataset: &Dataset,
+    column: &Column,
+    key: &Value,
+    dialect: Dialect,
+) -> Statement {
+    let mut b = Builder::new(dialect);
+    b.push("DELETE FROM ")
+        .push(&dialect.quote(&dataset.list_table(column)))
+        .push(" WHERE ")
+        .push(&dialect.quote("row_id"))
+        .push(" = ");
+    b.bind(key.clone());
+    b.finish()
+}
+
+/// Elements per `INSERT`: SQL Server takes at most 2,100 parameters and 1,000 rows per statement.
+pub const LIST_ELEMENTS_PER_INSERT: usize = 500;
+
+/// The inserts of a row's list elements (none when its list is empty or null).
+pub fn insert_list_elements(
+    dataset: &Dataset,
+    index: usize,
+    row: &Row,
+    dialect: Dialect,
+) -> Vec<Statement> {
+    let elements = list_elements(row, dataset.key.column, index);
+    elements
+        .chunks(LIST_ELEMENTS_PER_INSERT)
+        .map(|chunk| {
+            let mut b = Builder::new(dialect);
+            b.push("INSERT INTO ")
+                .push(&dialect.quote(&dataset.list_table(&dataset.columns[index])))
+                .push(&format!(
+                    " ({}, {}, {}) VALUES ",
+                    dialect.quote("row_id"),
+                    dialect.quote("value"),
+                    dialect.quote("value_key")
+                ));
+            for (i, (key, value, value_key)) in chunk.iter().enumerate() {
+                if i > 0 {
+                    b.push(", ");
+                }
+                b.push("(").bind((*key).clone()).push(", ");
+                b.bind(Value::Text((*value).to_owned())).push(", ");
+                b.bind(Value::Text(value_key.clone())).push(")");
+            }
+            b.finish()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::movies;
+    use super::*;
+
+    #[test]
+    fn writes_bind_every_value_and_keep_hidden_keys_in_step() {
+        let ds = movies();
+        let mut row = vec![Value::Null; ds.columns.len()];
+        row[ds.key.column] = Value::Integer(9);
+        row[ds.column_index("title").unwrap()] = Value::Text("It's \"Quoted\"".into());
+        row[ds.column_index("genres").unwrap()] = Value::List(vec!["Drama".into(), "War".into()]);
+        let insert = insert_row(&ds, &row, Dialect::Postgres);
+        assert!(
+            insert.sql.starts_with("INSERT INTO \"movies\" (\"id\", "),
+            "{}",
+            insert.sql
+        );
+        assert!(
+            insert
+                .sql
+                .contains("VALUES (CAST($1 AS BIGINT), CAST(NULL AS TEXT), CAST($2 AS TEXT)"),
+            "{}",
+            insert.sql
+        );
+        // Nulls are keywords, never parameters (a text-typed NULL parameter would poison the
+        // prepared statement for a later non-null value of another type).
+        assert!(!insert.params.contains(&Value::Null));
+        assert!(!insert.sql.contains("Quoted"), "{}", insert.sql);
+        assert!(
+            insert
+                .params
+                .contains(&Value::Text("it's \"quoted\"".into()))
+        );
+        assert!(insert.params.contains(&Value::Text("Drama,War".into())));
+        let update = update_row(&ds, &row, Dialect::Sqlite);
+        assert!(update.sql.contains("\"title__key\" = ?"), "{}", update.sql);
+        assert!(update.sql.ends_with("WHERE \"id\" = ?"), "{}", update.sql);
+        assert!(!update.sql.contains("SET \"id\""), "{}", update.sql);
+        assert_eq!(update.params.last(), Some(&Value::Integer(9)));
+        let genres = ds.column_index("genres").unwrap();
+        let elements = insert_list_elements(&ds, genres, &row, Dialect::Postgres);
+        assert_eq!(elements.len(), 1);
+        assert_eq!(
+            elements[0].sql,
+            "INSERT INTO \"movies__genres\" (\"row_id\", \"value\", \"value_key\") VALUES ($1, $2, $3), ($4, $5, $6)"
+        );
+        assert!(
+            get_for_update(&ds, &Value::Integer(9), Dialect::Postgres)
+                .sql
+                .ends_with("FOR UPDATE")
+        );
+        assert!(
+            !get_for_update(&ds, &Value::Integer(9), Dialect::Sqlite)
+                .sql
+                .contains("FOR UPDATE")
+        );
+    }
+}
