@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use crate::config::TrustedProxies;
-use crate::service::Caller;
+use crate::service::{Caller, ClientAddress};
 
 use super::AppState;
 
@@ -20,7 +20,7 @@ impl axum::extract::FromRequestParts<AppState> for Caller {
             .extensions
             .get::<axum::extract::ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip());
-        let address = client_address(peer, &parts.headers, &state.trusted_proxies);
+        let address = client_ip(peer, &parts.headers, &state.trusted_proxies);
         Ok(Caller::new(bearer(&parts.headers), address))
     }
 }
@@ -52,8 +52,17 @@ pub fn client_address(
     headers: &axum::http::HeaderMap,
     trusted: &TrustedProxies,
 ) -> String {
+    client_ip(peer, headers, trusted).to_string()
+}
+
+/// [`client_address`], not yet written out.
+pub fn client_ip(
+    peer: Option<std::net::IpAddr>,
+    headers: &axum::http::HeaderMap,
+    trusted: &TrustedProxies,
+) -> ClientAddress {
     let Some(peer) = peer else {
-        return "unknown".to_owned();
+        return ClientAddress::Unknown;
     };
     let mut client = crate::config::canonical_ip(peer);
     warn_of_an_untrusted_proxy(client, headers, trusted);
@@ -69,13 +78,7 @@ pub fn client_address(
             }
         }
     }
-    match client {
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-        std::net::IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & (u128::MAX << 64);
-            format!("{}/64", std::net::Ipv6Addr::from(prefix))
-        }
-    }
+    ClientAddress::of(client)
 }
 
 /// Says once, in the log, when a private or loopback peer forwards addresses while no proxy is

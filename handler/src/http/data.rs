@@ -22,9 +22,11 @@ pub(super) fn path_params<T>(path: Result<Path<T>, PathRejection>) -> Result<T, 
         .map_err(|rejection| ApiError::invalid("path", rejection.body_text()))
 }
 
-/// What sending an answer needs of its request.
+/// What sending an answer needs of its request (read once here, so the request's headers are
+/// not copied: this runs on every read).
 pub struct Call {
-    headers: HeaderMap,
+    if_none_match: Option<HeaderValue>,
+    accepts_gzip: bool,
     started: Instant,
 }
 
@@ -36,7 +38,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Call {
         _: &S,
     ) -> Result<Self, Self::Rejection> {
         Ok(Call {
-            headers: parts.headers.clone(),
+            if_none_match: parts.headers.get(header::IF_NONE_MATCH).cloned(),
+            accepts_gzip: accepts_gzip(&parts.headers),
             started: Instant::now(),
         })
     }
@@ -107,7 +110,6 @@ fn answer_response(answer: &Answer, call: &Call) -> Response {
         attachment,
     } = answer;
     let (outcome, public) = (*outcome, *public);
-    let headers = &call.headers;
     let total_ms = call.started.elapsed().as_secs_f64() * 1000.0;
     let timing = match outcome {
         Outcome::Miss => format!(
@@ -116,8 +118,9 @@ fn answer_response(answer: &Answer, call: &Call) -> Response {
         ),
         _ => format!("cache;desc={}, total;dur={total_ms:.1}", outcome.as_str()),
     };
-    let not_modified = headers
-        .get(header::IF_NONE_MATCH)
+    let not_modified = call
+        .if_none_match
+        .as_ref()
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| {
             v.split(',')
@@ -130,7 +133,7 @@ fn answer_response(answer: &Answer, call: &Call) -> Response {
     };
     let mut response = if not_modified {
         StatusCode::NOT_MODIFIED.into_response()
-    } else if accepts_gzip(headers) {
+    } else if call.accepts_gzip {
         let mut response = (StatusCode::OK, stored_body(entry)).into_response();
         response
             .headers_mut()

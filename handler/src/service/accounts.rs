@@ -15,7 +15,9 @@ impl Service {
         password: &str,
     ) -> Result<SignUp, ServiceError> {
         let auth = self.accounts()?;
-        Ok(auth.sign_up(email, password, &caller.address).await?)
+        Ok(auth
+            .sign_up(email, password, &caller.address.to_string())
+            .await?)
     }
 
     /// A token for these credentials (every failure looks the same to the caller).
@@ -27,7 +29,9 @@ impl Service {
         password: &str,
     ) -> Result<AccessToken, ServiceError> {
         let auth = self.accounts()?;
-        Ok(auth.log_in(email, password, &caller.address).await?)
+        Ok(auth
+            .log_in(email, password, &caller.address.to_string())
+            .await?)
     }
 
     /// The signed-in caller, as the accounts table says now.

@@ -4,6 +4,7 @@
 //! At most `EXPORT_CONCURRENCY` cold exports run at once per instance, one per client address,
 //! each holding one of the read slots, so logins and writes always have connections left.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,7 +13,7 @@ use futures_util::StreamExt as _;
 use super::encode::{Capture, ExportEncoder};
 use super::reads::Answer;
 use super::warm::Read;
-use super::{Caller, Service, ServiceError};
+use super::{Caller, ClientAddress, Service, ServiceError};
 use crate::cache::{CachedResponse, Claim, Outcome, Stamp, StreamClaim, Subject};
 use crate::datasets::{Dataset, Level};
 use crate::query::{ExportFormat, Query, QueryKind};
@@ -48,7 +49,7 @@ impl Service {
                     self.exports_too_large
                         .refuse_again(&key, stamp, max_bytes)?;
                     let store = Some((key.as_str(), stamp, claim));
-                    let computed = self.compute_export(&dataset, query, &caller.address, store);
+                    let computed = self.compute_export(&dataset, query, caller.address, store);
                     let entry = computed.await.inspect_err(|error| {
                         if matches!(error, ServiceError::TooMuch { .. }) {
                             self.exports_too_large.remember(&key, stamp, max_bytes);
@@ -59,7 +60,7 @@ impl Service {
             },
             // The cache is unreachable: computed the same way, stored nowhere.
             Err(_) => (
-                self.compute_export(&dataset, query, &caller.address, None)
+                self.compute_export(&dataset, query, caller.address, None)
                     .await?,
                 Outcome::Bypass,
             ),
@@ -77,8 +78,8 @@ impl Service {
         self.answered(
             caller,
             &Read::Export {
-                dataset: name.to_owned(),
-                query: raw_query.map(str::to_owned),
+                dataset: name.into(),
+                query: raw_query.map(Into::into),
             },
         );
         Ok(Answer {
@@ -98,7 +99,7 @@ impl Service {
         &self,
         dataset: &Arc<Dataset>,
         query: Query,
-        client: &str,
+        client: ClientAddress,
         store: Option<(&str, Stamp, StreamClaim)>,
     ) -> Result<Arc<CachedResponse>, ServiceError> {
         // One at a time per client: nobody keeps every slot busy with exports of their own.
@@ -172,20 +173,20 @@ async fn encode_export(
 
 /// Cold exports being computed, by client address.
 #[derive(Default)]
-pub(super) struct ExportsByClient(Arc<parking_lot::Mutex<std::collections::HashSet<String>>>);
+pub(super) struct ExportsByClient(Arc<parking_lot::Mutex<HashSet<ClientAddress>>>);
 
 /// A client's turn to compute an export; ends when dropped.
 struct ClientTurn {
-    of: Arc<parking_lot::Mutex<std::collections::HashSet<String>>>,
-    client: String,
+    of: Arc<parking_lot::Mutex<HashSet<ClientAddress>>>,
+    client: ClientAddress,
 }
 
 impl ExportsByClient {
     /// The client's turn, unless it has one already.
-    fn take(&self, client: &str) -> Option<ClientTurn> {
-        self.0.lock().insert(client.to_owned()).then(|| ClientTurn {
+    fn take(&self, client: ClientAddress) -> Option<ClientTurn> {
+        self.0.lock().insert(client).then(|| ClientTurn {
             of: Arc::clone(&self.0),
-            client: client.to_owned(),
+            client,
         })
     }
 }
@@ -233,21 +234,25 @@ impl TooLarge {
 mod tests {
     use super::*;
 
+    fn client(address: &str) -> ClientAddress {
+        ClientAddress::of(address.parse().unwrap())
+    }
+
     #[test]
     fn a_client_computes_one_export_at_a_time() {
         let exports = ExportsByClient::default();
-        let first = exports.take("203.0.113.9").expect("a first turn");
+        let first = exports.take(client("203.0.113.9")).expect("a first turn");
         assert!(
-            exports.take("203.0.113.9").is_none(),
+            exports.take(client("203.0.113.9")).is_none(),
             "no second one meanwhile"
         );
         assert!(
-            exports.take("198.51.100.1").is_some(),
+            exports.take(client("198.51.100.1")).is_some(),
             "others have their own"
         );
         drop(first);
         assert!(
-            exports.take("203.0.113.9").is_some(),
+            exports.take(client("203.0.113.9")).is_some(),
             "the turn ended with the export"
         );
     }

@@ -22,6 +22,7 @@ mod warm;
 mod writes;
 
 use std::collections::HashSet;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,8 +49,8 @@ const DATABASE_BREAKER_OPEN_FOR: Duration = Duration::from_secs(2);
 pub struct Caller {
     /// The bearer token, if the request had one.
     pub token: Option<String>,
-    /// The client's address (sign-in limits, one export at a time); `unknown` when not known.
-    pub address: String,
+    /// The client's address (sign-in limits, one export at a time).
+    pub address: ClientAddress,
     /// Warm-up's own reads: computed for whoever may read them (not authorised), refreshing
     /// what is near expiry, not counted as accesses.
     pub warming: bool,
@@ -57,7 +58,7 @@ pub struct Caller {
 
 impl Caller {
     /// A caller known only by its address (and its token, if it sent one).
-    pub fn new(token: Option<String>, address: String) -> Caller {
+    pub fn new(token: Option<String>, address: ClientAddress) -> Caller {
         Caller {
             token,
             address,
@@ -69,8 +70,44 @@ impl Caller {
     pub fn warm_up() -> Caller {
         Caller {
             token: None,
-            address: "warm-up".to_owned(),
+            address: ClientAddress::WarmUp,
             warming: true,
+        }
+    }
+}
+
+/// Where a caller is, as the limits count it. Kept as an address and written out only where it
+/// is used (most reads never need it as text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientAddress {
+    /// An IPv4 address, or the /64 block of an IPv6 address (the block one subscriber usually
+    /// holds, so rotating within it gains nothing).
+    Ip(IpAddr),
+    /// No peer (a request made in process).
+    Unknown,
+    /// Warm-up's own reads.
+    WarmUp,
+}
+
+impl ClientAddress {
+    pub fn of(address: IpAddr) -> ClientAddress {
+        match address {
+            IpAddr::V4(_) => ClientAddress::Ip(address),
+            IpAddr::V6(v6) => {
+                let block = u128::from(v6) & (u128::MAX << 64);
+                ClientAddress::Ip(IpAddr::V6(Ipv6Addr::from(block)))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ClientAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientAddress::Ip(IpAddr::V4(v4)) => write!(f, "{v4}"),
+            ClientAddress::Ip(IpAddr::V6(v6)) => write!(f, "{v6}/64"),
+            ClientAddress::Unknown => f.write_str("unknown"),
+            ClientAddress::WarmUp => f.write_str("warm-up"),
         }
     }
 }

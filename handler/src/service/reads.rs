@@ -34,8 +34,8 @@ impl Service {
         let query = self.query(&dataset, QueryKind::List, raw_query)?;
         let key = self.cache.key(&dataset, &Subject::Query(&query));
         let read = Read::List {
-            dataset: name.to_owned(),
-            query: raw_query.map(str::to_owned),
+            dataset: name.into(),
+            query: raw_query.map(Into::into),
         };
         self.cached(
             caller,
@@ -64,8 +64,8 @@ impl Service {
             .map_err(|reason| ServiceError::invalid("id", reason))?;
         let cache_key = self.cache.key(&dataset, &Subject::Item(&key));
         let read = Read::Item {
-            dataset: name.to_owned(),
-            id: id.to_owned(),
+            dataset: name.into(),
+            id: id.into(),
         };
         self.cached(
             caller,
@@ -116,9 +116,9 @@ impl Service {
         let query = self.query(&dataset, QueryKind::Facets, raw_query)?;
         let key = self.cache.facet_key(&dataset, column_name, &query);
         let read = Read::Facets {
-            dataset: name.to_owned(),
-            column: column_name.to_owned(),
-            query: raw_query.map(str::to_owned),
+            dataset: name.into(),
+            column: column_name.into(),
+            query: raw_query.map(Into::into),
         };
         self.cached(
             caller,
@@ -169,7 +169,7 @@ impl Service {
         dataset: &Dataset,
         subject: Subject<'_>,
         key: String,
-        read: Read,
+        read: Read<'_>,
         compute: F,
     ) -> Result<Answer, ServiceError>
     where
@@ -213,7 +213,7 @@ impl Service {
 
     /// Counts an answered read for warm-up (its own reads do not count): reads that fail never
     /// become hot.
-    pub(super) fn answered(&self, caller: &Caller, read: &Read) {
+    pub(super) fn answered(&self, caller: &Caller, read: &Read<'_>) {
         if !caller.warming {
             self.cache.record_access(&read.path());
         }

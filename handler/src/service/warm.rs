@@ -3,63 +3,83 @@
 //! API path a client asks them by (`/api/movies?genres=drama`), counted once answered, and
 //! replayed here by calling the reads themselves.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
 use super::{Caller, Service};
 use crate::cache::Outcome;
 
 /// Hot reads that one warm-up run considers.
 pub const WARM_LIMIT: usize = 50;
 
-/// A read as warm-up remembers it.
+/// A read as warm-up remembers it (borrowing the request's text while it is answered, owning
+/// it when parsed back from a remembered path).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Read {
+pub(super) enum Read<'a> {
     List {
-        dataset: String,
-        query: Option<String>,
+        dataset: Cow<'a, str>,
+        query: Option<Cow<'a, str>>,
     },
     Item {
-        dataset: String,
-        id: String,
+        dataset: Cow<'a, str>,
+        id: Cow<'a, str>,
     },
     Facets {
-        dataset: String,
-        column: String,
-        query: Option<String>,
+        dataset: Cow<'a, str>,
+        column: Cow<'a, str>,
+        query: Option<Cow<'a, str>>,
     },
     Export {
-        dataset: String,
-        query: Option<String>,
+        dataset: Cow<'a, str>,
+        query: Option<Cow<'a, str>>,
     },
 }
 
-impl Read {
-    /// The API path a client asks this read by.
+impl Read<'_> {
+    /// The API path a client asks this read by (built in one allocation: every answered read
+    /// makes one).
     pub(super) fn path(&self) -> String {
-        let (path, query) = match self {
-            Read::List { dataset, query } => (format!("/api/{dataset}"), query),
-            Read::Item { dataset, id } => (format!("/api/{dataset}/{}", url_segment(id)), &None),
+        let mut path = String::with_capacity(128);
+        let query = match self {
+            Read::List { dataset, query } => {
+                let _ = write!(path, "/api/{dataset}");
+                query
+            }
+            Read::Item { dataset, id } => {
+                let _ = write!(path, "/api/{dataset}/");
+                url_segment_into(id, &mut path);
+                &None
+            }
             Read::Facets {
                 dataset,
                 column,
                 query,
-            } => (format!("/api/{dataset}/facets/{column}"), query),
-            Read::Export { dataset, query } => (format!("/api/{dataset}/export"), query),
+            } => {
+                let _ = write!(path, "/api/{dataset}/facets/{column}");
+                query
+            }
+            Read::Export { dataset, query } => {
+                let _ = write!(path, "/api/{dataset}/export");
+                query
+            }
         };
-        match query {
-            Some(query) => format!("{path}?{query}"),
-            None => path,
+        if let Some(query) = query {
+            path.push('?');
+            path.push_str(query);
         }
+        path
     }
 
     /// The read behind a path (a remembered one comes from the shared store, outside this
     /// process: anything that is not a read's path is `None`).
-    pub(super) fn parse(path: &str) -> Option<Read> {
+    pub(super) fn parse(path: &str) -> Option<Read<'static>> {
         let rest = path.strip_prefix("/api/")?;
         let (path, query) = match rest.split_once('?') {
-            Some((path, query)) => (path, Some(query.to_owned())),
+            Some((path, query)) => (path, Some(Cow::Owned(query.to_owned()))),
             None => (rest, None),
         };
         let segments: Vec<&str> = path.split('/').collect();
-        let dataset = (*segments.first()?).to_owned();
+        let dataset: Cow<'static, str> = Cow::Owned((*segments.first()?).to_owned());
         if dataset.is_empty() {
             return None;
         }
@@ -68,12 +88,12 @@ impl Read {
             ["export"] => Read::Export { dataset, query },
             ["facets", column] => Read::Facets {
                 dataset,
-                column: column.to_owned(),
+                column: Cow::Owned(column.to_owned()),
                 query,
             },
             [id] if query.is_none() => Read::Item {
                 dataset,
-                id: url_decode(id)?,
+                id: Cow::Owned(url_decode(id)?),
             },
             _ => return None,
         })
@@ -83,14 +103,18 @@ impl Read {
 /// Percent-encodes what a path segment cannot hold as it is.
 pub(super) fn url_segment(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
+    url_segment_into(text, &mut out);
+    out
+}
+
+fn url_segment_into(text: &str, out: &mut String) {
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
             out.push(char::from(byte));
         } else {
-            out.push_str(&format!("%{byte:02X}"));
+            let _ = write!(out, "%{byte:02X}");
         }
     }
-    out
 }
 
 fn url_decode(segment: &str) -> Option<String> {
