@@ -22,6 +22,8 @@ pub mod azurite;
 mod background;
 #[allow(dead_code)] // used by the account tests only
 pub mod firebase;
+#[allow(dead_code)] // used by the partition and chaos tests only
+pub mod proxy;
 mod redis_servers;
 #[allow(dead_code)] // used by the tests that run the binary
 pub mod served;
