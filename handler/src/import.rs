@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::datasets::rules::{self, EngineRules};
 use crate::datasets::{Column, Dataset, Value};
-use crate::storage::{Row, Storage};
+use crate::storage::{CommitGate, Committing, Row, Storage, Ungated};
 
 /// Rows per staging write: large enough to amortise a round trip, small enough to stay flat.
 pub const BATCH_ROWS: usize = 10_000;
@@ -112,7 +112,7 @@ pub async fn import_file(
     show_progress: bool,
 ) -> anyhow::Result<ImportReport> {
     let source = ImportSource::file(path)?;
-    import(storage, dataset, source, show_progress, None).await
+    import(storage, dataset, source, show_progress, None, &Ungated).await
 }
 
 /// Imports a source into `dataset`, replacing its rows, with the guarantees of [`import_file`].
@@ -122,6 +122,7 @@ pub async fn import(
     source: ImportSource,
     show_progress: bool,
     watcher: Option<Arc<ImportProgress>>,
+    gate: &dyn CommitGate,
 ) -> anyhow::Result<ImportReport> {
     let started = Instant::now();
     let ImportSource {
@@ -216,6 +217,12 @@ pub async fn import(
         }
     };
     let staged = started.elapsed();
+    if let Err(reason) = gate.before_commit(Committing::Everything).await {
+        if let Err(abort_error) = sink.abort().await {
+            tracing::warn!(error = %abort_error, "could not discard the staged rows");
+        }
+        anyhow::bail!("the dataset's rows were left as they were: {reason}");
+    }
     let spinner = spinner(&progress, "building indexes and swapping in the new rows");
     let committed = sink.commit().await;
     spinner.finish_and_clear();

@@ -12,8 +12,8 @@ use common::TestApp;
 use handler::datasets::{Dataset, Value};
 use handler::query::Query;
 use handler::storage::{
-    self, Change, ImportSink, NewUser, Row, RowStream, Storage, UserLookup, UserRecord, UserUpdate,
-    Written,
+    self, Change, CommitGate, ImportSink, NewUser, Row, RowStream, Storage, UserLookup, UserRecord,
+    UserUpdate, Written,
 };
 
 /// The real SQLite storage, with its list queries counted (a decorator, not a mock: every call
@@ -60,8 +60,13 @@ impl Storage for CountingStorage {
     async fn begin_import(&self, dataset: &Dataset) -> storage::Result<Box<dyn ImportSink>> {
         self.inner.begin_import(dataset).await
     }
-    async fn write(&self, dataset: &Dataset, change: Change) -> storage::Result<Written> {
-        self.inner.write(dataset, change).await
+    async fn write(
+        &self,
+        dataset: &Dataset,
+        change: Change,
+        gate: &dyn CommitGate,
+    ) -> storage::Result<Written> {
+        self.inner.write(dataset, change, gate).await
     }
     async fn create_user(&self, user: NewUser) -> storage::Result<UserRecord> {
         self.inner.create_user(user).await

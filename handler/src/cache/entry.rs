@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::Stamp;
+use super::fresh::PageEnd;
 
 /// Compressed size up to which an entry also keeps its uncompressed body (lists and items do;
 /// whole-dataset exports do not, so caching them never multiplies their size in memory).
@@ -47,6 +48,8 @@ pub struct CachedResponse {
     /// When the answer stops being fresh (Unix milliseconds); it is kept a while longer to be
     /// served as STALE if the database fails.
     pub expires_at_ms: u64,
+    /// For a page followed by another: where it ends, so writes beyond it leave it alone.
+    pub page_end: Option<PageEnd>,
 }
 
 pub fn unix_ms() -> u64 {
@@ -85,6 +88,7 @@ impl CachedResponse {
             stamp,
             expires_at_ms: unix_ms()
                 .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+            page_end: None,
         }
     }
 
@@ -108,7 +112,14 @@ impl CachedResponse {
             stamp,
             expires_at_ms: unix_ms()
                 .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+            page_end: None,
         }
+    }
+
+    /// The answer is a page that ends at `end` (see [`PageEnd`]).
+    pub fn ending_at(mut self, end: Option<PageEnd>) -> Self {
+        self.page_end = end;
+        self
     }
 
     /// Whether the uncompressed body may be kept in memory beside the compressed one.
@@ -138,6 +149,7 @@ impl CachedResponse {
             "etag": self.etag,
             "compute_us": u64::try_from(self.compute_time.as_micros()).unwrap_or(u64::MAX),
             "expires_at_ms": self.expires_at_ms,
+            "page_end": self.page_end.as_ref().map(|end| [&end.sort_value, &end.key, &end.next_key]),
         });
         let mut out = Vec::with_capacity(self.gzip_body.len() + 160);
         out.extend_from_slice(b"SC1 ");
@@ -178,6 +190,14 @@ impl CachedResponse {
                 seq: header["seq"].as_u64()?,
             },
             expires_at_ms: header["expires_at_ms"].as_u64()?,
+            page_end: match &header["page_end"] {
+                serde_json::Value::Array(end) if end.len() == 3 => Some(PageEnd {
+                    sort_value: end[0].clone(),
+                    key: end[1].clone(),
+                    next_key: end[2].clone(),
+                }),
+                _ => None,
+            },
         })
     }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
 use super::entry::{CachedResponse, Outcome};
+use super::fresh::PageEnd;
 use super::fresh::is_fresh;
 use super::spread::{jittered, lease_token};
 use super::{Cache, STALE_GRACE, Subject};
@@ -17,6 +18,24 @@ use crate::datasets::Dataset;
 
 /// One computation shared by the concurrent misses of a key at one write position.
 pub(super) type Flight = OnceCell<(Arc<CachedResponse>, Outcome)>;
+
+/// An answer as a read computed it.
+pub struct Computed {
+    pub body: Vec<u8>,
+    pub content_type: &'static str,
+    /// For a page followed by another: where it ends (see [`PageEnd`]).
+    pub page_end: Option<PageEnd>,
+}
+
+impl Computed {
+    pub fn json(body: Vec<u8>) -> Computed {
+        Computed {
+            body,
+            content_type: "application/json",
+            page_end: None,
+        }
+    }
+}
 
 /// How long a lease lasts if its holder never releases it (it died, say).
 const LEASE_TTL: Duration = Duration::from_secs(5);
@@ -80,7 +99,7 @@ impl Cache {
     ) -> Result<(Arc<CachedResponse>, Outcome), E>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<(Vec<u8>, &'static str), E>>,
+        Fut: Future<Output = Result<Computed, E>>,
     {
         self.get_or_compute_or_stale(dataset, subject, key, compute, |_| false, false)
             .await
@@ -99,25 +118,25 @@ impl Cache {
     ) -> Result<(Arc<CachedResponse>, Outcome), E>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<(Vec<u8>, &'static str), E>>,
+        Fut: Future<Output = Result<Computed, E>>,
     {
         let stamp = match self.lookup(dataset, &subject, &key, warming).await {
             Ok(Some(entry)) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok((entry, Outcome::Hit));
             }
-            // The stamp is read before the query starts: see the module documentation.
-            Ok(None) => self.stamp(&dataset.name).await,
+            // The position is read before the query starts: see the module documentation.
+            Ok(None) => self.position(&dataset.name).await,
             Err(unavailable) => Err(unavailable),
         };
-        let Ok(stamp) = stamp else {
+        let Ok(position) = stamp else {
             // The cache is down: answer from the database, store nothing.
             self.bypasses.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
-            let (body, content_type) = compute().await?;
+            let computed = compute().await?;
             let entry = CachedResponse::new(
-                &body,
-                content_type,
+                &computed.body,
+                computed.content_type,
                 started.elapsed(),
                 Default::default(),
                 Duration::ZERO,
@@ -125,10 +144,19 @@ impl Cache {
             return Ok((Arc::new(entry), Outcome::Bypass));
         };
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let flight_key = format!("{key}@{}.{}", stamp.epoch, stamp.seq);
+        let stamp = position.stamp();
+        let flight_key = format!(
+            "{key}@{}.{}.{}",
+            position.epoch, position.seq, position.settled
+        );
         let cell = Arc::clone(self.flights.lock().entry(flight_key.clone()).or_default());
+        // Taken by whichever runs it: this caller's own flight, or its own computation after.
+        let compute = parking_lot::Mutex::new(Some(compute));
+        let computed_here = std::sync::atomic::AtomicBool::new(false);
         let result = cell
             .get_or_try_init(|| async {
+                computed_here.store(true, Ordering::Relaxed);
+                let compute = compute.lock().take().expect("a flight's closure runs once");
                 // Another instance may be computing the same answer: wait for it rather than
                 // query the database again.
                 let lease = match self.lease_or_wait(dataset, &subject, &key).await {
@@ -136,8 +164,7 @@ impl Cache {
                     lease => lease,
                 };
                 let started = Instant::now();
-                let computed = compute().await;
-                let (body, content_type) = match computed {
+                let computed = match compute().await {
                     Ok(computed) => computed,
                     Err(error) => {
                         self.release(lease).await;
@@ -145,13 +172,16 @@ impl Cache {
                     }
                 };
                 let ttl = jittered(self.ttl(dataset));
-                let entry = Arc::new(CachedResponse::new(
-                    &body,
-                    content_type,
-                    started.elapsed(),
-                    stamp,
-                    ttl,
-                ));
+                let entry = Arc::new(
+                    CachedResponse::new(
+                        &computed.body,
+                        computed.content_type,
+                        started.elapsed(),
+                        stamp,
+                        ttl,
+                    )
+                    .ending_at(computed.page_end),
+                );
                 self.memory
                     .insert(key.clone(), Arc::clone(&entry), ttl + STALE_GRACE);
                 // A failed store costs the next reader a miss, nothing more.
@@ -170,16 +200,62 @@ impl Cache {
                 flights.remove(&flight_key);
             }
         }
+        // A computation that began while a write was in flight may predate its commit, and this
+        // caller may have arrived after the write was acknowledged: it takes the shared answer
+        // only if no write since its stamp changes it, and computes its own otherwise.
+        if let Ok((entry, _)) = &result
+            && !computed_here.load(Ordering::Relaxed)
+            && !position.is_settled()
+            && !is_fresh(&*self.store, dataset, &subject, entry)
+                .await
+                .unwrap_or(false)
+            && let Some(compute) = compute.into_inner()
+        {
+            return self.compute_alone(stamp, key, dataset, compute).await;
+        }
         match result {
-            Err(error) if database_down(&error) => match self.last_good(&key).await {
-                Some(entry) => {
-                    self.stales.fetch_add(1, Ordering::Relaxed);
-                    Ok((entry, Outcome::Stale))
+            Err(error) if database_down(&error) => {
+                match self.last_good(dataset, &subject, &key).await {
+                    Some(entry) => {
+                        self.stales.fetch_add(1, Ordering::Relaxed);
+                        Ok((entry, Outcome::Stale))
+                    }
+                    None => Err(error),
                 }
-                None => Err(error),
-            },
+            }
             other => other,
         }
+    }
+
+    /// Computes and stores an answer without sharing the computation (see the caller).
+    async fn compute_alone<F, Fut, E>(
+        &self,
+        stamp: super::Stamp,
+        key: String,
+        dataset: &Dataset,
+        compute: F,
+    ) -> Result<(Arc<CachedResponse>, Outcome), E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Computed, E>>,
+    {
+        let started = Instant::now();
+        let computed = compute().await?;
+        let ttl = jittered(self.ttl(dataset));
+        let entry = Arc::new(
+            CachedResponse::new(
+                &computed.body,
+                computed.content_type,
+                started.elapsed(),
+                stamp,
+                ttl,
+            )
+            .ending_at(computed.page_end),
+        );
+        self.memory
+            .insert(key.clone(), Arc::clone(&entry), ttl + STALE_GRACE);
+        let _ = self.store.set(&key, &entry, ttl + STALE_GRACE).await;
+        Ok((entry, Outcome::Miss))
     }
 
     /// Claims the computation of a streamed answer (an export), or waits for the request that
@@ -296,7 +372,7 @@ impl Cache {
         key: &str,
     ) -> Option<Arc<CachedResponse>> {
         let entry = self.fetch(subject, key).await.ok()??;
-        let fresh = is_fresh(&*self.store, dataset, subject, entry.stamp).await;
+        let fresh = is_fresh(&*self.store, dataset, subject, &entry).await;
         fresh
             .unwrap_or(false)
             .then(|| self.keep_near(dataset, key, entry))

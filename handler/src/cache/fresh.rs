@@ -1,11 +1,16 @@
 //! Freshness: whether a stored answer still answers its question, from the dataset's write
 //! position and the writes recorded since the answer was computed (see the module documentation
-//! of [`super`]).
+//! of [`super`]), judged per answer: what a write can change of a sorted page, a facet count or
+//! an item, not only whether it passes the filters.
+
+use std::cmp::Ordering;
 
 use crate::datasets::{Dataset, Value, normalise_text};
-use crate::query::{ExportFormat, Filter, FilterOp, Query, QueryKind, Sort};
+use crate::query::order::{Place, compare};
+use crate::query::{Query, QueryKind};
 
 use super::Subject;
+use super::entry::CachedResponse;
 use super::store::{Store, Unavailable};
 
 /// Writes remembered per dataset for validating entries; an entry older than the oldest
@@ -18,20 +23,52 @@ pub const WRITE_RECORD_MAX_BYTES: usize = 2048;
 /// The most writes one freshness check reads; an entry with more writes since it was computed
 /// is simply recomputed.
 const MAX_WRITES_CHECKED: u64 = 256;
+/// A write log record that changes every answer of the dataset (an import, a write too large to
+/// record row by row, the start of an epoch).
+pub const EVERYTHING: &str = "*";
 
-/// A dataset's write position.
+/// The write position an answer is stamped with: every write at or before it had finished (or
+/// could no longer commit) when the answer's database query started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Stamp {
     pub epoch: u64,
     pub seq: u64,
 }
 
+/// A dataset's write position as the store reports it: the last recorded write (`seq`), and the
+/// last position before any write still in flight (`settled`, at most `seq`). A write is
+/// recorded before its transaction commits, so an answer computed now may or may not see the
+/// writes after `settled`: it is stamped `settled`, and those writes are checked against it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    pub epoch: u64,
+    pub seq: u64,
+    pub settled: u64,
+}
+
+impl Position {
+    /// The stamp of an answer whose query starts now.
+    pub fn stamp(self) -> Stamp {
+        Stamp {
+            epoch: self.epoch,
+            seq: self.settled.min(self.seq),
+        }
+    }
+
+    /// Whether no write is in flight.
+    pub fn is_settled(self) -> bool {
+        self.settled >= self.seq
+    }
+}
+
 /// One write as the write log remembers it (create: `old` None; delete: `new` None).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct RecordedWrite {
     pub seq: u64,
     pub old: Option<Vec<Value>>,
     pub new: Option<Vec<Value>>,
+    /// Every answer of the dataset changed (an import, a write too large to record).
+    pub everything: bool,
 }
 
 impl RecordedWrite {
@@ -44,10 +81,14 @@ impl RecordedWrite {
         serde_json::Value::Array(vec![row(old), row(new)]).to_string()
     }
 
-    /// A `"<seq> [old, new]"` item of a shared write log; `None` when it does not fit `dataset`
-    /// (the caller then treats the answer as stale).
+    /// A `"<seq> [old, new]"` (or `"<seq> *"`) item of a shared write log; `None` when it does
+    /// not fit `dataset` (the caller then treats the answer as stale).
     pub fn decode(dataset: &Dataset, item: &str) -> Option<RecordedWrite> {
         let (seq, payload) = item.split_once(' ')?;
+        let seq = seq.parse().ok()?;
+        if payload == EVERYTHING {
+            return Some(RecordedWrite::everything(seq));
+        }
         let json: serde_json::Value = serde_json::from_str(payload).ok()?;
         let row = |v: &serde_json::Value| -> Option<Option<Vec<Value>>> {
             match v {
@@ -65,22 +106,58 @@ impl RecordedWrite {
             }
         };
         Some(RecordedWrite {
-            seq: seq.parse().ok()?,
+            seq,
             old: row(json.get(0)?)?,
             new: row(json.get(1)?)?,
+            everything: false,
+        })
+    }
+
+    pub fn everything(seq: u64) -> RecordedWrite {
+        RecordedWrite {
+            seq,
+            old: None,
+            new: None,
+            everything: true,
+        }
+    }
+}
+
+/// Where a full page ends, kept with the page's entry: the last row's sort value and key, and
+/// the key of the row after it (the page fetched one more than its limit). A write whose rows
+/// all sort after the last one cannot change the page, unless it removes the only row after it
+/// (which would end the next page's link): hence the next row's key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PageEnd {
+    pub sort_value: serde_json::Value,
+    pub key: serde_json::Value,
+    pub next_key: serde_json::Value,
+}
+
+impl PageEnd {
+    /// The end of a page of `limit` rows out of `rows` (which hold one more when a next page
+    /// exists); `None` when the page is not followed by another.
+    pub fn of(dataset: &Dataset, query: &Query, rows: &[Vec<Value>]) -> Option<PageEnd> {
+        let limit = usize::try_from(query.limit).ok()?;
+        let (last, next) = (rows.get(limit.checked_sub(1)?)?, rows.get(limit)?);
+        Some(PageEnd {
+            sort_value: last[query.sort.column].to_json(),
+            key: last[dataset.key.column].to_json(),
+            next_key: next[dataset.key.column].to_json(),
         })
     }
 }
 
-/// Whether an entry stamped `stamp` still answers `subject` correctly: nothing was written
-/// since, or every write since is remembered and none of them touches the answer.
+/// Whether `entry` still answers `subject` correctly: nothing was written since its stamp, or
+/// every write since is remembered and none of them can change this answer.
 pub async fn is_fresh(
     store: &dyn Store,
     dataset: &Dataset,
     subject: &Subject<'_>,
-    stamp: Stamp,
+    entry: &CachedResponse,
 ) -> Result<bool, Unavailable> {
-    let current = store.stamp(&dataset.name).await?;
+    let stamp = entry.stamp;
+    let current = store.position(&dataset.name).await?;
     if current.epoch != stamp.epoch || current.seq < stamp.seq {
         return Ok(false);
     }
@@ -92,51 +169,141 @@ pub async fn is_fresh(
     }
     Ok(
         match store.writes_since(dataset, stamp.seq, current.seq).await? {
-            Some(writes) => !touched_by(dataset, subject, writes.iter()),
+            Some(writes) => !writes
+                .iter()
+                .any(|write| changes(dataset, subject, entry.page_end.as_ref(), write)),
             None => false,
         },
     )
 }
 
-/// Whether any of `writes` (old or new row) passes the filters of `subject`.
-fn touched_by<'w>(
+/// Whether `write` can change the answer about `subject` (`page_end`: where a stored page
+/// ends, if it is followed by another). Errs on the side of "yes" wherever it cannot be sure.
+pub fn changes(
     dataset: &Dataset,
     subject: &Subject<'_>,
-    mut writes: impl Iterator<Item = &'w RecordedWrite>,
+    page_end: Option<&PageEnd>,
+    write: &RecordedWrite,
 ) -> bool {
-    let item_filter;
-    let query = match subject {
-        Subject::Query(query) => *query,
-        Subject::Item(key) => {
-            item_filter = item_query(dataset, key);
-            &item_filter
+    if write.everything {
+        return true;
+    }
+    let (old, new) = (write.old.as_deref(), write.new.as_deref());
+    match subject {
+        Subject::Item(key) => [old, new]
+            .into_iter()
+            .flatten()
+            .any(|row| same_key(&row[dataset.key.column], key)),
+        Subject::Facets { query, column } => {
+            match (passing(dataset, query, old), passing(dataset, query, new)) {
+                (None, None) => false,
+                // The same row counted under the same value: every count and label stays.
+                (Some(old), Some(new)) => old[*column] != new[*column],
+                _ => true,
+            }
         }
-    };
-    let touches =
-        |row: &Option<Vec<Value>>| row.as_ref().is_some_and(|r| query.matches(dataset, r));
-    writes.any(|w| touches(&w.old) || touches(&w.new))
+        Subject::Query(query) if query.kind == QueryKind::List => {
+            changes_page(dataset, query, page_end, old, new)
+        }
+        Subject::Query(query) => [old, new]
+            .into_iter()
+            .flatten()
+            .any(|row| query.matches(dataset, row)),
+    }
 }
 
-/// The filter an item answer depends on: its own key.
-fn item_query(dataset: &Dataset, key: &Value) -> Query {
-    let value = match key {
-        Value::Text(text) => Value::Text(normalise_text(text)),
-        other => other.clone(),
+/// A page of a sorted list: the rows passing the filters after the cursor, up to the limit.
+fn changes_page(
+    dataset: &Dataset,
+    query: &Query,
+    page_end: Option<&PageEnd>,
+    old: Option<&[Value]>,
+    new: Option<&[Value]>,
+) -> bool {
+    let sort = query.sort;
+    let (old, new) = (
+        on_page_side(dataset, query, old),
+        on_page_side(dataset, query, new),
+    );
+    if old.is_none() && new.is_none() {
+        return false;
+    }
+    // A page that ends the list: any eligible row is on it, or would be.
+    let Some(end) = page_end.and_then(|end| PageEndValues::decode(dataset, query, end)) else {
+        return true;
     };
-    Query {
-        kind: QueryKind::List,
-        filters: vec![Filter {
-            column: dataset.key.column,
-            op: FilterOp::Eq,
-            value,
-        }],
-        sort: Sort {
-            column: dataset.key.column,
-            descending: false,
-        },
-        limit: 1,
-        cursor: None,
-        format: ExportFormat::Json,
+    let beyond = |row: &[Value]| {
+        compare(dataset, sort, Place::of(dataset, sort, row), end.place())
+            == Some(Ordering::Greater)
+    };
+    if old.is_some_and(|r| !beyond(r)) || new.is_some_and(|r| !beyond(r)) {
+        return true;
+    }
+    // Both after the page: only a row leaving the rest of the list can matter, and only if it
+    // was the one row after the page.
+    match (old, new) {
+        (Some(old), None) => same_key(&old[dataset.key.column], &end.next_key),
+        _ => false,
+    }
+}
+
+/// `row`, if it passes the query's filters.
+fn passing<'r>(dataset: &Dataset, query: &Query, row: Option<&'r [Value]>) -> Option<&'r [Value]> {
+    row.filter(|r| query.matches(dataset, r))
+}
+
+/// `row`, if it passes the query's filters and is after its cursor (if any), or may be.
+fn on_page_side<'r>(
+    dataset: &Dataset,
+    query: &Query,
+    row: Option<&'r [Value]>,
+) -> Option<&'r [Value]> {
+    passing(dataset, query, row).filter(|r| {
+        query.cursor.as_ref().is_none_or(|cursor| {
+            let from = Place {
+                sort_value: &cursor.sort_value,
+                key: &cursor.key,
+            };
+            let place = Place::of(dataset, query.sort, r);
+            !matches!(
+                compare(dataset, query.sort, place, from),
+                Some(Ordering::Less | Ordering::Equal)
+            )
+        })
+    })
+}
+
+/// A [`PageEnd`] read back as values of the dataset's columns.
+struct PageEndValues {
+    sort_value: Value,
+    key: Value,
+    next_key: Value,
+}
+
+impl PageEndValues {
+    fn decode(dataset: &Dataset, query: &Query, end: &PageEnd) -> Option<PageEndValues> {
+        let key_column = dataset.key_column();
+        Some(PageEndValues {
+            sort_value: Value::from_json(&dataset.columns[query.sort.column], &end.sort_value)?,
+            key: Value::from_json(key_column, &end.key)?,
+            next_key: Value::from_json(key_column, &end.next_key)?,
+        })
+    }
+
+    fn place(&self) -> Place<'_> {
+        Place {
+            sort_value: &self.sort_value,
+            key: &self.key,
+        }
+    }
+}
+
+/// Whether a recorded key is the key an answer is about (text keys compare normalised, as the
+/// item lookup does).
+fn same_key(recorded: &Value, key: &Value) -> bool {
+    match (recorded, key) {
+        (Value::Text(a), Value::Text(b)) => normalise_text(a) == normalise_text(b),
+        (a, b) => a == b,
     }
 }
 
@@ -155,3 +322,7 @@ pub fn freshness_columns(dataset: &Dataset, row: Vec<Value>) -> Vec<Value> {
         })
         .collect()
 }
+
+#[cfg(test)]
+#[path = "fresh_tests.rs"]
+mod tests;

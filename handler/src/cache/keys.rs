@@ -1,7 +1,7 @@
 //! Readable cache keys: `<prefix>:<dataset>:<kind>:<canonical query>`, bounded in length.
 
 use crate::datasets::Dataset;
-use crate::query::{Query, QueryKind};
+use crate::query::QueryKind;
 
 use super::Subject;
 
@@ -36,21 +36,19 @@ impl Keys {
                     bounded(query.canonical(dataset))
                 )
             }
+            // Keys of facet answers also name their column, which the query string does not.
+            Subject::Facets { query, column } => format!(
+                "{}:{}:facets:{}:{}",
+                self.prefix,
+                dataset.name,
+                dataset.columns[*column].name,
+                bounded(query.canonical(dataset))
+            ),
             Subject::Item(key) => {
                 let key = bounded(key.to_text());
                 format!("{}:{}:item:{key}", self.prefix, dataset.name)
             }
         }
-    }
-
-    /// Keys of facet answers also name their column, which the query string does not carry.
-    pub fn facet_key(&self, dataset: &Dataset, column: &str, query: &Query) -> String {
-        format!(
-            "{}:{}:facets:{column}:{}",
-            self.prefix,
-            dataset.name,
-            bounded(query.canonical(dataset))
-        )
     }
 
     /// What every key of `dataset`'s answers starts with.

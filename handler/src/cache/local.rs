@@ -6,13 +6,15 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use super::entry::CachedResponse;
-use super::fresh::{RecordedWrite, Stamp};
+use super::fresh::{Position, RecordedWrite};
 use super::hot::LocalScores;
-use super::store::{NewWrite, Store, Unavailable};
+use super::store::{InFlight, NewWrite, Store, Unavailable};
 use super::windows::LocalWindows;
 use crate::datasets::Dataset;
 
@@ -25,9 +27,28 @@ pub struct LocalStore {
 
 #[derive(Default)]
 struct WriteLog {
-    stamp: Stamp,
+    epoch: u64,
+    seq: u64,
     /// Recent writes, oldest first.
     recent: VecDeque<RecordedWrite>,
+    /// Writes recorded and not yet ended, with the time they stop counting as in flight.
+    in_flight: Vec<(InFlight, Instant)>,
+}
+
+impl WriteLog {
+    fn push(&mut self, write: &NewWrite, capacity: usize) -> u64 {
+        self.seq += 1;
+        self.recent.push_back(RecordedWrite {
+            seq: self.seq,
+            old: write.old.clone(),
+            new: write.new.clone(),
+            everything: write.everything,
+        });
+        while self.recent.len() > capacity {
+            self.recent.pop_front();
+        }
+        self.seq
+    }
 }
 
 #[async_trait]
@@ -40,28 +61,66 @@ impl Store for LocalStore {
         false
     }
 
-    async fn stamp(&self, dataset: &str) -> Result<Stamp, Unavailable> {
-        let writes = self.writes.lock();
-        Ok(writes.get(dataset).map(|log| log.stamp).unwrap_or_default())
+    async fn position(&self, dataset: &str) -> Result<Position, Unavailable> {
+        let mut writes = self.writes.lock();
+        let Some(log) = writes.get_mut(dataset) else {
+            return Ok(Position::default());
+        };
+        let now = Instant::now();
+        log.in_flight.retain(|(_, until)| *until > now);
+        let settled = log.in_flight.iter().fold(log.seq, |settled, (write, _)| {
+            if write.epoch == log.epoch {
+                settled.min(write.seq - 1)
+            } else {
+                0 // a write of the previous epoch: nothing of this one is settled yet
+            }
+        });
+        Ok(Position {
+            epoch: log.epoch,
+            seq: log.seq,
+            settled,
+        })
+    }
+
+    async fn begin_write(
+        &self,
+        dataset: &str,
+        write: &NewWrite,
+        capacity: usize,
+        lifetime: Duration,
+    ) -> Result<InFlight, Unavailable> {
+        let mut writes = self.writes.lock();
+        let log = writes.entry(dataset.to_owned()).or_default();
+        let seq = log.push(write, capacity);
+        let in_flight = InFlight {
+            epoch: log.epoch,
+            seq,
+        };
+        log.in_flight.push((in_flight, Instant::now() + lifetime));
+        Ok(in_flight)
+    }
+
+    async fn end_write(&self, dataset: &str, write: InFlight) -> Result<bool, Unavailable> {
+        let mut writes = self.writes.lock();
+        let Some(log) = writes.get_mut(dataset) else {
+            return Ok(false);
+        };
+        let before = log.in_flight.len();
+        log.in_flight.retain(|(w, _)| *w != write);
+        Ok(log.in_flight.len() < before && write.epoch == log.epoch)
     }
 
     async fn record_write(
         &self,
         dataset: &str,
-        write: NewWrite,
+        write: &NewWrite,
         capacity: usize,
     ) -> Result<(), Unavailable> {
         let mut writes = self.writes.lock();
-        let log = writes.entry(dataset.to_owned()).or_default();
-        log.stamp.seq += 1;
-        log.recent.push_back(RecordedWrite {
-            seq: log.stamp.seq,
-            old: write.old,
-            new: write.new,
-        });
-        while log.recent.len() > capacity {
-            log.recent.pop_front();
-        }
+        writes
+            .entry(dataset.to_owned())
+            .or_default()
+            .push(write, capacity);
         Ok(())
     }
 
@@ -76,7 +135,7 @@ impl Store for LocalStore {
             return Ok(Some(Vec::new()));
         };
         // Every write since `seq` must still be remembered.
-        let remembered_from = log.recent.front().map_or(log.stamp.seq + 1, |w| w.seq);
+        let remembered_from = log.recent.front().map_or(log.seq + 1, |w| w.seq);
         if remembered_from > seq + 1 {
             return Ok(None);
         }
@@ -85,14 +144,15 @@ impl Store for LocalStore {
         ))
     }
 
+    /// A new epoch that starts with a change of everything, so an answer computed in it while a
+    /// write of the old epoch is still in flight (stamped 0) is never fresh.
     async fn purge(&self, dataset: &str) -> Result<(), Unavailable> {
         let mut writes = self.writes.lock();
         let log = writes.entry(dataset.to_owned()).or_default();
-        log.stamp = Stamp {
-            epoch: log.stamp.epoch + 1,
-            seq: 0,
-        };
+        log.epoch += 1;
+        log.seq = 1;
         log.recent.clear();
+        log.recent.push_back(RecordedWrite::everything(1));
         Ok(())
     }
 

@@ -56,8 +56,8 @@ use parking_lot::Mutex;
 use tokio::sync::OnceCell;
 
 pub use entry::{CachedResponse, Outcome};
-pub use flight::{Claim, StreamClaim};
-pub use fresh::Stamp;
+pub use flight::{Claim, Computed, StreamClaim};
+pub use fresh::{PageEnd, Position, Stamp};
 pub use store::Unavailable;
 
 use flight::Flight;
@@ -71,7 +71,7 @@ use local::LocalStore;
 use memory::MemoryStore;
 use redis::RedisStore;
 use spread::{jittered, random_unit};
-use store::{NewWrite, Store};
+use store::{InFlight, NewWrite, Store};
 use windows::LocalWindows;
 
 use crate::datasets::{Dataset, Value};
@@ -86,10 +86,12 @@ const NEAR_TTL: Duration = Duration::from_secs(30);
 /// How long past its freshness an answer is kept, to be served as STALE while the database fails.
 pub const STALE_GRACE: Duration = Duration::from_secs(300);
 
-/// What a cached answer is about: its kind and, for items, the key.
+/// What a cached answer is about: a list or an export (its query), one column's facets under a
+/// query's filters, or one item (its key).
 #[derive(Debug, Clone)]
 pub enum Subject<'a> {
     Query(&'a Query),
+    Facets { query: &'a Query, column: usize },
     Item(&'a Value),
 }
 
@@ -116,6 +118,38 @@ pub struct Cache {
     large: Mutex<HashMap<String, Weak<CachedResponse>>>,
     /// Reads of entries from the store under way: concurrent readers of one key share one.
     fetches: Mutex<HashMap<String, Arc<Fetch>>>,
+}
+
+/// How long a write counts as in flight at most: past it, a writer that died is forgotten. A
+/// writer commits only within [`COMMIT_WITHIN`] of recording its write, so its commit lands well
+/// inside this.
+pub const WRITE_IN_FLIGHT_FOR: Duration = Duration::from_secs(15);
+/// How soon after its record a write must commit (else it rolls back).
+pub const COMMIT_WITHIN: Duration = Duration::from_secs(5);
+
+/// A change recorded with the store before its commit, to be ended by [`Cache::end_write`].
+pub struct WriteInFlight {
+    dataset: String,
+    write: NewWrite,
+    at: InFlight,
+    began: tokio::time::Instant,
+}
+
+impl WriteInFlight {
+    /// How long ago it was recorded (from before the store was asked).
+    pub fn age(&self) -> Duration {
+        self.began.elapsed()
+    }
+}
+
+/// The record of a change of every answer.
+fn everything() -> NewWrite {
+    NewWrite {
+        old: None,
+        new: None,
+        everything: true,
+        payload: fresh::EVERYTHING.to_owned(),
+    }
 }
 
 /// One shared read of an entry from the store.
@@ -183,57 +217,109 @@ impl Cache {
         self.keys.key(dataset, subject)
     }
 
-    /// Keys of facet answers also name their column, which the query string does not carry.
-    pub fn facet_key(&self, dataset: &Dataset, column: &str, query: &Query) -> String {
-        self.keys.facet_key(dataset, column, query)
-    }
-
     /// The dataset's current write position.
-    pub async fn stamp(&self, dataset: &str) -> Result<Stamp, Unavailable> {
-        self.store.stamp(dataset).await
+    pub async fn position(&self, dataset: &str) -> Result<Position, Unavailable> {
+        self.store.position(dataset).await
     }
 
-    /// Records a write (create: `old` None; delete: `new` None). Call it after the database commit
-    /// and before acknowledging the write; if it fails, the write must not be acknowledged as
-    /// cached-consistent. Only what freshness checks read is kept of each row (its key and its
-    /// filterable and sortable columns); a write too large to remember that way ends every
-    /// cached answer of the dataset instead.
+    /// Records a change of one row (create: `old` None; delete: `new` None) before its
+    /// transaction commits; [`Cache::end_write`] once it has. Until then answers computed count
+    /// as unsettled: a reader's query may or may not see the change. Only what freshness checks
+    /// read is kept of each row (its key and its filterable and sortable columns); a write too
+    /// large to remember that way ends every cached answer of the dataset instead. `Err`: the
+    /// store cannot take it, and the change must not commit.
+    pub async fn begin_write(
+        &self,
+        dataset: &Dataset,
+        old: Option<Vec<Value>>,
+        new: Option<Vec<Value>>,
+    ) -> Result<WriteInFlight, Unavailable> {
+        let (old, new) = (
+            old.map(|row| fresh::freshness_columns(dataset, row)),
+            new.map(|row| fresh::freshness_columns(dataset, row)),
+        );
+        let payload = fresh::RecordedWrite::encode_payload(&old, &new);
+        let write = if payload.len() > WRITE_RECORD_MAX_BYTES {
+            tracing::info!(dataset = %dataset.name, bytes = payload.len(), "a write too large to record: the dataset's answers end");
+            everything()
+        } else {
+            NewWrite {
+                old,
+                new,
+                everything: false,
+                payload,
+            }
+        };
+        self.begin(dataset, write, WRITE_IN_FLIGHT_FOR).await
+    }
+
+    /// Records a change of every row of the dataset (an import) before it commits, in flight for
+    /// at most `lifetime`.
+    pub async fn begin_change_of_everything(
+        &self,
+        dataset: &Dataset,
+        lifetime: Duration,
+    ) -> Result<WriteInFlight, Unavailable> {
+        self.begin(dataset, everything(), lifetime).await
+    }
+
+    async fn begin(
+        &self,
+        dataset: &Dataset,
+        write: NewWrite,
+        lifetime: Duration,
+    ) -> Result<WriteInFlight, Unavailable> {
+        let began = tokio::time::Instant::now();
+        let at = self
+            .store
+            .begin_write(&dataset.name, &write, WRITE_LOG_CAPACITY, lifetime)
+            .await?;
+        Ok(WriteInFlight {
+            dataset: dataset.name.clone(),
+            write,
+            at,
+            began,
+        })
+    }
+
+    /// Ends a write begun by [`Cache::begin_write`] (committed or not). `Ok`: its record stands
+    /// (or was made again, if the store lost it), so the write may be acknowledged. `Err`: the
+    /// store could not be told; this instance then serves none of the dataset's cached answers
+    /// until it has purged them, and the write must not be acknowledged as visible everywhere.
+    pub async fn end_write(&self, write: WriteInFlight) -> Result<(), Unavailable> {
+        let dataset = write.dataset.as_str();
+        let ended = match self.store.end_write(dataset, write.at).await {
+            Ok(true) => Ok(()),
+            // Lost (Redis restarted or the dataset was purged meanwhile): recorded again, after
+            // the commit, so answers computed before it cannot stay fresh.
+            Ok(false) => {
+                self.store
+                    .record_write(dataset, &write.write, WRITE_LOG_CAPACITY)
+                    .await
+            }
+            Err(unavailable) => Err(unavailable),
+        };
+        if ended.is_err() {
+            self.unrecorded.lock().insert(dataset.to_owned());
+        }
+        ended
+    }
+
+    /// Records a write made outside [`Cache::begin_write`]: begun and ended at once.
     pub async fn record_write(
         &self,
         dataset: &Dataset,
         old: Option<Vec<Value>>,
         new: Option<Vec<Value>>,
     ) -> Result<(), Unavailable> {
-        let (old, new) = (
-            old.map(|row| fresh::freshness_columns(dataset, row)),
-            new.map(|row| fresh::freshness_columns(dataset, row)),
-        );
-        let payload = fresh::RecordedWrite::encode_payload(&old, &new);
-        if payload.len() > WRITE_RECORD_MAX_BYTES {
-            tracing::info!(dataset = %dataset.name, bytes = payload.len(), "a write too large to record: the dataset's answers end");
-            return self.record_dataset_change(&dataset.name).await;
+        let write = self.begin_write(dataset, old, new).await;
+        match write {
+            Ok(write) => self.end_write(write).await,
+            Err(unavailable) => {
+                self.unrecorded.lock().insert(dataset.name.clone());
+                Err(unavailable)
+            }
         }
-        let write = NewWrite { old, new, payload };
-        let recorded = self
-            .store
-            .record_write(&dataset.name, write, WRITE_LOG_CAPACITY)
-            .await;
-        if recorded.is_err() {
-            // The write is in the database but not in the log: until a purge of the dataset
-            // succeeds, this instance serves none of its cached answers (see `lookup`).
-            self.unrecorded.lock().insert(dataset.name.clone());
-        }
-        recorded
-    }
-
-    /// A write whose rows cannot be recorded: every cached answer of the dataset ends, as after
-    /// an import (a store that misses it leaves the same debt as a missed write).
-    async fn record_dataset_change(&self, dataset: &str) -> Result<(), Unavailable> {
-        let purged = self.purge(dataset).await;
-        if purged.is_err() {
-            self.unrecorded.lock().insert(dataset.to_owned());
-        }
-        purged
     }
 
     /// Counts one event under `name` in a fixed `window` (shared through the store, or in this
@@ -289,20 +375,20 @@ impl Cache {
         let store = &*self.store;
         if let Some(entry) = self.memory.get(key)
             && usable(&entry)
-            && is_fresh(store, dataset, subject, entry.stamp).await?
+            && is_fresh(store, dataset, subject, &entry).await?
         {
             return Ok(Some(entry));
         }
         if let Some(entry) = self.large_in_use(key)
             && usable(&entry)
-            && is_fresh(store, dataset, subject, entry.stamp).await?
+            && is_fresh(store, dataset, subject, &entry).await?
         {
             return Ok(Some(entry));
         }
         if store.is_shared()
             && let Some(entry) = self.fetch(subject, key).await?
             && usable(&entry)
-            && is_fresh(store, dataset, subject, entry.stamp).await?
+            && is_fresh(store, dataset, subject, &entry).await?
         {
             return Ok(Some(self.keep_near(dataset, key, entry)));
         }
@@ -389,7 +475,10 @@ impl Cache {
     ) -> Result<Result<Arc<CachedResponse>, Stamp>, Unavailable> {
         let result = match self.lookup(dataset, &subject, key, false).await {
             Ok(Some(entry)) => Ok(Ok(entry)),
-            Ok(None) => self.stamp(&dataset.name).await.map(Err),
+            Ok(None) => self
+                .position(&dataset.name)
+                .await
+                .map(|position| Err(position.stamp())),
             Err(unavailable) => Err(unavailable),
         };
         let counter = match &result {
@@ -425,17 +514,22 @@ impl Cache {
             .map_or(self.default_ttl, Duration::from_secs)
     }
 
-    /// Whatever answer is still stored for `key`, fresh or not.
-    async fn last_good(&self, key: &str) -> Option<Arc<CachedResponse>> {
-        if let Some(entry) = self.memory.get(key) {
-            return Some(entry);
-        }
-        self.store
-            .get(key, false)
+    /// The answer still stored for `key` past its time to live (while the database fails), if
+    /// no write since has changed it: expired, never stale.
+    async fn last_good(
+        &self,
+        dataset: &Dataset,
+        subject: &Subject<'_>,
+        key: &str,
+    ) -> Option<Arc<CachedResponse>> {
+        let entry = match self.memory.get(key) {
+            Some(entry) => entry,
+            None => Arc::new(self.store.get(key, false).await.ok()??),
+        };
+        is_fresh(&*self.store, dataset, subject, &entry)
             .await
-            .ok()
-            .flatten()
-            .map(Arc::new)
+            .unwrap_or(false)
+            .then_some(entry)
     }
 
     /// Purges `dataset` if a write to it could not be recorded; fails while that is not done.

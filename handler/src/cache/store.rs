@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::entry::CachedResponse;
-use super::fresh::{RecordedWrite, Stamp};
+use super::fresh::{Position, RecordedWrite};
 use crate::datasets::{Dataset, Value};
 use crate::identity::Tokens;
 
@@ -17,12 +17,22 @@ use crate::identity::Tokens;
 #[error("the cache is unavailable")]
 pub struct Unavailable;
 
-/// A write as it is handed to the store: the rows the write log keeps, and the same rows encoded
-/// (what a shared store writes; its size was checked by the caller).
+/// A write as it is handed to the store: the rows the write log keeps (or a change of every
+/// answer), and the same encoded (what a shared store writes; its size was checked by the
+/// caller).
+#[derive(Clone)]
 pub struct NewWrite {
     pub old: Option<Vec<Value>>,
     pub new: Option<Vec<Value>>,
+    pub everything: bool,
     pub payload: String,
+}
+
+/// Where a write recorded in flight sits in its dataset's log, to end it by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InFlight {
+    pub epoch: u64,
+    pub seq: u64,
 }
 
 #[async_trait]
@@ -38,14 +48,30 @@ pub trait Store: Send + Sync {
     /// Authenticates with Entra ID tokens (Redis without access keys); nothing to do in process.
     fn use_entra_tokens(&mut self, _tokens: Arc<Tokens>) {}
 
-    /// The dataset's current write position.
-    async fn stamp(&self, dataset: &str) -> Result<Stamp, Unavailable>;
+    /// The dataset's current write position: the last recorded write, and the last before any
+    /// write still in flight.
+    async fn position(&self, dataset: &str) -> Result<Position, Unavailable>;
 
-    /// Appends a write at the next position, keeping the newest `capacity` writes.
+    /// Records a write about to commit at the next position, keeping the newest `capacity`
+    /// writes, and marks it in flight for at most `lifetime` (see [`Position::settled`]).
+    async fn begin_write(
+        &self,
+        dataset: &str,
+        write: &NewWrite,
+        capacity: usize,
+        lifetime: Duration,
+    ) -> Result<InFlight, Unavailable>;
+
+    /// Ends a write begun by [`Store::begin_write`]: `true` when its record still stands (it was
+    /// in flight, in the same epoch); `false` when the store lost it (a restart, a purge) and
+    /// the caller must record the write again.
+    async fn end_write(&self, dataset: &str, write: InFlight) -> Result<bool, Unavailable>;
+
+    /// Records a finished write at the next position (one whose record in flight was lost).
     async fn record_write(
         &self,
         dataset: &str,
-        write: NewWrite,
+        write: &NewWrite,
         capacity: usize,
     ) -> Result<(), Unavailable>;
 
@@ -58,7 +84,8 @@ pub trait Store: Send + Sync {
         current: u64,
     ) -> Result<Option<Vec<RecordedWrite>>, Unavailable>;
 
-    /// Starts a new epoch of the dataset: every answer stamped before is stale.
+    /// Starts a new epoch of the dataset: every answer stamped before is stale (and, while a
+    /// write of the old epoch is in flight, every answer computed in the new one).
     async fn purge(&self, dataset: &str) -> Result<(), Unavailable>;
 
     /// The entry stored under `key`; `large` gives an export's value longer to arrive.

@@ -86,8 +86,8 @@ fn film(ds: &Dataset, id: i64, genres: &[&str], year: i64) -> Vec<Value> {
     row
 }
 
-fn json_body() -> Result<(Vec<u8>, &'static str), ()> {
-    Ok((b"[]".to_vec(), "application/json"))
+fn json_body() -> Result<Computed, ()> {
+    Ok(Computed::json(b"[]".to_vec()))
 }
 
 /// Reads `raw` through the cache and says how it was answered.
@@ -345,7 +345,7 @@ async fn an_answer_computed_before_a_write_is_never_served_after_it() {
                     .record_write(&ds, None, Some(film(&ds, 9, &["Drama"], 2020)))
                     .await
                     .unwrap();
-                Ok::<_, ()>((b"old".to_vec(), "application/json"))
+                Ok::<_, ()>(Computed::json(b"old".to_vec()))
             })
             .await
             .unwrap();
@@ -353,7 +353,7 @@ async fn an_answer_computed_before_a_write_is_never_served_after_it() {
         for cache in [&reader, &writer] {
             let (entry, _) = cache
                 .get_or_compute(&ds, Subject::Query(&drama), key.clone(), || async {
-                    Ok::<_, ()>((b"new".to_vec(), "application/json"))
+                    Ok::<_, ()>(Computed::json(b"new".to_vec()))
                 })
                 .await
                 .unwrap();
@@ -409,7 +409,7 @@ async fn errors_are_not_cached_and_purge_ends_everything() {
         let key = reader.key(&ds, &Subject::Query(&q));
         let failed = reader
             .get_or_compute(&ds, Subject::Query(&q), key, || async {
-                Err::<(Vec<u8>, &str), _>("db down")
+                Err::<Computed, _>("db down")
             })
             .await;
         assert!(failed.is_err());

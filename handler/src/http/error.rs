@@ -65,7 +65,10 @@ fn service_status(error: &ServiceError) -> StatusCode {
     match error {
         ServiceError::InvalidParameter(_) => StatusCode::BAD_REQUEST,
         ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
-        ServiceError::Unavailable | ServiceError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ServiceError::Unavailable
+        | ServiceError::Busy(_)
+        | ServiceError::NotRecorded(_)
+        | ServiceError::Unconfirmed => StatusCode::SERVICE_UNAVAILABLE,
         ServiceError::Unprocessable(_) | ServiceError::TooMuch { .. } => {
             StatusCode::UNPROCESSABLE_ENTITY
         }
@@ -168,6 +171,23 @@ fn service_problem(status: StatusCode, error: &ServiceError) -> Response {
             "5",
         ),
         ServiceError::Busy(detail) => retry_after(problem(status, detail, None), "2"),
+        ServiceError::NotRecorded(reason) => retry_after(
+            problem(
+                status,
+                &format!("The change was not made: {reason}. Try again shortly."),
+                None,
+            ),
+            "2",
+        ),
+        ServiceError::Unconfirmed => retry_after(
+            problem(
+                status,
+                "The change was made, but the cache could not confirm it, so it may not show \
+                 everywhere yet. Read the row before trying again.",
+                None,
+            ),
+            "2",
+        ),
         ServiceError::TooMuch { parameter, detail } => problem(
             status,
             detail,

@@ -1,7 +1,7 @@
 //! Writes: `POST /api/{dataset}`, `PUT`/`PATCH`/`DELETE /api/{dataset}/{id}`. The caller is
 //! authorised before the body is even read (an anonymous client gets its 401 whatever it sends);
-//! the rest is the service's (see `service::writes`). A write Redis could not record is still
-//! committed and says so: `X-Cache-Invalidation: deferred`.
+//! the rest is the service's (see `service::writes`): a write the cache cannot record is not
+//! made (503 with `Retry-After`).
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest as _, Path, Request, State};
@@ -21,9 +21,6 @@ fn row_response(status: StatusCode, written: Written) -> Response {
     let headers = response.headers_mut();
     if let Some(Ok(location)) = written.location.map(|l| HeaderValue::from_str(&l)) {
         headers.insert(header::LOCATION, location);
-    }
-    if !written.recorded {
-        headers.insert("x-cache-invalidation", HeaderValue::from_static("deferred"));
     }
     response
 }

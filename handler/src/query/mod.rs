@@ -460,5 +460,6 @@ fn escape(value: &str) -> String {
     out
 }
 
+pub mod order;
 #[cfg(test)]
 mod tests;

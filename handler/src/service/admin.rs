@@ -24,12 +24,12 @@ impl Service {
         let mut datasets = Vec::new();
         for dataset in self.catalog.iter() {
             let (entries, bytes) = cache.usage_of(&dataset.name);
-            let stamp = cache.stamp(&dataset.name).await.ok();
+            let position = cache.position(&dataset.name).await.ok();
             datasets.push(json!({
                 "name": dataset.name,
                 "near_entries": entries,
                 "near_bytes": bytes,
-                "write_position": stamp.map(|s| json!({"epoch": s.epoch, "seq": s.seq})),
+                "write_position": position.map(|p| json!({"epoch": p.epoch, "seq": p.seq, "settled": p.settled})),
             }));
         }
         let (entries, bytes) = cache.usage();

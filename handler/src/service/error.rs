@@ -32,6 +32,14 @@ pub enum ServiceError {
     Unprocessable(Vec<(String, String)>),
     #[error("{0}")]
     Conflict(String),
+    /// The cache could not record a change before its commit: it was rolled back, nothing was
+    /// written; try again shortly.
+    #[error("the change was not made: {0}")]
+    NotRecorded(String),
+    /// A change was committed but the cache could not confirm its record afterwards (Redis
+    /// failed in between): it may not be visible on every instance yet.
+    #[error("the change was made, but the cache could not confirm it")]
+    Unconfirmed,
     /// A service this one depends on (Blob Storage, Entra ID) failed or did not answer.
     #[error("{0}")]
     BadGateway(String),

@@ -1,6 +1,6 @@
 //! Imports: open a source (a file, or a blob in Azure Blob Storage), import it (replacing the
-//! dataset's rows atomically), and end every cached answer of the dataset, which all predate the
-//! new rows. The command line waits for it; over HTTP it runs in the background (the serverless
+//! dataset's rows atomically), ending every cached answer of the dataset, which all predate the
+//! new rows, with the same record-before-commit protocol as a write (`gate`). The command line waits for it; over HTTP it runs in the background (the serverless
 //! counterpart of a Data Factory copy pipeline) and is followed by its job's status.
 //!
 //! The blob is opened before an HTTP import is accepted, so a wrong URL, a missing blob or a
@@ -19,10 +19,13 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use parking_lot::Mutex;
 use serde_json::json;
 
+use super::gate::CacheGate;
 use super::{Caller, Service, ServiceError};
 use crate::blob::{BlobAuth, BlobError, BlobLocation, BlobReader};
-use crate::datasets::Level;
+use crate::cache::Cache;
+use crate::datasets::{Dataset, Level};
 use crate::import::{self, ImportProgress, ImportReport, ImportSource};
+use crate::storage::Storage;
 
 /// Where an import reads its CSV (plain or gzipped).
 pub enum ImportFrom {
@@ -58,21 +61,15 @@ impl Service {
             ImportFrom::File(path) => ImportSource::file(&path)?,
             ImportFrom::Blob(url) => self.open_blob(&url).await?.0,
         };
-        let report =
-            import::import(self.storage.as_ref(), &dataset, source, show_progress, None).await?;
-        self.imported(name).await;
-        Ok(report)
-    }
-
-    /// Every cached answer of the dataset predates its new rows. With Redis this reaches every
-    /// instance; an in-process cache lives in the server, which holds its own answers.
-    async fn imported(&self, name: &str) {
-        if self.cache.purge(name).await.is_err() {
-            tracing::warn!(
-                dataset = name,
-                "the cache could not be purged after an import; answers expire by their TTL"
-            );
-        }
+        import_gated(
+            &self.storage,
+            &self.cache,
+            &dataset,
+            source,
+            show_progress,
+            None,
+        )
+        .await
     }
 
     /// Opens a blob as an import's source, with the access the settings give; and the blob's
@@ -151,16 +148,15 @@ impl Importer<'_> {
         let (service, running) = (service.clone(), Arc::clone(&job));
         tokio::spawn(async move {
             // In a task of its own, so that even a crash ends the job with an error.
-            let storage = Arc::clone(&service.storage);
+            let (storage, cache) = (Arc::clone(&service.storage), Arc::clone(&service.cache));
             let progress = Arc::clone(&running.progress);
             let imported = tokio::spawn(async move {
-                import::import(storage.as_ref(), &dataset, source, false, Some(progress)).await
+                import_gated(&storage, &cache, &dataset, source, false, Some(progress)).await
             })
             .await
             .unwrap_or_else(|crashed| Err(anyhow::anyhow!("the import crashed: {crashed}")));
             let result = match imported {
                 Ok(report) => {
-                    service.imported(&running.dataset).await;
                     tracing::info!(job = %running.id, "{}", report.summary());
                     Ok(report)
                 }
@@ -313,4 +309,38 @@ impl Job {
         }
         status
     }
+}
+
+/// Imports `source` into `dataset`, recording the change of everything with the cache just
+/// before the new rows are swapped in (refused, and nothing changed, if it cannot), and ending
+/// that record after: every answer computed before the swap ends, on every instance.
+async fn import_gated(
+    storage: &Arc<dyn Storage>,
+    cache: &Cache,
+    dataset: &Dataset,
+    source: ImportSource,
+    show_progress: bool,
+    watcher: Option<Arc<ImportProgress>>,
+) -> anyhow::Result<ImportReport> {
+    let gate = CacheGate::new(cache, dataset);
+    let imported = import::import(
+        storage.as_ref(),
+        dataset,
+        source,
+        show_progress,
+        watcher,
+        &gate,
+    )
+    .await;
+    let confirmed = gate.finish().await;
+    let report = imported?;
+    if confirmed.is_err() {
+        anyhow::bail!(
+            "the rows were replaced, but the cache could not confirm it: this instance serves none \
+             of {}'s cached answers until it can, and other instances may serve old ones until \
+             the record lapses",
+            dataset.name
+        );
+    }
+    Ok(report)
 }

@@ -16,6 +16,7 @@ mod admin;
 mod encode;
 mod error;
 mod export;
+mod gate;
 mod imports;
 mod reads;
 mod warm;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::warm::Read;
 use super::{Caller, Service, ServiceError, encode};
-use crate::cache::{CachedResponse, Outcome, Subject};
+use crate::cache::{CachedResponse, Computed, Outcome, PageEnd, Subject};
 use crate::datasets::{Dataset, Level, rules};
 use crate::query::{Query, QueryKind};
 
@@ -45,7 +45,11 @@ impl Service {
             read,
             || async {
                 let rows = self.storage.list(&dataset, &query).await?;
-                Ok(encode::list_body(&dataset, &query, rows))
+                let page_end = PageEnd::of(&dataset, &query, &rows);
+                Ok(Computed {
+                    page_end,
+                    ..Computed::json(encode::list_body(&dataset, &query, rows))
+                })
             },
         )
         .await
@@ -79,7 +83,7 @@ impl Service {
                 })?;
                 let mut body = Vec::with_capacity(512);
                 encode::write_row_json(&dataset, &row, &mut body);
-                Ok(body)
+                Ok(Computed::json(body))
             },
         )
         .await
@@ -114,23 +118,20 @@ impl Service {
                 )
             })?;
         let query = self.query(&dataset, QueryKind::Facets, raw_query)?;
-        let key = self.cache.facet_key(&dataset, column_name, &query);
+        let subject = Subject::Facets {
+            query: &query,
+            column,
+        };
+        let key = self.cache.key(&dataset, &subject);
         let read = Read::Facets {
             dataset: name.into(),
             column: column_name.into(),
             query: raw_query.map(Into::into),
         };
-        self.cached(
-            caller,
-            &dataset,
-            Subject::Query(&query),
-            key,
-            read,
-            || async {
-                let values = self.storage.facets(&dataset, column, &query).await?;
-                Ok(encode::facets_body(column_name, values))
-            },
-        )
+        self.cached(caller, &dataset, subject, key, read, || async {
+            let values = self.storage.facets(&dataset, column, &query).await?;
+            Ok(Computed::json(encode::facets_body(column_name, values)))
+        })
         .await
     }
 
@@ -174,7 +175,7 @@ impl Service {
     ) -> Result<Answer, ServiceError>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Vec<u8>, ServiceError>>,
+        Fut: Future<Output = Result<Computed, ServiceError>>,
     {
         // When the database is down or busy, the last good answer is better than an error
         // (STALE). After a failure the breaker skips the database for a moment, so that every
@@ -197,7 +198,7 @@ impl Service {
                 dataset,
                 subject,
                 key,
-                || async { Ok::<_, ServiceError>((compute().await?, "application/json")) },
+                compute,
                 database_down,
                 caller.warming,
             )

@@ -1,13 +1,14 @@
 //! Writes: authorise (the dataset's `[access]` level, admins by default) before anything of the
 //! body is read, check it against the declaration (every bad field named), apply it in one
-//! transaction, then record it with the cache (old and new row, so exactly the answers it could
-//! change end) before it is acknowledged. A write Redis could not record is still committed;
-//! the cache then serves none of the dataset's answers until it has purged them.
+//! transaction that records it with the cache just before its commit (old and new row, so
+//! exactly the answers it could change end; see `gate`), and acknowledge it once the record is
+//! ended. A write the cache cannot record is not made (503).
 
 use std::sync::Arc;
 
 use serde_json::{Map, Value as Json};
 
+use super::gate::CacheGate;
 use super::warm::url_segment;
 use super::{Caller, Service, ServiceError, encode};
 use crate::datasets::{Dataset, Value, rules, validate};
@@ -34,8 +35,6 @@ pub struct Written {
     pub row: Option<Vec<u8>>,
     /// Where a created row is read.
     pub location: Option<String>,
-    /// Whether the cache heard of the write (else its answers are purged when it can be told).
-    pub recorded: bool,
 }
 
 impl Service {
@@ -127,29 +126,25 @@ async fn apply_now(
 ) -> Result<Written, ServiceError> {
     let create = matches!(change, Change::Create(_));
     service.ensure_tables(dataset).await?;
-    let written = service
-        .storage
-        .write(dataset, change)
-        .await
-        .map_err(|error| match error {
-            StorageError::NotFound => ServiceError::NotFound(format!(
-                "{} has no row with id {:?}.",
-                dataset.name,
-                id.unwrap_or_default()
-            )),
-            StorageError::Conflict => {
-                ServiceError::Conflict(format!("{} already has a row with this id.", dataset.name))
-            }
-            other => other.into(),
-        })?;
-    let recorded = service
-        .cache
-        .record_write(dataset, written.old.clone(), written.new.clone())
-        .await
-        .inspect_err(|_| {
-            tracing::warn!(dataset = %dataset.name, "a write was committed while the cache was unreachable; its answers are purged when it returns");
-        })
-        .is_ok();
+    let gate = CacheGate::new(&service.cache, dataset);
+    let written = service.storage.write(dataset, change, &gate).await;
+    let confirmed = gate.finish().await;
+    let written = written.map_err(|error| match error {
+        StorageError::NotFound => ServiceError::NotFound(format!(
+            "{} has no row with id {:?}.",
+            dataset.name,
+            id.unwrap_or_default()
+        )),
+        StorageError::Conflict => {
+            ServiceError::Conflict(format!("{} already has a row with this id.", dataset.name))
+        }
+        StorageError::NotCommitted(reason) => ServiceError::NotRecorded(reason),
+        other => other.into(),
+    })?;
+    if confirmed.is_err() {
+        tracing::warn!(dataset = %dataset.name, "a write was committed but the cache could not confirm it; this instance serves none of the dataset's cached answers until it has purged them");
+        return Err(ServiceError::Unconfirmed);
+    }
     let row = written.new.as_ref().map(|row| {
         let mut body = Vec::with_capacity(512);
         encode::write_row_json(dataset, row, &mut body);
@@ -163,9 +158,5 @@ async fn apply_now(
         )),
         _ => None,
     };
-    Ok(Written {
-        row,
-        location,
-        recorded,
-    })
+    Ok(Written { row, location })
 }

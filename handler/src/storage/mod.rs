@@ -76,6 +76,33 @@ pub enum StorageError {
     Database(#[source] DriverError),
     #[error("unexpected value in column {column:?}: {reason}")]
     Decode { column: String, reason: String },
+    /// The [`CommitGate`] refused the commit: the change was rolled back, nothing was written.
+    #[error("the change was not committed: {0}")]
+    NotCommitted(String),
+}
+
+/// What is about to be committed: one row's change, or every row of a dataset (an import).
+pub enum Committing<'a> {
+    Row(&'a Written),
+    Everything,
+}
+
+/// Asked inside a change's transaction, just before its `COMMIT`, whether it may commit. The
+/// service records the change with the cache here, so that once it is committed no instance can
+/// serve an answer it changed; a gate that refuses (`Err` with the reason) rolls it back.
+#[async_trait]
+pub trait CommitGate: Send + Sync {
+    async fn before_commit(&self, change: Committing<'_>) -> Result<(), String>;
+}
+
+/// A gate that lets everything commit (tools and tests that write without a cache).
+pub struct Ungated;
+
+#[async_trait]
+impl CommitGate for Ungated {
+    async fn before_commit(&self, _change: Committing<'_>) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 impl From<sqlx::Error> for StorageError {
@@ -177,9 +204,14 @@ pub trait Storage: Send + Sync + 'static {
     async fn begin_import(&self, dataset: &Dataset) -> Result<Box<dyn ImportSink>>;
 
     /// Applies one change in one transaction (the row locked from read to write) and returns the
-    /// row before and after. [`StorageError::NotFound`] / [`StorageError::Conflict`] leave
-    /// everything as it was.
-    async fn write(&self, dataset: &Dataset, change: Change) -> Result<Written>;
+    /// row before and after; `gate` is asked just before the commit. [`StorageError::NotFound`],
+    /// [`StorageError::Conflict`] and [`StorageError::NotCommitted`] leave everything as it was.
+    async fn write(
+        &self,
+        dataset: &Dataset,
+        change: Change,
+        gate: &dyn CommitGate,
+    ) -> Result<Written>;
 
     /// Creates an account; [`StorageError::Conflict`] when the email (or Firebase uid) is taken.
     async fn create_user(&self, user: NewUser) -> Result<UserRecord>;

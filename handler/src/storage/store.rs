@@ -11,7 +11,10 @@ use std::time::Instant;
 
 use super::sql::{self, Decode, Dialect, Placement, Statement};
 use super::users::{self, NewUser, UserLookup, UserRecord, UserUpdate};
-use super::{Change, ImportSink, Result, Row, RowStream, Storage, StorageError, Written};
+use super::{
+    Change, CommitGate, Committing, ImportSink, Result, Row, RowStream, Storage, StorageError,
+    Written,
+};
 use crate::datasets::{ColumnType, Dataset, Value};
 use crate::query::Query;
 use crate::telemetry::metrics;
@@ -110,7 +113,12 @@ impl<D: Driver> SqlStore<D> {
     }
 
     /// One attempt of [`Storage::write`], in one transaction.
-    async fn write_once(&self, dataset: &Dataset, change: Change) -> Result<Written> {
+    async fn write_once(
+        &self,
+        dataset: &Dataset,
+        change: Change,
+        gate: &dyn CommitGate,
+    ) -> Result<Written> {
         let dialect = D::DIALECT;
         let decode = Decode::row(dataset);
         let mut tx = self.driver.begin_write().await?;
@@ -181,6 +189,10 @@ impl<D: Driver> SqlStore<D> {
                 }
             }
         };
+        // Dropping the transaction without a commit rolls it back.
+        gate.before_commit(Committing::Row(&written))
+            .await
+            .map_err(StorageError::NotCommitted)?;
         tx.commit().await?;
         Ok(written)
     }
@@ -346,13 +358,18 @@ impl<D: Driver> Storage for SqlStore<D> {
     }
 
     #[tracing::instrument(name = "db.write", skip_all, fields(otel.kind = "client", db.system = D::NAME, dataset = %dataset.name))]
-    async fn write(&self, dataset: &Dataset, change: Change) -> Result<Written> {
+    async fn write(
+        &self,
+        dataset: &Dataset,
+        change: Change,
+        gate: &dyn CommitGate,
+    ) -> Result<Written> {
         // A deadlock victim was rolled back whole: trying again is safe, and usually succeeds
         // (or meets the other writer's row: a 409 rather than a 503).
         let mut attempt = 0;
         let started = Instant::now();
         loop {
-            let result = self.write_once(dataset, change.clone()).await;
+            let result = self.write_once(dataset, change.clone(), gate).await;
             metrics::db_call(D::NAME, "write", started.elapsed());
             match result {
                 Err(StorageError::Deadlock(cause)) if attempt < WRITE_ATTEMPTS => {

@@ -147,19 +147,6 @@ impl Conn {
         }
     }
 
-    pub async fn hget(
-        &mut self,
-        key: &str,
-        fields: &[&str],
-    ) -> redis::RedisResult<(Option<u64>, Option<u64>)> {
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(key).arg(fields);
-        match self {
-            Conn::Standalone(c) => cmd.query_async(c).await,
-            Conn::Cluster(c) => cmd.query_async(c).await,
-        }
-    }
-
     pub async fn pipeline(&mut self, pipe: &redis::Pipeline) -> redis::RedisResult<()> {
         match self {
             Conn::Standalone(c) => pipe.query_async(c).await,

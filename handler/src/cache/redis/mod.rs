@@ -2,9 +2,11 @@
 //!
 //! Keys, for a prefix `p` and dataset `d`:
 //! - `p:d:<kind>:<canonical query>`: an entry (header line + gzipped body), with a TTL;
-//! - `p:{d}:stamp` (hash: `epoch`, `seq`) and `p:{d}:writes` (list of `"<seq> <json [old, new]>"`):
-//!   the dataset's write position and recent writes. The `{d}` hash tag keeps the two in one
-//!   cluster slot, so the scripts that change them are atomic on a cluster too.
+//! - `p:{d}:stamp` (hash: `epoch`, `seq`, `run`), `p:{d}:writes` (list of `"<seq> <json [old,
+//!   new]>"` or `"<seq> *"`) and `p:{d}:inflight` (sorted set of `"<epoch>:<seq>"` by the time
+//!   each write stops counting as in flight): the dataset's write position, recent writes, and
+//!   writes recorded but not yet committed. The `{d}` hash tag keeps the three in one cluster
+//!   slot, so the scripts that change them are atomic on a cluster too.
 //!
 //! The connection opens lazily on first use and is shared by every request of the instance.
 //! Every call has a short timeout, and after a failure a breaker skips Redis for a moment, so a
@@ -19,8 +21,8 @@ use tokio::sync::OnceCell;
 
 use super::coalesce::Coalescer;
 use super::entry::CachedResponse;
-use super::fresh::{RecordedWrite, Stamp};
-use super::store::{NewWrite, Store, Unavailable};
+use super::fresh::{Position, RecordedWrite};
+use super::store::{InFlight, NewWrite, Store, Unavailable};
 use crate::breaker::Breaker;
 use crate::datasets::Dataset;
 use crate::identity::Tokens;
@@ -44,14 +46,8 @@ pub struct RedisStore {
     tokens: Option<Arc<Tokens>>,
     connection: OnceCell<Connection>,
     breaker: Breaker,
-    stamp_reads: Coalescer<Result<Stamp, Unavailable>>,
+    position_reads: Coalescer<Result<Position, Unavailable>>,
 }
-
-const RECORD_WRITE: &str = r"
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('RPUSH', KEYS[2], seq .. ' ' .. ARGV[1])
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
-return seq";
 
 const COUNT_IN_WINDOW: &str = r"
 local n = redis.call('INCR', KEYS[1])
@@ -63,23 +59,99 @@ const UNCOUNT_IN_WINDOW: &str = r"
 if redis.call('GET', KEYS[1]) then return redis.call('DECR', KEYS[1]) end
 return 0";
 
-/// A dataset's position starts at a fresh epoch (the clock, in microseconds): if the stamp key
-/// is ever lost (eviction, a restart without persistence), counting restarts from a new epoch and
-/// can never again reach the position of an entry stored before.
-const INIT_STAMP: &str = r"
-redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
-redis.call('HSETNX', KEYS[1], 'seq', 0)
-return redis.call('HMGET', KEYS[1], 'epoch', 'seq')";
-
 const RELEASE_LEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0";
 
+/// The start of every script that reads or changes a dataset's position (`KEYS`: the stamp
+/// hash, the write log, the writes in flight). The position belongs to one run of the Redis
+/// server (its `run_id`): when the stamp is missing (a new prefix, an eviction, a restart
+/// without persistence) or was written by an earlier run (a restart that loaded a snapshot, whose
+/// log may lack writes made after it), a new epoch starts at the server's clock in
+/// microseconds (above the old one), whose log begins with a change of everything.
+const PRELUDE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+local h = redis.call('HMGET', KEYS[1], 'epoch', 'run')
+local epoch = h[1]
+if (not epoch) or h[2] ~= run then
+  local fresh = t[1] .. string.format('%06d', tonumber(t[2]))
+  if epoch and tonumber(epoch) and tonumber(epoch) >= tonumber(fresh) then
+    fresh = string.format('%.0f', tonumber(epoch) + 1)
+  end
+  epoch = fresh
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 1, 'run', run)
+  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('RPUSH', KEYS[2], '1 *')
+end
+";
+
+/// `{epoch, seq, settled}`: writes in flight past their lifetime are forgotten; `settled` is
+/// the position before the earliest one left (0 while one of an earlier epoch is in flight).
+const POSITION: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq'))
+local settled = seq
+local mine = epoch .. ':'
+for _, member in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+  if string.sub(member, 1, #mine) == mine then
+    settled = math.min(settled, tonumber(string.sub(member, #mine + 1)) - 1)
+  else
+    settled = 0
+  end
+end
+return {epoch, seq, settled}";
+
+/// `ARGV`: the record, the log's capacity, the write's lifetime in flight (ms) → `{epoch, seq}`.
+const BEGIN_WRITE: &str = r"
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('RPUSH', KEYS[2], seq .. ' ' .. ARGV[1])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), epoch .. ':' .. seq)
+return {epoch, seq}";
+
+/// `ARGV`: the epoch and seq the write began at → 1 if its record still stands.
+const END_WRITE: &str = r"
+local removed = redis.call('ZREM', KEYS[3], ARGV[1] .. ':' .. ARGV[2])
+if removed == 1 and epoch == ARGV[1] then return 1 end
+return 0";
+
+/// `ARGV`: the record, the log's capacity.
+const RECORD_WRITE: &str = r"
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('RPUSH', KEYS[2], seq .. ' ' .. ARGV[1])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
+return seq";
+
+/// A new epoch, its log starting with a change of everything: writes of the old epoch still in
+/// flight keep it unsettled (see `POSITION`).
 const PURGE: &str = r"
 redis.call('HINCRBY', KEYS[1], 'epoch', 1)
-redis.call('HSET', KEYS[1], 'seq', 0)
+redis.call('HSET', KEYS[1], 'seq', 1)
 redis.call('DEL', KEYS[2])
+redis.call('RPUSH', KEYS[2], '1 *')
 return 1";
+
+/// The position scripts, each with the prelude, hashed once.
+struct PositionScripts {
+    position: Script,
+    begin_write: Script,
+    end_write: Script,
+    record_write: Script,
+    purge: Script,
+}
+
+static SCRIPTS: std::sync::LazyLock<PositionScripts> = std::sync::LazyLock::new(|| {
+    let with_prelude = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
+    PositionScripts {
+        position: with_prelude(POSITION),
+        begin_write: with_prelude(BEGIN_WRITE),
+        end_write: with_prelude(END_WRITE),
+        record_write: with_prelude(RECORD_WRITE),
+        purge: with_prelude(PURGE),
+    }
+});
 
 impl RedisStore {
     /// Prepares the store; nothing connects until the first call.
@@ -90,7 +162,7 @@ impl RedisStore {
             tokens: None,
             connection: OnceCell::new(),
             breaker: Breaker::new(BREAKER_OPEN_FOR),
-            stamp_reads: Coalescer::default(),
+            position_reads: Coalescer::default(),
         }
     }
 
@@ -100,6 +172,34 @@ impl RedisStore {
 
     fn writes_key(&self, dataset: &str) -> String {
         format!("{}:{{{dataset}}}:writes", self.prefix)
+    }
+
+    /// The three keys of a dataset's position, in the order the position scripts take them.
+    fn position_keys(&self, dataset: &str) -> [String; 3] {
+        [
+            self.stamp_key(dataset),
+            self.writes_key(dataset),
+            format!("{}:{{{dataset}}}:inflight", self.prefix),
+        ]
+    }
+
+    /// Runs one of the position scripts over `dataset`'s keys with `args`.
+    async fn run_position_script<T: redis::FromRedisValue + Send + 'static>(
+        &self,
+        script: &'static Script,
+        dataset: &str,
+        args: Vec<String>,
+    ) -> Result<T, Unavailable> {
+        let keys = self.position_keys(dataset);
+        self.run(|mut conn| async move {
+            let mut invocation = script.key(&keys[0]);
+            invocation.key(&keys[1]).key(&keys[2]);
+            for arg in &args {
+                invocation.arg(arg);
+            }
+            conn.invoke(&invocation).await
+        })
+        .await
     }
 
     /// Runs `call` on the shared connection, within the timeout, unless the breaker is open.
@@ -158,30 +258,14 @@ impl RedisStore {
         Ok(bytes.and_then(CachedResponse::decode))
     }
 
-    async fn read_stamp(&self, dataset: &str) -> Result<Stamp, Unavailable> {
-        let key = self.stamp_key(dataset);
-        let read_key = key.clone();
-        let (epoch, seq): (Option<u64>, Option<u64>) = self
-            .run(|mut conn| async move { conn.hget(&read_key, &["epoch", "seq"]).await })
+    async fn read_position(&self, dataset: &str) -> Result<Position, Unavailable> {
+        let (epoch, seq, settled): (String, u64, u64) = self
+            .run_position_script(&SCRIPTS.position, dataset, Vec::new())
             .await?;
-        if let (Some(epoch), Some(seq)) = (epoch, seq) {
-            return Ok(Stamp { epoch, seq });
-        }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let fresh_epoch = u64::try_from(now.as_micros()).unwrap_or(u64::MAX);
-        let (epoch, seq): (Option<u64>, Option<u64>) = self
-            .run(|mut conn| async move {
-                let script = Script::new(INIT_STAMP);
-                let mut invocation = script.key(key);
-                invocation.arg(fresh_epoch);
-                conn.invoke(&invocation).await
-            })
-            .await?;
-        Ok(Stamp {
-            epoch: epoch.unwrap_or(fresh_epoch),
-            seq: seq.unwrap_or(0),
+        Ok(Position {
+            epoch: epoch.parse().map_err(|_| Unavailable)?,
+            seq,
+            settled,
         })
     }
 
@@ -244,11 +328,56 @@ impl Store for RedisStore {
 
     /// The dataset's write position, from a read issued after this call began (concurrent
     /// callers share one; see `coalesce`).
-    #[tracing::instrument(name = "redis.stamp", skip_all, fields(otel.kind = "client", db.system = "redis"))]
-    async fn stamp(&self, dataset: &str) -> Result<Stamp, Unavailable> {
-        self.stamp_reads
-            .read(dataset, || self.read_stamp(dataset), Err(Unavailable))
+    #[tracing::instrument(name = "redis.position", skip_all, fields(otel.kind = "client", db.system = "redis"))]
+    async fn position(&self, dataset: &str) -> Result<Position, Unavailable> {
+        self.position_reads
+            .read(dataset, || self.read_position(dataset), Err(Unavailable))
             .await
+    }
+
+    #[tracing::instrument(name = "redis.begin_write", skip_all, fields(otel.kind = "client", db.system = "redis"))]
+    async fn begin_write(
+        &self,
+        dataset: &str,
+        write: &NewWrite,
+        capacity: usize,
+        lifetime: Duration,
+    ) -> Result<InFlight, Unavailable> {
+        let lifetime_ms = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
+        let args = vec![
+            write.payload.clone(),
+            capacity.to_string(),
+            lifetime_ms.to_string(),
+        ];
+        let (epoch, seq): (String, u64) = self
+            .run_position_script(&SCRIPTS.begin_write, dataset, args)
+            .await?;
+        Ok(InFlight {
+            epoch: epoch.parse().map_err(|_| Unavailable)?,
+            seq,
+        })
+    }
+
+    #[tracing::instrument(name = "redis.end_write", skip_all, fields(otel.kind = "client", db.system = "redis"))]
+    async fn end_write(&self, dataset: &str, write: InFlight) -> Result<bool, Unavailable> {
+        let args = vec![write.epoch.to_string(), write.seq.to_string()];
+        let stands: i64 = self
+            .run_position_script(&SCRIPTS.end_write, dataset, args)
+            .await?;
+        Ok(stands == 1)
+    }
+
+    #[tracing::instrument(name = "redis.record_write", skip_all, fields(otel.kind = "client", db.system = "redis"))]
+    async fn record_write(
+        &self,
+        dataset: &str,
+        write: &NewWrite,
+        capacity: usize,
+    ) -> Result<(), Unavailable> {
+        let args = vec![write.payload.clone(), capacity.to_string()];
+        self.run_position_script::<u64>(&SCRIPTS.record_write, dataset, args)
+            .await
+            .map(|_| ())
     }
 
     /// The writes after `seq`, or `None` when some of them are no longer remembered.
@@ -276,23 +405,6 @@ impl Store for RedisStore {
         let covered =
             writes.first().is_some_and(|w| w.seq <= seq + 1) && writes.len() == items.len();
         Ok(covered.then(|| writes.into_iter().filter(|w| w.seq > seq).collect()))
-    }
-
-    #[tracing::instrument(name = "redis.record_write", skip_all, fields(otel.kind = "client", db.system = "redis"))]
-    async fn record_write(
-        &self,
-        dataset: &str,
-        write: NewWrite,
-        capacity: usize,
-    ) -> Result<(), Unavailable> {
-        let (stamp, writes) = (self.stamp_key(dataset), self.writes_key(dataset));
-        self.run(|mut conn| async move {
-            let script = Script::new(RECORD_WRITE);
-            let mut invocation = script.key(stamp);
-            invocation.key(writes).arg(write.payload).arg(capacity);
-            conn.invoke::<u64>(&invocation).await.map(|_| ())
-        })
-        .await
     }
 
     /// Counts one event under `name` in a fixed window: the count so far and the time until
@@ -426,13 +538,8 @@ impl Store for RedisStore {
 
     #[tracing::instrument(name = "redis.purge", skip_all, fields(otel.kind = "client", db.system = "redis"))]
     async fn purge(&self, dataset: &str) -> Result<(), Unavailable> {
-        let (stamp, writes) = (self.stamp_key(dataset), self.writes_key(dataset));
-        self.run(|mut conn| async move {
-            let script = Script::new(PURGE);
-            let mut invocation = script.key(stamp);
-            invocation.key(writes);
-            conn.invoke::<i64>(&invocation).await.map(|_| ())
-        })
-        .await
+        self.run_position_script::<i64>(&SCRIPTS.purge, dataset, Vec::new())
+            .await
+            .map(|_| ())
     }
 }
