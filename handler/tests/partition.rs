@@ -12,7 +12,7 @@ use common::proxy::{Link, Proxy};
 use common::{TestApp, TestResponse};
 use handler::cache::Cache;
 use handler::datasets::Value;
-use handler::storage::{Change, Storage as _, Ungated};
+use handler::storage::{Change, Ungated};
 use serde_json::json;
 
 fn header<'a>(response: &'a TestResponse, name: &str) -> &'a str {
