@@ -16,7 +16,7 @@
 //! | 3 | [`datasets`] | declarations (`datasets/*.toml`), typed values and rows, the value rules |
 //! | 4 | [`query`] | a query string as typed filters, sort, limit, cursor; its canonical text |
 //! | 5 | [`storage`] | the `Storage` trait and the SQL engines (SQLite, PostgreSQL, MySQL, SQL Server) |
-//! | 5 | [`cache`] | cache-aside of finished answers, in process or in Redis; exact invalidation |
+//! | 5 | [`cache`] | cache-aside of finished answers, in process or in Redis; answer-aware invalidation, writes recorded before they commit |
 //! | 6 | [`import`] | CSV → typed rows → a storage's staging area → atomic swap |
 //! | 6 | [`auth`] | accounts, tokens, Firebase, sign-in limits |
 //! | 7 | [`blob`] | CSV blobs streamed from Azure Blob Storage (SAS, Shared Key or Entra ID) |

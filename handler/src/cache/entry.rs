@@ -50,6 +50,9 @@ pub struct CachedResponse {
     pub expires_at_ms: u64,
     /// For a page followed by another: where it ends, so writes beyond it leave it alone.
     pub page_end: Option<PageEnd>,
+    /// The last write (of the stamp's epoch) already checked against this copy and found not to
+    /// change it, so the next check reads only the writes after it. Kept in memory only.
+    pub checked_through: std::sync::atomic::AtomicU64,
 }
 
 pub fn unix_ms() -> u64 {
@@ -89,6 +92,7 @@ impl CachedResponse {
             expires_at_ms: unix_ms()
                 .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
             page_end: None,
+            checked_through: std::sync::atomic::AtomicU64::new(stamp.seq),
         }
     }
 
@@ -113,6 +117,7 @@ impl CachedResponse {
             expires_at_ms: unix_ms()
                 .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
             page_end: None,
+            checked_through: std::sync::atomic::AtomicU64::new(stamp.seq),
         }
     }
 
@@ -179,16 +184,17 @@ impl CachedResponse {
         } else if gzip_trailer(&gzip_body)? != (crc, len as u32) {
             return None;
         }
+        let stamp = Stamp {
+            epoch: header["epoch"].as_u64()?,
+            seq: header["seq"].as_u64()?,
+        };
         Some(CachedResponse {
             gzip_body,
             plain,
             content_type: header["content_type"].as_str()?.to_owned(),
             etag,
             compute_time: Duration::from_micros(header["compute_us"].as_u64()?),
-            stamp: Stamp {
-                epoch: header["epoch"].as_u64()?,
-                seq: header["seq"].as_u64()?,
-            },
+            stamp,
             expires_at_ms: header["expires_at_ms"].as_u64()?,
             page_end: match &header["page_end"] {
                 serde_json::Value::Array(end) if end.len() == 3 => Some(PageEnd {
@@ -198,6 +204,7 @@ impl CachedResponse {
                 }),
                 _ => None,
             },
+            checked_through: std::sync::atomic::AtomicU64::new(stamp.seq),
         })
     }
 

@@ -4,6 +4,7 @@
 //! an item, not only whether it passes the filters.
 
 use std::cmp::Ordering;
+use std::sync::atomic::Ordering as AtomicOrdering;
 
 use crate::datasets::{Dataset, Value, normalise_text};
 use crate::query::order::{Place, compare};
@@ -161,20 +162,29 @@ pub async fn is_fresh(
     if current.epoch != stamp.epoch || current.seq < stamp.seq {
         return Ok(false);
     }
-    if current.seq == stamp.seq {
+    // Writes up to `checked` were found not to change this copy on an earlier read.
+    let checked = entry
+        .checked_through
+        .load(AtomicOrdering::Relaxed)
+        .max(stamp.seq);
+    if current.seq <= checked {
         return Ok(true);
     }
-    if current.seq - stamp.seq > MAX_WRITES_CHECKED {
+    if current.seq - checked > MAX_WRITES_CHECKED {
         return Ok(false);
     }
-    Ok(
-        match store.writes_since(dataset, stamp.seq, current.seq).await? {
-            Some(writes) => !writes
-                .iter()
-                .any(|write| changes(dataset, subject, entry.page_end.as_ref(), write)),
-            None => false,
-        },
-    )
+    let fresh = match store.writes_since(dataset, checked, current.seq).await? {
+        Some(writes) => !writes
+            .iter()
+            .any(|write| changes(dataset, subject, entry.page_end.as_ref(), write)),
+        None => false,
+    };
+    if fresh {
+        entry
+            .checked_through
+            .fetch_max(current.seq, AtomicOrdering::Relaxed);
+    }
+    Ok(fresh)
 }
 
 /// Whether `write` can change the answer about `subject` (`page_end`: where a stored page

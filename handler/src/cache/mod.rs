@@ -1,17 +1,19 @@
-//! Cache-aside for finished responses, with exact invalidation.
+//! Cache-aside for finished responses, with answer-aware invalidation.
 //!
 //! What is stored is the finished response (gzipped once, with its ETag and the time it took to
 //! compute), so a hit is served without parsing or re-serialising anything.
 //!
-//! **Exactness without scanning keys.** Each dataset has a write position `(epoch, seq)`. An entry
-//! is stamped with the position read *before* its database query started. A write records its
-//! old and new rows at the next `seq` (before it is acknowledged); an import or purge starts a new
-//! epoch. On read, an entry is fresh when nothing was written since its stamp, or when none of the
-//! writes since then matches the entry's filters (old row or new row, evaluated in Rust by
-//! [`Query::matches`], the same rule the SQL applies). So a write to a Drama film ends the
-//! `genres=drama` lists and unfiltered lists, while `genres=comedy` stays a hit; and the classic
-//! race (a reader computes from the old row, the write lands, the reader stores the old answer)
-//! cannot serve the old answer: its stamp predates the write, which matches it.
+//! **Exactness without scanning keys.** Each dataset has a write position `(epoch, seq)`. A write
+//! records its old and new rows at the next `seq` *before its transaction commits*, marked in
+//! flight until the writer ends it (see [`Cache::begin_write`]); an import records a change of
+//! everything the same way; a purge starts a new epoch. An entry is stamped with the position
+//! read before its database query started, less any write still in flight. On read, an entry is
+//! fresh when none of the writes since its stamp can change this answer ([`fresh::changes`]: a
+//! row entering, leaving or moving within a page up to its end, a facet count or label, an item's
+//! own key). So a write to a Drama film ends the `genres=drama` pages it reaches, while
+//! `genres=comedy` stays a hit; the classic race (a reader computes from the old row, the write
+//! lands, the reader stores the old answer) cannot serve the old answer; and an instance cut off
+//! from Redis cannot write at all. ARCHITECTURE.md ("Cache") argues each failure case.
 //!
 //! **One database query per cold key.** Concurrent misses of one key at one write position share
 //! one computation (a reader arriving after a write gets a computation of its own, so it never

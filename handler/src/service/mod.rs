@@ -1,13 +1,13 @@
 //! The service: what the API does, whichever front end asks (HTTP, the command line, the
 //! `WarmCache` timer, Lambda). Handlers parse a request, call one function here, and turn its
 //! result into a response; everything between (authorisation, cache keys and cache-aside, the
-//! database breaker and read slots, tables made on first use, export limits, write recording,
-//! imports and their cache purge, warm-up) is here, each function one span.
+//! database breaker and read slots, tables made on first use, export limits, recording writes and
+//! imports with the cache before they commit, warm-up) is here, each function one span.
 //!
 //! ```text
 //!  http / cli / timer ──> Service::{list, item, facets, export}  ──> cache ──(miss)──> storage
-//!                         Service::write(..).{create, replace, …} ──> storage ──> cache.record_write
-//!                         Service::import                          ──> import ──> cache.purge
+//!                         Service::write(..).{create, replace, …} ──> storage ──(gate)──> cache
+//!                         Service::import                          ──> import ──(gate)──> cache
 //!                         Service::warm                            ──> the reads above
 //! ```
 
