@@ -22,7 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
-HANDLER = ROOT / "target" / "release" / "handler"
+# Cargo's own CARGO_TARGET_DIR (a worktree's build kept apart) is honoured; --handler names a binary.
+HANDLER = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target").resolve() / "release" / "handler"
 PG_ADMIN = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
 PG_BENCH_DB = "smartcache_bench"
 ROWS = 336_776
@@ -542,12 +543,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=2, help="best of this many runs per measurement")
     parser.add_argument("--no-build", action="store_true")
+    parser.add_argument("--handler", type=Path, help="benchmark this binary (implies --no-build)")
     parser.add_argument("--only", choices=["import", "mariadb", "export", "cache", "hostile"],
                         help="run one part (export reuses the flights that the import part loaded)")
     parser.add_argument("--seconds", type=int, default=10, help="length of each load run")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    if not args.no_build:
+    global HANDLER
+    if args.handler:
+        HANDLER = args.handler.resolve()
+    elif not args.no_build:
         sh("cargo", "build", "--release", "--quiet", "-p", "handler", capture=False)
     for tool in ("psql", "sqlite3", "mariadb") if args.only not in ("cache", "hostile") else ():
         if not shutil.which(tool):
