@@ -550,6 +550,8 @@ def main():
     parser.add_argument("--clients", type=int, default=8, help="zipf: concurrent clients over the two instances")
     parser.add_argument("--write-percent", type=float, default=1, help="zipf: writes in the second run")
     args = parser.parse_args()
+    if args.write_percent <= 0:
+        parser.error("--write-percent must be above 0 (the first run has none)")
     OUT.mkdir(parents=True, exist_ok=True)
     global HANDLER
     if args.handler:

@@ -136,7 +136,7 @@ def questions(datasets):
     chosen = (rng.sample(items, QUESTIONS["item"]) + rng.sample(lists, QUESTIONS["list"])
               + rng.sample(facets, QUESTIONS["facets"]))
     rng.shuffle(chosen)  # the ranking: the first is the most asked
-    return chosen, films, len(filters)
+    return chosen, films
 
 
 def kind(path):
@@ -169,7 +169,7 @@ def client(port, paths, cumulative, seed, write_percent, films, token, deadline,
     requests PATCHes drawn from another (so the questions are the same whatever the writes)."""
     draws, writes = random.Random(seed), random.Random(seed + 1)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    outcomes, patches, errors, write_ms = [], Counter(), Counter(), []
+    outcomes, read_ms, patches, errors, write_ms = [], [], Counter(), Counter(), []
     genres = sorted({g for f in films for g in f["genres"]})
     write_headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     while time.perf_counter() < deadline:
@@ -188,23 +188,25 @@ def client(port, paths, cumulative, seed, write_percent, films, token, deadline,
             errors[f"{method} {type(e).__name__}"] += 1
             conn.close()
             continue
+        ms = (time.perf_counter() - sent) * 1000
         if write:
             patches[response.status] += 1
-            write_ms.append((time.perf_counter() - sent) * 1000)
+            write_ms.append(ms)
             if response.getheader("x-cache-invalidation"):
                 errors["invalidation " + response.getheader("x-cache-invalidation")] += 1
-        elif response.status == 200:
-            outcomes.append(response.getheader("x-cache") or "none")
         else:
-            outcomes.append(f"HTTP {response.status}")
+            ok = response.status == 200
+            outcomes.append((response.getheader("x-cache") or "none") if ok else f"HTTP {response.status}")
+            read_ms.append(ms)
     conn.close()
-    result.update(outcomes=outcomes, patches=patches, errors=errors, write_ms=write_ms)
+    result.update(outcomes=outcomes, read_ms=read_ms, patches=patches, errors=errors, write_ms=write_ms)
 
 
 def run(label, handler, env_for, database_url, write_percent, seconds, clients, paths, films, token_for,
-        free_port, get_status):
+        sh, free_port, get_status):
     """One run from cold: two new instances on a cache prefix of their own, `clients` clients
-    spread over them. Returns each client's result and the elapsed seconds."""
+    spread over them. Returns each client's result and the elapsed seconds; the prefix's keys
+    are deleted afterwards."""
     prefix = f"bench-zipf-{os.getpid()}-{label}"
     servers, ports = [], []
     for _ in range(2):
@@ -231,17 +233,22 @@ def run(label, handler, env_for, database_url, write_percent, seconds, clients, 
             thread.start()
         for thread in threads:
             thread.join()
-        return results, time.perf_counter() - started, prefix
+        return results, time.perf_counter() - started
     finally:
         for server in servers:
             server.terminate()
             server.wait()
+        purge(prefix, sh)
 
 
 def purge(prefix, sh):
     keys = sh("redis-cli", "--scan", "--pattern", f"{prefix}:*").splitlines()
     for i in range(0, len(keys), 1000):
         sh("redis-cli", "unlink", *keys[i:i + 1000])
+
+
+def p50(values):
+    return sorted(values)[len(values) // 2] if values else float("nan")
 
 
 def tally(results):
@@ -252,7 +259,7 @@ def tally(results):
 
 def bench_zipf(handler, env_for, root, database_url, psql, seconds, clients, write_percent, sh, free_port, get_status):
     """`psql`, `sh`, `free_port` and `get_status` are the runner's helpers (bench.py)."""
-    paths, films, filters = questions(root / "datasets")
+    paths, films = questions(root / "datasets")
     kinds = Counter(kind(p) for p in paths)
     print(f"\nZipf mix on two instances (movies on PostgreSQL, Redis; {len(paths):,} questions: {kinds['list']:,} lists, "
           f"{kinds['facets']:,} facets, {kinds['item']:,} items; Zipf s={ZIPF_S}; {clients} clients; {seconds} s per run, "
@@ -271,25 +278,27 @@ def bench_zipf(handler, env_for, root, database_url, psql, seconds, clients, wri
         return json.loads(conn.getresponse().read())["access_token"]
 
     runs = {}
+    print(f"  {'':<10} {'GETs':>8} {'req/s':>7} {'HIT':>8} {'MISS':>7} {'STALE':>6} {'BYPASS':>6} {'errors':>6} "
+          f"{'hit ratio':>9} {'HIT p50':>7} {'MISS p50':>8}   PATCH")
     for percent in (0, write_percent):
         label = f"{percent:g}% writes"
-        results, elapsed, prefix = run(f"w{percent:g}", handler, env_for, database_url, percent, seconds, clients,
-                                       paths, films, token_for, free_port, get_status)
-        purge(prefix, sh)
+        results, elapsed = run(f"w{percent:g}", handler, env_for, database_url, percent, seconds, clients,
+                               paths, films, token_for, sh, free_port, get_status)
         runs[label] = results
         outcomes, gets, ratio = tally(results)
         patches = sum((r["patches"] for r in results), Counter())
         errors = sum((r["errors"] for r in results), Counter())
-        failed = {o: n for o, n in outcomes.items() if o not in ("HIT", "MISS", "STALE", "BYPASS")}
-        requests = gets + sum(patches.values())
-        write_ms = sorted(ms for r in results for ms in r["write_ms"])
-        if write_ms:
-            write_ms = f" (p50 {write_ms[len(write_ms) // 2]:.0f} ms, max {write_ms[-1]:.0f} ms)"
-        print(f"  {label:<10} {gets:>8,} GETs {requests / elapsed:>7,.0f} req/s   HIT {outcomes['HIT']:>7,}  "
-              f"MISS {outcomes['MISS']:>6,}  STALE {outcomes['STALE']}  BYPASS {outcomes['BYPASS']}  "
-              f"PATCH {patches[200]:,} ok{''.join(f', {n} HTTP {s}' for s, n in sorted(patches.items()) if s != 200)}{write_ms or ''}"
-              f"  errors {sum(failed.values()) + sum(errors.values())} {dict(failed) | dict(errors) or ''}  "
-              f"hit ratio {ratio:6.1%}")
+        errors.update({o: n for o, n in outcomes.items() if o not in ("HIT", "MISS", "STALE", "BYPASS")})
+        write_ms = [ms for r in results for ms in r["write_ms"]]
+        writes = f"{patches[200]:,} ok, p50 {p50(write_ms):.0f} ms, max {max(write_ms):.0f} ms" if write_ms else ""
+        hit_ms, miss_ms = ([ms for r in results for o, ms in zip(r["outcomes"], r["read_ms"]) if o == outcome]
+                           for outcome in ("HIT", "MISS"))
+        writes += "".join(f", {n} HTTP {status}" for status, n in sorted(patches.items()) if status != 200)
+        print(f"  {label:<10} {gets:>8,} {(gets + sum(patches.values())) / elapsed:>7,.0f} {outcomes['HIT']:>8,} "
+              f"{outcomes['MISS']:>7,} {outcomes['STALE']:>6,} {outcomes['BYPASS']:>6,} {sum(errors.values()):>6,} "
+              f"{ratio:>9.1%} {p50(hit_ms):>7.2f} {p50(miss_ms):>8.2f}   {writes}")
+        if errors:
+            print(f"  {'':<10} errors: {dict(errors)}")
     (base_label, base), (label, loaded) = runs.items()
     base_ratio, ratio = tally(base)[2], tally(loaded)[2]
     print(f"  {'hit ratio, ' + label + ' / ' + base_label:<44} {base_ratio:6.1%} -> {ratio:6.1%}  "
