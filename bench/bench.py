@@ -4,6 +4,7 @@ same run on the same machine (see bench/README.md). Standard library only.
 
     bench/run.sh            # builds the release binary first
     bench/run.sh --runs 3   # best of 3 instead of best of 2
+    bench/run.sh --only zipf --seconds 20   # one part: the hit ratio of a Zipf mix, 0% and 1% writes
 """
 
 import argparse
@@ -561,7 +562,7 @@ def main():
     for tool in ("psql", "sqlite3", "mariadb") if args.only not in ("cache", "hostile", "zipf") else \
             ("psql", "redis-cli") if args.only == "zipf" else ():
         if not shutil.which(tool):
-            sys.exit(f"{tool} is needed for the baselines: apt-get install postgresql-client sqlite3")
+            sys.exit(f"{tool} is needed: apt-get install postgresql-client sqlite3 mariadb-client redis-tools")
     print(f"machine: {os.cpu_count()} cores; best of {args.runs}")
     if args.only in (None, "import"):
         csv = flights_csv()
