@@ -2,13 +2,13 @@
 (`bench/run.sh --only zipf`).
 
 Two `handler serve` instances share one PostgreSQL database (`smartcache_bench_zipf`, the movies
-imported afresh) and one Redis. About 18,000 distinct GETs are built deterministically from
+imported afresh) and one Redis. 18,000 distinct GETs are built deterministically from
 `datasets/movies.csv` and `movies.toml` (what is filterable and sortable): filtered lists in
 sorted and limited pages, facets under filters, and items. A fixed random permutation ranks them
 and each client draws ranks with Zipf s=1.0 from its own seeded generator, so both runs ask the
-same questions in the same order. 8 clients (half on each instance, one keep-alive connection
-each) run for `--seconds` (default 20), first with no writes, then with 1% of the requests a
-PATCH of a random film's `year` or `genres` by an admin. Each run starts cold: new instances and
+same questions in the same order. 8 clients (`--clients`; half on each instance, one keep-alive
+connection each) run for `--seconds` (default 20), first with no writes, then with 1% of the
+requests (`--write-percent`) a PATCH of a random film's `year` or `genres` by an admin. Each run starts cold: new instances and
 a cache prefix of its own (nothing in the near caches or in Redis).
 
 Printed: per run the GETs, the rate, and the X-Cache outcomes; the hit ratio (HIT / all GET
@@ -33,7 +33,6 @@ from urllib.parse import quote, urlencode
 SEED = 20261203
 QUESTIONS = {"item": 6_000, "list": 9_000, "facets": 3_000}
 ZIPF_S = 1.0
-CLIENTS = 8
 DATABASE = "smartcache_bench_zipf"
 REDIS_URL = "redis://127.0.0.1:6379"
 JWT_SECRET = "bench secret, bench secret, bench secret!"
@@ -43,8 +42,8 @@ FACETED = ["genres", "year", "rating", "countries", "languages"]
 
 
 def load_movies(datasets):
-    """The films as the handler stores them: columns by name, list columns split, text lowercased
-    (filters compare case-insensitively), numbers parsed; and the declaration."""
+    """The declaration, and the films as the handler stores them: columns by name, list columns
+    split, numbers parsed, nulls as the declaration says."""
     declaration = tomllib.loads((datasets / "movies.toml").read_text())
     columns = declaration["columns"]
     films = []
