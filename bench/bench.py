@@ -4,6 +4,7 @@ same run on the same machine (see bench/README.md). Standard library only.
 
     bench/run.sh            # builds the release binary first
     bench/run.sh --runs 3   # best of 3 instead of best of 2
+    bench/run.sh --only zipf --seconds 20   # one part: the hit ratio of a Zipf mix, 0% and 1% writes
 """
 
 import argparse
@@ -22,7 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
-HANDLER = ROOT / "target" / "release" / "handler"
+# Cargo's own CARGO_TARGET_DIR (a worktree's build kept apart) is honoured; --handler names a binary.
+HANDLER = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target").resolve() / "release" / "handler"
 PG_ADMIN = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
 PG_BENCH_DB = "smartcache_bench"
 ROWS = 336_776
@@ -542,16 +544,25 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=2, help="best of this many runs per measurement")
     parser.add_argument("--no-build", action="store_true")
-    parser.add_argument("--only", choices=["import", "mariadb", "export", "cache", "hostile"],
+    parser.add_argument("--handler", type=Path, help="benchmark this binary (implies --no-build)")
+    parser.add_argument("--only", choices=["import", "mariadb", "export", "cache", "hostile", "zipf"],
                         help="run one part (export reuses the flights that the import part loaded)")
-    parser.add_argument("--seconds", type=int, default=10, help="length of each load run")
+    parser.add_argument("--seconds", type=int, help="length of each load run (default 10; zipf 20)")
+    parser.add_argument("--clients", type=int, default=8, help="zipf: concurrent clients over the two instances")
+    parser.add_argument("--write-percent", type=float, default=1, help="zipf: writes in the second run")
     args = parser.parse_args()
+    if args.write_percent <= 0:
+        parser.error("--write-percent must be above 0 (the first run has none)")
     OUT.mkdir(parents=True, exist_ok=True)
-    if not args.no_build:
+    global HANDLER
+    if args.handler:
+        HANDLER = args.handler.resolve()
+    elif not args.no_build:
         sh("cargo", "build", "--release", "--quiet", "-p", "handler", capture=False)
-    for tool in ("psql", "sqlite3", "mariadb") if args.only not in ("cache", "hostile") else ():
+    for tool in ("psql", "sqlite3", "mariadb") if args.only not in ("cache", "hostile", "zipf") else \
+            ("psql", "redis-cli") if args.only == "zipf" else ():
         if not shutil.which(tool):
-            sys.exit(f"{tool} is needed for the baselines: apt-get install postgresql-client sqlite3")
+            sys.exit(f"{tool} is needed: apt-get install postgresql-client sqlite3 mariadb-client redis-tools")
     print(f"machine: {os.cpu_count()} cores; best of {args.runs}")
     if args.only in (None, "import"):
         csv = flights_csv()
@@ -569,11 +580,16 @@ def main():
         bench_export(handler_db, args.runs)
         bench_cached_export(handler_db, args.runs)
     if args.only in (None, "cache"):
-        bench_cache(args.seconds)
+        bench_cache(args.seconds or 10)
     if args.only in (None, "hostile"):
         import hostile
 
-        hostile.bench_hostile(HANDLER, handler_env, OUT, max(args.seconds, 10), sh, free_port, get_status)
+        hostile.bench_hostile(HANDLER, handler_env, OUT, max(args.seconds or 10, 10), sh, free_port, get_status)
+    if args.only in (None, "zipf"):
+        import zipf
+
+        zipf.bench_zipf(HANDLER, handler_env, ROOT, PG_ADMIN.rsplit("/", 1)[0] + "/" + zipf.DATABASE, psql,
+                        args.seconds or 20, args.clients, args.write_percent, sh, free_port, get_status)
 
 
 if __name__ == "__main__":
