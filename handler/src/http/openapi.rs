@@ -189,7 +189,11 @@ fn operation(function: &str, summary: &str, handler: Handler, dataset: Option<&D
         for (code, description) in [
             ("400", "Invalid parameter"),
             ("404", "Unknown dataset or row"),
-            ("503", "Database unavailable"),
+            (
+                "503",
+                "Database unavailable; for a write also: the cache could not record it (nothing \
+                 written), or could not confirm it after the commit (read the row). Retry-After says when",
+            ),
         ] {
             let mut response = problem.clone();
             response["description"] = json!(description);
