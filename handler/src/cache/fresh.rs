@@ -173,7 +173,10 @@ pub async fn is_fresh(
     if current.seq - checked > MAX_WRITES_CHECKED {
         return Ok(false);
     }
-    let fresh = match store.writes_since(dataset, checked, current.seq).await? {
+    let fresh = match store
+        .writes_since(dataset, stamp.epoch, checked, current.seq)
+        .await?
+    {
         Some(writes) => !writes
             .iter()
             .any(|write| changes(dataset, subject, entry.page_end.as_ref(), write)),

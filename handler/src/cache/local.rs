@@ -4,6 +4,7 @@
 //! share each computation.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -30,7 +31,7 @@ struct WriteLog {
     epoch: u64,
     seq: u64,
     /// Recent writes, oldest first.
-    recent: VecDeque<RecordedWrite>,
+    recent: VecDeque<Arc<RecordedWrite>>,
     /// Writes recorded and not yet ended, with the time they stop counting as in flight.
     in_flight: Vec<(InFlight, Instant)>,
 }
@@ -38,12 +39,12 @@ struct WriteLog {
 impl WriteLog {
     fn push(&mut self, write: &NewWrite, capacity: usize) -> u64 {
         self.seq += 1;
-        self.recent.push_back(RecordedWrite {
+        self.recent.push_back(Arc::new(RecordedWrite {
             seq: self.seq,
             old: write.old.clone(),
             new: write.new.clone(),
             everything: write.everything,
-        });
+        }));
         while self.recent.len() > capacity {
             self.recent.pop_front();
         }
@@ -127,16 +128,17 @@ impl Store for LocalStore {
     async fn writes_since(
         &self,
         dataset: &Dataset,
+        epoch: u64,
         seq: u64,
         _current: u64,
-    ) -> Result<Option<Vec<RecordedWrite>>, Unavailable> {
+    ) -> Result<Option<Vec<Arc<RecordedWrite>>>, Unavailable> {
         let writes = self.writes.lock();
         let Some(log) = writes.get(&dataset.name) else {
             return Ok(Some(Vec::new()));
         };
-        // Every write since `seq` must still be remembered.
+        // Every write since `seq` must still be remembered, in the same epoch.
         let remembered_from = log.recent.front().map_or(log.seq + 1, |w| w.seq);
-        if remembered_from > seq + 1 {
+        if remembered_from > seq + 1 || log.epoch != epoch {
             return Ok(None);
         }
         Ok(Some(
@@ -152,7 +154,7 @@ impl Store for LocalStore {
         log.epoch += 1;
         log.seq = 1;
         log.recent.clear();
-        log.recent.push_back(RecordedWrite::everything(1));
+        log.recent.push_back(Arc::new(RecordedWrite::everything(1)));
         Ok(())
     }
 

@@ -75,14 +75,15 @@ pub trait Store: Send + Sync {
         capacity: usize,
     ) -> Result<(), Unavailable>;
 
-    /// The writes after `seq` up to at least `current`, or `None` when some of them are no
-    /// longer remembered.
+    /// The writes of `epoch` after `seq` up to at least `current`, or `None` when some of them
+    /// are no longer remembered (or the epoch is over).
     async fn writes_since(
         &self,
         dataset: &Dataset,
+        epoch: u64,
         seq: u64,
         current: u64,
-    ) -> Result<Option<Vec<RecordedWrite>>, Unavailable>;
+    ) -> Result<Option<Vec<Arc<RecordedWrite>>>, Unavailable>;
 
     /// Starts a new epoch of the dataset: every answer stamped before is stale (and, while a
     /// write of the old epoch is in flight, every answer computed in the new one).

@@ -174,18 +174,6 @@ impl Conn {
         }
     }
 
-    pub async fn lrange(
-        &mut self,
-        key: &str,
-        start: isize,
-        stop: isize,
-    ) -> redis::RedisResult<Vec<String>> {
-        match self {
-            Conn::Standalone(c) => c.lrange(key, start, stop).await,
-            Conn::Cluster(c) => c.lrange(key, start, stop).await,
-        }
-    }
-
     pub async fn invoke<T: redis::FromRedisValue>(
         &mut self,
         invocation: &redis::ScriptInvocation<'_>,

@@ -29,6 +29,11 @@ use crate::identity::Tokens;
 use connection::{Conn, Connection};
 
 mod connection;
+mod mirror;
+mod scripts;
+
+use mirror::Mirror;
+use scripts::{SCRIPTS, WRITES_OF_EPOCH};
 
 /// How long one Redis call may take before the request goes to the database instead.
 const CALL_TIMEOUT: Duration = Duration::from_millis(250);
@@ -47,6 +52,8 @@ pub struct RedisStore {
     connection: OnceCell<Connection>,
     breaker: Breaker,
     position_reads: Coalescer<Result<Position, Unavailable>>,
+    /// The write log's records read so far, per dataset (see `writes_since`).
+    mirrors: parking_lot::Mutex<std::collections::HashMap<String, Mirror>>,
 }
 
 const COUNT_IN_WINDOW: &str = r"
@@ -63,96 +70,6 @@ const RELEASE_LEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0";
 
-/// The start of every script that reads or changes a dataset's position (`KEYS`: the stamp
-/// hash, the write log, the writes in flight). The position belongs to one run of the Redis
-/// server (its `run_id`): when the stamp is missing (a new prefix, an eviction, a restart
-/// without persistence) or was written by an earlier run (a restart that loaded a snapshot, whose
-/// log may lack writes made after it), a new epoch starts at the server's clock in
-/// microseconds (above the old one), whose log begins with a change of everything.
-const PRELUDE: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
-local h = redis.call('HMGET', KEYS[1], 'epoch', 'run')
-local epoch = h[1]
-if (not epoch) or h[2] ~= run then
-  local fresh = t[1] .. string.format('%06d', tonumber(t[2]))
-  if epoch and tonumber(epoch) and tonumber(epoch) >= tonumber(fresh) then
-    fresh = string.format('%.0f', tonumber(epoch) + 1)
-  end
-  epoch = fresh
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 1, 'run', run)
-  redis.call('DEL', KEYS[2], KEYS[3])
-  redis.call('RPUSH', KEYS[2], '1 *')
-end
-";
-
-/// `{epoch, seq, settled}`: writes in flight past their lifetime are forgotten; `settled` is
-/// the position before the earliest one left (0 while one of an earlier epoch is in flight).
-const POSITION: &str = r"
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-local seq = tonumber(redis.call('HGET', KEYS[1], 'seq'))
-local settled = seq
-local mine = epoch .. ':'
-for _, member in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
-  if string.sub(member, 1, #mine) == mine then
-    settled = math.min(settled, tonumber(string.sub(member, #mine + 1)) - 1)
-  else
-    settled = 0
-  end
-end
-return {epoch, seq, settled}";
-
-/// `ARGV`: the record, the log's capacity, the write's lifetime in flight (ms) → `{epoch, seq}`.
-const BEGIN_WRITE: &str = r"
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('RPUSH', KEYS[2], seq .. ' ' .. ARGV[1])
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
-redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), epoch .. ':' .. seq)
-return {epoch, seq}";
-
-/// `ARGV`: the epoch and seq the write began at → 1 if its record still stands.
-const END_WRITE: &str = r"
-local removed = redis.call('ZREM', KEYS[3], ARGV[1] .. ':' .. ARGV[2])
-if removed == 1 and epoch == ARGV[1] then return 1 end
-return 0";
-
-/// `ARGV`: the record, the log's capacity.
-const RECORD_WRITE: &str = r"
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('RPUSH', KEYS[2], seq .. ' ' .. ARGV[1])
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
-return seq";
-
-/// A new epoch, its log starting with a change of everything: writes of the old epoch still in
-/// flight keep it unsettled (see `POSITION`).
-const PURGE: &str = r"
-redis.call('HINCRBY', KEYS[1], 'epoch', 1)
-redis.call('HSET', KEYS[1], 'seq', 1)
-redis.call('DEL', KEYS[2])
-redis.call('RPUSH', KEYS[2], '1 *')
-return 1";
-
-/// The position scripts, each with the prelude, hashed once.
-struct PositionScripts {
-    position: Script,
-    begin_write: Script,
-    end_write: Script,
-    record_write: Script,
-    purge: Script,
-}
-
-static SCRIPTS: std::sync::LazyLock<PositionScripts> = std::sync::LazyLock::new(|| {
-    let with_prelude = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
-    PositionScripts {
-        position: with_prelude(POSITION),
-        begin_write: with_prelude(BEGIN_WRITE),
-        end_write: with_prelude(END_WRITE),
-        record_write: with_prelude(RECORD_WRITE),
-        purge: with_prelude(PURGE),
-    }
-});
-
 impl RedisStore {
     /// Prepares the store; nothing connects until the first call.
     pub fn new(url: &str, prefix: &str) -> Self {
@@ -163,6 +80,7 @@ impl RedisStore {
             connection: OnceCell::new(),
             breaker: Breaker::new(BREAKER_OPEN_FOR),
             position_reads: Coalescer::default(),
+            mirrors: Default::default(),
         }
     }
 
@@ -267,6 +185,22 @@ impl RedisStore {
             seq,
             settled,
         })
+    }
+
+    /// The newest `count` items of the write log, if the dataset is still in `epoch`.
+    async fn fetch_writes(
+        &self,
+        dataset: &str,
+        epoch: u64,
+        count: u64,
+    ) -> Result<Option<Vec<String>>, Unavailable> {
+        let (stamp, writes) = (self.stamp_key(dataset), self.writes_key(dataset));
+        self.run(|mut conn| async move {
+            let mut invocation = WRITES_OF_EPOCH.key(stamp);
+            invocation.key(writes).arg(epoch).arg(count);
+            conn.invoke(&invocation).await
+        })
+        .await
     }
 
     fn hot_key(&self) -> String {
@@ -380,31 +314,57 @@ impl Store for RedisStore {
             .map(|_| ())
     }
 
-    /// The writes after `seq`, or `None` when some of them are no longer remembered.
+    /// The writes of `epoch` after `seq`, or `None` when some of them are no longer remembered.
+    /// Records never change once written (a seq is given once per epoch), so the ones already
+    /// read are kept in process and only newer ones are fetched.
     #[tracing::instrument(name = "redis.writes_since", skip_all, fields(otel.kind = "client", db.system = "redis"))]
     async fn writes_since(
         &self,
         dataset: &Dataset,
+        epoch: u64,
         seq: u64,
         current: u64,
-    ) -> Result<Option<Vec<RecordedWrite>>, Unavailable> {
-        let missing = current.saturating_sub(seq);
-        if missing == 0 {
+    ) -> Result<Option<Vec<Arc<RecordedWrite>>>, Unavailable> {
+        if current <= seq {
             return Ok(Some(Vec::new()));
         }
-        let key = self.writes_key(&dataset.name);
-        let start = -i64::try_from(missing).unwrap_or(i64::MAX);
-        let items: Vec<String> = self
-            .run(|mut conn| async move { conn.lrange(&key, start as isize, -1).await })
-            .await?;
-        let writes: Vec<RecordedWrite> = items
+        let fetch_after = {
+            let mirrors = self.mirrors.lock();
+            match mirrors.get(&dataset.name) {
+                Some(mirror) if mirror.epoch == epoch => {
+                    if let Some(writes) = mirror.between(seq, current) {
+                        return Ok(Some(writes));
+                    }
+                    mirror.newest_after(seq)
+                }
+                _ => seq,
+            }
+        };
+        let Some(items) = self
+            .fetch_writes(&dataset.name, epoch, current - fetch_after)
+            .await?
+        else {
+            return Ok(None); // the epoch is over
+        };
+        let fetched: Vec<Arc<RecordedWrite>> = items
             .iter()
-            .filter_map(|item| RecordedWrite::decode(dataset, item))
+            .filter_map(|item| RecordedWrite::decode(dataset, item).map(Arc::new))
             .collect();
-        // Every write from seq + 1 on must be there (more may have landed since: also checked).
-        let covered =
-            writes.first().is_some_and(|w| w.seq <= seq + 1) && writes.len() == items.len();
-        Ok(covered.then(|| writes.into_iter().filter(|w| w.seq > seq).collect()))
+        // Every write from fetch_after + 1 on must be there (more may have landed since).
+        let covered = fetched.len() == items.len()
+            && fetched.first().is_some_and(|w| w.seq <= fetch_after + 1)
+            && fetched
+                .windows(2)
+                .all(|pair| pair[1].seq == pair[0].seq + 1);
+        if !covered {
+            return Ok(None);
+        }
+        let mut mirrors = self.mirrors.lock();
+        let mirror = mirrors
+            .entry(dataset.name.clone())
+            .or_insert_with(|| Mirror::new(epoch));
+        mirror.extend(epoch, fetched);
+        Ok(mirror.between(seq, current))
     }
 
     /// Counts one event under `name` in a fixed window: the count so far and the time until

@@ -1,0 +1,105 @@
+//! The Lua scripts that read and change a dataset's write position, atomically (on a cluster
+//! too: their keys share the dataset's hash tag).
+
+use redis::Script;
+
+/// The start of every script that reads or changes a dataset's position (`KEYS`: the stamp
+/// hash, the write log, the writes in flight). The position belongs to one run of the Redis
+/// server (its `run_id`): when the stamp is missing (a new prefix, an eviction, a restart
+/// without persistence) or was written by an earlier run (a restart that loaded a snapshot, whose
+/// log may lack writes made after it), a new epoch starts at the server's clock in
+/// microseconds (above the old one), whose log begins with a change of everything.
+pub const PRELUDE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+local h = redis.call('HMGET', KEYS[1], 'epoch', 'run')
+local epoch = h[1]
+if (not epoch) or h[2] ~= run then
+  local fresh = t[1] .. string.format('%06d', tonumber(t[2]))
+  if epoch and tonumber(epoch) and tonumber(epoch) >= tonumber(fresh) then
+    fresh = string.format('%.0f', tonumber(epoch) + 1)
+  end
+  epoch = fresh
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 1, 'run', run)
+  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('RPUSH', KEYS[2], '1 *')
+end
+";
+
+/// `{epoch, seq, settled}`: writes in flight past their lifetime are forgotten; `settled` is
+/// the position before the earliest one left (0 while one of an earlier epoch is in flight).
+const POSITION: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq'))
+local settled = seq
+local mine = epoch .. ':'
+for _, member in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+  if string.sub(member, 1, #mine) == mine then
+    settled = math.min(settled, tonumber(string.sub(member, #mine + 1)) - 1)
+  else
+    settled = 0
+  end
+end
+return {epoch, seq, settled}";
+
+/// `ARGV`: the record, the log's capacity, the write's lifetime in flight (ms) → `{epoch, seq}`.
+const BEGIN_WRITE: &str = r"
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('RPUSH', KEYS[2], seq .. ' ' .. ARGV[1])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), epoch .. ':' .. seq)
+return {epoch, seq}";
+
+/// `ARGV`: the epoch and seq the write began at → 1 if its record still stands.
+const END_WRITE: &str = r"
+local removed = redis.call('ZREM', KEYS[3], ARGV[1] .. ':' .. ARGV[2])
+if removed == 1 and epoch == ARGV[1] then return 1 end
+return 0";
+
+/// `ARGV`: the record, the log's capacity.
+const RECORD_WRITE: &str = r"
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('RPUSH', KEYS[2], seq .. ' ' .. ARGV[1])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
+return seq";
+
+/// A new epoch, its log starting with a change of everything: writes of the old epoch still in
+/// flight keep it unsettled (see `POSITION`).
+const PURGE: &str = r"
+redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+redis.call('HSET', KEYS[1], 'seq', 1)
+redis.call('DEL', KEYS[2])
+redis.call('RPUSH', KEYS[2], '1 *')
+return 1";
+
+/// The newest `ARGV[2]` records of the log, or nil when the dataset is no longer in epoch
+/// `ARGV[1]` (read atomically, so a purge between two calls cannot pass off a new epoch's
+/// records as the old one's).
+pub static WRITES_OF_EPOCH: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return false end
+return redis.call('LRANGE', KEYS[2], -tonumber(ARGV[2]), -1)",
+    )
+});
+
+/// The position scripts, each with the prelude, hashed once.
+pub struct PositionScripts {
+    pub position: Script,
+    pub begin_write: Script,
+    pub end_write: Script,
+    pub record_write: Script,
+    pub purge: Script,
+}
+
+pub static SCRIPTS: std::sync::LazyLock<PositionScripts> = std::sync::LazyLock::new(|| {
+    let with_prelude = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
+    PositionScripts {
+        position: with_prelude(POSITION),
+        begin_write: with_prelude(BEGIN_WRITE),
+        end_write: with_prelude(END_WRITE),
+        record_write: with_prelude(RECORD_WRITE),
+        purge: with_prelude(PURGE),
+    }
+});
