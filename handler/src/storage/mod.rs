@@ -112,7 +112,19 @@ impl From<sqlx::Error> for StorageError {
             | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => StorageError::Unavailable(error.into()),
+            | sqlx::Error::WorkerCrashed
+            // A connection that broke off while it was being set up (a server restarting, or
+            // something in between cutting it): nothing was done, try again shortly.
+            | sqlx::Error::Protocol(_) => StorageError::Unavailable(error.into()),
+            // Connection exceptions (class 08), the server shutting down or starting (57P01-3),
+            // too many connections: the database is not there for now.
+            sqlx::Error::Database(ref e)
+                if e.code().is_some_and(|code| {
+                    code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+                }) =>
+            {
+                StorageError::Unavailable(error.into())
+            }
             sqlx::Error::Database(ref e) if e.is_unique_violation() => StorageError::Conflict,
             // A deadlock or serialisation failure (PostgreSQL, MySQL): the transaction was
             // rolled back and may simply be tried again.
