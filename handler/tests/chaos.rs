@@ -639,20 +639,24 @@ async fn reader(ctx: Arc<Ctx>, index: usize) -> Vec<Read> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Fault {
     CutRefused,
-    Pause,
-    CutSilent,
     RestartEmpty,
+    Pause,
     DatabaseRestart,
+    CutSilent,
     RestartOld,
 }
 
 impl Fault {
+    /// The order of faults. The database goes away while Redis is full of answers (not just
+    /// after an empty restart), so that answers a write has superseded are at hand to fall
+    /// back on; Redis comes back with old data (saved aside before the first fault) more than
+    /// 15 s after its empty restart, so that what follows one restart does not hide the other.
     const CYCLE: [Fault; 6] = [
         Fault::CutRefused,
-        Fault::Pause,
-        Fault::CutSilent,
         Fault::RestartEmpty,
+        Fault::Pause,
         Fault::DatabaseRestart,
+        Fault::CutSilent,
         Fault::RestartOld,
     ];
 
@@ -1035,6 +1039,8 @@ struct Violation {
     kind: Kind,
     /// What was wrong: `item`, `list`, `facets`, `write` or `database`.
     what: &'static str,
+    /// The read's `X-Cache`, if a read.
+    x_cache: String,
     text: String,
 }
 
@@ -1051,6 +1057,7 @@ fn check_read(
                 at: read.start,
                 kind: Kind::Status,
                 what: read.target.kind(),
+                x_cache: read.x_cache.clone(),
                 text: format!("{}: {error}", describe_read(ctx, read)),
             });
         }
@@ -1083,6 +1090,7 @@ fn check_read(
         at: read.start,
         kind: if read.last { Kind::Lost } else { Kind::Stale },
         what: read.target.kind(),
+        x_cache: read.x_cache.clone(),
         text: format!("{}: {}", describe_read(ctx, read), problems.join("; ")),
     })
 }
@@ -1324,6 +1332,7 @@ async fn every_read_reflects_every_write_acknowledged_before_it_through_faults()
                 at: write.start,
                 kind: Kind::Status,
                 what: "write",
+                x_cache: String::new(),
                 text: format!(
                     "t={:.3}–{:.3} s, PATCH film {} v{} through {}: {problem}",
                     write.start.as_secs_f64(),
@@ -1343,6 +1352,7 @@ async fn every_read_reflects_every_write_acknowledged_before_it_through_faults()
             at: checked_at,
             kind: Kind::Status,
             what: "read",
+            x_cache: String::new(),
             text,
         });
     }
@@ -1353,6 +1363,7 @@ async fn every_read_reflects_every_write_acknowledged_before_it_through_faults()
                 at: checked_at,
                 kind: Kind::Lost,
                 what: "database",
+                x_cache: String::new(),
                 text: format!("in the database: {problem}"),
             });
         }
@@ -1398,7 +1409,7 @@ async fn every_read_reflects_every_write_acknowledged_before_it_through_faults()
         .map(|(fault, n)| format!("{} {n}", fault.name()))
         .collect();
     let summary = format!(
-        "chaos: {:.1} s of faults (seed {seed}); {} reads ({unavailable} answered 503, X-Cache {}), \
+        "chaos: {:.1} s of writes, reads and faults (seed {seed}); {} reads ({unavailable} answered 503, X-Cache {}), \
          then {} final reads; {} writes: {acked} acknowledged ({deferred} with \
          X-Cache-Invalidation: deferred), {refused} refused or unknown (503 with Retry-After), \
          {failed} otherwise; faults: {} ({}); \
@@ -1424,6 +1435,11 @@ async fn every_read_reflects_every_write_acknowledged_before_it_through_faults()
                 .collect(),
         )
     };
+    let mut by_outcome: BTreeMap<&str, usize> = BTreeMap::new();
+    for violation in violations.iter().filter(|v| v.kind != Kind::Status) {
+        *by_outcome.entry(violation.x_cache.as_str()).or_insert(0) += 1;
+    }
+    eprintln!("stale and lost reads by X-Cache: {by_outcome:?}");
     eprintln!(
         "503 with Retry-After: reads {}; writes {}",
         unavailable_at(during),
