@@ -1443,9 +1443,9 @@ async fn every_read_reflects_every_write_acknowledged_before_it_through_faults()
     for violation in violations.iter().filter(|v| v.kind != Kind::Status) {
         *by_outcome.entry(violation.x_cache.as_str()).or_insert(0) += 1;
     }
-    eprintln!("stale and lost reads by X-Cache: {by_outcome:?}");
-    eprintln!(
-        "503 with Retry-After: reads {}; writes {}",
+    let details = format!(
+        "stale and lost reads by X-Cache: {by_outcome:?}\n\
+         503 with Retry-After: reads {}; writes {}",
         unavailable_at(during),
         spells(
             writes
@@ -1455,6 +1455,7 @@ async fn every_read_reflects_every_write_acknowledged_before_it_through_faults()
                 .collect()
         )
     );
+    eprintln!("{details}");
     let mut faults_text = String::new();
     for (at, what) in &timeline {
         let _ = write!(faults_text, "\n  t={:.3} s {what}", at.as_secs_f64());
@@ -1463,21 +1464,23 @@ async fn every_read_reflects_every_write_acknowledged_before_it_through_faults()
 
     violations.sort_by_key(|v| (v.kind, v.at));
     let mut first = String::new();
-    let whats: BTreeSet<&str> = violations.iter().map(|v| v.what).collect();
-    for kind in [Kind::Stale, Kind::Lost, Kind::Status] {
-        for &what in &whats {
-            let shown = violations
-                .iter()
-                .filter(|v| v.kind == kind && v.what == what);
-            for violation in shown.take(4) {
-                let _ = write!(first, "\n  [{kind:?} {what}] {}", violation.text);
-            }
+    // The first few of each kind, of each thing read or written, and of each X-Cache outcome.
+    let groups: BTreeSet<(Kind, &str, &str)> = violations
+        .iter()
+        .map(|v| (v.kind, v.what, v.x_cache.as_str()))
+        .collect();
+    for (kind, what, x_cache) in groups {
+        let shown = violations
+            .iter()
+            .filter(|v| v.kind == kind && v.what == what && v.x_cache == x_cache);
+        for violation in shown.take(3) {
+            let _ = write!(first, "\n  [{kind:?} {what}] {}", violation.text);
         }
     }
     assert!(
         violations.is_empty(),
-        "{summary}\nthe first violations of each kind:{first}\nfault timeline:{faults_text}\n\
-         instance logs in {}",
+        "{summary}\n{details}\nthe first violations of each kind:{first}\n\
+         fault timeline:{faults_text}\ninstance logs in {}",
         scratch.display()
     );
     drop(instances);
