@@ -984,7 +984,8 @@ fn check_list(
         });
         if must {
             problems.push(format!(
-                "film {film} is missing; it has matched and ranked on this page since {}",
+                "film {film} is missing, though it belongs on this page in every state it may be \
+                 in (the last acknowledged: {})",
                 possible[0].describe()
             ));
         }
