@@ -203,6 +203,83 @@ impl PrivateRedis {
         )
     }
 
+    /// Whether `redis-server` and `redis-cli` are installed; `false` with a visible line when
+    /// not, and a failure under `CI=true`.
+    pub fn available() -> bool {
+        installed()
+    }
+
+    /// Keeps its data in `dir/dump.rdb` only when [`PrivateRedis::save`] writes it: no automatic
+    /// saves and none at exit (it is killed), and a start loads whatever dump `dir` holds. So a
+    /// restart can bring back data older than the latest writes, as a server restored from an
+    /// old snapshot (or a replica that missed the last writes) would.
+    pub fn start_snapshots(port: u16, dir: &std::path::Path) -> PrivateRedis {
+        std::fs::create_dir_all(dir).unwrap();
+        let dir = dir.to_str().unwrap();
+        PrivateRedis::start_with(
+            port,
+            &[
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                dir,
+                "--dbfilename",
+                "dump.rdb",
+            ],
+        )
+    }
+
+    /// [`PrivateRedis::start_snapshots`] again on the same port and `dir`, `down` after killing
+    /// this one: with the data of `dump` (a copy of an earlier `dump.rdb`), or empty without one.
+    pub fn restart_snapshots(
+        self,
+        dir: &std::path::Path,
+        dump: Option<&std::path::Path>,
+        down: std::time::Duration,
+    ) -> PrivateRedis {
+        let port = self.port;
+        self.kill();
+        std::thread::sleep(down);
+        let target = dir.join("dump.rdb");
+        match dump {
+            Some(dump) => {
+                std::fs::copy(dump, &target).unwrap();
+            }
+            None => {
+                let _ = std::fs::remove_file(&target);
+            }
+        }
+        PrivateRedis::start_snapshots(port, dir)
+    }
+
+    /// Writes the data to its `dump.rdb` now (`SAVE`) and copies that file to `to`.
+    pub fn save(&self, dir: &std::path::Path, to: &std::path::Path) {
+        let answer = redis_cli(&self.port.to_string(), &["SAVE"]);
+        assert!(answer.contains("OK"), "SAVE answered {answer:?}");
+        std::fs::copy(dir.join("dump.rdb"), to).unwrap();
+    }
+
+    /// Stops the process (`SIGSTOP`): its connections stay open and nothing is answered, as
+    /// a server stalled by a long fork, a swap storm or a VM pause.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused process go on (`SIGCONT`).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.process.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
     fn start_with(port: u16, options: &[&str]) -> PrivateRedis {
         let process = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
