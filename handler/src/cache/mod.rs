@@ -48,6 +48,7 @@ mod redis;
 mod spread;
 mod store;
 mod windows;
+mod writes;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,11 +62,12 @@ pub use entry::{CachedResponse, Outcome};
 pub use flight::{Claim, Computed, StreamClaim};
 pub use fresh::{PageEnd, Position, Stamp};
 pub use store::Unavailable;
+pub use writes::{COMMIT_WITHIN, WRITE_IN_FLIGHT_FOR, WriteInFlight};
 
 use flight::Flight;
+use fresh::is_fresh;
 #[cfg(test)]
 use fresh::{RecordedWrite, freshness_columns};
-use fresh::{WRITE_LOG_CAPACITY, WRITE_RECORD_MAX_BYTES, is_fresh};
 use keys::Keys;
 #[cfg(test)]
 use keys::MAX_READABLE_QUERY;
@@ -73,7 +75,7 @@ use local::LocalStore;
 use memory::MemoryStore;
 use redis::RedisStore;
 use spread::{jittered, random_unit};
-use store::{InFlight, NewWrite, Store};
+use store::Store;
 use windows::LocalWindows;
 
 use crate::datasets::{Dataset, Value};
@@ -120,38 +122,6 @@ pub struct Cache {
     large: Mutex<HashMap<String, Weak<CachedResponse>>>,
     /// Reads of entries from the store under way: concurrent readers of one key share one.
     fetches: Mutex<HashMap<String, Arc<Fetch>>>,
-}
-
-/// How long a write counts as in flight at most: past it, a writer that died is forgotten. A
-/// writer commits only within [`COMMIT_WITHIN`] of recording its write, so its commit lands well
-/// inside this.
-pub const WRITE_IN_FLIGHT_FOR: Duration = Duration::from_secs(15);
-/// How soon after its record a write must commit (else it rolls back).
-pub const COMMIT_WITHIN: Duration = Duration::from_secs(5);
-
-/// A change recorded with the store before its commit, to be ended by [`Cache::end_write`].
-pub struct WriteInFlight {
-    dataset: String,
-    write: NewWrite,
-    at: InFlight,
-    began: tokio::time::Instant,
-}
-
-impl WriteInFlight {
-    /// How long ago it was recorded (from before the store was asked).
-    pub fn age(&self) -> Duration {
-        self.began.elapsed()
-    }
-}
-
-/// The record of a change of every answer.
-fn everything() -> NewWrite {
-    NewWrite {
-        old: None,
-        new: None,
-        everything: true,
-        payload: fresh::EVERYTHING.to_owned(),
-    }
 }
 
 /// One shared read of an entry from the store.
@@ -222,106 +192,6 @@ impl Cache {
     /// The dataset's current write position.
     pub async fn position(&self, dataset: &str) -> Result<Position, Unavailable> {
         self.store.position(dataset).await
-    }
-
-    /// Records a change of one row (create: `old` None; delete: `new` None) before its
-    /// transaction commits; [`Cache::end_write`] once it has. Until then answers computed count
-    /// as unsettled: a reader's query may or may not see the change. Only what freshness checks
-    /// read is kept of each row (its key and its filterable and sortable columns); a write too
-    /// large to remember that way ends every cached answer of the dataset instead. `Err`: the
-    /// store cannot take it, and the change must not commit.
-    pub async fn begin_write(
-        &self,
-        dataset: &Dataset,
-        old: Option<Vec<Value>>,
-        new: Option<Vec<Value>>,
-    ) -> Result<WriteInFlight, Unavailable> {
-        let (old, new) = (
-            old.map(|row| fresh::freshness_columns(dataset, row)),
-            new.map(|row| fresh::freshness_columns(dataset, row)),
-        );
-        let payload = fresh::RecordedWrite::encode_payload(&old, &new);
-        let write = if payload.len() > WRITE_RECORD_MAX_BYTES {
-            tracing::info!(dataset = %dataset.name, bytes = payload.len(), "a write too large to record: the dataset's answers end");
-            everything()
-        } else {
-            NewWrite {
-                old,
-                new,
-                everything: false,
-                payload,
-            }
-        };
-        self.begin(dataset, write, WRITE_IN_FLIGHT_FOR).await
-    }
-
-    /// Records a change of every row of the dataset (an import) before it commits, in flight for
-    /// at most `lifetime`.
-    pub async fn begin_change_of_everything(
-        &self,
-        dataset: &Dataset,
-        lifetime: Duration,
-    ) -> Result<WriteInFlight, Unavailable> {
-        self.begin(dataset, everything(), lifetime).await
-    }
-
-    async fn begin(
-        &self,
-        dataset: &Dataset,
-        write: NewWrite,
-        lifetime: Duration,
-    ) -> Result<WriteInFlight, Unavailable> {
-        let began = tokio::time::Instant::now();
-        let at = self
-            .store
-            .begin_write(&dataset.name, &write, WRITE_LOG_CAPACITY, lifetime)
-            .await?;
-        Ok(WriteInFlight {
-            dataset: dataset.name.clone(),
-            write,
-            at,
-            began,
-        })
-    }
-
-    /// Ends a write begun by [`Cache::begin_write`] (committed or not). `Ok`: its record stands
-    /// (or was made again, if the store lost it), so the write may be acknowledged. `Err`: the
-    /// store could not be told; this instance then serves none of the dataset's cached answers
-    /// until it has purged them, and the write must not be acknowledged as visible everywhere.
-    pub async fn end_write(&self, write: WriteInFlight) -> Result<(), Unavailable> {
-        let dataset = write.dataset.as_str();
-        let ended = match self.store.end_write(dataset, write.at).await {
-            Ok(true) => Ok(()),
-            // Lost (Redis restarted or the dataset was purged meanwhile): recorded again, after
-            // the commit, so answers computed before it cannot stay fresh.
-            Ok(false) => {
-                self.store
-                    .record_write(dataset, &write.write, WRITE_LOG_CAPACITY)
-                    .await
-            }
-            Err(unavailable) => Err(unavailable),
-        };
-        if ended.is_err() {
-            self.unrecorded.lock().insert(dataset.to_owned());
-        }
-        ended
-    }
-
-    /// Records a write made outside [`Cache::begin_write`]: begun and ended at once.
-    pub async fn record_write(
-        &self,
-        dataset: &Dataset,
-        old: Option<Vec<Value>>,
-        new: Option<Vec<Value>>,
-    ) -> Result<(), Unavailable> {
-        let write = self.begin_write(dataset, old, new).await;
-        match write {
-            Ok(write) => self.end_write(write).await,
-            Err(unavailable) => {
-                self.unrecorded.lock().insert(dataset.name.clone());
-                Err(unavailable)
-            }
-        }
     }
 
     /// Counts one event under `name` in a fixed `window` (shared through the store, or in this
