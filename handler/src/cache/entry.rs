@@ -11,6 +11,9 @@ use super::fresh::PageEnd;
 /// Compressed size up to which an entry also keeps its uncompressed body (lists and items do;
 /// whole-dataset exports do not, so caching them never multiplies their size in memory).
 pub const SMALL_ENTRY_BYTES: usize = 1 << 20;
+/// Uncompressed size up to which any entry, once a client without gzip asks for it, keeps its
+/// plain body too (a 5 MB export is then served at the speed of its bytes, not of inflate).
+pub const PLAIN_KEEP_BYTES: usize = 32 << 20;
 
 /// How a data GET was answered, sent as `X-Cache`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +46,9 @@ pub struct CachedResponse {
     pub content_type: String,
     /// Strong validator of the uncompressed body: `"<length>-<crc32>"`, the same on every instance.
     pub etag: String,
+    /// The validator of the gzipped representation (`"<length>-<crc32>-gzip"`): a byte range of
+    /// one encoding must never be resumed from the other.
+    pub gzip_etag: String,
     pub compute_time: Duration,
     pub stamp: Stamp,
     /// When the answer stops being fresh (Unix milliseconds); it is kept a while longer to be
@@ -86,6 +92,7 @@ impl CachedResponse {
             gzip_body,
             plain: std::sync::OnceLock::from(Bytes::copy_from_slice(body)),
             content_type: content_type.to_owned(),
+            gzip_etag: format!("\"{}-{:08x}-gzip\"", body.len(), crc.sum()),
             etag: format!("\"{}-{:08x}\"", body.len(), crc.sum()),
             compute_time,
             stamp,
@@ -111,6 +118,7 @@ impl CachedResponse {
             gzip_body,
             plain: std::sync::OnceLock::new(),
             content_type: content_type.to_owned(),
+            gzip_etag: format!("\"{plain_len}-{crc:08x}-gzip\""),
             etag: format!("\"{plain_len}-{crc:08x}\""),
             compute_time,
             stamp,
@@ -127,18 +135,25 @@ impl CachedResponse {
         self
     }
 
+    /// The length of the uncompressed body (what its ETag records).
+    pub fn plain_len(&self) -> u64 {
+        parse_etag(&self.etag).map_or(0, |(len, _)| len)
+    }
+
     /// Whether the uncompressed body may be kept in memory beside the compressed one.
     pub fn is_small(&self) -> bool {
         self.gzip_body.len() <= SMALL_ENTRY_BYTES
     }
 
-    /// The whole body for a client that does not accept gzip, if it is small enough to hold
-    /// (large ones are decompressed as they are sent).
+    /// The whole body for a client that does not accept gzip: decompressed on first need and
+    /// kept beside the compressed bytes (and counted with them), so every later plain hit is
+    /// served as stored bytes; `None` beyond [`PLAIN_KEEP_BYTES`] (decompressed as it is sent).
     pub fn plain_body(&self) -> Option<Bytes> {
         if let Some(plain) = self.plain.get() {
             return Some(plain.clone());
         }
-        if !self.is_small() {
+        let (len, _) = parse_etag(&self.etag)?;
+        if len > PLAIN_KEEP_BYTES as u64 {
             return None;
         }
         let plain = gunzip_checked(&self.gzip_body, &self.etag)?;
@@ -192,6 +207,7 @@ impl CachedResponse {
             gzip_body,
             plain,
             content_type: header["content_type"].as_str()?.to_owned(),
+            gzip_etag: format!("\"{len}-{crc:08x}-gzip\""),
             etag,
             compute_time: Duration::from_micros(header["compute_us"].as_u64()?),
             stamp,
@@ -226,6 +242,7 @@ impl CachedResponse {
         self.gzip_body.len()
             + self.plain.get().map_or(0, Bytes::len)
             + self.etag.len()
+            + self.gzip_etag.len()
             + self.content_type.len()
             + std::mem::size_of::<CachedResponse>()
     }

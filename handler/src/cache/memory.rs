@@ -49,18 +49,30 @@ impl MemoryStore {
 
     pub fn get(&self, key: &str) -> Option<Arc<CachedResponse>> {
         let mut inner = self.inner.lock();
-        match inner.entries.get(key) {
-            Some(stored) if stored.expires > Instant::now() => Some(Arc::clone(&stored.entry)),
+        let (entry, charge) = match inner.entries.get(key) {
+            Some(stored) if stored.expires > Instant::now() => {
+                (Arc::clone(&stored.entry), stored.charge)
+            }
             Some(_) => {
                 inner.remove(key);
-                None
+                return None;
             }
-            None => None,
+            None => return None,
+        };
+        // An entry grows once, when its plain body is first decompressed: counted from then on.
+        let size = charge_of(key, &entry);
+        if size != charge {
+            if let Some(stored) = inner.entries.get_mut(key) {
+                stored.charge = size;
+            }
+            inner.bytes = inner.bytes + size - charge;
+            inner.evict_beyond(self.max_bytes);
         }
+        Some(entry)
     }
 
     pub fn insert(&self, key: String, entry: Arc<CachedResponse>, ttl: Duration) {
-        let size = entry.size() + 2 * key.len() + OVERHEAD_BYTES;
+        let size = charge_of(&key, &entry);
         if size > self.max_bytes {
             return; // larger than the whole budget: not worth evicting everything for
         }
@@ -79,18 +91,7 @@ impl MemoryStore {
                 charge: size,
             },
         );
-        while inner.bytes > self.max_bytes {
-            let Some((oldest, insertion)) = inner.order.pop_front() else {
-                break;
-            };
-            if inner
-                .entries
-                .get(&oldest)
-                .is_some_and(|s| s.insertion == insertion)
-            {
-                inner.remove(&oldest);
-            }
-        }
+        inner.evict_beyond(self.max_bytes);
     }
 
     pub fn remove_prefix(&self, prefix: &str) {
@@ -125,7 +126,29 @@ impl MemoryStore {
     }
 }
 
+/// What an entry under `key` counts against the budget: the entry and its key (held twice: in
+/// the map and in the eviction order).
+fn charge_of(key: &str, entry: &CachedResponse) -> usize {
+    entry.size() + 2 * key.len() + OVERHEAD_BYTES
+}
+
 impl Inner {
+    /// Evicts the oldest entries until the bytes fit `max_bytes`.
+    fn evict_beyond(&mut self, max_bytes: usize) {
+        while self.bytes > max_bytes {
+            let Some((oldest, insertion)) = self.order.pop_front() else {
+                break;
+            };
+            if self
+                .entries
+                .get(&oldest)
+                .is_some_and(|s| s.insertion == insertion)
+            {
+                self.remove(&oldest);
+            }
+        }
+    }
+
     fn remove(&mut self, key: &str) {
         if let Some(stored) = self.entries.remove(key) {
             self.bytes -= stored.charge;

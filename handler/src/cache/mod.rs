@@ -315,8 +315,10 @@ impl Cache {
             .sum()
     }
 
-    /// Keeps a copy fetched from the store in the near cache for a short while (small ones only:
-    /// a large export is read from Redis each time rather than held by every instance).
+    /// Keeps a copy fetched from the store in the near cache for a short while: small ones (their
+    /// plain body decompressed now, so the budget counts what it will hold), and large ones that
+    /// take at most a quarter of the budget (so a hot export is not read from Redis on every
+    /// request); larger ones are only shared while they are being sent.
     fn keep_near(
         &self,
         dataset: &Dataset,
@@ -324,15 +326,16 @@ impl Cache {
         entry: Arc<CachedResponse>,
     ) -> Arc<CachedResponse> {
         if entry.is_small() {
-            // Decompressed once now, so the near cache's budget counts what it will hold.
             let _ = entry.plain_body();
+        } else {
+            self.share_large(key, &entry);
+        }
+        if entry.is_small() || entry.size() <= self.memory.max_bytes() / 4 {
             self.memory.insert(
                 key.to_owned(),
                 Arc::clone(&entry),
                 NEAR_TTL.min(self.ttl(dataset)),
             );
-        } else {
-            self.share_large(key, &entry);
         }
         entry
     }

@@ -480,6 +480,57 @@ fn the_store_stays_within_its_byte_budget() {
     assert!(store.get("k99").is_some(), "the newest entry stays");
 }
 
+/// A large answer (gzipped as it streamed) keeps its plain body once a client without gzip asks
+/// for it, and the memory tier counts the bytes it then holds, evicting to stay in its budget.
+#[test]
+fn a_plain_body_decompressed_later_is_counted() {
+    let body: Vec<u8> = (0..3_000_000u32)
+        .flat_map(|i| (i % 251).to_le_bytes())
+        .collect();
+    let (gzip, crc) = {
+        use std::io::Write as _;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(&body).unwrap();
+        let mut check = flate2::Crc::new();
+        check.update(&body);
+        (encoder.finish().unwrap(), check.sum())
+    };
+    let large = || {
+        Arc::new(CachedResponse::from_gzip(
+            bytes::Bytes::from(gzip.clone()),
+            body.len() as u64,
+            crc,
+            "application/json",
+            Duration::ZERO,
+            Stamp::default(),
+            Duration::from_secs(60),
+        ))
+    };
+    let store = memory::MemoryStore::new(64 << 20);
+    let entry = large();
+    store.insert("export".into(), Arc::clone(&entry), Duration::from_secs(60));
+    let (_, before) = store.usage();
+    assert!(
+        before < body.len(),
+        "only the gzip counted so far: {before}"
+    );
+    assert_eq!(entry.plain_body().as_deref(), Some(&body[..]));
+    let again = store.get("export").unwrap();
+    assert!(
+        Arc::ptr_eq(&again, &entry),
+        "the same copy, not decompressed again"
+    );
+    let (_, after) = store.usage();
+    assert!(after >= before + body.len(), "{before} -> {after}");
+    // A budget that cannot hold both: the grown entry is evicted rather than exceeding it.
+    let small = memory::MemoryStore::new(before + 1024);
+    let entry = large();
+    small.insert("export".into(), Arc::clone(&entry), Duration::from_secs(60));
+    let _ = entry.plain_body();
+    let _ = small.get("export");
+    assert!(small.usage().1 <= before + 1024);
+}
+
 #[test]
 fn entries_round_trip_and_have_stable_etags() {
     let body = br#"{"items":[]}"#;

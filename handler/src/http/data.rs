@@ -12,6 +12,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
+use super::error::problem;
+use super::ranges::{self, Wanted};
 use super::{ApiError, AppState};
 use crate::cache::{CachedResponse, Outcome};
 use crate::service::{Answer, Caller};
@@ -27,6 +29,8 @@ pub(super) fn path_params<T>(path: Result<Path<T>, PathRejection>) -> Result<T, 
 pub struct Call {
     if_none_match: Option<HeaderValue>,
     accepts_gzip: bool,
+    range: Option<HeaderValue>,
+    if_range: Option<HeaderValue>,
     started: Instant,
 }
 
@@ -40,6 +44,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Call {
         Ok(Call {
             if_none_match: parts.headers.get(header::IF_NONE_MATCH).cloned(),
             accepts_gzip: accepts_gzip(&parts.headers),
+            range: parts.headers.get(header::RANGE).cloned(),
+            if_range: parts.headers.get(header::IF_RANGE).cloned(),
             started: Instant::now(),
         })
     }
@@ -118,31 +124,79 @@ fn answer_response(answer: &Answer, call: &Call) -> Response {
         ),
         _ => format!("cache;desc={}, total;dur={total_ms:.1}", outcome.as_str()),
     };
+    // Either representation's tag revalidates: the content is the same.
     let not_modified = call
         .if_none_match
         .as_ref()
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| {
-            v.split(',')
-                .any(|tag| tag.trim() == entry.etag || tag.trim() == "*")
+            v.split(',').any(|tag| {
+                let tag = tag.trim();
+                tag == entry.etag || tag == entry.gzip_etag || tag == "*"
+            })
         });
-    let plain = || match entry.plain_body() {
-        Some(plain) => Body::from(plain),
-        // A large answer (an export) is decompressed as it is sent, never whole in memory.
-        None => Body::from_stream(gunzip_stream(Arc::clone(entry))),
-    };
-    let mut response = if not_modified {
-        StatusCode::NOT_MODIFIED.into_response()
-    } else if call.accepts_gzip {
-        let mut response = (StatusCode::OK, stored_body(entry)).into_response();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        response
+    // The plain bytes, when they are (or may be) held whole; beyond that an answer is
+    // decompressed as it is sent, and served whole.
+    let plain = if call.accepts_gzip || not_modified {
+        None
     } else {
-        (StatusCode::OK, plain()).into_response()
+        entry.plain_body()
+    };
+    let (etag, whole) = match (call.accepts_gzip, &plain) {
+        (true, _) => (&entry.gzip_etag, Some(entry.gzip_body.clone())),
+        (false, plain) => (&entry.etag, plain.clone()),
+    };
+    let wanted = match &whole {
+        Some(bytes) if !not_modified => ranges::wanted(
+            call.range.as_ref(),
+            call.if_range.as_ref(),
+            etag,
+            bytes.len() as u64,
+        ),
+        _ => Wanted::Whole,
+    };
+    let mut response = match (not_modified, wanted) {
+        (true, _) => StatusCode::NOT_MODIFIED.into_response(),
+        (false, Wanted::Unsatisfiable) => {
+            let len = whole.as_ref().map_or(0, Bytes::len);
+            let mut refused = problem(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                &format!("The range lies beyond the answer's {len} bytes."),
+                None,
+            );
+            if let Ok(value) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                refused.headers_mut().insert(header::CONTENT_RANGE, value);
+            }
+            return refused;
+        }
+        (false, Wanted::Part { start, end }) => {
+            let bytes = whole.expect("a range is only taken of bytes held whole");
+            let len = bytes.len();
+            let part = bytes.slice(start as usize..=end as usize);
+            let mut response = (StatusCode::PARTIAL_CONTENT, part).into_response();
+            if let Ok(value) = HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")) {
+                response.headers_mut().insert(header::CONTENT_RANGE, value);
+            }
+            response
+        }
+        (false, Wanted::Whole) => match (call.accepts_gzip, plain) {
+            (true, _) => (StatusCode::OK, stored_body(entry)).into_response(),
+            (false, Some(plain)) => (StatusCode::OK, Body::from(plain)).into_response(),
+            // A very large answer is decompressed as it is sent, never whole in memory.
+            (false, None) => (
+                StatusCode::OK,
+                Body::from_stream(gunzip_stream(Arc::clone(entry))),
+            )
+                .into_response(),
+        },
     };
     let out = response.headers_mut();
+    if call.accepts_gzip && !not_modified {
+        out.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    if !not_modified {
+        out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    }
     if let (false, Ok(content_type)) = (not_modified, HeaderValue::from_str(&entry.content_type)) {
         out.insert(header::CONTENT_TYPE, content_type);
     }
@@ -155,7 +209,7 @@ fn answer_response(answer: &Answer, call: &Call) -> Response {
             "private, no-store"
         }),
     );
-    if let Ok(etag) = HeaderValue::from_str(&entry.etag) {
+    if let Ok(etag) = HeaderValue::from_str(etag) {
         out.insert(header::ETAG, etag);
     }
     out.insert("x-cache", HeaderValue::from_static(outcome.as_str()));

@@ -13,6 +13,7 @@ mod imports;
 mod layers;
 mod meta;
 pub mod openapi;
+mod ranges;
 mod write;
 
 use std::collections::BTreeMap;

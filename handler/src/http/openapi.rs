@@ -200,6 +200,16 @@ fn operation(function: &str, summary: &str, handler: Handler, dataset: Option<&D
             responses.insert(code.into(), response);
         }
     }
+    if matches!(handler, Handler::Export) {
+        // A stored export can be resumed: one byte range of the representation being sent.
+        responses.insert("206".into(), json!({"description": "The byte range asked for (Content-Range); only while If-Range, if sent, is this representation's ETag"}));
+        let mut beyond = problem.clone();
+        beyond["description"] =
+            json!("The range lies beyond the answer (Content-Range: bytes */length)");
+        responses.insert("416".into(), beyond);
+        parameters.push(json!({"name": "Range", "in": "header", "schema": {"type": "string", "example": "bytes=0-1023"}}));
+        parameters.push(json!({"name": "If-Range", "in": "header", "schema": {"type": "string"}}));
+    }
     let mut operation = json!({"operationId": operation_id, "summary": summary, "parameters": parameters, "responses": responses});
     if let (Handler::Create | Handler::Replace | Handler::Patch, Some(d)) = (handler, dataset) {
         operation["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": schema_ref(&schema_name(d))}}});
