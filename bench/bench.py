@@ -5,6 +5,7 @@ same run on the same machine (see bench/README.md). Standard library only.
     bench/run.sh            # builds the release binary first
     bench/run.sh --runs 3   # best of 3 instead of best of 2
     bench/run.sh --only zipf --seconds 20   # one part: the hit ratio of a Zipf mix, 0% and 1% writes
+    bench/run.sh --only large               # cached answers up to the 5 MB export against the same bytes
 """
 
 import argparse
@@ -384,18 +385,46 @@ def bench_startup(samples):
 
 def wrk(url, seconds, connections=64):
     """(requests/s, p50 ms, p99 ms) from wrk's --latency report."""
-    out = sh("wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url)
-    rps = float(next(l for l in out.splitlines() if l.startswith("Requests/sec:")).split()[1])
+    report = wrk_report(url, seconds, connections)
+    return report["rps"], report["p50"], report["p99"]
+
+
+def wrk_report(url, seconds, connections=64, headers=(), timeout=None):
+    """wrk -t2 with --latency and these request headers ("Name: value"): requests/s, p50 and p99
+    (ms), bytes/s read, and the errors it counted (socket errors and answers other than 2xx/3xx).
+    `timeout` (seconds; wrk's default is 2) is how long a request may take before it counts as an error."""
+    args = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if timeout:
+        args.append(f"--timeout={timeout}s")
+    for header in headers:
+        args += ["-H", header]
+    out = sh(*args, url)
+    lines = out.splitlines()
+
+    def value(prefix):
+        return next((l.split(":", 1)[1].strip() for l in lines if l.strip().startswith(prefix)), None)
+
+    def ms(text):
+        for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0), ("m", 60_000.0)):
+            if text.endswith(unit):
+                return float(text[: -len(unit)]) * factor
+        return float(text)
 
     def percentile(name):
-        line = next(l for l in out.splitlines() if l.strip().startswith(name))
-        value = line.split()[1]
-        for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
-            if value.endswith(unit):
-                return float(value[: -len(unit)]) * factor
-        return float(value)
+        return ms(next(l for l in lines if l.strip().startswith(name)).split()[1])
 
-    return rps, percentile("50%"), percentile("99%")
+    transfer = value("Transfer/sec")
+    factor = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
+    unit = transfer.lstrip("0123456789.")
+    errors = {}
+    socket = value("Socket errors")
+    if socket:
+        errors.update({k: int(v) for k, v in (part.split() for part in socket.split(","))})
+    if value("Non-2xx or 3xx responses"):
+        errors["non-2xx"] = int(value("Non-2xx or 3xx responses"))
+    return {"rps": float(value("Requests/sec")), "p50": percentile("50%"), "p99": percentile("99%"),
+            "bytes_per_s": float(transfer[: -len(unit)]) * factor[unit],
+            "errors": {k: v for k, v in errors.items() if v}}
 
 
 def timed_gets(port, paths):
@@ -545,9 +574,9 @@ def main():
     parser.add_argument("--runs", type=int, default=2, help="best of this many runs per measurement")
     parser.add_argument("--no-build", action="store_true")
     parser.add_argument("--handler", type=Path, help="benchmark this binary (implies --no-build)")
-    parser.add_argument("--only", choices=["import", "mariadb", "export", "cache", "hostile", "zipf"],
+    parser.add_argument("--only", choices=["import", "mariadb", "export", "cache", "large", "hostile", "zipf"],
                         help="run one part (export reuses the flights that the import part loaded)")
-    parser.add_argument("--seconds", type=int, help="length of each load run (default 10; zipf 20)")
+    parser.add_argument("--seconds", type=int, help="length of each load run (default 10; large 5; zipf 20)")
     parser.add_argument("--clients", type=int, default=8, help="zipf: concurrent clients over the two instances")
     parser.add_argument("--write-percent", type=float, default=1, help="zipf: writes in the second run")
     args = parser.parse_args()
@@ -559,8 +588,8 @@ def main():
         HANDLER = args.handler.resolve()
     elif not args.no_build:
         sh("cargo", "build", "--release", "--quiet", "-p", "handler", capture=False)
-    for tool in ("psql", "sqlite3", "mariadb") if args.only not in ("cache", "hostile", "zipf") else \
-            ("psql", "redis-cli") if args.only == "zipf" else ():
+    for tool in ("psql", "sqlite3", "mariadb") if args.only not in ("cache", "large", "hostile", "zipf") else \
+            ("psql", "redis-cli") if args.only in ("zipf", "large") else ():
         if not shutil.which(tool):
             sys.exit(f"{tool} is needed: apt-get install postgresql-client sqlite3 mariadb-client redis-tools")
     print(f"machine: {os.cpu_count()} cores; best of {args.runs}")
@@ -581,6 +610,14 @@ def main():
         bench_cached_export(handler_db, args.runs)
     if args.only in (None, "cache"):
         bench_cache(args.seconds or 10)
+    if args.only in (None, "large"):
+        if shutil.which("wrk"):
+            import large
+
+            large.bench_large(HANDLER, handler_env, OUT, PG_ADMIN.rsplit("/", 1)[0] + "/" + large.DATABASE, psql,
+                              args.seconds or 5, args.runs, sh, free_port, get_status, wrk_report)
+        else:
+            print("\nLarge cached answers: skipped, wrk is not installed (apt-get install wrk)")
     if args.only in (None, "hostile"):
         import hostile
 
