@@ -38,6 +38,9 @@ enum Command {
         file: PathBuf,
         #[arg(long)]
         port: u16,
+        /// Sent as `Content-Encoding` (the file then holds bytes already so encoded).
+        #[arg(long)]
+        content_encoding: Option<String>,
     },
     /// Recompute the hottest cached answers that are missing or near expiry (what the
     /// WarmCache timer function does); useful with REDIS_URL, where hot keys are shared.
@@ -114,7 +117,11 @@ impl Cli {
         let started = Instant::now();
         // The benchmark baseline needs no settings, database or cache.
         let command = match self.command {
-            Command::BenchStatic { file, port } => return bench_static(&file, port).await,
+            Command::BenchStatic {
+                file,
+                port,
+                content_encoding,
+            } => return bench_static(&file, port, content_encoding).await,
             other => other,
         };
         let context = Context::from_settings(Settings::from_env()?)?;
@@ -134,7 +141,11 @@ impl Cli {
                 blob,
             } => run_import(&context, &dataset, file.as_deref(), blob.as_deref()).await,
             Command::Users { action } => users(&context, action).await,
-            Command::BenchStatic { file, port } => bench_static(&file, port).await,
+            Command::BenchStatic {
+                file,
+                port,
+                content_encoding,
+            } => bench_static(&file, port, content_encoding).await,
             Command::Warm => {
                 let report = context.service.warm(crate::service::WARM_LIMIT).await;
                 for line in &report.lines {
@@ -347,18 +358,26 @@ async fn users(context: &Context, action: UsersCommand) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-async fn bench_static(file: &std::path::Path, port: u16) -> anyhow::Result<ExitCode> {
+async fn bench_static(
+    file: &std::path::Path,
+    port: u16,
+    content_encoding: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    use axum::http::{HeaderMap, HeaderValue, header};
     let body = bytes::Bytes::from(
         std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?,
     );
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(encoding) = content_encoding {
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_str(&encoding)?);
+    }
     let router = axum::Router::new().fallback(move || {
-        let body = body.clone();
-        async move {
-            (
-                [(axum::http::header::CONTENT_TYPE, "application/json")],
-                body,
-            )
-        }
+        let (headers, body) = (headers.clone(), body.clone());
+        async move { (headers, body) }
     });
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     // The same listener as `serve`, so that a comparison measures the cache logic only.
