@@ -21,9 +21,10 @@
 //!
 //! **Where.** What instances must agree on sits behind one [`store::Store`]: without `REDIS_URL`
 //! the in-process [`local::LocalStore`]; with it, [`redis::RedisStore`], shared by every
-//! instance. In front of either is a bounded memory tier ([`memory::MemoryStore`]: the whole
-//! entry cache in process mode, a near cache in front of Redis): a near hit still checks the
-//! dataset's write position in the store (a few bytes) before it is served. When Redis fails,
+//! instance. In front of either is a bounded memory tier ([`memory::MemoryStore`], weighed in
+//! bytes, TinyLFU admission: the whole entry cache in process mode, a near cache in front of
+//! Redis): a near hit still checks the dataset's write position in the store (a few bytes) before
+//! it is served. When Redis fails,
 //! requests go to the database (`X-Cache: BYPASS`) and never fail because of the cache.
 //!
 //! | file | owns |
