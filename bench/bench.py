@@ -6,6 +6,7 @@ same run on the same machine (see bench/README.md). Standard library only.
     bench/run.sh --runs 3   # best of 3 instead of best of 2
     bench/run.sh --only zipf --seconds 20   # one part: the hit ratio of a Zipf mix, 0% and 1% writes
     bench/run.sh --only large               # cached answers up to the 5 MB export against the same bytes
+    bench/run.sh --only crud                # the CRUD-profile mix against the static route (wrk)
 """
 
 import argparse
@@ -574,11 +575,13 @@ def main():
     parser.add_argument("--runs", type=int, default=2, help="best of this many runs per measurement")
     parser.add_argument("--no-build", action="store_true")
     parser.add_argument("--handler", type=Path, help="benchmark this binary (implies --no-build)")
-    parser.add_argument("--only", choices=["import", "mariadb", "export", "cache", "large", "hostile", "zipf"],
+    parser.add_argument("--only", choices=["import", "mariadb", "export", "cache", "large", "hostile", "zipf", "crud"],
                         help="run one part (export reuses the flights that the import part loaded)")
     parser.add_argument("--seconds", type=int, help="length of each load run (default 10; large 5; zipf 20)")
     parser.add_argument("--clients", type=int, default=8, help="zipf: concurrent clients over the two instances")
     parser.add_argument("--write-percent", type=float, default=1, help="zipf: writes in the second run")
+    parser.add_argument("--synchronous-commit", choices=["off", "on"], default="off",
+                        help="crud: PostgreSQL's setting for the bench database (off: as the profile's tmpfs Postgres)")
     args = parser.parse_args()
     if args.write_percent <= 0:
         parser.error("--write-percent must be above 0 (the first run has none)")
@@ -588,8 +591,8 @@ def main():
         HANDLER = args.handler.resolve()
     elif not args.no_build:
         sh("cargo", "build", "--release", "--quiet", "-p", "handler", capture=False)
-    for tool in ("psql", "sqlite3", "mariadb") if args.only not in ("cache", "large", "hostile", "zipf") else \
-            ("psql", "redis-cli") if args.only in ("zipf", "large") else ():
+    for tool in ("psql", "sqlite3", "mariadb") if args.only not in ("cache", "large", "hostile", "zipf", "crud") else \
+            ("psql", "redis-cli") if args.only in ("zipf", "large", "crud") else ():
         if not shutil.which(tool):
             sys.exit(f"{tool} is needed: apt-get install postgresql-client sqlite3 mariadb-client redis-tools")
     print(f"machine: {os.cpu_count()} cores; best of {args.runs}")
@@ -627,6 +630,14 @@ def main():
 
         zipf.bench_zipf(HANDLER, handler_env, ROOT, PG_ADMIN.rsplit("/", 1)[0] + "/" + zipf.DATABASE, psql,
                         args.seconds or 20, args.clients, args.write_percent, sh, free_port, get_status)
+    if args.only in (None, "crud"):
+        import crud
+
+        if shutil.which("wrk"):
+            crud.bench_crud(HANDLER, handler_env, ROOT, OUT, PG_ADMIN.rsplit("/", 1)[0] + "/" + crud.DATABASE, psql,
+                            args.seconds or 10, args.synchronous_commit, sh, free_port, get_status)
+        else:
+            print("\nCRUD-profile mix skipped: wrk is not installed (apt-get install wrk)")
 
 
 if __name__ == "__main__":
