@@ -242,14 +242,14 @@ def bench_crud(handler, env_for, root, out, database_url, psql, seconds, synchro
     print(f"  {'':<30} {'req/s':>9} {'x static':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'GET hits':>8} "
           f"{'items':>6} {'lists':>6} {'writes/s':>8}")
     for when, ((rps, p50, p99), _) in zip(("before", "after"), statics):
-        print(f"  {'static route, plain wrk, ' + when:<30} {rps:>9,.0f} {rps / base_rps:>8.2f} {p50:>7.2f} {p99:>7.2f}   "
+        print(f"  {'static route, plain wrk, ' + when:<30} {rps:>9,.0f} {rps / base_rps:>8.3f} {p50:>7.2f} {p99:>7.2f}   "
               f"(baseline: the {static_body.stat().st_size}-byte film from memory; 1.00 = their mean)")
-    print(f"  {'static route, the mix script':<30} {scripted_rps:>9,.0f} {scripted_rps / base_rps:>8.2f} "
+    print(f"  {'static route, the mix script':<30} {scripted_rps:>9,.0f} {scripted_rps / base_rps:>8.3f} "
           f"{scripted['p50_us'] / 1000:>7.2f} {scripted['p99_us'] / 1000:>7.2f}   (the client work of the mix, for scale)")
     for label, c in runs.items():
         s = summarise(c)
         gets, hits = s["gets"], s["hits"]
-        print(f"  {label:<30} {s['rps']:>9,.0f} {s['rps'] / base_rps:>8.2f} {c['p50_us'] / 1000:>7.2f} "
+        print(f"  {label:<30} {s['rps']:>9,.0f} {s['rps'] / base_rps:>8.3f} {c['p50_us'] / 1000:>7.2f} "
               f"{c['p99_us'] / 1000:>7.2f} {s['errors']:>6,} {sum(hits.values()) / max(sum(gets.values()), 1):>8.1%} "
               f"{hits['item'] / max(gets['item'], 1):>6.1%} {hits['list'] / max(gets['list'], 1):>6.1%} "
               f"{s['writes_per_s']:>8,.0f}")
