@@ -21,9 +21,9 @@ pub const WRITE_LOG_CAPACITY: usize = 4096;
 /// rows, as JSON). A write whose record would be larger is recorded as a change of the whole
 /// dataset instead, so the log stays bounded in bytes and cheap to read.
 pub const WRITE_RECORD_MAX_BYTES: usize = 2048;
-/// The most writes one freshness check reads; an entry with more writes since it was computed
-/// is simply recomputed.
-const MAX_WRITES_CHECKED: u64 = 256;
+/// The most writes one freshness check reads (from the instance's copy of the log, so cheap);
+/// an entry with more writes since it was last checked is simply recomputed.
+const MAX_WRITES_CHECKED: u64 = 1024;
 /// A write log record that changes every answer of the dataset (an import, a write too large to
 /// record row by row, the start of an epoch).
 pub const EVERYTHING: &str = "*";

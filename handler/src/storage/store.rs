@@ -148,7 +148,7 @@ impl<D: Driver> SqlStore<D> {
                     return Err(StorageError::Conflict);
                 }
                 tx.execute(sql::insert_row(dataset, &row, dialect)).await?;
-                write_list_elements(tx.as_mut(), dataset, dialect, &key, Some(&row), false).await?;
+                write_list_elements(tx.as_mut(), dataset, dialect, &key, Some(&row), None).await?;
                 Written {
                     old: None,
                     new: Some(row),
@@ -181,8 +181,15 @@ impl<D: Driver> SqlStore<D> {
                     Some(row) => tx.execute(sql::update_row(dataset, row, dialect)).await?,
                     None => tx.execute(sql::delete_row(dataset, &key, dialect)).await?,
                 }
-                write_list_elements(tx.as_mut(), dataset, dialect, &key, new.as_ref(), true)
-                    .await?;
+                write_list_elements(
+                    tx.as_mut(),
+                    dataset,
+                    dialect,
+                    &key,
+                    new.as_ref(),
+                    Some(&old),
+                )
+                .await?;
                 Written {
                     old: Some(old),
                     new,
@@ -218,17 +225,23 @@ impl<D: Driver> SqlStore<D> {
     }
 }
 
-/// Writes `row`'s list elements after removing the old ones (none for a new row).
+/// Writes `row`'s list elements after removing those of `old` (none for a new row); a list
+/// column whose value did not change is left as it is (a PATCH of a title rewrites no list).
 async fn write_list_elements(
     tx: &mut dyn Transaction,
     dataset: &Dataset,
     dialect: Dialect,
     key: &Value,
     row: Option<&Row>,
-    replace: bool,
+    old: Option<&Row>,
 ) -> Result<()> {
     for (index, column) in dataset.list_columns() {
-        if replace {
+        if let (Some(old), Some(row)) = (old, row)
+            && old[index] == row[index]
+        {
+            continue;
+        }
+        if old.is_some() {
             tx.execute(sql::delete_list_elements(dataset, column, key, dialect))
                 .await?;
         }
