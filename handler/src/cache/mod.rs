@@ -29,9 +29,10 @@
 //!
 //! | file | owns |
 //! |---|---|
-//! | `mod.rs` | the facade: lookups through the tiers, recording writes, purges, stats |
+//! | `mod.rs` | the facade: lookups through the tiers, purges, stats |
+//! | [`writes`] | recording writes before they commit: in flight, ended, recorded again |
 //! | [`keys`] | readable, bounded keys |
-//! | [`fresh`] | write positions, the write log's records, the freshness rule |
+//! | [`fresh`] | write positions, the write log's records, the answer-aware freshness rule |
 //! | [`flight`] | one computation per cold key: flights, leases, streamed claims, STALE |
 //! | [`store`] | the store trait; [`local`] and [`redis`] implement it |
 //! | [`memory`], [`entry`] | the memory tier and what it holds |
