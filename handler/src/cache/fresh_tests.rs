@@ -288,3 +288,34 @@ fn removing_the_only_row_after_a_page_ends_it_and_others_do_not() {
         &write(None, Some(row(9, 2010)))
     ));
 }
+
+/// A write record and a page's end keep values as the database compares them: floats exactly
+/// (3.3 * 3 is not 9.9), timestamps to the microsecond (what every engine stores).
+#[test]
+fn records_keep_values_as_the_database_compares_them() {
+    let ds = movies();
+    let box_office = ds.column_index("box_office").unwrap();
+    let mut row = vec![Value::Null; ds.columns.len()];
+    row[ds.key.column] = Value::Integer(7);
+    row[box_office] = Value::Float(3.3 * 3.0);
+    let payload = RecordedWrite::encode_payload(&Some(row.clone()), &None);
+    let decoded = RecordedWrite::decode(&ds, &format!("1 {payload}")).unwrap();
+    assert_eq!(decoded.old.unwrap()[box_office], Value::Float(3.3 * 3.0));
+    let export = Query::parse(&ds, QueryKind::Export, "box_office.lt=9.9").unwrap();
+    let write = RecordedWrite::decode(&ds, &format!("1 {payload}")).unwrap();
+    assert!(
+        changes(&ds, &Subject::Query(&export), None, &write),
+        "9.899999999999999 < 9.9: deleting it changes the export"
+    );
+
+    let at = |raw: &str| Value::parse_scalar(crate::datasets::ColumnType::Timestamp, raw).unwrap();
+    assert_eq!(
+        at("2026-01-01T12:00:01.00000004Z"),
+        at("2026-01-01T12:00:01Z"),
+        "nanoseconds are not stored, so they do not count"
+    );
+    assert_ne!(
+        at("2026-01-01T12:00:01.000001Z"),
+        at("2026-01-01T12:00:01Z")
+    );
+}

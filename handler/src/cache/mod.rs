@@ -410,12 +410,16 @@ impl Cache {
     }
 
     /// Purges `dataset` if a write to it could not be recorded; fails while that is not done.
+    /// The mark is taken before the purge, so a write that fails to be recorded meanwhile marks
+    /// the dataset again rather than being cleared by a purge that ran before it.
     async fn purge_unrecorded(&self, dataset: &str) -> Result<(), Unavailable> {
-        if !self.unrecorded.lock().contains(dataset) {
+        if !self.unrecorded.lock().remove(dataset) {
             return Ok(());
         }
-        self.purge(dataset).await?;
-        self.unrecorded.lock().remove(dataset);
+        if let Err(unavailable) = self.purge(dataset).await {
+            self.unrecorded.lock().insert(dataset.to_owned());
+            return Err(unavailable);
+        }
         tracing::info!(dataset, "purged after a write that Redis missed");
         Ok(())
     }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use chrono::{DateTime, NaiveDate, SecondsFormat, SubsecRound as _, Utc};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -69,10 +69,13 @@ impl Value {
             ColumnType::Date => {
                 Value::Date(NaiveDate::parse_from_str(raw.trim(), "%Y-%m-%d").map_err(|_| bad())?)
             }
+            // Microseconds, as every engine stores them: the value compared in Rust (cache
+            // freshness, cursors) is then the one the database compares.
             ColumnType::Timestamp => Value::Timestamp(
                 DateTime::parse_from_rfc3339(raw.trim())
                     .map_err(|_| bad())?
-                    .with_timezone(&Utc),
+                    .with_timezone(&Utc)
+                    .trunc_subsecs(6),
             ),
         })
     }

@@ -64,11 +64,14 @@ redis.call('RPUSH', KEYS[2], seq .. ' ' .. ARGV[1])
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
 return seq";
 
-/// A new epoch, its log starting with a change of everything: writes of the old epoch still in
-/// flight keep it unsettled (see `POSITION`).
+/// A new epoch (the server clock in µs, or one above the old epoch), its log starting with a change
+/// of everything: writes of the old epoch still in flight keep it unsettled (see `POSITION`).
+/// Epochs follow the clock, so one issued after a snapshot is not issued again after a restart
+/// from that snapshot.
 const PURGE: &str = r"
-redis.call('HINCRBY', KEYS[1], 'epoch', 1)
-redis.call('HSET', KEYS[1], 'seq', 1)
+local next = t[1] .. string.format('%06d', tonumber(t[2]))
+if tonumber(epoch) >= tonumber(next) then next = string.format('%.0f', tonumber(epoch) + 1) end
+redis.call('HSET', KEYS[1], 'epoch', next, 'seq', 1)
 redis.call('DEL', KEYS[2])
 redis.call('RPUSH', KEYS[2], '1 *')
 return 1";
