@@ -171,21 +171,9 @@ impl Cache {
                         return Err(error);
                     }
                 };
-                let ttl = jittered(self.ttl(dataset));
-                let entry = Arc::new(
-                    CachedResponse::new(
-                        &computed.body,
-                        computed.content_type,
-                        started.elapsed(),
-                        stamp,
-                        ttl,
-                    )
-                    .ending_at(computed.page_end),
-                );
-                self.memory
-                    .insert(key.clone(), Arc::clone(&entry), ttl + STALE_GRACE);
-                // A failed store costs the next reader a miss, nothing more.
-                let _ = self.store.set(&key, &entry, ttl + STALE_GRACE).await;
+                let entry = self
+                    .store_computed(dataset, &key, stamp, computed, started)
+                    .await;
                 self.release(lease).await;
                 Ok((entry, Outcome::Miss))
             })
@@ -241,6 +229,22 @@ impl Cache {
     {
         let started = Instant::now();
         let computed = compute().await?;
+        let entry = self
+            .store_computed(dataset, &key, stamp, computed, started)
+            .await;
+        Ok((entry, Outcome::Miss))
+    }
+
+    /// A computed answer as an entry stamped `stamp`, kept in the memory tier and the store
+    /// (a failed store costs the next reader a miss, nothing more).
+    async fn store_computed(
+        &self,
+        dataset: &Dataset,
+        key: &str,
+        stamp: super::Stamp,
+        computed: Computed,
+        started: Instant,
+    ) -> Arc<CachedResponse> {
         let ttl = jittered(self.ttl(dataset));
         let entry = Arc::new(
             CachedResponse::new(
@@ -253,9 +257,9 @@ impl Cache {
             .ending_at(computed.page_end),
         );
         self.memory
-            .insert(key.clone(), Arc::clone(&entry), ttl + STALE_GRACE);
-        let _ = self.store.set(&key, &entry, ttl + STALE_GRACE).await;
-        Ok((entry, Outcome::Miss))
+            .insert(key.to_owned(), Arc::clone(&entry), ttl + STALE_GRACE);
+        let _ = self.store.set(key, &entry, ttl + STALE_GRACE).await;
+        entry
     }
 
     /// Claims the computation of a streamed answer (an export), or waits for the request that
