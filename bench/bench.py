@@ -7,6 +7,7 @@ same run on the same machine (see bench/README.md). Standard library only.
     bench/run.sh --only zipf --seconds 20   # one part: the hit ratio of a Zipf mix, 0% and 1% writes
     bench/run.sh --only large               # cached answers up to the 5 MB export against the same bytes
     bench/run.sh --only crud                # the CRUD-profile mix against the static route (wrk)
+    bench/run.sh --only misses              # uncached 100-row pages against Datasette on the same SQLite file
 """
 
 import argparse
@@ -575,7 +576,7 @@ def main():
     parser.add_argument("--runs", type=int, default=2, help="best of this many runs per measurement")
     parser.add_argument("--no-build", action="store_true")
     parser.add_argument("--handler", type=Path, help="benchmark this binary (implies --no-build)")
-    parser.add_argument("--only", choices=["import", "mariadb", "export", "cache", "large", "hostile", "zipf", "crud"],
+    parser.add_argument("--only", choices=["import", "mariadb", "export", "cache", "large", "hostile", "zipf", "crud", "misses"],
                         help="run one part (export reuses the flights that the import part loaded)")
     parser.add_argument("--seconds", type=int, help="length of each load run (default 10; large 5; zipf 20)")
     parser.add_argument("--clients", type=int, default=8, help="zipf: concurrent clients over the two instances")
@@ -591,7 +592,7 @@ def main():
         HANDLER = args.handler.resolve()
     elif not args.no_build:
         sh("cargo", "build", "--release", "--quiet", "-p", "handler", capture=False)
-    for tool in ("psql", "sqlite3", "mariadb") if args.only not in ("cache", "large", "hostile", "zipf", "crud") else \
+    for tool in ("psql", "sqlite3", "mariadb") if args.only not in ("cache", "large", "hostile", "zipf", "crud", "misses") else \
             ("psql", "redis-cli") if args.only in ("zipf", "large", "crud") else ():
         if not shutil.which(tool):
             sys.exit(f"{tool} is needed: apt-get install postgresql-client sqlite3 mariadb-client redis-tools")
@@ -638,6 +639,13 @@ def main():
                             args.seconds or 10, args.synchronous_commit, sh, free_port, get_status)
         else:
             print("\nCRUD-profile mix skipped: wrk is not installed (apt-get install wrk)")
+    if args.only in (None, "misses"):
+        import misses
+
+        if shutil.which("wrk"):
+            misses.bench_misses(HANDLER, handler_env, ROOT, OUT, args.seconds or 10, sh, free_port, get_status)
+        else:
+            print("\nUncached pages against Datasette skipped: wrk is not installed (apt-get install wrk)")
 
 
 if __name__ == "__main__":
