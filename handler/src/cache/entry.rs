@@ -1,6 +1,9 @@
-//! A finished response as stored: gzipped once, with its ETag.
+//! A finished response as stored: gzipped once, with its ETag; a plain and a brotli copy made
+//! once per instance when clients ask for them.
 
 use std::io::{Read as _, Write as _};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,6 +17,18 @@ pub const SMALL_ENTRY_BYTES: usize = 1 << 20;
 /// Uncompressed size up to which any entry, once a client without gzip asks for it, keeps its
 /// plain body too (a 5 MB export is then served at the speed of its bytes, not of inflate).
 pub const PLAIN_KEEP_BYTES: usize = 32 << 20;
+/// Uncompressed sizes for which a brotli copy is made (below, it saves a few dozen bytes; above,
+/// the answer is not held whole).
+const BROTLI_SIZES: std::ops::RangeInclusive<u64> = 1024..=PLAIN_KEEP_BYTES as u64;
+/// Brotli quality 5 and a 4 MiB window: smaller than gzip at level 9, made at about gzip -6's
+/// speed (measured in bench/README.md); made once per entry, so a higher quality could pay, but
+/// a 5 MB export at 11 takes seconds of a core.
+const BROTLI_QUALITY: u32 = 5;
+const BROTLI_WINDOW: u32 = 22;
+/// Brotli copies made at once per instance (each takes a blocking thread until done): a client
+/// asking for many large answers at once cannot take every core.
+static BROTLI_SLOTS: LazyLock<Arc<tokio::sync::Semaphore>> =
+    LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(1)));
 
 /// How a data GET was answered, sent as `X-Cache`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,12 +58,18 @@ pub struct CachedResponse {
     /// The uncompressed body, kept for clients that do not accept gzip: known when this instance
     /// computed the answer, decompressed once on first need when it came from Redis.
     plain: std::sync::OnceLock<Bytes>,
+    /// The body compressed with brotli, once a client asked for it (see [`Self::brotli_or_start`]).
+    brotli: std::sync::OnceLock<Bytes>,
+    /// Whether a request has started making the brotli copy.
+    brotli_started: AtomicBool,
     pub content_type: String,
     /// Strong validator of the uncompressed body: `"<length>-<crc32>"`, the same on every instance.
     pub etag: String,
     /// The validator of the gzipped representation (`"<length>-<crc32>-gzip"`): a byte range of
     /// one encoding must never be resumed from the other.
     pub gzip_etag: String,
+    /// The validator of the brotli representation (`"<length>-<crc32>-br"`).
+    pub brotli_etag: String,
     pub compute_time: Duration,
     pub stamp: Stamp,
     /// When the answer stops being fresh (Unix milliseconds); it is kept a while longer to be
@@ -91,8 +112,11 @@ impl CachedResponse {
         CachedResponse {
             gzip_body,
             plain: std::sync::OnceLock::from(Bytes::copy_from_slice(body)),
+            brotli: std::sync::OnceLock::new(),
+            brotli_started: AtomicBool::new(false),
             content_type: content_type.to_owned(),
             gzip_etag: format!("\"{}-{:08x}-gzip\"", body.len(), crc.sum()),
+            brotli_etag: format!("\"{}-{:08x}-br\"", body.len(), crc.sum()),
             etag: format!("\"{}-{:08x}\"", body.len(), crc.sum()),
             compute_time,
             stamp,
@@ -117,8 +141,11 @@ impl CachedResponse {
         CachedResponse {
             gzip_body,
             plain: std::sync::OnceLock::new(),
+            brotli: std::sync::OnceLock::new(),
+            brotli_started: AtomicBool::new(false),
             content_type: content_type.to_owned(),
             gzip_etag: format!("\"{plain_len}-{crc:08x}-gzip\""),
+            brotli_etag: format!("\"{plain_len}-{crc:08x}-br\""),
             etag: format!("\"{plain_len}-{crc:08x}\""),
             compute_time,
             stamp,
@@ -158,6 +185,48 @@ impl CachedResponse {
         }
         let plain = gunzip_checked(&self.gzip_body, &self.etag)?;
         Some(self.plain.get_or_init(|| plain).clone())
+    }
+
+    /// The brotli copy, if it is made; otherwise, if the answer is worth one and a slot is free,
+    /// starts making it on a blocking thread (this request is answered in another encoding, the
+    /// next ones in brotli). Made once per entry, and counted in its size from then on.
+    pub fn brotli_or_start(self: &Arc<Self>) -> Option<Bytes> {
+        if let Some(brotli) = self.brotli.get() {
+            return Some(brotli.clone());
+        }
+        if !BROTLI_SIZES.contains(&self.plain_len()) || self.brotli_started.load(Ordering::Relaxed)
+        {
+            return None;
+        }
+        let slot = Arc::clone(&BROTLI_SLOTS).try_acquire_owned().ok()?;
+        if self.brotli_started.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        let entry = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            if let Some(brotli) = entry.compress_brotli() {
+                let _ = entry.brotli.set(brotli);
+            }
+        });
+        None
+    }
+
+    /// The body compressed with brotli (`None` if the stored bytes do not decompress to what the
+    /// ETag names: they came from outside the process).
+    fn compress_brotli(&self) -> Option<Bytes> {
+        let plain = match self.plain.get() {
+            Some(plain) => plain.clone(),
+            None => gunzip_checked(&self.gzip_body, &self.etag)?,
+        };
+        let mut out = Vec::with_capacity(plain.len() / 6 + 64);
+        {
+            let mut writer =
+                brotli::CompressorWriter::new(&mut out, 1 << 16, BROTLI_QUALITY, BROTLI_WINDOW);
+            writer.write_all(&plain).ok()?;
+        }
+        out.shrink_to_fit();
+        Some(Bytes::from(out))
     }
 
     /// The stored form: one JSON header line, then the gzipped body as it is.
@@ -206,8 +275,11 @@ impl CachedResponse {
         Some(CachedResponse {
             gzip_body,
             plain,
+            brotli: std::sync::OnceLock::new(),
+            brotli_started: AtomicBool::new(false),
             content_type: header["content_type"].as_str()?.to_owned(),
             gzip_etag: format!("\"{len}-{crc:08x}-gzip\""),
+            brotli_etag: format!("\"{len}-{crc:08x}-br\""),
             etag,
             compute_time: Duration::from_micros(header["compute_us"].as_u64()?),
             stamp,
@@ -241,8 +313,10 @@ impl CachedResponse {
     pub fn size(&self) -> usize {
         self.gzip_body.len()
             + self.plain.get().map_or(0, Bytes::len)
+            + self.brotli.get().map_or(0, Bytes::len)
             + self.etag.len()
             + self.gzip_etag.len()
+            + self.brotli_etag.len()
             + self.content_type.len()
             + std::mem::size_of::<CachedResponse>()
     }

@@ -1,6 +1,8 @@
 //! The data endpoints: list, item, facets and export of a dataset. Each asks the service, then
-//! sends the stored answer as HTTP: a 304 for a matching `If-None-Match`, the gzipped bytes as
-//! they are stored when the client accepts gzip, decompressed otherwise.
+//! sends the stored answer as HTTP: a 304 for a matching `If-None-Match`, else the encoding the
+//! client prefers of those the entry has (`Accept-Encoding` with q-values; brotli, then gzip,
+//! then none on a tie): brotli once its copy is made, the gzipped bytes as they are stored, or
+//! the plain body.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,11 +26,15 @@ pub(super) fn path_params<T>(path: Result<Path<T>, PathRejection>) -> Result<T, 
         .map_err(|rejection| ApiError::invalid("path", rejection.body_text()))
 }
 
+/// Header names made at compile time (a `&str` name is parsed again on every insert).
+const X_CACHE: header::HeaderName = header::HeaderName::from_static("x-cache");
+const SERVER_TIMING: header::HeaderName = header::HeaderName::from_static("server-timing");
+
 /// What sending an answer needs of its request (read once here, so the request's headers are
 /// not copied: this runs on every read).
 pub struct Call {
     if_none_match: Option<HeaderValue>,
-    accepts_gzip: bool,
+    accepted: Accepted,
     range: Option<HeaderValue>,
     if_range: Option<HeaderValue>,
     started: Instant,
@@ -43,7 +49,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Call {
     ) -> Result<Self, Self::Rejection> {
         Ok(Call {
             if_none_match: parts.headers.get(header::IF_NONE_MATCH).cloned(),
-            accepts_gzip: accepts_gzip(&parts.headers),
+            accepted: Accepted::from_headers(&parts.headers),
             range: parts.headers.get(header::RANGE).cloned(),
             if_range: parts.headers.get(header::IF_RANGE).cloned(),
             started: Instant::now(),
@@ -124,7 +130,7 @@ fn answer_response(answer: &Answer, call: &Call) -> Response {
         ),
         _ => format!("cache;desc={}, total;dur={total_ms:.1}", outcome.as_str()),
     };
-    // Either representation's tag revalidates: the content is the same.
+    // Any representation's tag revalidates: the content is the same.
     let not_modified = call
         .if_none_match
         .as_ref()
@@ -132,19 +138,25 @@ fn answer_response(answer: &Answer, call: &Call) -> Response {
         .is_some_and(|v| {
             v.split(',').any(|tag| {
                 let tag = tag.trim();
-                tag == entry.etag || tag == entry.gzip_etag || tag == "*"
+                tag == entry.etag
+                    || tag == entry.gzip_etag
+                    || tag == entry.brotli_etag
+                    || tag == "*"
             })
         });
-    // The plain bytes, when they are (or may be) held whole; beyond that an answer is
-    // decompressed as it is sent, and served whole.
-    let plain = if call.accepts_gzip || not_modified {
-        None
+    let brotli = if call.accepted.brotli > 0.0 && !not_modified {
+        entry.brotli_or_start()
     } else {
-        entry.plain_body()
+        None
     };
-    let (etag, whole) = match (call.accepts_gzip, &plain) {
-        (true, _) => (&entry.gzip_etag, Some(entry.gzip_body.clone())),
-        (false, plain) => (&entry.etag, plain.clone()),
+    let coding = call.accepted.choose(brotli.is_some());
+    // The bytes to send when they are (or may be) held whole; beyond that a plain answer is
+    // decompressed as it is sent, and served whole.
+    let (etag, whole) = match coding {
+        Coding::Brotli => (&entry.brotli_etag, brotli),
+        Coding::Gzip => (&entry.gzip_etag, Some(entry.gzip_body.clone())),
+        Coding::Identity if not_modified => (&entry.etag, None),
+        Coding::Identity => (&entry.etag, entry.plain_body()),
     };
     let wanted = match &whole {
         Some(bytes) if !not_modified => ranges::wanted(
@@ -179,11 +191,10 @@ fn answer_response(answer: &Answer, call: &Call) -> Response {
             }
             response
         }
-        (false, Wanted::Whole) => match (call.accepts_gzip, plain) {
-            (true, _) => (StatusCode::OK, stored_body(entry)).into_response(),
-            (false, Some(plain)) => (StatusCode::OK, Body::from(plain)).into_response(),
+        (false, Wanted::Whole) => match whole {
+            Some(bytes) => (StatusCode::OK, held_body(entry, bytes)).into_response(),
             // A very large answer is decompressed as it is sent, never whole in memory.
-            (false, None) => (
+            None => (
                 StatusCode::OK,
                 Body::from_stream(gunzip_stream(Arc::clone(entry))),
             )
@@ -191,8 +202,8 @@ fn answer_response(answer: &Answer, call: &Call) -> Response {
         },
     };
     let out = response.headers_mut();
-    if call.accepts_gzip && !not_modified {
-        out.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    if let (false, Some(coding)) = (not_modified, coding.header()) {
+        out.insert(header::CONTENT_ENCODING, HeaderValue::from_static(coding));
     }
     if !not_modified {
         out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -212,9 +223,9 @@ fn answer_response(answer: &Answer, call: &Call) -> Response {
     if let Ok(etag) = HeaderValue::from_str(etag) {
         out.insert(header::ETAG, etag);
     }
-    out.insert("x-cache", HeaderValue::from_static(outcome.as_str()));
+    out.insert(X_CACHE, HeaderValue::from_static(outcome.as_str()));
     if let Ok(timing) = HeaderValue::from_str(&timing) {
-        out.insert("server-timing", timing);
+        out.insert(SERVER_TIMING, timing);
     }
     let disposition = attachment
         .as_ref()
@@ -225,15 +236,16 @@ fn answer_response(answer: &Answer, call: &Call) -> Response {
     response
 }
 
-/// The stored (gzipped) bytes as a body that holds the entry until it is sent, so that a large
-/// answer counts as in use for as long as any response is sending it.
-fn stored_body(entry: &Arc<CachedResponse>) -> Body {
+/// Bytes of the entry as a body that holds the entry until it is sent, so that a large answer
+/// counts as in use for as long as any response is sending it.
+fn held_body(entry: &Arc<CachedResponse>, bytes: Bytes) -> Body {
     if entry.is_small() {
-        return Body::from(entry.gzip_body.clone());
+        return Body::from(bytes);
     }
     let entry = Arc::clone(entry);
     Body::from_stream(futures_util::stream::once(async move {
-        Ok::<_, std::io::Error>(entry.gzip_body.clone())
+        let _held = entry;
+        Ok::<_, std::io::Error>(bytes)
     }))
 }
 
@@ -257,21 +269,91 @@ fn gunzip_stream(
     })
 }
 
-/// Whether `Accept-Encoding` allows gzip (a `q=0` refuses it).
-fn accepts_gzip(headers: &HeaderMap) -> bool {
-    let Some(accept) = headers
-        .get(header::ACCEPT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    accept.split(',').any(|part| {
-        let mut pieces = part.split(';').map(str::trim);
-        let coding = pieces.next().unwrap_or_default();
-        let refused =
-            pieces.any(|p| p.strip_prefix("q=").and_then(|q| q.parse::<f32>().ok()) == Some(0.0));
-        (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
-    })
+/// A content coding the answer is sent in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Coding {
+    Brotli,
+    Gzip,
+    Identity,
+}
+
+impl Coding {
+    fn header(self) -> Option<&'static str> {
+        match self {
+            Coding::Brotli => Some("br"),
+            Coding::Gzip => Some("gzip"),
+            Coding::Identity => None,
+        }
+    }
+}
+
+/// What `Accept-Encoding` allows, as q-values (RFC 9110 §12.5.3): a coding not named takes the
+/// q of `*` if given, else 0; the plain body is acceptable (least preferred) unless `identity`
+/// (or `*`, with no `identity` named) says `q=0`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Accepted {
+    brotli: f32,
+    gzip: f32,
+    identity: f32,
+}
+
+impl Accepted {
+    fn from_headers(headers: &HeaderMap) -> Self {
+        let value = headers
+            .get(header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        Accepted::parse(value)
+    }
+
+    fn parse(value: &str) -> Self {
+        let (mut brotli, mut gzip, mut identity, mut any) = (None, None, None, None);
+        // A header is bounded by the request's limits; so is the work per part.
+        for part in value.split(',').take(64) {
+            let mut pieces = part.split(';').map(str::trim);
+            let coding = pieces.next().unwrap_or_default();
+            let q = pieces
+                .find_map(|p| p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")))
+                .map_or(Some(1.0), |q| {
+                    q.parse::<f32>().ok().filter(|q| (0.0..=1.0).contains(q))
+                });
+            let Some(q) = q else { continue }; // a malformed weight: the part is ignored
+            let slot = if coding.eq_ignore_ascii_case("br") {
+                &mut brotli
+            } else if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+                &mut gzip
+            } else if coding.eq_ignore_ascii_case("identity") {
+                &mut identity
+            } else if coding == "*" {
+                &mut any
+            } else {
+                continue;
+            };
+            *slot = Some(q);
+        }
+        Accepted {
+            brotli: brotli.or(any).unwrap_or(0.0),
+            gzip: gzip.or(any).unwrap_or(0.0),
+            // Unnamed, the plain body is acceptable but the least preferred.
+            identity: identity
+                .or(any.filter(|&q| q == 0.0))
+                .unwrap_or(f32::MIN_POSITIVE),
+        }
+    }
+
+    /// The client's preferred coding among those at hand (brotli only if `brotli_ready`); on a
+    /// tie the smaller bytes win. The plain body when the client refuses everything (rather
+    /// than a 406, which no client handles).
+    fn choose(&self, brotli_ready: bool) -> Coding {
+        let mut best = (Coding::Identity, self.identity);
+        for (coding, q) in [(Coding::Gzip, self.gzip), (Coding::Brotli, self.brotli)] {
+            let ready = coding != Coding::Brotli || brotli_ready;
+            if ready && q > 0.0 && q >= best.1 {
+                best = (coding, q);
+            }
+        }
+        best.0
+    }
 }
 
 #[cfg(test)]
@@ -279,6 +361,26 @@ mod tests {
     use super::*;
     use crate::cache::Stamp;
     use futures_util::StreamExt as _;
+
+    #[test]
+    fn accept_encoding_is_read_with_its_weights() {
+        let choose = |header: &str, brotli_ready| Accepted::parse(header).choose(brotli_ready);
+        // What browsers send: brotli once it is made, gzip until then.
+        assert_eq!(choose("gzip, deflate, br, zstd", true), Coding::Brotli);
+        assert_eq!(choose("gzip, deflate, br, zstd", false), Coding::Gzip);
+        assert_eq!(choose("", true), Coding::Identity);
+        assert_eq!(choose("br;q=0.5, gzip", true), Coding::Gzip);
+        assert_eq!(choose("br, gzip;q=0", false), Coding::Identity);
+        assert_eq!(choose("gzip;q=0.3", false), Coding::Gzip);
+        assert_eq!(choose("identity, gzip;q=0.5", false), Coding::Identity);
+        assert_eq!(choose("*", true), Coding::Brotli);
+        assert_eq!(choose("*;q=0.2, br;q=0", true), Coding::Gzip);
+        assert_eq!(choose("GZIP;Q=1", false), Coding::Gzip);
+        // A weight that is not one is ignored with its coding, not read as 1.
+        assert_eq!(choose("br;q=high, gzip;q=2", true), Coding::Identity);
+        // Refusing everything still gets the plain body.
+        assert_eq!(choose("*;q=0", true), Coding::Identity);
+    }
 
     #[tokio::test]
     async fn corrupt_gzip_ends_the_stream_with_an_error() {
