@@ -28,31 +28,31 @@ impl Service {
         raw_query: Option<&str>,
     ) -> Result<Answer, ServiceError> {
         let dataset = self.readable(caller, name).await?;
-        let query = self.query(&dataset, QueryKind::Export, raw_query)?;
+        let question = self.question(&dataset, QueryKind::Export, None, raw_query)?;
+        let (query, key) = (&question.query, &question.key);
         let format = query.format;
-        let key = self.cache.key(&dataset, &Subject::Query(&query));
         let lookup = self
             .cache
-            .lookup_streamed(&dataset, Subject::Query(&query), &key)
+            .lookup_streamed(&dataset, Subject::Query(query), key)
             .await;
         let (entry, outcome) = match lookup {
             Ok(Ok(entry)) => (entry, Outcome::Hit),
             // A cold export: one request computes it, the others wait for what it stores.
             Ok(Err(stamp)) => match self
                 .cache
-                .claim_streamed(&dataset, Subject::Query(&query), &key)
+                .claim_streamed(&dataset, Subject::Query(query), key)
                 .await
             {
                 Claim::Served(entry) => (entry, Outcome::Hit),
                 Claim::Compute(claim) => {
                     let max_bytes = self.limits.export_max_bytes;
-                    self.exports_too_large
-                        .refuse_again(&key, stamp, max_bytes)?;
+                    self.exports_too_large.refuse_again(key, stamp, max_bytes)?;
                     let store = Some((key.as_str(), stamp, claim));
-                    let computed = self.compute_export(&dataset, query, caller.address, store);
+                    let computed =
+                        self.compute_export(&dataset, query.clone(), caller.address, store);
                     let entry = computed.await.inspect_err(|error| {
                         if matches!(error, ServiceError::TooMuch { .. }) {
-                            self.exports_too_large.remember(&key, stamp, max_bytes);
+                            self.exports_too_large.remember(key, stamp, max_bytes);
                         }
                     })?;
                     (entry, Outcome::Miss)
@@ -60,7 +60,7 @@ impl Service {
             },
             // The cache is unreachable: computed the same way, stored nowhere.
             Err(_) => (
-                self.compute_export(&dataset, query, caller.address, None)
+                self.compute_export(&dataset, query.clone(), caller.address, None)
                     .await?,
                 Outcome::Bypass,
             ),
@@ -68,7 +68,7 @@ impl Service {
         // Each large answer is held once however many read it (its bytes live as long as the
         // responses sending them), but many different ones at once are refused, not held.
         if !entry.is_small() {
-            self.cache.share_large(&key, &entry);
+            self.cache.share_large(key, &entry);
             if self.cache.large_bytes_in_use() > self.limits.export_memory_bytes {
                 return Err(ServiceError::Busy(
                     "Too many large exports are being sent; try again shortly.",

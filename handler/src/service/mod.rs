@@ -18,6 +18,7 @@ mod error;
 mod export;
 mod gate;
 mod imports;
+mod questions;
 mod reads;
 mod warm;
 mod writes;
@@ -143,6 +144,8 @@ pub struct Service {
     /// Datasets whose tables this instance has made sure of before a first read or write.
     /// Read on every data request, written once per dataset: a read-write lock.
     tables_ready: Arc<RwLock<HashSet<String>>>,
+    /// Questions parsed, with their cache keys, by their raw query strings.
+    questions: Arc<questions::Questions>,
 }
 
 /// The Blob Storage settings of imports.
@@ -171,6 +174,7 @@ impl Service {
             exports_by_client: Arc::default(),
             reads: Arc::new(tokio::sync::Semaphore::new(reads)),
             tables_ready: Arc::default(),
+            questions: Arc::default(),
         }
     }
 

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use super::warm::Read;
-use super::{Caller, Service, ServiceError, encode};
+use super::{Caller, Service, ServiceError, encode, questions};
 use crate::cache::{CachedResponse, Computed, Outcome, PageEnd, Subject};
 use crate::datasets::{Dataset, Level, rules};
 use crate::query::{Query, QueryKind};
@@ -31,8 +31,8 @@ impl Service {
         raw_query: Option<&str>,
     ) -> Result<Answer, ServiceError> {
         let dataset = self.readable(caller, name).await?;
-        let query = self.query(&dataset, QueryKind::List, raw_query)?;
-        let key = self.cache.key(&dataset, &Subject::Query(&query));
+        let question = self.question(&dataset, QueryKind::List, None, raw_query)?;
+        let (query, key) = (&question.query, question.key.clone());
         let read = Read::List {
             dataset: name.into(),
             query: raw_query.map(Into::into),
@@ -40,15 +40,15 @@ impl Service {
         self.cached(
             caller,
             &dataset,
-            Subject::Query(&query),
+            Subject::Query(query),
             key,
             read,
             || async {
-                let rows = self.storage.list(&dataset, &query).await?;
-                let page_end = PageEnd::of(&dataset, &query, &rows);
+                let rows = self.storage.list(&dataset, query).await?;
+                let page_end = PageEnd::of(&dataset, query, &rows);
                 Ok(Computed {
                     page_end,
-                    ..Computed::json(encode::list_body(&dataset, &query, rows))
+                    ..Computed::json(encode::list_body(&dataset, query, rows))
                 })
             },
         )
@@ -117,19 +117,16 @@ impl Service {
                     ),
                 )
             })?;
-        let query = self.query(&dataset, QueryKind::Facets, raw_query)?;
-        let subject = Subject::Facets {
-            query: &query,
-            column,
-        };
-        let key = self.cache.key(&dataset, &subject);
+        let question = self.question(&dataset, QueryKind::Facets, Some(column), raw_query)?;
+        let (query, key) = (&question.query, question.key.clone());
+        let subject = Subject::Facets { query, column };
         let read = Read::Facets {
             dataset: name.into(),
             column: column_name.into(),
             query: raw_query.map(Into::into),
         };
         self.cached(caller, &dataset, subject, key, read, || async {
-            let values = self.storage.facets(&dataset, column, &query).await?;
+            let values = self.storage.facets(&dataset, column, query).await?;
             Ok(Computed::json(encode::facets_body(column_name, values)))
         })
         .await
@@ -146,6 +143,32 @@ impl Service {
             self.authorize(caller, dataset.access.read).await?;
         }
         Ok(dataset)
+    }
+
+    /// A list's, facets' (`column`) or export's question, parsed within the configured limits,
+    /// with its cache key; parsed once while it is asked again (see [`questions`]).
+    pub(super) fn question(
+        &self,
+        dataset: &Dataset,
+        kind: QueryKind,
+        column: Option<usize>,
+        raw: Option<&str>,
+    ) -> Result<Arc<questions::Question>, ServiceError> {
+        let memo_key = questions::memo_key(&dataset.name, kind, column, raw.unwrap_or(""));
+        self.questions.get_or_parse(memo_key, || {
+            let query = self.query(dataset, kind, raw)?;
+            let key = match column {
+                Some(column) => self.cache.key(
+                    dataset,
+                    &Subject::Facets {
+                        query: &query,
+                        column,
+                    },
+                ),
+                None => self.cache.key(dataset, &Subject::Query(&query)),
+            };
+            Ok(questions::Question { query, key })
+        })
     }
 
     /// A read's query string, within the configured limits.
