@@ -2,6 +2,11 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
+/// mimalloc: per-request allocations (rows, JSON, headers) cost far fewer instructions than in
+/// glibc's malloc, which also stalls in `malloc_consolidate` (bench/README.md, issue 14).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     // The Lambda runtime starts the binary without arguments: that means `serve`.
