@@ -117,10 +117,9 @@ pub async fn method_not_allowed() -> Response {
 /// every movie its own operation), continuing the caller's trace (`traceparent`), with the
 /// status, the dataset and the cache outcome; and the request duration metric.
 pub async fn trace_request(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    // The matched path is shared (an `Arc`), not copied.
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = request.method().clone();
     let dataset = route
         .contains("{dataset}")
@@ -137,11 +136,14 @@ pub async fn trace_request(request: Request, next: Next) -> Response {
         dataset = dataset.as_deref().unwrap_or_default(),
         cache.outcome = tracing::field::Empty,
     );
-    // Before the span is first entered; a no-op when no exporter is configured.
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&opentelemetry_http::HeaderExtractor(request.headers()))
-    });
-    let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
+    // Before the span is first entered; nothing to continue when the span is off (its level
+    // filtered out), which spares every request reading the trace headers.
+    if !span.is_disabled() {
+        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&opentelemetry_http::HeaderExtractor(request.headers()))
+        });
+        let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
+    }
     let started = Instant::now();
     let response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
@@ -158,7 +160,7 @@ pub async fn trace_request(request: Request, next: Next) -> Response {
         crate::telemetry::metrics::cache_outcome(outcome, dataset.as_deref().unwrap_or_default());
     }
     let elapsed = started.elapsed();
-    crate::telemetry::metrics::request(method.as_str(), &route, status, elapsed);
+    crate::telemetry::metrics::request(method.as_str(), route, status, elapsed);
     tracing::debug!(parent: &span, elapsed_ms = elapsed.as_secs_f64() * 1000.0, "answered");
     response
 }
