@@ -86,8 +86,6 @@ use crate::query::{Query, QueryKind};
 
 /// Default byte budget of the memory tier.
 pub const DEFAULT_MAX_BYTES: usize = crate::config::DEFAULT_CACHE_MAX_BYTES;
-/// How long a copy fetched from Redis stays in the near cache (it is revalidated on every read).
-const NEAR_TTL: Duration = Duration::from_secs(30);
 
 /// How long past its freshness an answer is kept, to be served as STALE while the database fails.
 pub const STALE_GRACE: Duration = Duration::from_secs(300);
@@ -317,10 +315,13 @@ impl Cache {
             .sum()
     }
 
-    /// Keeps a copy fetched from the store in the near cache for a short while: small ones (their
-    /// plain body decompressed now, so the budget counts what it will hold), and large ones that
-    /// take at most a quarter of the budget (so a hot export is not read from Redis on every
-    /// request); larger ones are only shared while they are being sent.
+    /// Keeps a copy fetched from the store in the near cache until the entry expires (as an
+    /// answer computed here is kept): every read checks it against the write log anyway, and its
+    /// plain and brotli copies are then made once per entry and instance, not again each time a
+    /// shorter near lifetime ran out. Small ones (their plain body decompressed now, so the
+    /// budget counts what it will hold), and large ones that take at most a quarter of the budget
+    /// (so a hot export is not read from Redis on every request); larger ones are only shared
+    /// while they are being sent.
     fn keep_near(
         &self,
         dataset: &Dataset,
@@ -333,10 +334,12 @@ impl Cache {
             self.share_large(key, &entry);
         }
         if entry.is_small() || entry.size() <= self.memory.max_bytes() / 4 {
+            let lifetime =
+                Duration::from_millis(entry.expires_at_ms.saturating_sub(entry::unix_ms()));
             self.memory.insert(
                 key.to_owned(),
                 Arc::clone(&entry),
-                NEAR_TTL.min(self.ttl(dataset)),
+                lifetime.min(self.ttl(dataset)),
             );
         }
         entry
