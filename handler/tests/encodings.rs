@@ -86,6 +86,11 @@ async fn a_page_is_sent_in_brotli_once_made_with_its_own_validator_and_ranges() 
         )
         .await;
     assert_eq!(revalidated.status, 304);
+    assert_eq!(
+        header(&revalidated, "etag"),
+        etag,
+        "a 304 names the representation a 200 would send"
+    );
 
     // Ranges of the brotli bytes: the middle, and If-Range with its own ETag.
     let n = brotli.body.len();

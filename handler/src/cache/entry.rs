@@ -62,6 +62,9 @@ pub struct CachedResponse {
     brotli: std::sync::OnceLock<Bytes>,
     /// Whether a request has started making the brotli copy.
     brotli_started: AtomicBool,
+    /// Whether the memory tier holds this entry: only then is a brotli copy worth making (an
+    /// entry held by nobody after its response would have it made again for every request).
+    kept: AtomicBool,
     pub content_type: String,
     /// Strong validator of the uncompressed body: `"<length>-<crc32>"`, the same on every instance.
     pub etag: String,
@@ -114,6 +117,7 @@ impl CachedResponse {
             plain: std::sync::OnceLock::from(Bytes::copy_from_slice(body)),
             brotli: std::sync::OnceLock::new(),
             brotli_started: AtomicBool::new(false),
+            kept: AtomicBool::new(false),
             content_type: content_type.to_owned(),
             gzip_etag: format!("\"{}-{:08x}-gzip\"", body.len(), crc.sum()),
             brotli_etag: format!("\"{}-{:08x}-br\"", body.len(), crc.sum()),
@@ -143,6 +147,7 @@ impl CachedResponse {
             plain: std::sync::OnceLock::new(),
             brotli: std::sync::OnceLock::new(),
             brotli_started: AtomicBool::new(false),
+            kept: AtomicBool::new(false),
             content_type: content_type.to_owned(),
             gzip_etag: format!("\"{plain_len}-{crc:08x}-gzip\""),
             brotli_etag: format!("\"{plain_len}-{crc:08x}-br\""),
@@ -194,7 +199,9 @@ impl CachedResponse {
         if let Some(brotli) = self.brotli.get() {
             return Some(brotli.clone());
         }
-        if !BROTLI_SIZES.contains(&self.plain_len()) || self.brotli_started.load(Ordering::Relaxed)
+        if !BROTLI_SIZES.contains(&self.plain_len())
+            || !self.kept.load(Ordering::Relaxed)
+            || self.brotli_started.load(Ordering::Relaxed)
         {
             return None;
         }
@@ -210,6 +217,16 @@ impl CachedResponse {
             }
         });
         None
+    }
+
+    /// The brotli copy if it is made, without starting one.
+    pub fn brotli_made(&self) -> Option<Bytes> {
+        self.brotli.get().cloned()
+    }
+
+    /// The memory tier holds this entry (see `kept`).
+    pub fn mark_kept(&self) {
+        self.kept.store(true, Ordering::Relaxed);
     }
 
     /// The body compressed with brotli (`None` if the stored bytes do not decompress to what the
@@ -277,6 +294,7 @@ impl CachedResponse {
             plain,
             brotli: std::sync::OnceLock::new(),
             brotli_started: AtomicBool::new(false),
+            kept: AtomicBool::new(false),
             content_type: header["content_type"].as_str()?.to_owned(),
             gzip_etag: format!("\"{len}-{crc:08x}-gzip\""),
             brotli_etag: format!("\"{len}-{crc:08x}-br\""),

@@ -91,6 +91,7 @@ impl MemoryStore {
             return; // larger than the whole budget: not worth evicting everything for
         }
         let expires = Instant::now() + ttl;
+        entry.mark_kept();
         self.entries.insert(
             key,
             Stored {

@@ -137,10 +137,13 @@ fn answer_response(answer: &Answer, call: &Call) -> Response {
                     || tag == "*"
             })
         });
-    let brotli = if call.accepted.brotli > 0.0 && !not_modified {
-        entry.brotli_or_start()
-    } else {
-        None
+    // A revalidation names the representation that a 200 would send (brotli if made); a copy
+    // is started only for a client that prefers brotli at least as much as gzip.
+    let brotli = match call.accepted.brotli {
+        q if q <= 0.0 => None,
+        _ if not_modified => entry.brotli_made(),
+        q if q >= call.accepted.gzip => entry.brotli_or_start(),
+        _ => entry.brotli_made(),
     };
     let coding = call.accepted.choose(brotli.is_some());
     // The bytes to send when they are (or may be) held whole; beyond that a plain answer is

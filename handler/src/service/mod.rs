@@ -188,6 +188,8 @@ impl Service {
         let reads = read_slots(&limits, self.storage.as_ref());
         self.reads = Arc::new(tokio::sync::Semaphore::new(reads));
         self.limits = Arc::new(limits);
+        // Questions were parsed within the old limits.
+        self.questions = Arc::default();
         self
     }
 
