@@ -13,13 +13,6 @@ fn header<'a>(response: &'a TestResponse, name: &str) -> &'a str {
     TestApp::header(response, name)
 }
 
-async fn movies_app() -> TestApp {
-    let catalog = common::catalog();
-    let storage = common::open(&common::sqlite_url());
-    common::import_movies(storage.as_ref(), &catalog).await;
-    TestApp::new(storage, catalog)
-}
-
 /// Asks with `accept` until the answer comes in `coding` (the copy is made off the request).
 async fn until_coded(app: &TestApp, uri: &str, accept: &str, coding: &str) -> TestResponse {
     for _ in 0..100 {
@@ -43,7 +36,7 @@ fn unbrotli(bytes: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_page_is_sent_in_brotli_once_made_with_its_own_validator_and_ranges() {
-    let app = movies_app().await;
+    let app = TestApp::movies_on_sqlite().await;
     let uri = "/api/movies?genres=drama&limit=100";
     let plain = app.get(uri).await;
     assert_eq!(plain.status, 200);
@@ -125,7 +118,7 @@ async fn a_page_is_sent_in_brotli_once_made_with_its_own_validator_and_ranges() 
 
 #[tokio::test]
 async fn a_write_ends_the_brotli_copy_with_its_answer() {
-    let app = movies_app().await;
+    let app = TestApp::movies_on_sqlite().await;
     let admin = app.as_admin().await;
     let uri = "/api/movies?genres=drama&limit=100";
     let before = until_coded(&app, uri, "br", "br").await;
@@ -147,7 +140,7 @@ async fn a_write_ends_the_brotli_copy_with_its_answer() {
 
 #[tokio::test]
 async fn small_answers_stay_in_gzip() {
-    let app = movies_app().await;
+    let app = TestApp::movies_on_sqlite().await;
     let uri = "/api/movies?genres=drama&limit=1";
     for _ in 0..10 {
         let response = app.get_with(uri, &[("accept-encoding", "br, gzip")]).await;

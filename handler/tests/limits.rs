@@ -9,13 +9,6 @@ use std::sync::Arc;
 use common::TestApp;
 use handler::config::{QueryLimits, RequestLimits};
 
-async fn movies_app() -> TestApp {
-    let catalog = common::catalog();
-    let storage = common::open(&common::sqlite_url());
-    common::import_movies(storage.as_ref(), &catalog).await;
-    TestApp::new(storage, catalog)
-}
-
 fn repeated(name: &str, times: usize) -> String {
     (0..times)
         .map(|i| format!("{name}=v{i}"))
@@ -26,7 +19,7 @@ fn repeated(name: &str, times: usize) -> String {
 /// One row per limit: the request over it, the status, and the name the problem gives.
 #[tokio::test]
 async fn every_limit_is_a_problem_naming_what_was_too_large() {
-    let app = movies_app().await;
+    let app = TestApp::movies_on_sqlite().await;
     let limits = QueryLimits::default();
     // Every list filter within its repeats, and distinct scalars: over the count all together.
     let many = ["genres", "languages", "countries"]
@@ -111,7 +104,7 @@ async fn every_limit_is_a_problem_naming_what_was_too_large() {
 /// by name, and nothing half-made is stored.
 #[tokio::test]
 async fn exports_are_bounded_in_number_and_size() {
-    let app = movies_app().await;
+    let app = TestApp::movies_on_sqlite().await;
     let mut busy = app.clone();
     busy.state = busy.state.clone().with_limits(RequestLimits {
         export_concurrency: 0,
@@ -160,7 +153,7 @@ async fn exports_are_bounded_in_number_and_size() {
 /// data that needs a sign-in must not be kept at all.
 #[tokio::test]
 async fn answers_carry_the_headers_a_public_api_owes_browsers() {
-    let app = movies_app().await;
+    let app = TestApp::movies_on_sqlite().await;
     for uri in [
         "/api/movies?limit=1",
         "/api/movies/595",
@@ -214,7 +207,7 @@ async fn answers_carry_the_headers_a_public_api_owes_browsers() {
 /// rule); JSON keeps them as they are; a dataset may keep them raw for trusted consumers.
 #[tokio::test]
 async fn csv_exports_neutralise_formula_cells() {
-    let app = movies_app().await;
+    let app = TestApp::movies_on_sqlite().await;
     let admin = app.as_admin().await;
     let title = "=HYPERLINK(\"http://evil.example\",\"Click\")";
     let created = admin

@@ -11,16 +11,9 @@ fn header<'a>(response: &'a TestResponse, name: &str) -> &'a str {
     TestApp::header(response, name)
 }
 
-async fn movies_app() -> TestApp {
-    let catalog = common::catalog();
-    let storage = common::open(&common::sqlite_url());
-    common::import_movies(storage.as_ref(), &catalog).await;
-    TestApp::new(storage, catalog)
-}
-
 #[tokio::test]
 async fn a_stored_export_is_served_in_ranges_of_either_representation() {
-    let app = movies_app().await;
+    let app = TestApp::movies_on_sqlite().await;
     let uri = "/api/movies/export";
     let whole = app.get(uri).await;
     assert_eq!(whole.status, 200);

@@ -209,6 +209,14 @@ impl TestResponse {
 }
 
 impl TestApp {
+    /// The movies imported into a new SQLite file, served with the in-process cache.
+    pub async fn movies_on_sqlite() -> Self {
+        let catalog = catalog();
+        let storage = open(&sqlite_url());
+        import_movies(storage.as_ref(), &catalog).await;
+        TestApp::new(storage, catalog)
+    }
+
     pub fn new(storage: Arc<dyn Storage>, catalog: Catalog) -> Self {
         let cache = Cache::in_process(
             "test",
