@@ -545,9 +545,11 @@ fn generate_key_pair(dir: &std::path::Path) -> Option<(Vec<u8>, String)> {
             std::fs::read(key).unwrap(),
             std::fs::read_to_string(cert).unwrap(),
         )),
-        _ if std::env::var("CI").as_deref() == Ok("true") => panic!("openssl is needed"),
         _ => {
-            eprintln!("SKIPPED: the RS256 tests need openssl (apt-get install openssl)");
+            common::skip::skipped(
+                "the RS256 tests need openssl (apt-get install openssl)",
+                false,
+            );
             None
         }
     }

@@ -12,6 +12,8 @@ use crate::datasets::parse_declaration;
 #[path = "../../tests/common/redis_servers.rs"]
 #[allow(dead_code)] // the standalone server helpers serve the integration tests
 mod redis_servers;
+#[path = "../../tests/common/skip.rs"]
+mod skip;
 
 /// A fresh key prefix per test, so tests sharing one Redis never see each other's keys.
 fn unique_prefix(test: &str) -> String {
