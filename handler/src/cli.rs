@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::app::{Application, Context};
 use crate::config::Settings;
+use crate::query::Query;
 use crate::service::ImportFrom;
 
 #[derive(Debug, Parser)]
@@ -208,7 +209,13 @@ async fn demo_setup(context: &Context) -> anyhow::Result<()> {
         let Some(file) = &dataset.source_file else {
             continue;
         };
-        if context.service.storage.count(dataset).await? > 0 {
+        if context
+            .service
+            .storage
+            .count(dataset, &Query::every_row(dataset))
+            .await?
+            > 0
+        {
             continue;
         }
         if !file.exists() {

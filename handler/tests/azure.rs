@@ -49,10 +49,7 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 async fn movie_count(database_url: &str) -> u64 {
     let catalog = common::catalog();
-    common::open(database_url)
-        .count(catalog.get("movies").unwrap())
-        .await
-        .unwrap()
+    common::row_count(&*common::open(database_url), catalog.get("movies").unwrap()).await
 }
 
 /// Movies uploaded as plain CSV and gzipped; the container name is unique per call.

@@ -22,6 +22,7 @@ struct CountingStorage {
     inner: Arc<dyn Storage>,
     lists: AtomicUsize,
     exports: AtomicUsize,
+    counts: AtomicUsize,
 }
 
 #[async_trait]
@@ -35,8 +36,9 @@ impl Storage for CountingStorage {
     async fn migrate(&self, dataset: &Dataset) -> storage::Result<()> {
         self.inner.migrate(dataset).await
     }
-    async fn count(&self, dataset: &Dataset) -> storage::Result<u64> {
-        self.inner.count(dataset).await
+    async fn count(&self, dataset: &Dataset, query: &Query) -> storage::Result<u64> {
+        self.counts.fetch_add(1, Ordering::SeqCst);
+        self.inner.count(dataset, query).await
     }
     async fn list(&self, dataset: &Dataset, query: &Query) -> storage::Result<Vec<Row>> {
         self.lists.fetch_add(1, Ordering::SeqCst);
@@ -88,6 +90,7 @@ async fn movies_app() -> (TestApp, Arc<CountingStorage>) {
         inner: real,
         lists: AtomicUsize::new(0),
         exports: AtomicUsize::new(0),
+        counts: AtomicUsize::new(0),
     });
     (TestApp::new(counting.clone(), catalog), counting)
 }
@@ -460,6 +463,7 @@ async fn one_query_per_cold_key_across_two_instances() {
         inner: real,
         lists: AtomicUsize::new(0),
         exports: AtomicUsize::new(0),
+        counts: AtomicUsize::new(0),
     });
     let prefix = common::unique_prefix();
     let ttl = std::time::Duration::from_secs(60);
@@ -480,6 +484,10 @@ async fn one_query_per_cold_key_across_two_instances() {
         "one database query for 200 callers on 2 instances"
     );
     assert_eq!(bodies.len(), 1);
+    // A count is a read like any other: one query for its cold key too.
+    let counted = fire(&apps, "/api/movies/count?genres.in=crime,western", 100).await;
+    assert_eq!(counting.counts.load(Ordering::SeqCst), 1);
+    assert_eq!(counted.len(), 1);
 }
 
 /// The database goes away: the last good answer is served, marked STALE, instead of a 503.
@@ -771,6 +779,7 @@ async fn concurrent_cold_exports_make_one_query() {
             inner: real,
             lists: AtomicUsize::new(0),
             exports: AtomicUsize::new(0),
+            counts: AtomicUsize::new(0),
         });
         let prefix = common::unique_prefix();
         let ttl = std::time::Duration::from_secs(60);

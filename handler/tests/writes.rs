@@ -10,48 +10,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use common::{TestApp, TestResponse};
 use handler::cache::Cache;
-use handler::datasets::{Catalog, Value};
-use handler::storage::{Storage, UserLookup, UserUpdate};
+use handler::datasets::Value;
+use handler::storage::{UserLookup, UserUpdate};
 use serde_json::json;
 
 fn header<'a>(response: &'a TestResponse, name: &str) -> &'a str {
     TestApp::header(response, name)
-}
-
-/// A database with the movies imported, and a cache shared by two instances over it: SQLite
-/// with one in-process cache (two handles on it), and, when they answer, PostgreSQL with Redis.
-async fn backends() -> Vec<(&'static str, TestApp, TestApp)> {
-    let catalog = common::catalog();
-    let ttl = std::time::Duration::from_secs(60);
-    let sqlite = common::open(&common::sqlite_url());
-    common::import_movies(sqlite.as_ref(), &catalog).await;
-    let a = TestApp::new(sqlite, catalog.clone());
-    let mut out = vec![("sqlite+in-process", a.clone(), a)];
-    if let (Some(pg), Some(redis)) = (common::postgres_url().await, common::redis_url().await) {
-        common::import_movies(common::open(&pg).as_ref(), &catalog).await;
-        let storage = common::open(&pg);
-        let prefix = common::unique_prefix();
-        let instance = |storage: Arc<dyn Storage>, catalog: Catalog| {
-            let cache = Cache::with_redis(&redis, &prefix, ttl, handler::cache::DEFAULT_MAX_BYTES);
-            TestApp::with_cache(storage, catalog, cache)
-        };
-        out.push((
-            "postgres+redis",
-            instance(storage.clone(), catalog.clone()),
-            instance(storage, catalog.clone()),
-        ));
-    }
-    let others = [
-        ("mariadb+in-process", common::mysql_url().await),
-        ("sqlserver+in-process", common::mssql_url().await),
-    ];
-    for (name, url) in others {
-        let Some(url) = url else { continue };
-        common::import_movies(common::open(&url).as_ref(), &catalog).await;
-        let a = TestApp::new(common::open(&url), catalog.clone());
-        out.push((name, a.clone(), a));
-    }
-    out
 }
 
 fn ids(response: &TestResponse) -> Vec<i64> {
@@ -82,7 +46,7 @@ const FILM: i64 = 900_000_001;
 
 #[tokio::test]
 async fn an_admin_write_ends_exactly_the_answers_it_changes_on_every_instance() {
-    for (backend, a, b) in backends().await {
+    for (backend, a, b) in common::movies_backends().await {
         let admin = a.as_admin().await;
         let drama = "/api/movies?genres=drama&sort=-id&limit=5";
         let comedy = "/api/movies?genres=comedy&sort=-id&limit=5";
@@ -495,7 +459,7 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
 
     let movies = app.dataset("movies");
     assert_eq!(
-        storage.count(&movies).await.unwrap(),
+        common::row_count(&*storage, &movies).await,
         17_473,
         "only the one valid create"
     );
@@ -518,7 +482,7 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_readers_never_see_data_older_than_an_acknowledged_write() {
     const WRITES: i64 = 25;
-    for (backend, a, b) in backends().await {
+    for (backend, a, b) in common::movies_backends().await {
         let writers = [(a.as_admin().await, 595_i64), (b.as_admin().await, 593_i64)];
         let acknowledged: Arc<[AtomicI64; 2]> = Arc::new([AtomicI64::new(0), AtomicI64::new(0)]);
         // Set once both writers have ended (even by failing), so the readers always stop.

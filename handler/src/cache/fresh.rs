@@ -218,6 +218,10 @@ pub fn changes(
         Subject::Query(query) if query.kind == QueryKind::List => {
             changes_page(dataset, query, page_end, old, new)
         }
+        // A count changes only when a row enters or leaves the filters.
+        Subject::Query(query) if query.kind == QueryKind::Count => {
+            passing(dataset, query, old).is_some() != passing(dataset, query, new).is_some()
+        }
         Subject::Query(query) => [old, new]
             .into_iter()
             .flatten()

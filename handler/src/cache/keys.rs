@@ -28,6 +28,7 @@ impl Keys {
                     QueryKind::List => "list",
                     QueryKind::Export => "export",
                     QueryKind::Facets => "facets",
+                    QueryKind::Count => "count",
                 };
                 format!(
                     "{}:{}:{kind}:{}",

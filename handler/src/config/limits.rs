@@ -79,8 +79,10 @@ pub struct QueryLimits {
     pub max_parameters: usize,
     /// `MAX_FILTER_REPEATS`: repeats of one list filter (`genres=a&genres=b`).
     pub max_filter_repeats: usize,
-    /// `MAX_VALUE_CHARS`: characters in one filter value.
+    /// `MAX_VALUE_CHARS`: characters in one filter value (in one value of an any-of list).
     pub max_value_chars: usize,
+    /// `MAX_ANY_OF_VALUES`: values in one any-of filter (`rating.in=PG,PG-13`).
+    pub max_any_of: usize,
     /// `MAX_CURSOR_BYTES`: the length of a cursor (the ones this API makes are far shorter).
     pub max_cursor_bytes: usize,
 }
@@ -91,6 +93,7 @@ impl Default for QueryLimits {
             max_parameters: 32,
             max_filter_repeats: 8,
             max_value_chars: 512,
+            max_any_of: 64,
             // A cursor carries a sort value: a 300-character title sorts, encoded, into ~1.6 KB.
             max_cursor_bytes: 2048,
         }
@@ -124,6 +127,7 @@ impl RequestLimits {
                 max_parameters: vars.count("MAX_QUERY_PARAMETERS", query.max_parameters)?,
                 max_filter_repeats: vars.count("MAX_FILTER_REPEATS", query.max_filter_repeats)?,
                 max_value_chars: vars.count("MAX_VALUE_CHARS", query.max_value_chars)?,
+                max_any_of: vars.count("MAX_ANY_OF_VALUES", query.max_any_of)?,
                 max_cursor_bytes: vars.count("MAX_CURSOR_BYTES", query.max_cursor_bytes)?,
             },
             export_concurrency: vars.count("EXPORT_CONCURRENCY", defaults.export_concurrency)?,

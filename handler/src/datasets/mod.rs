@@ -90,8 +90,12 @@ pub struct KeySpec {
     /// Index into `Dataset::columns`.
     pub column: usize,
     /// When set, the key is not in the CSV: it is the 1-based position of the record in the file,
-    /// so re-importing the same file gives every row the same key again.
+    /// so re-importing the same file gives every row the same key again. A client never gives it:
+    /// a create gets the next one.
     pub generated: bool,
+    /// Whether a create that leaves the key out gets the next one (one past the largest, under a
+    /// lock): always for a generated key, and for a CSV key declared with `assign = "next"`.
+    pub assigned: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -269,6 +273,15 @@ struct KeyFile {
     column: String,
     #[serde(default)]
     generated: Option<GeneratedKey>,
+    /// `"next"`: a create without the key gets one past the largest.
+    #[serde(default)]
+    assign: Option<AssignedKey>,
+}
+
+#[derive(Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+enum AssignedKey {
+    Next,
 }
 
 #[derive(Deserialize, PartialEq)]
@@ -378,6 +391,10 @@ pub fn parse_declaration(text: &str, base: Option<&Path>) -> anyhow::Result<Data
     if generated && key_col.ty != ColumnType::Integer {
         bail!("a generated (row_number) key must be an integer column");
     }
+    let assigned = generated || file.key.assign == Some(AssignedKey::Next);
+    if assigned && key_col.ty != ColumnType::Integer {
+        bail!("an assigned (assign = \"next\") key must be an integer column");
+    }
     // The key is never null and always sortable: it breaks ties in keyset pagination.
     key_col.nullable = false;
     key_col.sortable = true;
@@ -390,6 +407,7 @@ pub fn parse_declaration(text: &str, base: Option<&Path>) -> anyhow::Result<Data
         key: KeySpec {
             column: key_index,
             generated,
+            assigned,
         },
         columns,
         cache_ttl_seconds: file.cache_ttl_seconds,
@@ -513,8 +531,9 @@ mod tests {
         for required in ["genres", "year", "rating", "languages", "countries"] {
             assert!(movies.column(required).unwrap().filterable, "{required}");
         }
+        assert!(movies.key.assigned && !movies.key.generated);
         let flights = catalog.get("flights").unwrap();
-        assert!(flights.key.generated);
+        assert!(flights.key.generated && flights.key.assigned);
         for required in ["carrier", "origin", "dest", "month", "day"] {
             assert!(flights.column(required).unwrap().filterable, "{required}");
         }

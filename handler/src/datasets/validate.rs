@@ -82,10 +82,10 @@ pub fn full_row(
     let mut row = Vec::with_capacity(dataset.columns.len());
     for (index, column) in dataset.columns.iter().enumerate() {
         if index == dataset.key.column {
+            // A null key in a create tells storage to assign the next one.
             let value = match (key, dataset.key.generated) {
                 (Some(key), _) => key.clone(),
-                // A placeholder: storage generates the key.
-                (None, true) => Value::Integer(0),
+                (None, true) => Value::Null,
                 (None, false) => match fields
                     .get(&column.name)
                     .map(|j| convert(column, true, j, engine))
@@ -95,6 +95,7 @@ pub fn full_row(
                         invalid.push((column.name.clone(), reason));
                         Value::Null
                     }
+                    None if dataset.key.assigned => Value::Null,
                     None => {
                         invalid.push((column.name.clone(), "is required".into()));
                         Value::Null
@@ -200,8 +201,8 @@ mod tests {
         })), None, EngineRules::default())
         .unwrap_err();
         let names: Vec<&str> = err.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(!names.contains(&"id"), "movies assign their key: {err:?}");
         for expected in [
-            "id",
             "year",
             "genres",
             "imdb_id",
@@ -211,6 +212,20 @@ mod tests {
         ] {
             assert!(names.contains(&expected), "{expected} missing from {err:?}");
         }
+    }
+
+    #[test]
+    fn a_key_is_required_unless_the_dataset_assigns_it() {
+        let mut ds = movies();
+        let fields = body(serde_json::json!({"title": "Up"}));
+        let row = full_row(&ds, &fields, None, EngineRules::default()).unwrap();
+        assert!(
+            row[ds.key.column].is_null(),
+            "null: storage assigns the next key"
+        );
+        ds.key.assigned = false;
+        let err = full_row(&ds, &fields, None, EngineRules::default()).unwrap_err();
+        assert_eq!(err, [("id".to_owned(), "is required".to_owned())]);
     }
 
     #[test]

@@ -97,6 +97,19 @@ pub async fn facets(
     Ok(answer_response(&answer, &call))
 }
 
+/// `GET /api/{dataset}/count`: `{"count": N}` under the same filters as a list.
+pub async fn count(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+    caller: Caller,
+    call: Call,
+) -> Result<Response, ApiError> {
+    let name = path_params(path)?;
+    let answer = state.count(&caller, &name, raw.as_deref()).await?;
+    Ok(answer_response(&answer, &call))
+}
+
 /// `GET /api/{dataset}/export`: every matching row (see `service::export`).
 pub async fn export(
     State(state): State<AppState>,

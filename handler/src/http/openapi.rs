@@ -130,6 +130,14 @@ fn operation(function: &str, summary: &str, handler: Handler, dataset: Option<&D
                 },
             });
         }
+        (Handler::Count, Some(d)) => {
+            parameters.extend(filter_parameters(d));
+            ok["content"]["application/json"]["schema"] = json!({
+                "type": "object",
+                "required": ["count"],
+                "properties": {"count": {"type": "integer", "minimum": 0}},
+            });
+        }
         (Handler::Item, Some(d)) => {
             parameters.push(json!({"name": "id", "in": "path", "required": true, "schema": json_type(d.key_column())}));
             ok["content"]["application/json"]["schema"] = schema_ref(&schema_name(d));
@@ -301,6 +309,12 @@ fn filter_parameters(dataset: &Dataset) -> Vec<Json> {
             "equals"
         };
         out.push(json!({"name": column.name, "in": "query", "description": description, "schema": schema}));
+        let any_of = if column.is_list() {
+            "has any of these elements: comma-separated, \\, for a comma inside a value"
+        } else {
+            "equals any of these values: comma-separated, \\, for a comma inside a value"
+        };
+        out.push(json!({"name": format!("{}.in", column.name), "in": "query", "description": any_of, "schema": {"type": "string"}}));
         if column.supports_range() {
             for op in ["gt", "gte", "lt", "lte"] {
                 out.push(json!({"name": format!("{}.{op}", column.name), "in": "query", "schema": json_type(column)}));

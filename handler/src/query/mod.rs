@@ -16,6 +16,8 @@ pub enum QueryKind {
     List,
     Export,
     Facets,
+    /// `GET /api/{dataset}/count`: filters only.
+    Count,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,11 +27,14 @@ pub enum FilterOp {
     Gte,
     Lt,
     Lte,
+    /// Equal to any of the filter's values (for a list column: any element equal to any).
+    In,
 }
 
 impl FilterOp {
     fn from_suffix(suffix: &str) -> Option<Self> {
         Some(match suffix {
+            "in" => FilterOp::In,
             "gt" => FilterOp::Gt,
             "gte" => FilterOp::Gte,
             "lt" => FilterOp::Lt,
@@ -45,12 +50,14 @@ impl FilterOp {
             FilterOp::Gte => ".gte",
             FilterOp::Lt => ".lt",
             FilterOp::Lte => ".lte",
+            FilterOp::In => ".in",
         }
     }
 
+    /// The SQL comparison of one value (`In` is written as a list by the statement builder).
     pub fn sql(self) -> &'static str {
         match self {
-            FilterOp::Eq => "=",
+            FilterOp::Eq | FilterOp::In => "=",
             FilterOp::Gt => ">",
             FilterOp::Gte => ">=",
             FilterOp::Lt => "<",
@@ -59,44 +66,53 @@ impl FilterOp {
     }
 }
 
-/// One condition. For text equality (scalar or list element) `value` is already normalised.
+/// One condition. `values` holds one value, or for [`FilterOp::In`] one or more, distinct and
+/// sorted by their text (so the same list in any order is the same question). Text compared for
+/// equality (scalar or list element) is already normalised.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Filter {
     pub column: usize,
     pub op: FilterOp,
-    pub value: Value,
+    pub values: Vec<Value>,
 }
 
 impl Filter {
     fn matches(&self, column: &crate::datasets::Column, cell: &Value) -> bool {
-        use std::cmp::Ordering;
-        let Value::Text(wanted) = &self.value else {
-            // Numbers, dates, timestamps and booleans: SQL comparison, where null never matches.
-            let ordering = match (cell, &self.value) {
-                (Value::Integer(a), Value::Integer(b)) => a.partial_cmp(b),
-                (Value::Float(a), Value::Float(b)) => a.partial_cmp(b),
-                (Value::Integer(a), Value::Float(b)) => (*a as f64).partial_cmp(b),
-                (Value::Float(a), Value::Integer(b)) => a.partial_cmp(&(*b as f64)),
-                (Value::Date(a), Value::Date(b)) => a.partial_cmp(b),
-                (Value::Timestamp(a), Value::Timestamp(b)) => a.partial_cmp(b),
-                (Value::Boolean(a), Value::Boolean(b)) => a.partial_cmp(b),
-                _ => None,
-            };
-            return match (ordering, self.op) {
-                (None, _) => false,
-                (Some(o), FilterOp::Eq) => o == Ordering::Equal,
-                (Some(o), FilterOp::Gt) => o == Ordering::Greater,
-                (Some(o), FilterOp::Gte) => o != Ordering::Less,
-                (Some(o), FilterOp::Lt) => o == Ordering::Less,
-                (Some(o), FilterOp::Lte) => o != Ordering::Greater,
-            };
+        self.values
+            .iter()
+            .any(|value| compare(self.op, value, column, cell))
+    }
+}
+
+/// Whether `cell` passes `op value`: the SQL comparison, where null never matches.
+fn compare(op: FilterOp, value: &Value, column: &crate::datasets::Column, cell: &Value) -> bool {
+    use std::cmp::Ordering;
+    let Value::Text(wanted) = value else {
+        // Numbers, dates, timestamps and booleans: SQL comparison, where null never matches.
+        let ordering = match (cell, value) {
+            (Value::Integer(a), Value::Integer(b)) => a.partial_cmp(b),
+            (Value::Float(a), Value::Float(b)) => a.partial_cmp(b),
+            (Value::Integer(a), Value::Float(b)) => (*a as f64).partial_cmp(b),
+            (Value::Float(a), Value::Integer(b)) => a.partial_cmp(&(*b as f64)),
+            (Value::Date(a), Value::Date(b)) => a.partial_cmp(b),
+            (Value::Timestamp(a), Value::Timestamp(b)) => a.partial_cmp(b),
+            (Value::Boolean(a), Value::Boolean(b)) => a.partial_cmp(b),
+            _ => None,
         };
-        // Text filters are equality on the normalised form (of the value, or of any element).
-        match cell {
-            Value::Text(text) if !column.is_list() => normalise_text(text) == *wanted,
-            Value::List(items) => items.iter().any(|item| normalise_text(item) == *wanted),
-            _ => false,
-        }
+        return match (ordering, op) {
+            (None, _) => false,
+            (Some(o), FilterOp::Eq | FilterOp::In) => o == Ordering::Equal,
+            (Some(o), FilterOp::Gt) => o == Ordering::Greater,
+            (Some(o), FilterOp::Gte) => o != Ordering::Less,
+            (Some(o), FilterOp::Lt) => o == Ordering::Less,
+            (Some(o), FilterOp::Lte) => o != Ordering::Greater,
+        };
+    };
+    // Text filters are equality on the normalised form (of the value, or of any element).
+    match cell {
+        Value::Text(text) if !column.is_list() => normalise_text(text) == *wanted,
+        Value::List(items) => items.iter().any(|item| normalise_text(item) == *wanted),
+        _ => false,
     }
 }
 
@@ -164,6 +180,21 @@ fn invalid(parameter: &str, reason: impl Into<String>) -> QueryError {
 }
 
 impl Query {
+    /// The count of every row: no filter.
+    pub fn every_row(dataset: &Dataset) -> Query {
+        Query {
+            kind: QueryKind::Count,
+            filters: Vec::new(),
+            sort: Sort {
+                column: dataset.key.column,
+                descending: false,
+            },
+            limit: DEFAULT_LIMIT,
+            cursor: None,
+            format: ExportFormat::Json,
+        }
+    }
+
     /// Parses a raw (still percent-encoded) query string within the default limits.
     pub fn parse(dataset: &Dataset, kind: QueryKind, raw: &str) -> Result<Query, QueryError> {
         Query::parse_limited(dataset, kind, raw, &QueryLimits::default())
@@ -179,14 +210,7 @@ impl Query {
     ) -> Result<Query, QueryError> {
         let mut query = Query {
             kind,
-            filters: Vec::new(),
-            sort: Sort {
-                column: dataset.key.column,
-                descending: false,
-            },
-            limit: DEFAULT_LIMIT,
-            cursor: None,
-            format: ExportFormat::Json,
+            ..Query::every_row(dataset)
         };
         let mut seen: Vec<String> = Vec::new();
         let mut raw_cursor = None;
@@ -213,7 +237,11 @@ impl Query {
                     ),
                 ));
             }
-            if name != "cursor" && value.chars().count() > limits.max_value_chars {
+            // An any-of list is bounded per value (in `parse_filter`) and by the URI's length.
+            if name != "cursor"
+                && !name.ends_with(".in")
+                && value.chars().count() > limits.max_value_chars
+            {
                 return Err(invalid(
                     &name,
                     format!(
@@ -257,7 +285,9 @@ impl Query {
                         _ => return Err(invalid("format", "must be json, ndjson or csv")),
                     };
                 }
-                _ => query.filters.push(parse_filter(dataset, &name, &value)?),
+                _ => query
+                    .filters
+                    .push(parse_filter(dataset, &name, &value, limits)?),
             }
         }
         if let Some(raw_cursor) = raw_cursor {
@@ -282,12 +312,8 @@ impl Query {
             .iter()
             .map(|f| {
                 let column = &dataset.columns[f.column];
-                format!(
-                    "{}{}={}",
-                    column.name,
-                    f.op.suffix(),
-                    escape(&f.value.to_text())
-                )
+                let values: Vec<String> = f.values.iter().map(|v| escape(&v.to_text())).collect();
+                format!("{}{}={}", column.name, f.op.suffix(), values.join(","))
             })
             .collect();
         if self.sort
@@ -314,6 +340,7 @@ impl Query {
             }
             QueryKind::Facets => parts.push(format!("limit={}", self.limit)),
             QueryKind::Export => parts.push(format!("format={}", self.format.name())),
+            QueryKind::Count => {}
         }
         parts.sort();
         parts.join("&")
@@ -352,14 +379,19 @@ fn parse_sort(dataset: &Dataset, raw: &str) -> Result<Sort, QueryError> {
     Ok(Sort { column, descending })
 }
 
-fn parse_filter(dataset: &Dataset, name: &str, raw: &str) -> Result<Filter, QueryError> {
+fn parse_filter(
+    dataset: &Dataset,
+    name: &str,
+    raw: &str,
+    limits: &QueryLimits,
+) -> Result<Filter, QueryError> {
     let (column_name, op) = match name.rsplit_once('.') {
         Some((column, suffix)) => match FilterOp::from_suffix(suffix) {
             Some(op) => (column, op),
             None => {
                 return Err(invalid(
                     name,
-                    "unknown operator; use .gt, .gte, .lt or .lte",
+                    "unknown operator; use .in, .gt, .gte, .lt or .lte",
                 ));
             }
         },
@@ -375,12 +407,59 @@ fn parse_filter(dataset: &Dataset, name: &str, raw: &str) -> Result<Filter, Quer
             format!("column {column_name:?} is not filterable"),
         ));
     }
-    if op != FilterOp::Eq && !column.supports_range() {
+    if !matches!(op, FilterOp::Eq | FilterOp::In) && !column.supports_range() {
         return Err(invalid(
             name,
             format!("column {column_name:?} supports equality only"),
         ));
     }
+    let raws = if op == FilterOp::In {
+        let raws = split_any_of(raw);
+        if raws.len() > limits.max_any_of {
+            return Err(invalid(
+                name,
+                format!("at most {} values (MAX_ANY_OF_VALUES)", limits.max_any_of),
+            ));
+        }
+        if raws
+            .iter()
+            .any(|r| r.chars().count() > limits.max_value_chars)
+        {
+            return Err(invalid(
+                name,
+                format!(
+                    "a value is too long (at most {} characters, MAX_VALUE_CHARS)",
+                    limits.max_value_chars
+                ),
+            ));
+        }
+        raws
+    } else {
+        vec![raw.to_owned()]
+    };
+    let mut values = Vec::with_capacity(raws.len());
+    for raw in &raws {
+        values.push(filter_value(column, op, name, raw)?);
+    }
+    if op == FilterOp::In {
+        // The same set asked in any order or spelling is one question (and one cache key).
+        values.sort_by_cached_key(Value::to_text);
+        values.dedup();
+    }
+    Ok(Filter {
+        column: column_index,
+        op,
+        values,
+    })
+}
+
+/// One filter value of `column`, checked and (text compared for equality) normalised.
+fn filter_value(
+    column: &crate::datasets::Column,
+    op: FilterOp,
+    name: &str,
+    raw: &str,
+) -> Result<Value, QueryError> {
     if column
         .max_length
         .is_some_and(|max| raw.chars().count() > max)
@@ -389,15 +468,32 @@ fn parse_filter(dataset: &Dataset, name: &str, raw: &str) -> Result<Filter, Quer
     }
     let value = match column.ty {
         // Text compares normalised: see `normalise_text`.
-        ColumnType::Text if op == FilterOp::Eq => Value::Text(normalise_text(raw)),
+        ColumnType::Text if matches!(op, FilterOp::Eq | FilterOp::In) => {
+            Value::Text(normalise_text(raw))
+        }
         ty => rules::request_value(ty, raw).map_err(|reason| invalid(name, reason))?,
     };
     rules::check_scalar(&value).map_err(|reason| invalid(name, reason))?;
-    Ok(Filter {
-        column: column_index,
-        op,
-        value,
-    })
+    Ok(value)
+}
+
+/// The values of an any-of list: separated by commas, `\,` for a comma inside a value and
+/// `\\` for a backslash. An empty list is one empty value (which text accepts and other
+/// types refuse), so `x.in=` never means "no condition".
+fn split_any_of(raw: &str) -> Vec<String> {
+    let mut values = vec![String::new()];
+    let mut chars = raw.chars();
+    while let Some(ch) = chars.next() {
+        match ch {
+            '\\' => match chars.next() {
+                Some(next) => values.last_mut().unwrap().push(next),
+                None => values.last_mut().unwrap().push('\\'),
+            },
+            ',' => values.push(String::new()),
+            ch => values.last_mut().unwrap().push(ch),
+        }
+    }
+    values
 }
 
 // ---- cursors ---------------------------------------------------------------------------------
@@ -447,7 +543,7 @@ fn escape(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for ch in value.chars() {
         match ch {
-            '%' | '&' | '=' | ' ' => out.push_str(&format!("%{:02X}", ch as u32)),
+            '%' | '&' | '=' | ' ' | ',' => out.push_str(&format!("%{:02X}", ch as u32)),
             c if c.is_control() => {
                 let mut buf = [0u8; 4];
                 for b in c.encode_utf8(&mut buf).bytes() {

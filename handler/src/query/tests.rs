@@ -143,3 +143,68 @@ fn cursors_round_trip_and_are_bound_to_their_sort() {
     let other = Query::parse(&ds, QueryKind::List, &format!("sort=year&cursor={raw}"));
     assert_eq!(other.unwrap_err().parameter, "cursor");
 }
+
+#[test]
+fn any_of_lists_are_one_question_in_any_order_spelling_or_repetition() {
+    let ds = movies();
+    let canonical = |raw: &str| {
+        Query::parse(&ds, QueryKind::Count, raw)
+            .unwrap()
+            .canonical(&ds)
+    };
+    assert_eq!(canonical("rating.in=PG,PG-13"), "rating.in=pg,pg-13");
+    assert_eq!(canonical("rating.in=pg-13,%20PG,pg"), "rating.in=pg,pg-13");
+    assert_eq!(canonical("year.in=2001,1999,2001.0"), "year.in=1999,2001");
+    // A comma inside a value is escaped in the query and in the key alike.
+    assert_eq!(
+        canonical("title.in=The%20Good%5C,%20the%20Bad,Heat"),
+        "title.in=heat,the%20good%2C%20the%20bad"
+    );
+    assert_ne!(canonical("title.in=a%5C,b"), canonical("title.in=a,b"));
+    assert_eq!(canonical(""), "");
+}
+
+#[test]
+fn any_of_values_split_on_unescaped_commas() {
+    assert_eq!(split_any_of("a,b"), ["a", "b"]);
+    assert_eq!(split_any_of(r"a\,b,c"), ["a,b", "c"]);
+    assert_eq!(split_any_of(r"a\\,b"), [r"a\", "b"]);
+    assert_eq!(split_any_of(""), [""]);
+    assert_eq!(split_any_of("a,"), ["a", ""]);
+    assert_eq!(split_any_of(r"trailing\"), [r"trailing\"]);
+}
+
+#[test]
+fn an_any_of_filter_matches_a_row_like_its_sql() {
+    let ds = movies();
+    let query = Query::parse(
+        &ds,
+        QueryKind::Count,
+        "genres.in=western,noir&year.in=1950,1951",
+    )
+    .unwrap();
+    let mut row = vec![Value::Null; ds.columns.len()];
+    let (genres, year) = (
+        ds.column_index("genres").unwrap(),
+        ds.column_index("year").unwrap(),
+    );
+    row[genres] = Value::List(vec!["Drama".into(), "Western".into()]);
+    row[year] = Value::Integer(1951);
+    assert!(query.matches(&ds, &row));
+    row[year] = Value::Integer(1952);
+    assert!(!query.matches(&ds, &row));
+    row[year] = Value::Integer(1950);
+    row[genres] = Value::List(vec!["Drama".into()]);
+    assert!(!query.matches(&ds, &row));
+}
+
+#[test]
+fn any_of_lists_are_bounded() {
+    let ds = movies();
+    let many = (0..65).map(|n| n.to_string()).collect::<Vec<_>>().join(",");
+    let error = Query::parse(&ds, QueryKind::Count, &format!("year.in={many}")).unwrap_err();
+    assert!(error.reason.contains("MAX_ANY_OF_VALUES"), "{error}");
+    let long = "a".repeat(600);
+    let error = Query::parse(&ds, QueryKind::Count, &format!("title.in=b,{long}")).unwrap_err();
+    assert!(error.reason.contains("too long"), "{error}");
+}

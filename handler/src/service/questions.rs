@@ -41,6 +41,7 @@ pub fn memo_key(dataset: &str, kind: QueryKind, column: Option<usize>, raw: &str
         QueryKind::List => "l",
         QueryKind::Export => "e",
         QueryKind::Facets => "f",
+        QueryKind::Count => "c",
     };
     let mut key = String::with_capacity(dataset.len() + raw.len() + 16);
     key.push_str(dataset);

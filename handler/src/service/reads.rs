@@ -1,4 +1,4 @@
-//! Reads: a page of rows, one row, facet counts. Each is answered from the cache, or computed
+//! Reads: a page of rows, one row, facet counts, a row count. Each is answered from the cache, or computed
 //! once (however many ask at once) behind a read slot and stored; when the database is down or
 //! busy, the last good answer is better than an error (`STALE`).
 
@@ -129,6 +129,37 @@ impl Service {
             let values = self.storage.facets(&dataset, column, query).await?;
             Ok(Computed::json(encode::facets_body(column_name, values)))
         })
+        .await
+    }
+
+    /// `GET /api/{dataset}/count`: `{"count": N}`, the rows passing the filters.
+    #[tracing::instrument(level = "debug", name = "service.count", skip_all, fields(dataset = name))]
+    pub async fn count(
+        &self,
+        caller: &Caller,
+        name: &str,
+        raw_query: Option<&str>,
+    ) -> Result<Answer, ServiceError> {
+        let dataset = self.readable(caller, name).await?;
+        let question = self.question(&dataset, QueryKind::Count, None, raw_query)?;
+        let (query, key) = (&question.query, question.key.clone());
+        let read = Read::Count {
+            dataset: name.into(),
+            query: raw_query.map(Into::into),
+        };
+        self.cached(
+            caller,
+            &dataset,
+            Subject::Query(query),
+            key,
+            read,
+            || async {
+                let count = self.storage.count(&dataset, query).await?;
+                Ok(Computed::json(
+                    format!("{{\"count\":{count}}}").into_bytes(),
+                ))
+            },
+        )
         .await
     }
 

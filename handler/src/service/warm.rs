@@ -33,6 +33,10 @@ pub(super) enum Read<'a> {
         dataset: Cow<'a, str>,
         query: Option<Cow<'a, str>>,
     },
+    Count {
+        dataset: Cow<'a, str>,
+        query: Option<Cow<'a, str>>,
+    },
 }
 
 impl Read<'_> {
@@ -62,6 +66,10 @@ impl Read<'_> {
                 let _ = write!(path, "/api/{dataset}/export");
                 query
             }
+            Read::Count { dataset, query } => {
+                let _ = write!(path, "/api/{dataset}/count");
+                query
+            }
         };
         if let Some(query) = query {
             path.push('?');
@@ -86,6 +94,8 @@ impl Read<'_> {
         Some(match segments[1..] {
             [] => Read::List { dataset, query },
             ["export"] => Read::Export { dataset, query },
+            // Before `[id]`: the route `{dataset}/count` is matched before `{dataset}/{id}`.
+            ["count"] => Read::Count { dataset, query },
             ["facets", column] => Read::Facets {
                 dataset,
                 column: Cow::Owned(column.to_owned()),
@@ -174,6 +184,9 @@ impl Service {
                 }
                 Read::Export { dataset, query } => {
                     self.export(&caller, dataset, query.as_deref()).await
+                }
+                Read::Count { dataset, query } => {
+                    self.count(&caller, dataset, query.as_deref()).await
                 }
             };
             match answer.map(|a| a.outcome) {

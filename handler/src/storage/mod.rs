@@ -154,7 +154,7 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 /// One change to one row, checked against the declaration by the caller.
 #[derive(Debug, Clone)]
 pub enum Change {
-    /// A new row; its key is generated when the dataset generates keys (the given one is ignored).
+    /// A new row; a null key (where the dataset assigns keys) becomes one past the largest.
     Create(Row),
     /// Every column of the row with this key.
     Replace(Value, Row),
@@ -193,8 +193,8 @@ pub trait Storage: Send + Sync + 'static {
     /// Creates the dataset's tables and indexes, or adds what a changed declaration needs.
     async fn migrate(&self, dataset: &Dataset) -> Result<()>;
 
-    /// Rows in the dataset (0 when its table does not exist yet).
-    async fn count(&self, dataset: &Dataset) -> Result<u64>;
+    /// Rows passing the query's filters (0 when the dataset's table does not exist yet).
+    async fn count(&self, dataset: &Dataset, query: &Query) -> Result<u64>;
 
     /// One page: at most `query.limit + 1` rows, so the caller can tell whether a next page exists.
     async fn list(&self, dataset: &Dataset, query: &Query) -> Result<Vec<Row>>;

@@ -67,6 +67,8 @@ pub struct SqlStore<D> {
     driver: D,
     /// The accounts table is created on first use, once per instance.
     users_table: tokio::sync::OnceCell<()>,
+    /// So is the table that serialises key assignment (MySQL only).
+    key_locks_table: tokio::sync::OnceCell<()>,
 }
 
 impl<D: Driver> SqlStore<D> {
@@ -74,6 +76,7 @@ impl<D: Driver> SqlStore<D> {
         SqlStore {
             driver,
             users_table: tokio::sync::OnceCell::new(),
+            key_locks_table: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -81,6 +84,18 @@ impl<D: Driver> SqlStore<D> {
         self.users_table
             .get_or_try_init(|| async {
                 for statement in users::create_table(D::DIALECT) {
+                    self.driver.execute(&statement).await?;
+                }
+                Ok::<_, StorageError>(())
+            })
+            .await
+            .copied()
+    }
+
+    async fn key_locks_table(&self) -> Result<()> {
+        self.key_locks_table
+            .get_or_try_init(|| async {
+                if let Some(statement) = sql::key_locks_table(D::DIALECT) {
                     self.driver.execute(&statement).await?;
                 }
                 Ok::<_, StorageError>(())
@@ -121,10 +136,16 @@ impl<D: Driver> SqlStore<D> {
     ) -> Result<Written> {
         let dialect = D::DIALECT;
         let decode = Decode::row(dataset);
+        let assigns_key =
+            matches!(&change, Change::Create(row) if row[dataset.key.column].is_null());
+        if assigns_key {
+            self.key_locks_table().await?;
+        }
         let mut tx = self.driver.begin_write().await?;
         let written = match change {
             Change::Create(mut row) => {
-                if dataset.key.generated {
+                // Validation leaves the key null only where the dataset assigns keys.
+                if assigns_key {
                     if let Some(lock) = sql::lock_for_generated_keys(dataset, dialect) {
                         tx.execute(lock).await?;
                     }
@@ -298,11 +319,11 @@ impl<D: Driver> Storage for SqlStore<D> {
         Ok(())
     }
 
-    async fn count(&self, dataset: &Dataset) -> Result<u64> {
+    async fn count(&self, dataset: &Dataset, query: &Query) -> Result<u64> {
         if self.table_columns(&dataset.table).await?.is_none() {
             return Ok(0);
         }
-        let statement = sql::count(dataset, D::DIALECT);
+        let statement = sql::count(dataset, query, D::DIALECT);
         let rows = self
             .driver
             .fetch(statement, &[Decode::Scalar(ColumnType::Integer)])

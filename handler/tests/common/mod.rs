@@ -27,11 +27,18 @@ pub mod proxy;
 mod redis_servers;
 #[allow(dead_code)] // used by the tests that run the binary
 pub mod served;
+pub mod skip;
 #[allow(unused_imports)] // not every test binary starts its own Redis
 pub use redis_servers::{PrivateRedis, RedisCluster};
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Every row of `dataset` in `storage` (0 before its table exists).
+pub async fn row_count(storage: &dyn Storage, dataset: &Dataset) -> u64 {
+    let every_row = handler::query::Query::every_row(dataset);
+    storage.count(dataset, &every_row).await.unwrap()
 }
 
 pub fn catalog() -> Catalog {
@@ -73,10 +80,7 @@ pub async fn postgres_url() -> Option<String> {
             let message = format!(
                 "PostgreSQL is not reachable at {admin} ({error}): install and start postgresql"
             );
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{message}");
-            }
-            eprintln!("SKIPPED: {message}");
+            skip::skipped(&message, false);
             return None;
         }
     };
@@ -101,10 +105,7 @@ pub async fn mysql_url() -> Option<String> {
             let message = format!(
                 "MySQL/MariaDB is not reachable at {admin} ({error}): install and start mariadb-server"
             );
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{message}");
-            }
-            eprintln!("SKIPPED: {message}");
+            skip::skipped(&message, false);
             return None;
         }
     };
@@ -123,8 +124,9 @@ pub async fn mysql_url() -> Option<String> {
 /// skipped with a visible line, under `CI=true` too.
 pub async fn mssql_url() -> Option<String> {
     let Ok(admin) = std::env::var("MSSQL_URL") else {
-        eprintln!(
-            "SKIPPED: the SQL Server suite needs MSSQL_URL (a SQL Server or Azure SQL database)"
+        skip::skipped(
+            "the SQL Server suite needs MSSQL_URL (a SQL Server or Azure SQL database)",
+            true,
         );
         return None;
     };
@@ -428,11 +430,8 @@ pub async fn redis_url() -> Option<String> {
     };
     match tokio::time::timeout(std::time::Duration::from_secs(2), ping).await {
         Ok(Some(_)) => Some(url),
-        _ if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("Redis is not reachable at {url}")
-        }
         _ => {
-            eprintln!("SKIPPED: no Redis at {url} (install redis-server)");
+            skip::skipped(&format!("no Redis at {url} (install redis-server)"), false);
             None
         }
     }
@@ -441,6 +440,42 @@ pub async fn redis_url() -> Option<String> {
 /// A key prefix no other test run uses.
 pub fn unique_prefix() -> String {
     unique_name("test")
+}
+
+/// A database with the movies imported, and a cache shared by two instances over it: SQLite
+/// with one in-process cache (two handles on it), and, when they answer, PostgreSQL with Redis.
+pub async fn movies_backends() -> Vec<(&'static str, TestApp, TestApp)> {
+    let catalog = catalog();
+    let ttl = std::time::Duration::from_secs(60);
+    let sqlite = open(&sqlite_url());
+    import_movies(sqlite.as_ref(), &catalog).await;
+    let a = TestApp::new(sqlite, catalog.clone());
+    let mut out: Vec<(&'static str, TestApp, TestApp)> = vec![("sqlite+in-process", a.clone(), a)];
+    if let (Some(pg), Some(redis)) = (postgres_url().await, redis_url().await) {
+        import_movies(open(&pg).as_ref(), &catalog).await;
+        let storage = open(&pg);
+        let prefix = unique_prefix();
+        let instance = |storage: Arc<dyn Storage>, catalog: Catalog| {
+            let cache = Cache::with_redis(&redis, &prefix, ttl, handler::cache::DEFAULT_MAX_BYTES);
+            TestApp::with_cache(storage, catalog, cache)
+        };
+        out.push((
+            "postgres+redis",
+            instance(storage.clone(), catalog.clone()),
+            instance(storage, catalog.clone()),
+        ));
+    }
+    let others = [
+        ("mariadb+in-process", mysql_url().await),
+        ("sqlserver+in-process", mssql_url().await),
+    ];
+    for (name, url) in others {
+        let Some(url) = url else { continue };
+        import_movies(open(&url).as_ref(), &catalog).await;
+        let a = TestApp::new(open(&url), catalog.clone());
+        out.push((name, a.clone(), a));
+    }
+    out
 }
 
 /// Counts computed straight from the CSV with the csv crate, independently of the importer.

@@ -30,7 +30,7 @@ pub use schema::{
 };
 pub use writes::{
     delete_list_elements, delete_row, get_for_update, insert_list_elements, insert_row,
-    lock_for_generated_keys, next_generated_key, update_row,
+    key_locks_table, lock_for_generated_keys, next_generated_key, update_row,
 };
 
 use crate::datasets::{Column, ColumnType, Dataset, Value};

@@ -22,25 +22,44 @@ fn where_clause(dataset: &Dataset, query: &Query, b: &mut Builder) {
             b.column(&key);
             let (row_id, value_key) = (b.dialect.quote("row_id"), b.dialect.quote("value_key"));
             b.push(&format!(
-                " IN (SELECT e{n}.{row_id} FROM {list_table} e{n} WHERE e{n}.{value_key} = "
+                " IN (SELECT e{n}.{row_id} FROM {list_table} e{n} WHERE e{n}.{value_key}"
             ));
-            b.bind(filter.value.clone()).push(")");
-        } else if column.has_key_column() && filter.op == FilterOp::Eq {
-            b.column(&format!("{}__key", column.name))
-                .push(" = ")
-                .bind(filter.value.clone());
+            equal_to_any(&filter.values, b);
+            b.push(")");
+        } else if column.has_key_column() && matches!(filter.op, FilterOp::Eq | FilterOp::In) {
+            b.column(&format!("{}__key", column.name));
+            equal_to_any(&filter.values, b);
+        } else if filter.op == FilterOp::In {
+            b.column(&column.name);
+            equal_to_any(&filter.values, b);
         } else {
             b.column(&column.name)
                 .push(" ")
                 .push(filter.op.sql())
                 .push(" ");
-            b.bind(filter.value.clone());
+            b.bind(filter.values[0].clone());
         }
     }
     if let Some(cursor) = &query.cursor {
         and(b);
         keyset_predicate(dataset, query.sort, cursor, b);
     }
+}
+
+/// ` = ?` for one value, ` IN (?, ?, …)` for several.
+fn equal_to_any(values: &[Value], b: &mut Builder) {
+    if let [value] = values {
+        b.push(" = ").bind(value.clone());
+        return;
+    }
+    b.push(" IN (");
+    for (n, value) in values.iter().enumerate() {
+        if n > 0 {
+            b.push(", ");
+        }
+        b.bind(value.clone());
+    }
+    b.push(")");
 }
 
 /// Rows strictly after the cursor in the order of [`order_by`]: non-null sort values first (in
@@ -136,11 +155,14 @@ pub fn get(dataset: &Dataset, key: &Value, dialect: Dialect) -> Statement {
     b.finish()
 }
 
-pub fn count(dataset: &Dataset, dialect: Dialect) -> Statement {
-    Statement {
-        sql: format!("SELECT COUNT(*) FROM {}", dialect.quote(&dataset.table)),
-        params: vec![],
-    }
+/// The rows passing the query's filters (all of them when it has none).
+pub fn count(dataset: &Dataset, query: &Query, dialect: Dialect) -> Statement {
+    let mut b = Builder::new(dialect);
+    b.push("SELECT COUNT(*) FROM ")
+        .push(&dialect.quote(&dataset.table))
+        .push(" t");
+    where_clause(dataset, query, &mut b);
+    b.finish()
 }
 
 /// `(value, count)` rows for a column under the query's filters. Text groups by its normalised

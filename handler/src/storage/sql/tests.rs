@@ -157,9 +157,12 @@ fn mysql_statements_for_every_query_shape() {
             .sql
             .ends_with("WHERE t.`id` = ? FOR UPDATE")
     );
-    // Generated keys: the locking read of the largest key serialises inserts (no LOCK TABLES,
-    // which would end the transaction).
-    assert!(lock_for_generated_keys(&ds, d).is_none());
+    // Assigned keys: a row lock serialises them (no LOCK TABLES, which would end the
+    // transaction; the locking read of the largest key alone takes shared gap locks).
+    assert_eq!(
+        lock_for_generated_keys(&ds, d).unwrap().params,
+        [Value::Text("movies".into())]
+    );
     assert_eq!(
         next_generated_key(&ds, d).sql,
         "SELECT COALESCE(MAX(`id`), 0) + 1 FROM `movies` FOR UPDATE"

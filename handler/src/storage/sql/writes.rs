@@ -27,8 +27,8 @@ pub fn get_for_update(dataset: &Dataset, key: &Value, dialect: Dialect) -> State
     b.finish()
 }
 
-/// The next generated key: one past the largest. Callers hold a write lock on the table (on
-/// MySQL this read takes it: InnoDB locks the last key and the gap after it until commit).
+/// The next assigned key: one past the largest. Callers hold [`lock_for_generated_keys`]'s lock
+/// (a locking read on MySQL: it reads the latest committed rows, whatever the snapshot).
 pub fn next_generated_key(dataset: &Dataset, dialect: Dialect) -> Statement {
     // SQL Server locks the whole table in this read, until the transaction ends.
     let (hint, lock) = match dialect {
@@ -46,18 +46,42 @@ pub fn next_generated_key(dataset: &Dataset, dialect: Dialect) -> Statement {
     }
 }
 
-/// Serialises inserts that generate keys on PostgreSQL (SQLite's write transaction already does;
-/// MySQL's and SQL Server's read of the largest key takes the lock itself).
+/// MySQL's table of one row per dataset whose keys are assigned, locked by each assignment.
+pub const KEY_LOCKS_TABLE: &str = "smartcache_key_locks";
+
+/// The table [`lock_for_generated_keys`] needs, where it needs one (MySQL).
+pub fn key_locks_table(dialect: Dialect) -> Option<String> {
+    (dialect == Dialect::MySql).then(|| {
+        super::create_table_if_missing(
+            dialect,
+            &dialect.quote(KEY_LOCKS_TABLE),
+            "`name` VARCHAR(128) NOT NULL PRIMARY KEY, `assigned` BIGINT NOT NULL",
+        )
+    })
+}
+
+/// Serialises the inserts that assign keys, until the transaction ends. PostgreSQL locks the
+/// table against other writers; MySQL locks the dataset's row of [`KEY_LOCKS_TABLE`] (the read
+/// of the largest key alone takes only gap locks, which concurrent creators share and then
+/// deadlock on when both insert); SQLite's write transaction already serialises, and SQL
+/// Server's read of the largest key locks the table itself.
 pub fn lock_for_generated_keys(dataset: &Dataset, dialect: Dialect) -> Option<Statement> {
     let table = dialect.quote(&dataset.table);
-    let sql = match dialect {
-        Dialect::Sqlite | Dialect::MySql | Dialect::SqlServer => return None,
-        Dialect::Postgres => format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"),
-    };
-    Some(Statement {
-        sql,
-        params: vec![],
-    })
+    match dialect {
+        Dialect::Sqlite | Dialect::SqlServer => None,
+        Dialect::Postgres => Some(Statement {
+            sql: format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"),
+            params: vec![],
+        }),
+        Dialect::MySql => Some(Statement {
+            sql: format!(
+                "INSERT INTO {} (`name`, `assigned`) VALUES (?, 1) \
+                 ON DUPLICATE KEY UPDATE `assigned` = `assigned` + 1",
+                dialect.quote(KEY_LOCKS_TABLE)
+            ),
+            params: vec![Value::Text(dataset.table.clone())],
+        }),
+    }
 }
 
 pub fn insert_row(dataset: &Dataset, row: &Row, dialect: Dialect) -> Statement {
