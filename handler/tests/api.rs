@@ -335,6 +335,28 @@ async fn the_openapi_document_describes_every_dataset() {
         !html.contains("http://") && !html.contains("https://"),
         "the docs page must not fetch from the internet"
     );
+    let csp = TestApp::header(&docs, "content-security-policy");
+    assert!(csp.contains("script-src 'self'") && csp.contains("connect-src 'self'"), "{csp}");
+    // Its assets: gzipped for clients that take it, revalidated by ETag, unknown ones a 404.
+    let bundle = app
+        .get_with("/api/docs/swagger-ui-bundle.js", &[("accept-encoding", "gzip")])
+        .await;
+    assert_eq!(bundle.status, 200);
+    assert_eq!(TestApp::header(&bundle, "content-encoding"), "gzip");
+    assert!(bundle.body.len() < 700_000, "{} bytes", bundle.body.len());
+    let plain = app.get("/api/docs/swagger-ui.css").await;
+    assert!(TestApp::header(&plain, "content-type").starts_with("text/css"));
+    let etag = TestApp::header(&plain, "etag").to_owned();
+    let again = app
+        .get_with("/api/docs/swagger-ui.css", &[("if-none-match", &etag)])
+        .await;
+    assert_eq!(again.status, 304);
+    let unknown = app.get("/api/docs/..%2F..%2Fetc%2Fpasswd").await;
+    assert_eq!(unknown.status, 404);
+    assert_eq!(
+        TestApp::header(&unknown, "content-type"),
+        "application/problem+json"
+    );
 }
 
 /// CORS is off unless origins are configured, and then only for them.

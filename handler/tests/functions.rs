@@ -102,6 +102,7 @@ fn fill_route(route: &str) -> String {
         .replace("{dataset}", "movies")
         .replace("{id}", "595")
         .replace("{column}", "genres")
+        .replace("{asset}", "docs.js")
 }
 
 #[test]

@@ -316,7 +316,7 @@ fn gunzip_stream(
 
 /// A content coding the answer is sent in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Coding {
+pub(super) enum Coding {
     Brotli,
     Gzip,
     Identity,
@@ -336,14 +336,14 @@ impl Coding {
 /// q of `*` if given, else 0; the plain body is acceptable (least preferred) unless `identity`
 /// (or `*`, with no `identity` named) says `q=0`.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Accepted {
+pub(super) struct Accepted {
     brotli: f32,
     gzip: f32,
     identity: f32,
 }
 
 impl Accepted {
-    fn from_headers(headers: &HeaderMap) -> Self {
+    pub(super) fn from_headers(headers: &HeaderMap) -> Self {
         let value = headers
             .get(header::ACCEPT_ENCODING)
             .and_then(|v| v.to_str().ok())
@@ -389,7 +389,7 @@ impl Accepted {
     /// The client's preferred coding among those at hand (brotli only if `brotli_ready`); on a
     /// tie the smaller bytes win. The plain body when the client refuses everything (rather
     /// than a 406, which no client handles).
-    fn choose(&self, brotli_ready: bool) -> Coding {
+    pub(super) fn choose(&self, brotli_ready: bool) -> Coding {
         let mut best = (Coding::Identity, self.identity);
         for (coding, q) in [(Coding::Gzip, self.gzip), (Coding::Brotli, self.brotli)] {
             let ready = coding != Coding::Brotli || brotli_ready;

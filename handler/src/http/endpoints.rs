@@ -3,7 +3,7 @@
 
 use axum::routing::{MethodFilter, MethodRouter};
 
-use super::{AppState, admin, auth, data, imports, meta, write};
+use super::{AppState, admin, auth, data, docs, imports, meta, write};
 
 /// One served endpoint: the Azure function that declares it, and its route as written in that
 /// function's `function.json` (relative to the `api` prefix).
@@ -25,6 +25,7 @@ pub(super) enum Handler {
     Version,
     OpenApi,
     Docs,
+    DocsAsset,
     List,
     Export,
     Facets,
@@ -75,9 +76,17 @@ pub const ENDPOINTS: &[Endpoint] = &[
         function: "Docs",
         method: "GET",
         route: "docs",
-        summary: "A documentation page (works offline)",
+        summary: "Interactive documentation: Swagger UI on this API (works offline)",
         auth_level: "anonymous",
         handler: Handler::Docs,
+    },
+    Endpoint {
+        function: "DocsAssets",
+        method: "GET",
+        route: "docs/{asset}",
+        summary: "The documentation page's scripts and styles",
+        auth_level: "anonymous",
+        handler: Handler::DocsAsset,
     },
     Endpoint {
         function: "ListItems",
@@ -215,7 +224,8 @@ impl Handler {
             Handler::Health => MethodRouter::new().on(filter, meta::health),
             Handler::Version => MethodRouter::new().on(filter, meta::version),
             Handler::OpenApi => MethodRouter::new().on(filter, meta::openapi),
-            Handler::Docs => MethodRouter::new().on(filter, meta::docs),
+            Handler::Docs => MethodRouter::new().on(filter, docs::page),
+            Handler::DocsAsset => MethodRouter::new().on(filter, docs::asset),
             Handler::List => MethodRouter::new().on(filter, data::list),
             Handler::Export => MethodRouter::new().on(filter, data::export),
             Handler::Facets => MethodRouter::new().on(filter, data::facets),

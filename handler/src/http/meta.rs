@@ -1,8 +1,8 @@
-//! Service endpoints: health, version, the OpenAPI document and its docs page.
+//! Service endpoints: health, version, the OpenAPI document (its docs page: `docs`).
 
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use serde_json::json;
 
 use super::{AppState, json_response, openapi};
@@ -32,17 +32,4 @@ pub async fn version() -> Response {
 pub async fn openapi(State(state): State<AppState>) -> Response {
     let document = openapi::document(&state.catalog);
     json_response(StatusCode::OK, document.to_string().into_bytes(), "")
-}
-
-/// `GET /api/docs`: a self-contained page that renders the OpenAPI document; it loads nothing
-/// from the internet, so it works offline and under a strict CSP.
-pub async fn docs() -> Response {
-    let mut response = Html(include_str!("docs.html")).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
-        ),
-    );
-    response
 }

@@ -7,6 +7,7 @@ mod auth;
 mod body;
 mod client;
 mod data;
+mod docs;
 mod endpoints;
 mod error;
 mod imports;

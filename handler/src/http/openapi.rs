@@ -184,6 +184,10 @@ fn operation(function: &str, summary: &str, handler: Handler, dataset: Option<&D
             );
             ok = json!({"description": "The import's progress, then its report or error", "content": {"application/json": {"schema": schema_ref("ImportStatus")}}});
         }
+        (Handler::DocsAsset, _) => {
+            parameters.push(json!({"name": "asset", "in": "path", "required": true, "schema": {"enum": super::docs::ASSET_NAMES}}));
+            ok = json!({"description": "A script or style of the docs page", "content": {"text/javascript": {}, "text/css": {}}});
+        }
         (Handler::Docs, _) => {
             ok = json!({"description": "HTML page", "content": {"text/html": {}}})
         }
@@ -286,6 +290,13 @@ fn finish(mut operation: Json, handler: Handler, ok: Json) -> Json {
     }
     if matches!(handler, Handler::ImportStatus) {
         responses.insert("404".into(), problem("No such import on this instance"));
+    }
+    if matches!(handler, Handler::DocsAsset) {
+        responses.insert(
+            "304".into(),
+            json!({"description": "Not modified (If-None-Match)"}),
+        );
+        responses.insert("404".into(), problem("No such asset"));
     }
     if responses.contains_key("401") && !matches!(handler, Handler::Login) {
         operation["security"] = json!([{"bearer": []}]);
