@@ -308,9 +308,25 @@ async fn the_openapi_document_describes_every_dataset() {
     assert!(doc["components"]["schemas"]["MoviesRow"]["properties"]["genres"].is_object());
     // Writes: a body, a bearer token, their own success status; operation ids stay unique.
     let create = &doc["paths"]["/movies"]["post"];
-    assert_eq!(
-        create["requestBody"]["content"]["application/json"]["schema"]["$ref"],
-        "#/components/schemas/MoviesRow"
+    let body = &create["requestBody"]["content"]["application/json"]["schema"];
+    assert_eq!(body["additionalProperties"], false);
+    // Movies assign their key: a create may leave it out; the title is required and not blank.
+    let required = body["required"].as_array().unwrap();
+    assert!(!required.contains(&"id".into()) && required.contains(&"title".into()));
+    assert_eq!(body["properties"]["title"]["minLength"], 1);
+    assert_eq!(body["properties"]["year"]["format"], "int64");
+    let patch = &doc["paths"]["/movies/{id}"]["patch"]["requestBody"]["content"]["application/json"]
+        ["schema"];
+    assert!(
+        patch["properties"]["id"].is_null(),
+        "a patch never names the key"
+    );
+    assert_eq!(patch["minProperties"], 1);
+    let flights =
+        &doc["paths"]["/flights"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+    assert!(
+        flights["properties"]["id"].is_null(),
+        "a generated key is never given"
     );
     assert!(create["responses"]["201"].is_object() && create["responses"]["422"].is_object());
     assert_eq!(create["security"][0]["bearer"], serde_json::json!([]));
@@ -336,10 +352,16 @@ async fn the_openapi_document_describes_every_dataset() {
         "the docs page must not fetch from the internet"
     );
     let csp = TestApp::header(&docs, "content-security-policy");
-    assert!(csp.contains("script-src 'self'") && csp.contains("connect-src 'self'"), "{csp}");
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("connect-src 'self'"),
+        "{csp}"
+    );
     // Its assets: gzipped for clients that take it, revalidated by ETag, unknown ones a 404.
     let bundle = app
-        .get_with("/api/docs/swagger-ui-bundle.js", &[("accept-encoding", "gzip")])
+        .get_with(
+            "/api/docs/swagger-ui-bundle.js",
+            &[("accept-encoding", "gzip")],
+        )
         .await;
     assert_eq!(bundle.status, 200);
     assert_eq!(TestApp::header(&bundle, "content-encoding"), "gzip");

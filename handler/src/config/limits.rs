@@ -90,7 +90,8 @@ pub struct QueryLimits {
 impl Default for QueryLimits {
     fn default() -> Self {
         QueryLimits {
-            max_parameters: 32,
+            // Every filter a dataset documents fits (movies: 69 with sort, limit and cursor).
+            max_parameters: 128,
             max_filter_repeats: 8,
             max_value_chars: 512,
             max_any_of: 64,

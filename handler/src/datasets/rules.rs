@@ -44,7 +44,8 @@ pub fn check(
         Value::Null if !column.nullable || is_key => Err("is required".into()),
         Value::Date(_) | Value::Timestamp(_) => check_scalar(value),
         Value::Text(text) => {
-            if is_key && text.trim().is_empty() {
+            // A required text (or a key) says something: blank is as good as missing.
+            if (is_key || !column.nullable) && text.trim().is_empty() {
                 return Err("must not be empty".into());
             }
             let limit = [

@@ -215,6 +215,27 @@ mod tests {
     }
 
     #[test]
+    fn integral_numbers_are_integers_and_required_text_is_not_blank() {
+        let ds = movies();
+        let row = |json| full_row(&ds, &body(json), None, EngineRules::default());
+        let year = ds.column_index("year").unwrap();
+        let made = row(serde_json::json!({"title": "Up", "year": 2009.0})).unwrap();
+        assert_eq!(made[year], Value::Integer(2009));
+        for (json, field) in [
+            (serde_json::json!({"title": "Up", "year": 2009.5}), "year"),
+            // -2^63 - 1 arrives as a float that rounds to -2^63: refused, not rounded.
+            (
+                serde_json::from_str(r#"{"title": "Up", "year": -9223372036854775809}"#).unwrap(),
+                "year",
+            ),
+            (serde_json::json!({"title": " \t"}), "title"),
+        ] {
+            let err = row(json).unwrap_err();
+            assert_eq!(err[0].0, field, "{err:?}");
+        }
+    }
+
+    #[test]
     fn a_key_is_required_unless_the_dataset_assigns_it() {
         let mut ds = movies();
         let fields = body(serde_json::json!({"title": "Up"}));

@@ -139,7 +139,15 @@ impl Value {
             (Json::String(s), false, ty @ (ColumnType::Date | ColumnType::Timestamp)) => {
                 Value::parse_scalar(ty, s).ok()?
             }
-            (Json::Number(n), false, ColumnType::Integer) => Value::Integer(n.as_i64()?),
+            // JSON has one number type: 12.0 is the integer 12 (JSON Schema agrees), as far as
+            // a float holds integers exactly (2^53); beyond, only integer digits are exact.
+            (Json::Number(n), false, ColumnType::Integer) => {
+                Value::Integer(n.as_i64().or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.fract() == 0.0 && f.abs() <= 2f64.powi(53))
+                        .map(|f| f as i64)
+                })?)
+            }
             (Json::Number(n), false, ColumnType::Float) => Value::Float(n.as_f64()?),
             (Json::Bool(b), false, ColumnType::Boolean) => Value::Boolean(*b),
             _ => return None,

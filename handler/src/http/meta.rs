@@ -30,6 +30,10 @@ pub async fn version() -> Response {
 
 /// `GET /api/openapi.json`: generated from [`super::ENDPOINTS`] and the dataset declarations.
 pub async fn openapi(State(state): State<AppState>) -> Response {
-    let document = openapi::document(&state.catalog);
+    let document = openapi::document(&openapi::Described {
+        catalog: &state.catalog,
+        engine: state.storage.engine_rules(),
+        limits: &state.limits.query,
+    });
     json_response(StatusCode::OK, document.to_string().into_bytes(), "")
 }

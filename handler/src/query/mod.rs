@@ -414,6 +414,9 @@ fn parse_filter(
         ));
     }
     let raws = if op == FilterOp::In {
+        if raw.is_empty() {
+            return Err(invalid(name, "give at least one value"));
+        }
         let raws = split_any_of(raw);
         if raws.len() > limits.max_any_of {
             return Err(invalid(
@@ -478,8 +481,8 @@ fn filter_value(
 }
 
 /// The values of an any-of list: separated by commas, `\,` for a comma inside a value and
-/// `\\` for a backslash. An empty list is one empty value (which text accepts and other
-/// types refuse), so `x.in=` never means "no condition".
+/// `\\` for a backslash. (An empty parameter is refused before: `x.in=` never means "no
+/// condition".)
 fn split_any_of(raw: &str) -> Vec<String> {
     let mut values = vec![String::new()];
     let mut chars = raw.chars();

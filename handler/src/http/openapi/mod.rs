@@ -5,10 +5,25 @@ use serde_json::{Map, Value as Json, json};
 
 use super::ENDPOINTS;
 use super::endpoints::Handler;
-use crate::datasets::{Catalog, Column, ColumnType, Dataset};
+use crate::config::QueryLimits;
+use crate::datasets::rules::EngineRules;
+use crate::datasets::{Catalog, Dataset};
 use crate::query::{DEFAULT_LIMIT, MAX_LIMIT};
 
-pub fn document(catalog: &Catalog) -> Json {
+mod schemas;
+
+use schemas::{Body, body_schema, filter_parameters, row_schema, value_schema};
+
+/// What the document describes: the datasets, and the rules of the engine and the query limits
+/// the server enforces (so that the documented bounds are the enforced ones).
+pub struct Described<'a> {
+    pub catalog: &'a Catalog,
+    pub engine: EngineRules,
+    pub limits: &'a QueryLimits,
+}
+
+pub fn document(described: &Described<'_>) -> Json {
+    let catalog = described.catalog;
     let mut paths = Map::new();
     for endpoint in ENDPOINTS {
         let per_dataset = endpoint.route.contains("{dataset}");
@@ -23,6 +38,7 @@ pub fn document(catalog: &Catalog) -> Json {
                 None => endpoint.route.to_owned(),
             };
             let mut operation = operation(
+                described,
                 endpoint.function,
                 endpoint.summary,
                 endpoint.handler,
@@ -52,7 +68,7 @@ pub fn document(catalog: &Catalog) -> Json {
     schemas.insert("Problem".into(), problem_schema());
     schemas.insert("ImportStatus".into(), import_status_schema());
     for dataset in catalog.iter() {
-        schemas.insert(schema_name(dataset), row_schema(dataset));
+        schemas.insert(schema_name(dataset), row_schema(dataset, described.engine));
     }
     json!({
         "openapi": "3.1.0",
@@ -80,7 +96,15 @@ fn schema_ref(name: &str) -> Json {
     json!({"$ref": format!("#/components/schemas/{name}")})
 }
 
-fn operation(function: &str, summary: &str, handler: Handler, dataset: Option<&Dataset>) -> Json {
+fn operation(
+    described: &Described<'_>,
+    function: &str,
+    summary: &str,
+    handler: Handler,
+    dataset: Option<&Dataset>,
+) -> Json {
+    let (engine, limits) = (described.engine, described.limits);
+    let id_parameter = |d: &Dataset| json!({"name": "id", "in": "path", "required": true, "schema": value_schema(d.key_column(), true, engine)});
     let operation_id = match dataset {
         Some(d) => format!("{function}_{}", d.name),
         None => function.to_owned(),
@@ -89,10 +113,10 @@ fn operation(function: &str, summary: &str, handler: Handler, dataset: Option<&D
     let mut ok = json!({"description": "OK", "content": {"application/json": {"schema": {}}}});
     match (handler, dataset) {
         (Handler::List, Some(d)) => {
-            parameters.extend(filter_parameters(d));
+            parameters.extend(filter_parameters(d, limits));
             parameters.push(sort_parameter(d));
             parameters.push(json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}}));
-            parameters.push(json!({"name": "cursor", "in": "query", "description": "next_cursor of the previous page", "schema": {"type": "string"}}));
+            parameters.push(json!({"name": "cursor", "in": "query", "description": "next_cursor of the previous page, opaque: only a cursor this endpoint made for the same sort is taken (400 otherwise)", "schema": {"type": "string", "minLength": 1, "maxLength": limits.max_cursor_bytes}}));
             ok["content"]["application/json"]["schema"] = json!({
                 "type": "object",
                 "required": ["items", "next_cursor"],
@@ -103,7 +127,7 @@ fn operation(function: &str, summary: &str, handler: Handler, dataset: Option<&D
             });
         }
         (Handler::Export, Some(d)) => {
-            parameters.extend(filter_parameters(d));
+            parameters.extend(filter_parameters(d, limits));
             parameters.push(sort_parameter(d));
             parameters.push(json!({"name": "format", "in": "query", "schema": {"enum": ["json", "ndjson", "csv"], "default": "json"}}));
             ok = json!({"description": "Every matching row, streamed", "content": {
@@ -120,7 +144,7 @@ fn operation(function: &str, summary: &str, handler: Handler, dataset: Option<&D
                 .map(|c| c.name.as_str())
                 .collect();
             parameters.push(json!({"name": "column", "in": "path", "required": true, "schema": {"enum": columns}}));
-            parameters.extend(filter_parameters(d));
+            parameters.extend(filter_parameters(d, limits));
             parameters.push(json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}}));
             ok["content"]["application/json"]["schema"] = json!({
                 "type": "object",
@@ -131,7 +155,7 @@ fn operation(function: &str, summary: &str, handler: Handler, dataset: Option<&D
             });
         }
         (Handler::Count, Some(d)) => {
-            parameters.extend(filter_parameters(d));
+            parameters.extend(filter_parameters(d, limits));
             ok["content"]["application/json"]["schema"] = json!({
                 "type": "object",
                 "required": ["count"],
@@ -139,12 +163,12 @@ fn operation(function: &str, summary: &str, handler: Handler, dataset: Option<&D
             });
         }
         (Handler::Item, Some(d)) => {
-            parameters.push(json!({"name": "id", "in": "path", "required": true, "schema": json_type(d.key_column())}));
+            parameters.push(id_parameter(d));
             ok["content"]["application/json"]["schema"] = schema_ref(&schema_name(d));
         }
         (Handler::Create | Handler::Replace | Handler::Patch, Some(d)) => {
             if !matches!(handler, Handler::Create) {
-                parameters.push(json!({"name": "id", "in": "path", "required": true, "schema": json_type(d.key_column())}));
+                parameters.push(id_parameter(d));
             }
             ok["content"]["application/json"]["schema"] = schema_ref(&schema_name(d));
             if matches!(handler, Handler::Create) {
@@ -152,7 +176,7 @@ fn operation(function: &str, summary: &str, handler: Handler, dataset: Option<&D
             }
         }
         (Handler::Delete, Some(d)) => {
-            parameters.push(json!({"name": "id", "in": "path", "required": true, "schema": json_type(d.key_column())}));
+            parameters.push(id_parameter(d));
             ok = json!({"description": "Deleted"});
         }
         (Handler::Signup | Handler::Login, _) => {
@@ -168,15 +192,18 @@ fn operation(function: &str, summary: &str, handler: Handler, dataset: Option<&D
         }
         (Handler::ImportStart, _) => {
             let request = json!({"type": "object", "required": ["dataset", "blob"], "properties": {
-                "dataset": {"type": "string", "description": "A declared dataset"},
-                "blob": {"type": "string", "format": "uri", "description": "https://<account>.blob.core.windows.net/<container>/<blob>, with a SAS or not"},
-            }});
+                "dataset": {"enum": catalog_names(described.catalog), "description": "A declared dataset"},
+                "blob": {"type": "string", "format": "uri", "pattern": "^https://[^/?#]+/[^/?#]+/[^?#]+", "description": "https://<account>.blob.core.windows.net/<container>/<blob>, with a SAS or not (plain http only on loopback, for Azurite)"},
+            }, "additionalProperties": false});
             let mut operation =
                 json!({"operationId": operation_id, "summary": summary, "responses": {}});
             operation["requestBody"] =
                 json!({"required": true, "content": {"application/json": {"schema": request}}});
             let accepted = json!({"description": "Started; Location names its status", "content": {"application/json": {"schema": schema_ref("ImportStatus")}}});
             return finish(operation, handler, accepted);
+        }
+        (Handler::AdminPurge, _) => {
+            parameters.push(json!({"name": "dataset", "in": "query", "required": true, "schema": {"enum": catalog_names(described.catalog)}}));
         }
         (Handler::ImportStatus, _) => {
             parameters.push(
@@ -223,8 +250,20 @@ fn operation(function: &str, summary: &str, handler: Handler, dataset: Option<&D
         parameters.push(json!({"name": "If-Range", "in": "header", "schema": {"type": "string"}}));
     }
     let mut operation = json!({"operationId": operation_id, "summary": summary, "parameters": parameters, "responses": responses});
-    if let (Handler::Create | Handler::Replace | Handler::Patch, Some(d)) = (handler, dataset) {
-        operation["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": schema_ref(&schema_name(d))}}});
+    let body = match handler {
+        Handler::Create => Some(Body::Create),
+        Handler::Replace => Some(Body::Replace),
+        Handler::Patch => Some(Body::Patch),
+        _ => None,
+    };
+    if let (Some(body), Some(d)) = (body, dataset) {
+        operation["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": body_schema(d, body, engine)}}});
+    }
+    if matches!(
+        handler,
+        Handler::List | Handler::Export | Handler::Facets | Handler::Count
+    ) {
+        operation["responses"]["414"] = json!({"description": "The path and query string are longer than MAX_URI_BYTES", "content": {"application/problem+json": {"schema": schema_ref("Problem")}}});
     }
     finish(operation, handler, ok)
 }
@@ -253,6 +292,7 @@ fn finish(mut operation: Json, handler: Handler, ok: Json) -> Json {
         )
     {
         for (code, description) in [
+            ("400", "Body is not valid JSON, or not an object"),
             ("413", "Body larger than MAX_BODY_BYTES"),
             ("415", "Body is not JSON"),
             ("422", "Invalid fields, each named in invalid_params"),
@@ -284,12 +324,35 @@ fn finish(mut operation: Json, handler: Handler, ok: Json) -> Json {
     }
     if matches!(handler, Handler::Signup) {
         responses.insert("409".into(), problem("Email already registered"));
+        responses.insert(
+            "429".into(),
+            problem("Too many sign-ups from this address; see Retry-After"),
+        );
+    }
+    if !matches!(
+        handler,
+        Handler::Version | Handler::OpenApi | Handler::Docs | Handler::DocsAsset
+    ) && !responses.contains_key("503")
+    {
+        let description = match handler {
+            Handler::Health => "Degraded: the database does not answer",
+            Handler::Signup | Handler::Login | Handler::Me => {
+                "Accounts are off (no JWT_SECRET), or the database is unavailable; Retry-After says when"
+            }
+            _ => {
+                "The database or the cache is unavailable, or accounts are off; Retry-After says when"
+            }
+        };
+        responses.insert("503".into(), problem(description));
     }
     if matches!(handler, Handler::ImportStart) {
         responses.insert("409".into(), problem("An import of the dataset is running"));
     }
     if matches!(handler, Handler::ImportStatus) {
         responses.insert("404".into(), problem("No such import on this instance"));
+    }
+    if matches!(handler, Handler::AdminPurge) {
+        responses.insert("400".into(), problem("No dataset named, or an unknown one"));
     }
     if matches!(handler, Handler::DocsAsset) {
         responses.insert(
@@ -304,37 +367,6 @@ fn finish(mut operation: Json, handler: Handler, ok: Json) -> Json {
     operation
 }
 
-fn filter_parameters(dataset: &Dataset) -> Vec<Json> {
-    let mut out = Vec::new();
-    for column in dataset.columns.iter().filter(|c| c.filterable) {
-        let schema = if column.is_list() {
-            json!({"type": "string"})
-        } else {
-            json_type(column)
-        };
-        let description = if column.is_list() {
-            "has this element (case-insensitive); repeat to require several"
-        } else if column.ty == ColumnType::Text {
-            "equals (case-insensitive)"
-        } else {
-            "equals"
-        };
-        out.push(json!({"name": column.name, "in": "query", "description": description, "schema": schema}));
-        let any_of = if column.is_list() {
-            "has any of these elements: comma-separated, \\, for a comma inside a value"
-        } else {
-            "equals any of these values: comma-separated, \\, for a comma inside a value"
-        };
-        out.push(json!({"name": format!("{}.in", column.name), "in": "query", "description": any_of, "schema": {"type": "string"}}));
-        if column.supports_range() {
-            for op in ["gt", "gte", "lt", "lte"] {
-                out.push(json!({"name": format!("{}.{op}", column.name), "in": "query", "schema": json_type(column)}));
-            }
-        }
-    }
-    out
-}
-
 fn sort_parameter(dataset: &Dataset) -> Json {
     let values: Vec<String> = dataset
         .columns
@@ -345,45 +377,8 @@ fn sort_parameter(dataset: &Dataset) -> Json {
     json!({"name": "sort", "in": "query", "description": "column, or -column for descending", "schema": {"enum": values}})
 }
 
-fn json_type(column: &Column) -> Json {
-    let base = match column.ty {
-        ColumnType::Text => json!({"type": "string"}),
-        ColumnType::Integer => json!({"type": "integer"}),
-        ColumnType::Float => json!({"type": "number"}),
-        ColumnType::Boolean => json!({"type": "boolean"}),
-        ColumnType::Date => json!({"type": "string", "format": "date"}),
-        ColumnType::Timestamp => json!({"type": "string", "format": "date-time"}),
-    };
-    match column.max_length {
-        Some(max) if column.ty == ColumnType::Text && !column.is_list() => {
-            let mut base = base;
-            base["maxLength"] = json!(max);
-            base
-        }
-        _ => base,
-    }
-}
-
-fn row_schema(dataset: &Dataset) -> Json {
-    let mut properties = Map::new();
-    let mut required = Vec::new();
-    for column in &dataset.columns {
-        let mut schema = if column.is_list() {
-            json!({"type": "array", "items": {"type": "string"}})
-        } else {
-            json_type(column)
-        };
-        if column.nullable {
-            let ty = schema["type"].clone();
-            schema["type"] = json!([ty, "null"]);
-        }
-        if let Some(description) = &column.description {
-            schema["description"] = json!(description);
-        }
-        properties.insert(column.name.clone(), schema);
-        required.push(column.name.clone());
-    }
-    json!({"type": "object", "title": dataset.title, "description": dataset.description, "properties": properties, "required": required})
+fn catalog_names(catalog: &Catalog) -> Vec<String> {
+    catalog.names().map(str::to_owned).collect()
 }
 
 /// What `http::imports` reports about an import.
