@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::app::{Application, Context};
 use crate::config::Settings;
+use crate::import::ImportOptions;
 use crate::query::Query;
 use crate::service::ImportFrom;
 
@@ -60,6 +61,10 @@ enum Command {
         /// `-` reads it from standard input (a SAS on the command line shows in `ps`).
         #[arg(long)]
         blob: Option<String>,
+        /// Write every rejected line here as CSV: its line number, column, reason and value,
+        /// then its fields under the file's own header (fix them and import them again).
+        #[arg(long, value_name = "FILE")]
+        rejects: Option<PathBuf>,
     },
     /// Manage accounts: the first admin is made here, never through the API.
     Users {
@@ -140,7 +145,21 @@ impl Cli {
                 dataset,
                 file,
                 blob,
-            } => run_import(&context, &dataset, file.as_deref(), blob.as_deref()).await,
+                rejects,
+            } => {
+                let options = ImportOptions {
+                    show_progress: true,
+                    rejects,
+                };
+                run_import(
+                    &context,
+                    &dataset,
+                    file.as_deref(),
+                    blob.as_deref(),
+                    &options,
+                )
+                .await
+            }
             Command::Users { action } => users(&context, action).await,
             Command::BenchStatic {
                 file,
@@ -227,7 +246,14 @@ async fn demo_setup(context: &Context) -> anyhow::Result<()> {
             continue;
         }
         let from = ImportFrom::File(file.clone());
-        let report = context.service.import(&dataset.name, from, true).await?;
+        let options = ImportOptions {
+            show_progress: true,
+            rejects: None,
+        };
+        let report = context
+            .service
+            .import(&dataset.name, from, &options)
+            .await?;
         println!("{}", report.summary());
     }
     Ok(())
@@ -238,6 +264,7 @@ async fn run_import(
     name: &str,
     file: Option<&std::path::Path>,
     blob: Option<&str>,
+    options: &ImportOptions,
 ) -> anyhow::Result<ExitCode> {
     let from = match (file, blob) {
         (Some(file), _) => ImportFrom::File(file.to_owned()),
@@ -252,18 +279,20 @@ async fn run_import(
         (None, Some(url)) => ImportFrom::Blob(url.to_owned()),
         (None, None) => anyhow::bail!("give --file or --blob"),
     };
-    let report = context.service.import(name, from, true).await?;
+    let report = context.service.import(name, from, options).await?;
     if let Some(peak) = peak_memory_mib() {
         eprintln!("peak memory: {peak} MiB");
     }
-    for rejection in &report.rejections {
-        eprintln!("rejected line {}: {}", rejection.line, rejection.reason);
-    }
-    if report.rejected > report.rejections.len() as u64 {
-        eprintln!(
-            "... and {} more rejected lines",
-            report.rejected - report.rejections.len() as u64
-        );
+    // One line per (column, reason), not per rejected line: the lines go to --rejects.
+    if report.rejected > 0 {
+        eprintln!("rejected {} lines, by reason:", report.rejected);
+        for group in report.grouped() {
+            eprintln!("  {group}");
+        }
+        match &options.rejects {
+            Some(path) => eprintln!("every rejected line is in {}", path.display()),
+            None => eprintln!("every rejected line, with its reason: --rejects FILE"),
+        }
     }
     println!("{}", report.summary());
     Ok(ExitCode::SUCCESS)

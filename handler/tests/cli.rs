@@ -116,29 +116,81 @@ fn configuration_errors_are_one_sentence() {
 }
 
 #[test]
-fn import_prints_rejections_and_a_summary() {
+fn import_groups_rejections_by_reason_and_writes_every_line_to_rejects() {
     let url = common::sqlite_url();
-    let path = std::env::temp_dir().join(format!("smartcache_cli_{}.csv", std::process::id()));
+    let dir = std::env::temp_dir();
+    let path = dir.join(format!("smartcache_cli_{}.csv", std::process::id()));
+    let rejects = dir.join(format!("smartcache_cli_{}.rejects.csv", std::process::id()));
     let mut movies = std::fs::read_to_string(common::movies_csv()).unwrap();
-    movies.push_str("99,tt9,Broken,not-a-year,,,,,,,,0,,,\n");
+    // One systematic problem (a decimal year) on 7 lines, a short line and a duplicate key.
+    for n in 0..7 {
+        movies.push_str(&format!(
+            "{},tt9,Broken {n},1999.5,,,,,,,,0,,,\n",
+            900_000 + n
+        ));
+    }
+    movies.push_str("99,too,short\n");
+    movies.push_str("372,tt1,\"Again, the first film's key\",2009,,,,,,,,0,,,\n");
     std::fs::write(&path, movies).unwrap();
     let (code, stdout, stderr) = run(handler()
         .args(["import", "--dataset", "movies", "--file"])
         .arg(&path)
+        .arg("--rejects")
+        .arg(&rejects)
         .env("DATABASE_URL", &url));
     assert_eq!(code, 0, "{stderr}");
+    // One line per reason, largest first, with the first line numbers; no line per rejection.
+    let expected = [
+        "rejected 9 lines, by reason:",
+        "  7 lines: column \"year\": is not a valid integer (first on lines 17474, 17475, \
+         17476, 17477, 17478)",
+        "  1 line: expected 15 fields, found 3 (first on line 17481)",
+        "  1 line: column \"id\": duplicate key (first on line 17482)",
+    ];
+    for line in expected {
+        assert!(
+            stderr.lines().any(|l| l == line),
+            "{line:?} not in\n{stderr}"
+        );
+    }
     assert!(
-        stderr.contains(
-            "rejected line 17474: column \"year\": \"not-a-year\" is not a valid integer"
-        ),
-        "{stderr}"
+        !stderr.contains("rejected line 1"),
+        "no line per rejection: {stderr}"
     );
     let summary = stdout.lines().last().unwrap();
     assert!(
-        summary.starts_with("imported 17472 rows into movies, rejected 1, "),
+        summary.starts_with("imported 17472 rows into movies, rejected 9, "),
         "{summary}"
     );
     assert!(summary.ends_with(" rows/s"), "{summary}");
+
+    // Every rejected line, as CSV: where, why, the value, then the record under its header.
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_path(&rejects)
+        .unwrap();
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(header[..5], ["line", "column", "reason", "detail", "ID"]);
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 9);
+    assert_eq!(&rows[0][0], "17474");
+    assert_eq!(&rows[0][2], "is not a valid integer");
+    assert_eq!(&rows[0][3], "value \"1999.5\"");
+    assert_eq!(&rows[0][6], "Broken 0");
+    assert_eq!(&rows[7][2], "expected 15 fields, found 3");
+    assert_eq!(&rows[8][1], "id");
+    assert_eq!(&rows[8][3], "372 is first on line 2");
+    assert_eq!(
+        &rows[8][6], "Again, the first film's key",
+        "quoted fields survive"
+    );
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&rejects);
 }
 
 fn http_get(port: u16, path: &str) -> Option<String> {

@@ -80,22 +80,49 @@ async fn bad_rows_are_rejected_with_line_and_reason_and_good_rows_kept() {
         let report = import_file(storage.as_ref(), &things, &path, false)
             .await
             .unwrap();
-        let lines: Vec<(u64, &str)> = report
+        let messages: Vec<(u64, String)> = report
             .rejections
             .iter()
-            .map(|r| (r.line, r.reason.as_str()))
+            .map(|r| (r.line, r.message()))
             .collect();
+        let lines: Vec<(u64, &str)> = messages.iter().map(|(l, m)| (*l, m.as_str())).collect();
         assert_eq!(report.imported, 3, "{url}: {lines:?}");
         assert_eq!(report.rejected, 6, "{url}: {lines:?}");
-        assert_eq!(lines[0], (4, "column \"id\": \"x\" is not a valid integer"));
-        assert_eq!(lines[1], (5, "duplicate key 1 (first on line 2)"));
-        assert_eq!(lines[2], (6, "column \"name\" is required"));
+        assert_eq!(
+            lines[0],
+            (4, "column \"id\": is not a valid integer (value \"x\")")
+        );
+        assert_eq!(
+            lines[1],
+            (5, "column \"id\": duplicate key (1 is first on line 2)")
+        );
+        assert_eq!(lines[2], (6, "column \"name\": is required (value \"\")"));
         assert_eq!(lines[3], (7, "expected 5 fields, found 4"));
         assert_eq!(
             lines[4],
-            (10, "column \"score\": \"inf\" is not a valid number")
+            (
+                10,
+                "column \"score\": is not a valid number (value \"inf\")"
+            )
         );
-        assert_eq!(lines[5], (11, "column \"name\": longer than 20 characters"));
+        assert_eq!(
+            lines[5],
+            (
+                11,
+                "column \"name\": longer than 20 characters (value \"Theta is a name far too long\")"
+            )
+        );
+        // Grouped: one group per (column, reason), each with its lines.
+        let groups: Vec<(Option<&str>, &str, u64)> = report
+            .groups
+            .iter()
+            .map(|g| (g.column.as_deref(), g.reason.as_str(), g.count))
+            .collect();
+        assert_eq!(groups.len(), 6, "{url}: {groups:?}");
+        assert!(
+            groups.contains(&(Some("name"), "is required", 1)),
+            "{groups:?}"
+        );
 
         // A list filter matches whole elements only: "Docudrama" is not "drama".
         let app = TestApp::new(storage.clone(), catalog);
@@ -281,10 +308,8 @@ async fn a_nul_byte_rejects_its_line_and_every_other_row_imports() {
         assert_eq!((report.imported, report.rejected), (17_471, 1), "{url}");
         let rejection = &report.rejections[0];
         assert_eq!(rejection.line, line, "{url}: the CSV line, not a COPY line");
-        assert_eq!(
-            rejection.reason, "column \"title\": must not contain NUL characters",
-            "{url}"
-        );
+        assert_eq!(rejection.column.as_deref(), Some("title"), "{url}");
+        assert_eq!(rejection.reason, "must not contain NUL characters", "{url}");
         assert_eq!(common::row_count(&*storage, &movies).await, 17_471, "{url}");
     }
 }

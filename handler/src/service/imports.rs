@@ -24,7 +24,7 @@ use super::{Caller, Service, ServiceError};
 use crate::blob::{BlobAuth, BlobError, BlobLocation, BlobReader};
 use crate::cache::Cache;
 use crate::datasets::{Dataset, Level};
-use crate::import::{self, ImportProgress, ImportReport, ImportSource};
+use crate::import::{self, ImportOptions, ImportProgress, ImportReport, ImportSource};
 use crate::storage::Storage;
 
 /// Where an import reads its CSV (plain or gzipped).
@@ -49,7 +49,7 @@ impl Service {
         &self,
         name: &str,
         from: ImportFrom,
-        show_progress: bool,
+        options: &ImportOptions,
     ) -> anyhow::Result<ImportReport> {
         let dataset = self.catalog.get(name).cloned().ok_or_else(|| {
             anyhow::anyhow!(
@@ -61,15 +61,7 @@ impl Service {
             ImportFrom::File(path) => ImportSource::file(&path)?,
             ImportFrom::Blob(url) => self.open_blob(&url).await?.0,
         };
-        import_gated(
-            &self.storage,
-            &self.cache,
-            &dataset,
-            source,
-            show_progress,
-            None,
-        )
-        .await
+        import_gated(&self.storage, &self.cache, &dataset, source, options, None).await
     }
 
     /// Opens a blob as an import's source, with the access the settings give; and the blob's
@@ -151,7 +143,8 @@ impl Importer<'_> {
             let (storage, cache) = (Arc::clone(&service.storage), Arc::clone(&service.cache));
             let progress = Arc::clone(&running.progress);
             let imported = tokio::spawn(async move {
-                import_gated(&storage, &cache, &dataset, source, false, Some(progress)).await
+                let options = ImportOptions::default();
+                import_gated(&storage, &cache, &dataset, source, &options, Some(progress)).await
             })
             .await
             .unwrap_or_else(|crashed| Err(anyhow::anyhow!("the import crashed: {crashed}")));
@@ -298,7 +291,11 @@ impl Job {
                         "imported": report.imported,
                         "rejected": report.rejected,
                         "rejections": report.rejections.iter().take(LISTED_REJECTIONS)
-                            .map(|r| json!({"line": r.line, "reason": r.reason}))
+                            .map(|r| json!({"line": r.line, "reason": r.message()}))
+                            .collect::<Vec<_>>(),
+                        "rejection_groups": report.groups.iter()
+                            .map(|g| json!({"column": g.column, "reason": g.reason,
+                                "count": g.count, "first_lines": g.first_lines}))
                             .collect::<Vec<_>>(),
                         "seconds": report.elapsed.as_secs_f64(),
                         "rows_per_second": report.rows_per_second().round(),
@@ -319,19 +316,11 @@ async fn import_gated(
     cache: &Cache,
     dataset: &Dataset,
     source: ImportSource,
-    show_progress: bool,
+    options: &ImportOptions,
     watcher: Option<Arc<ImportProgress>>,
 ) -> anyhow::Result<ImportReport> {
     let gate = CacheGate::new(cache, dataset);
-    let imported = import::import(
-        storage.as_ref(),
-        dataset,
-        source,
-        show_progress,
-        watcher,
-        &gate,
-    )
-    .await;
+    let imported = import::import(storage.as_ref(), dataset, source, options, watcher, &gate).await;
     let confirmed = gate.finish().await;
     let report = imported?;
     if confirmed.is_err() {

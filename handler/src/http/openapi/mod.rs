@@ -399,6 +399,9 @@ fn import_status_schema() -> Json {
                 "rows_per_second": {"type": "number"},
                 "rejections": {"type": "array", "items": {"type": "object", "properties": {
                     "line": count, "reason": {"type": "string"}}}},
+                "rejection_groups": {"type": "array", "description": "Every rejection counted by column and reason, largest first", "items": {"type": "object", "properties": {
+                    "column": {"type": ["string", "null"]}, "reason": {"type": "string"},
+                    "count": count, "first_lines": {"type": "array", "items": count}}}},
             }},
             "error": {"type": "string"},
         },

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, IsTerminal as _, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -22,53 +22,24 @@ use crate::datasets::rules::{self, EngineRules};
 use crate::datasets::{Column, Dataset, Value};
 use crate::storage::{CommitGate, Committing, Row, Storage, Ungated};
 
+mod report;
+
+use report::{Groups, MAX_REPORTED_REJECTIONS, RejectsFile};
+pub use report::{ImportReport, Rejection, RejectionGroup};
+
+/// How an import shows and keeps what it does.
+#[derive(Debug, Clone, Default)]
+pub struct ImportOptions {
+    /// A progress bar on stderr, when it is a terminal.
+    pub show_progress: bool,
+    /// Every rejected line written here as CSV (see [`report::RejectsFile`]).
+    pub rejects: Option<PathBuf>,
+}
+
 /// Rows per staging write: large enough to amortise a round trip, small enough to stay flat.
 pub const BATCH_ROWS: usize = 10_000;
 /// A batch also ends at this many bytes of CSV, so wide rows (long texts) keep memory flat too.
 pub const BATCH_BYTES: usize = 4 << 20;
-/// Rejections kept in the report (the count is always exact).
-const MAX_REPORTED_REJECTIONS: usize = 1000;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    /// 1-based line of the file where the record starts.
-    pub line: u64,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct ImportReport {
-    pub dataset: String,
-    pub imported: u64,
-    pub rejected: u64,
-    /// The first rejections, in file order.
-    pub rejections: Vec<Rejection>,
-    pub elapsed: Duration,
-    /// Of `elapsed`, the time spent reading, converting and staging rows; the rest built the
-    /// indexes and swapped the new rows in.
-    pub staged: Duration,
-}
-
-impl ImportReport {
-    pub fn rows_per_second(&self) -> f64 {
-        self.imported as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-
-    /// The one-line summary printed at the end of `handler import`.
-    pub fn summary(&self) -> String {
-        format!(
-            "imported {} rows into {}, rejected {}, {:.2} s (staged in {:.2} s, indexed and swapped in {:.2} s), {:.0} rows/s",
-            self.imported,
-            self.dataset,
-            self.rejected,
-            self.elapsed.as_secs_f64(),
-            self.staged.as_secs_f64(),
-            (self.elapsed - self.staged).as_secs_f64(),
-            self.rows_per_second()
-        )
-    }
-}
-
 /// Where an import reads its CSV from.
 pub struct ImportSource {
     /// How errors and the report name the source (a path, or a blob URL without its SAS).
@@ -112,7 +83,11 @@ pub async fn import_file(
     show_progress: bool,
 ) -> anyhow::Result<ImportReport> {
     let source = ImportSource::file(path)?;
-    import(storage, dataset, source, show_progress, None, &Ungated).await
+    let options = ImportOptions {
+        show_progress,
+        rejects: None,
+    };
+    import(storage, dataset, source, &options, None, &Ungated).await
 }
 
 /// Imports a source into `dataset`, replacing its rows, with the guarantees of [`import_file`].
@@ -120,7 +95,7 @@ pub async fn import(
     storage: &dyn Storage,
     dataset: &Dataset,
     source: ImportSource,
-    show_progress: bool,
+    options: &ImportOptions,
     watcher: Option<Arc<ImportProgress>>,
     gate: &dyn CommitGate,
 ) -> anyhow::Result<ImportReport> {
@@ -131,7 +106,15 @@ pub async fn import(
         gzipped,
         reader,
     } = source;
-    let progress = progress_bar(size, show_progress && std::io::stderr().is_terminal());
+    let progress = progress_bar(
+        size,
+        options.show_progress && std::io::stderr().is_terminal(),
+    );
+    // Created before anything is read: a path that cannot be written fails the import at once.
+    let rejects = match &options.rejects {
+        Some(path) => Some(RejectsFile::create(path)?),
+        None => None,
+    };
     let counted = CountingReader {
         inner: progress.wrap_read(reader),
         watcher: watcher.clone(),
@@ -155,7 +138,7 @@ pub async fn import(
                 .flexible(true)
                 .buffer_capacity(1 << 16)
                 .from_reader(CrlfToLf::new(reader));
-            let plan = match ReadPlan::new(&dataset, engine, &mut csv) {
+            let plan = match ReadPlan::new(&dataset, engine, &mut csv, rejects) {
                 Ok(plan) => plan,
                 Err(error) => {
                     let _ = header_checked.send(Err(error));
@@ -201,7 +184,7 @@ pub async fn import(
                 "no row of {name} could be imported: {} rejected, the first on line {}: {}",
                 outcome.rejected,
                 first.line,
-                first.reason
+                first.message()
             ),
             None => anyhow!("{name} holds no rows"),
         }),
@@ -232,6 +215,7 @@ pub async fn import(
         imported,
         rejected: outcome.rejected,
         rejections: outcome.rejections,
+        groups: outcome.groups.into_sorted(),
         elapsed: started.elapsed(),
         staged,
     })
@@ -275,11 +259,12 @@ fn progress_bar(size: u64, visible: bool) -> ProgressBar {
     bar
 }
 
-/// Where each declared column is read from in the CSV.
+/// Where each declared column is read from in the CSV, and where rejected lines go.
 struct ReadPlan {
     sources: Vec<Option<usize>>,
     fields: usize,
     engine: EngineRules,
+    rejects: Option<RejectsFile>,
 }
 
 /// What the reader thread found besides the rows it sent.
@@ -287,6 +272,7 @@ struct ReadPlan {
 struct ReadOutcome {
     rejected: u64,
     rejections: Vec<Rejection>,
+    groups: Groups,
 }
 
 impl ReadPlan {
@@ -294,11 +280,15 @@ impl ReadPlan {
         dataset: &Dataset,
         engine: EngineRules,
         csv: &mut csv::Reader<R>,
+        mut rejects: Option<RejectsFile>,
     ) -> anyhow::Result<ReadPlan> {
         let headers = csv
             .byte_headers()
             .context("cannot read the header line")?
             .clone();
+        if let Some(rejects) = &mut rejects {
+            rejects.header(&headers)?;
+        }
         let names: Vec<String> = headers
             .iter()
             .enumerate()
@@ -331,24 +321,28 @@ impl ReadPlan {
             sources,
             fields: names.len(),
             engine,
+            rejects,
         })
     }
 
     fn read_all<R: Read>(
-        &self,
+        mut self,
         dataset: &Dataset,
         csv: &mut csv::Reader<R>,
         sender: &mpsc::Sender<Vec<Row>>,
     ) -> anyhow::Result<ReadOutcome> {
-        let mut outcome = ReadOutcome {
-            rejected: 0,
-            rejections: Vec::new(),
-        };
-        let mut reject = |line: u64, reason: String| {
+        let mut outcome = ReadOutcome::default();
+        let mut rejects = self.rejects.take();
+        let mut reject = |rejection: Rejection, record: Option<&csv::ByteRecord>| {
             outcome.rejected += 1;
-            if outcome.rejections.len() < MAX_REPORTED_REJECTIONS {
-                outcome.rejections.push(Rejection { line, reason });
+            outcome.groups.add(&rejection);
+            if let Some(file) = &mut rejects {
+                file.write(&rejection, record)?;
             }
+            if outcome.rejections.len() < MAX_REPORTED_REJECTIONS {
+                outcome.rejections.push(rejection);
+            }
+            anyhow::Ok(())
         };
         // Keys seen so far and the line of each: a duplicate is rejected, naming the first.
         let mut keys: HashMap<KeyOf, u64> = HashMap::new();
@@ -366,7 +360,13 @@ impl ReadPlan {
                         csv::ErrorKind::Io(_) => return Err(error.into()),
                         _ => {
                             let line = error.position().map_or(0, |p| p.line());
-                            reject(line, error.to_string());
+                            let rejection = Rejection {
+                                line,
+                                column: None,
+                                reason: "malformed CSV record".to_owned(),
+                                detail: Some(error.to_string()),
+                            };
+                            reject(rejection, None)?;
                             continue;
                         }
                     }
@@ -375,28 +375,40 @@ impl ReadPlan {
             ordinal += 1;
             let line = record.position().map_or(0, |p| p.line());
             if record.len() != self.fields {
-                reject(
+                let rejection = Rejection {
                     line,
-                    format!("expected {} fields, found {}", self.fields, record.len()),
-                );
+                    column: None,
+                    reason: format!("expected {} fields, found {}", self.fields, record.len()),
+                    detail: None,
+                };
+                reject(rejection, Some(&record))?;
                 continue;
             }
             let row = match self.convert(dataset, &record, ordinal) {
                 Ok(row) => row,
-                Err(reason) => {
-                    reject(line, reason);
+                Err((column, reason, value)) => {
+                    let rejection = Rejection {
+                        line,
+                        column: Some(column),
+                        reason,
+                        detail: Some(value),
+                    };
+                    reject(rejection, Some(&record))?;
                     continue;
                 }
             };
             let key = KeyOf::of(&row[dataset.key.column]);
             if let Some(first) = keys.get(&key) {
-                reject(
+                let rejection = Rejection {
                     line,
-                    format!(
-                        "duplicate key {} (first on line {first})",
+                    column: Some(dataset.key_column().name.clone()),
+                    reason: "duplicate key".to_owned(),
+                    detail: Some(format!(
+                        "{} is first on line {first}",
                         row[dataset.key.column].to_text()
-                    ),
-                );
+                    )),
+                };
+                reject(rejection, Some(&record))?;
                 continue;
             }
             keys.insert(key, line);
@@ -413,6 +425,9 @@ impl ReadPlan {
         if !batch.is_empty() {
             let _ = sender.blocking_send(batch);
         }
+        if let Some(file) = rejects {
+            file.finish()?;
+        }
         Ok(outcome)
     }
 
@@ -421,16 +436,23 @@ impl ReadPlan {
         dataset: &Dataset,
         record: &csv::ByteRecord,
         ordinal: i64,
-    ) -> Result<Row, String> {
+    ) -> Result<Row, (String, String, String)> {
         let mut row = Vec::with_capacity(dataset.columns.len());
         for (position, (column, source)) in dataset.columns.iter().zip(&self.sources).enumerate() {
             let value = match source {
                 None => Value::Integer(ordinal), // a generated row_number key
                 Some(field) => {
-                    let raw = std::str::from_utf8(&record[*field])
-                        .map_err(|_| format!("column {:?}: not valid UTF-8", column.name))?;
+                    let raw = std::str::from_utf8(&record[*field]).map_err(|_| {
+                        let value = String::from_utf8_lossy(&record[*field]);
+                        (
+                            column.name.clone(),
+                            "is not valid UTF-8".to_owned(),
+                            quoted(&value),
+                        )
+                    })?;
                     let is_key = position == dataset.key.column;
-                    convert_field(column, is_key, raw, self.engine)?
+                    convert_field(column, is_key, raw, self.engine)
+                        .map_err(|reason| (column.name.clone(), reason, quoted(raw)))?
                 }
             };
             row.push(value);
@@ -439,8 +461,16 @@ impl ReadPlan {
     }
 }
 
-/// One CSV field to a typed value, or the reason it is not one: its type, then the rules every
-/// value obeys (the same as a write's, see [`rules`]).
+/// A field's value as a rejection shows it: quoted, and cut after 60 characters.
+fn quoted(value: &str) -> String {
+    match value.char_indices().nth(60) {
+        Some((cut, _)) => format!("value {:?}…", &value[..cut]),
+        None => format!("value {value:?}"),
+    }
+}
+
+/// One CSV field to a typed value, or the reason it is not one (in words that follow the column's
+/// name): its type, then the rules every value obeys (the same as a write's, see [`rules`]).
 pub fn convert_field(
     column: &Column,
     is_key: bool,
@@ -452,14 +482,12 @@ pub fn convert_field(
     } else {
         match &column.list_delimiter {
             Some(delimiter) => Value::parse_list(raw, delimiter),
+            // Not the parser's message, which quotes the value: lines group by reason.
             None => Value::parse_scalar(column.ty, raw)
-                .map_err(|e| format!("column {:?}: {e}", column.name))?,
+                .map_err(|_| format!("is not a valid {}", column.ty.name()))?,
         }
     };
-    rules::check(column, is_key, &value, engine).map_err(|reason| match value {
-        Value::Null => format!("column {:?} {reason}", column.name),
-        _ => format!("column {:?}: {reason}", column.name),
-    })?;
+    rules::check(column, is_key, &value, engine)?;
     Ok(value)
 }
 
