@@ -383,6 +383,14 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
             &["id"],
         ),
         (
+            "a repeated key in a patch",
+            "PATCH",
+            json,
+            br#"{"id": 595, "runtime": 100}"#.to_vec(),
+            422,
+            &["id"],
+        ),
+        (
             "an empty patch",
             "PATCH",
             json,

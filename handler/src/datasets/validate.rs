@@ -125,15 +125,22 @@ pub fn full_row(
     }
 }
 
-/// The columns a partial update sets, by index (the key may be repeated but not changed).
+/// The columns a partial update sets, by index. The key is never one of them: the path names it
+/// (a replace may repeat it, so that a row read can be sent back whole; a patch names only what
+/// changes, as the OpenAPI document says).
 pub fn patch(
     dataset: &Dataset,
     fields: &Map<String, Json>,
-    key: &Value,
     engine: EngineRules,
 ) -> Result<Vec<(usize, Value)>, Vec<Invalid>> {
     let mut invalid = unknown_fields(dataset, fields);
-    invalid.extend(check_key(dataset, fields, Some(key)));
+    let key_column = &dataset.key_column().name;
+    if fields.contains_key(key_column) {
+        invalid.push((
+            key_column.clone(),
+            "is the row's key, named by the path: leave it out of a patch".into(),
+        ));
+    }
     let mut changes = Vec::new();
     for (name, json) in fields {
         let Some(index) = dataset.column_index(name) else {
@@ -270,47 +277,23 @@ mod tests {
     }
 
     #[test]
-    fn the_key_cannot_change_and_a_patch_must_change_something() {
+    fn a_patch_never_names_the_key_and_must_change_something() {
         let ds = movies();
-        let key = Value::Integer(5);
-        let err = patch(
-            &ds,
-            &body(serde_json::json!({"id": 6, "year": 2001})),
-            &key,
-            EngineRules::default(),
-        )
-        .unwrap_err();
-        assert_eq!(
-            err,
-            vec![("id".to_owned(), "must match the id in the path".to_owned())]
-        );
-        assert!(
-            patch(
-                &ds,
-                &body(serde_json::json!({})),
-                &key,
-                EngineRules::default()
-            )
-            .is_err()
-        );
-        let changes = patch(
-            &ds,
-            &body(serde_json::json!({"id": 5, "year": 2001})),
-            &key,
-            EngineRules::default(),
-        )
-        .unwrap();
+        let rules = EngineRules::default();
+        for json in [
+            serde_json::json!({"id": 6, "year": 2001}),
+            serde_json::json!({"id": 5, "year": 2001}),
+        ] {
+            let err = patch(&ds, &body(json), rules).unwrap_err();
+            assert_eq!(err[0].0, "id");
+        }
+        assert!(patch(&ds, &body(serde_json::json!({})), rules).is_err());
+        let changes = patch(&ds, &body(serde_json::json!({"year": 2001})), rules).unwrap();
         assert_eq!(
             changes,
             vec![(ds.column_index("year").unwrap(), Value::Integer(2001))]
         );
-        let err = patch(
-            &ds,
-            &body(serde_json::json!({"title": null})),
-            &key,
-            EngineRules::default(),
-        )
-        .unwrap_err();
+        let err = patch(&ds, &body(serde_json::json!({"title": null})), rules).unwrap_err();
         assert_eq!(err[0].1, "is required");
     }
 }

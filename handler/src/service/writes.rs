@@ -90,8 +90,8 @@ impl Write<'_> {
     ) -> Result<Written, ServiceError> {
         let key = self.key(id)?;
         let engine = self.service.storage.engine_rules();
-        let changes = validate::patch(&self.dataset, fields, &key, engine)
-            .map_err(ServiceError::Unprocessable)?;
+        let changes =
+            validate::patch(&self.dataset, fields, engine).map_err(ServiceError::Unprocessable)?;
         self.apply(Change::Patch(key, changes), Some(id)).await
     }
 

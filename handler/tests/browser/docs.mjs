@@ -62,7 +62,7 @@ console.log(JSON.stringify(result));
 async function execute(page, operationId, fill) {
   const op = page.locator(`#operations-default-${operationId}`);
   await op.locator(".opblock-summary").first().click();
-  const tryOut = op.locator("button.try-out__btn");
+  const tryOut = op.locator("button.try-out__btn").first();
   if ((await tryOut.innerText()).trim() === "Try it out") await tryOut.click();
   await fill(op);
   await op.locator("button.execute").click();
