@@ -146,15 +146,7 @@ pub async fn import(
     let reading = tokio::task::spawn_blocking({
         let dataset = dataset.clone();
         move || {
-            let reader: Box<dyn Read + Send> = if gzipped {
-                Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(counted)))
-            } else {
-                Box::new(counted)
-            };
-            let mut csv = csv::ReaderBuilder::new()
-                .flexible(true)
-                .buffer_capacity(1 << 16)
-                .from_reader(CrlfToLf::new(reader));
+            let mut csv = csv_reader(Box::new(counted), gzipped);
             let plan = match ReadPlan::new(&dataset, engine, &mut csv) {
                 Ok(plan) => plan,
                 Err(error) => {
@@ -275,6 +267,40 @@ fn progress_bar(size: u64, visible: bool) -> ProgressBar {
     bar
 }
 
+/// The CSV reader of every import (and of `handler datasets init`, which must read a file the
+/// way an import will): gunzipped when `gzipped`, CRLF as LF, records of any length (a short one
+/// is that line's rejection, not the end of the import).
+pub fn csv_reader(reader: Box<dyn Read + Send>, gzipped: bool) -> csv::Reader<impl Read + Send> {
+    let reader: Box<dyn Read + Send> = if gzipped {
+        Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(reader)))
+    } else {
+        reader
+    };
+    csv::ReaderBuilder::new()
+        .flexible(true)
+        .buffer_capacity(1 << 16)
+        .from_reader(CrlfToLf::new(reader))
+}
+
+/// The header's column names as a declaration's `source` names them: trimmed, without a
+/// byte-order mark.
+pub fn header_names<R: Read>(csv: &mut csv::Reader<R>) -> anyhow::Result<Vec<String>> {
+    let headers = csv.byte_headers().context("cannot read the header line")?;
+    Ok(headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let h = String::from_utf8_lossy(h);
+            // A byte-order mark is not part of the first column's name.
+            if i == 0 {
+                h.trim_start_matches('\u{feff}').trim().to_owned()
+            } else {
+                h.trim().to_owned()
+            }
+        })
+        .collect())
+}
+
 /// Where each declared column is read from in the CSV.
 struct ReadPlan {
     sources: Vec<Option<usize>>,
@@ -295,23 +321,7 @@ impl ReadPlan {
         engine: EngineRules,
         csv: &mut csv::Reader<R>,
     ) -> anyhow::Result<ReadPlan> {
-        let headers = csv
-            .byte_headers()
-            .context("cannot read the header line")?
-            .clone();
-        let names: Vec<String> = headers
-            .iter()
-            .enumerate()
-            .map(|(i, h)| {
-                let h = String::from_utf8_lossy(h);
-                // A byte-order mark is not part of the first column's name.
-                if i == 0 {
-                    h.trim_start_matches('\u{feff}').trim().to_owned()
-                } else {
-                    h.trim().to_owned()
-                }
-            })
-            .collect();
+        let names = header_names(csv)?;
         let mut sources = Vec::with_capacity(dataset.columns.len());
         for column in &dataset.columns {
             let Some(source) = &column.source else {
