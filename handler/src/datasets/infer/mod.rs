@@ -71,6 +71,8 @@ struct ListStats {
     /// The first values holding the delimiter, as normalised elements: in a list, their elements
     /// are found elsewhere too ("Drama"), in prose or names mostly not ("D.C.").
     delimited: Vec<Vec<String>>,
+    /// Elements seen as a whole value, without the delimiter (at most as many as `distinct`).
+    alone: HashSet<String>,
 }
 
 /// Delimited values remembered per candidate list delimiter.
@@ -207,6 +209,11 @@ impl Stats {
             self.typed_values += 1;
             let mut fitted = [false; TYPED.len()];
             for (i, ty) in TYPED.iter().enumerate() {
+                // A type one value ruled out cannot be the column's: no need to try it again
+                // (integer and float are, for the count of decimals).
+                if i > 1 && self.misfit[i].is_some() {
+                    continue;
+                }
                 fitted[i] = Value::parse_scalar(*ty, raw)
                     .ok()
                     .is_some_and(|v| rules::check_scalar(&v).is_ok());
@@ -266,6 +273,8 @@ impl ListStats {
                 self.delimited
                     .push(elements.filter(|e| !e.is_empty()).collect());
             }
+        } else if self.distinct.is_some() {
+            self.alone.insert(normalise_text(raw));
         }
         for element in raw
             .split(delimiter)
@@ -289,15 +298,14 @@ impl ListStats {
 
     /// Whether the column looks like a list of short repeated tokens split by this delimiter:
     /// most values hold it, or the elements of those that do are values of their own elsewhere
-    /// ("Asia, Europe" beside "Asia"; not "Washington, D.C."). `values`: the non-empty ones;
-    /// `whole`: their distinct normalised values, when few enough to be counted.
-    fn is_list(&self, values: u64, whole: Option<&HashSet<String>>) -> Option<usize> {
+    /// ("Asia, Europe" beside "Asia"; not "Washington, D.C."). `values`: the non-empty ones.
+    fn is_list(&self, values: u64) -> Option<usize> {
         let distinct = self.distinct.as_ref()?.len() as u64;
         let repeated = distinct > 0 && self.elements >= 3 * distinct;
         let (mut elements, mut alone) = (0, 0);
         for element in self.delimited.iter().flatten() {
             elements += 1;
-            alone += usize::from(whole.is_some_and(|w| w.contains(element)));
+            alone += usize::from(self.alone.contains(element));
         }
         let most = self.values_with * 2 >= values;
         let elsewhere = elements > 0 && alone * 4 >= elements * 3;
@@ -455,10 +463,7 @@ impl Stats {
         let list = LIST_DELIMITERS
             .iter()
             .zip(&self.lists)
-            .filter_map(|(d, l)| {
-                l.is_list(self.text_values, self.distinct.as_ref())
-                    .map(|n| (d, l, n))
-            })
+            .filter_map(|(d, l)| l.is_list(self.text_values).map(|n| (d, l, n)))
             .max_by_key(|(_, l, _)| l.values_with);
         if let Some((delimiter, list, distinct)) = list {
             column.list_delimiter = Some(delimiter.to_string());

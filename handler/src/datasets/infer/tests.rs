@@ -128,6 +128,11 @@ fn lists_are_short_repeated_tokens() {
     regions.extend(["Asia"; 50]);
     regions.extend(["Asia, Europe"; 2]);
     assert_eq!(column(&regions).list_delimiter.as_deref(), Some(","));
+    // Even when the column's whole values are too many to count (movies' countries: 1,014).
+    let mut countries: Vec<String> = (0..1500).map(|i| format!("t{}", i % 50)).collect();
+    countries.extend((0..1100).map(|i| format!("t{}, t{}", i % 50, 49 - i / 50 % 49)));
+    let countries: Vec<&str> = countries.iter().map(String::as_str).collect();
+    assert_eq!(column(&countries).list_delimiter.as_deref(), Some(","));
     // ... and not when they are not.
     let mut cities = vec!["Boston"; 50];
     cities.extend(["Chicago"; 50]);
