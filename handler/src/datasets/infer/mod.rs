@@ -151,15 +151,19 @@ impl Inferrer {
 
     pub fn finish(self) -> Inference {
         let mut names = Vec::new();
-        let mut columns: Vec<Inferred> = self
-            .columns
-            .into_iter()
-            .map(|stats| {
-                let name = unique(identifier(&stats.header), &names);
-                names.push(name.clone());
-                stats.decide(name)
-            })
-            .collect();
+        let mut headers = HashSet::new();
+        let mut repeated = Vec::new();
+        let mut columns = Vec::new();
+        for (position, stats) in self.columns.into_iter().enumerate() {
+            // An import reads a header's first column only: a repeat cannot be declared.
+            if !headers.insert(stats.header.clone()) {
+                repeated.push(format!("{:?} (column {})", stats.header, position + 1));
+                continue;
+            }
+            let name = unique(identifier(&stats.header), &names);
+            names.push(name.clone());
+            columns.push(stats.decide(name));
+        }
         let candidates: Vec<usize> = (0..columns.len())
             .filter(|&i| columns[i].key_candidate)
             .collect();
@@ -192,6 +196,7 @@ impl Inferrer {
             None => Key::RowNumber(unique("id".into(), &names)),
         };
         Inference {
+            repeated,
             rows: self.rows,
             malformed: self.malformed,
             first_malformed: self.first_malformed,
@@ -344,6 +349,8 @@ pub enum Key {
 /// A whole file's declaration.
 #[derive(Debug, Clone)]
 pub struct Inference {
+    /// Headers that repeat an earlier one, left out.
+    pub repeated: Vec<String>,
     pub rows: u64,
     pub malformed: u64,
     pub first_malformed: Option<(u64, String)>,

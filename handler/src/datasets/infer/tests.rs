@@ -280,3 +280,19 @@ fn malformed_records_are_counted_and_named() {
     let text = inference.render("x", "x.csv", None);
     assert!(text.contains("1 records the import will reject"), "{text}");
 }
+
+#[test]
+fn a_repeated_header_is_left_out() {
+    let rows = vec![vec!["1", "a", "x"], vec!["2", "b", "y"]];
+    let inference = infer(&["id", "v", "v"], &rows);
+    assert_eq!(inference.columns.len(), 2);
+    assert_eq!(inference.repeated, ["\"v\" (column 3)"]);
+    let text = inference.render("r", "r.csv", None);
+    assert!(
+        text.contains(
+            "# Left out, as an import reads only the first column of a header: \"v\" (column 3)"
+        ),
+        "{text}"
+    );
+    parse_declaration(&text, None).unwrap();
+}

@@ -47,6 +47,13 @@ impl Inference {
                 thousands(self.malformed)
             );
         }
+        if !self.repeated.is_empty() {
+            let _ = writeln!(
+                w,
+                "# Left out, as an import reads only the first column of a header: {}",
+                self.repeated.join(", ")
+            );
+        }
         let title = {
             let spaced = name.replace('_', " ");
             let mut chars = spaced.chars();
