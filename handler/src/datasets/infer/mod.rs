@@ -127,7 +127,8 @@ impl Inferrer {
         }
     }
 
-    /// A record the import would reject whatever the declaration (wrong field count, not UTF-8).
+    /// A record the import would reject whatever the declaration (wrong field count, not UTF-8,
+    /// a NUL character).
     pub fn malformed(&mut self, line: u64, reason: String) {
         self.malformed += 1;
         self.first_malformed.get_or_insert((line, reason));
@@ -141,6 +142,11 @@ impl Inferrer {
                 self.columns.len(),
                 fields.len()
             );
+            return self.malformed(line, reason);
+        }
+        // No column type holds NUL (rules::check_scalar): the line is rejected, not typed.
+        if let Some(at) = fields.iter().position(|f| f.contains('\0')) {
+            let reason = format!("a NUL character in field {}", at + 1);
             return self.malformed(line, reason);
         }
         self.rows += 1;

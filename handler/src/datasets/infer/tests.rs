@@ -275,10 +275,17 @@ fn malformed_records_are_counted_and_named() {
     let mut inferrer = Inferrer::new(vec!["a".into(), "b".into()]);
     inferrer.observe(&["1", "2"], 2);
     inferrer.observe(&["1"], 3);
+    inferrer.observe(&["3", "a\0b"], 4);
     let inference = inferrer.finish();
-    assert_eq!((inference.rows, inference.malformed), (1, 1));
-    let text = inference.render("x", "x.csv", None);
-    assert!(text.contains("1 records the import will reject"), "{text}");
+    assert_eq!((inference.rows, inference.malformed), (1, 2));
+    assert_eq!(inference.columns[1].ty, ColumnType::Integer);
+    let text = inference.render("x", "x\n.csv", None);
+    assert!(text.contains("2 records the import will reject whatever is declared, the first on line 3: expected 2 fields, found 1"), "{text}");
+    assert!(
+        text.starts_with("# Written by `handler datasets init` from x?.csv"),
+        "{text}"
+    );
+    parse_declaration(&text, None).unwrap();
 }
 
 #[test]

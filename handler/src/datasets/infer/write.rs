@@ -29,6 +29,8 @@ impl Inference {
     /// The commented declaration. `file_name` is the CSV's name as the comments show it;
     /// `source_file`, when given, is written as the declaration's `source_file`.
     pub fn render(&self, name: &str, file_name: &str, source_file: Option<&str>) -> String {
+        // A name with a line break must not end a comment early.
+        let file_name = &file_name.replace(char::is_control, "?");
         let mut out = String::new();
         let w = &mut out;
         let _ = writeln!(
@@ -99,11 +101,8 @@ impl Inference {
                     "\n[[columns]]\nname = {}\ntype = \"integer\"",
                     quoted(key)
                 );
-                let _ = writeln!(
-                    w,
-                    "description = \"position of the row in {}\"",
-                    file_name.replace(['"', '\\'], "")
-                );
+                let description = format!("position of the row in {file_name}");
+                let _ = writeln!(w, "description = {}", quoted(&description));
             }
         }
         for column in &self.columns {
