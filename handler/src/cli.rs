@@ -66,10 +66,35 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         rejects: Option<PathBuf>,
     },
+    /// Write dataset declarations.
+    Datasets {
+        #[command(subcommand)]
+        action: DatasetsCommand,
+    },
     /// Manage accounts: the first admin is made here, never through the API.
     Users {
         #[command(subcommand)]
         action: UsersCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DatasetsCommand {
+    /// Read a CSV file (optionally .gz) whole and write a commented declaration that imports it:
+    /// column types, missing values, lists, lengths, a key, filters and sorts.
+    Init {
+        /// The CSV file.
+        #[arg(long)]
+        file: PathBuf,
+        /// The dataset's name (default: made from the file's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Where to write the declaration (default: datasets/<name>.toml).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Replace the declaration if it exists.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -128,6 +153,16 @@ impl Cli {
                 port,
                 content_encoding,
             } => return bench_static(&file, port, content_encoding).await,
+            // Writing a declaration needs no settings either.
+            Command::Datasets {
+                action:
+                    DatasetsCommand::Init {
+                        file,
+                        name,
+                        out,
+                        force,
+                    },
+            } => return datasets_init(&file, name.as_deref(), out, force),
             other => other,
         };
         let context = Context::from_settings(Settings::from_env()?)?;
@@ -161,6 +196,7 @@ impl Cli {
                 .await
             }
             Command::Users { action } => users(&context, action).await,
+            Command::Datasets { .. } => unreachable!("handled before the settings are read"),
             Command::BenchStatic {
                 file,
                 port,
@@ -295,6 +331,83 @@ async fn run_import(
         }
     }
     println!("{}", report.summary());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `handler datasets init`: reads the whole file the way an import does and writes the
+/// declaration its rows suggest (see [`crate::datasets::infer`]).
+fn datasets_init(
+    file: &std::path::Path,
+    name: Option<&str>,
+    out: Option<PathBuf>,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    use crate::datasets::infer::{Inferrer, dataset_name, thousands};
+    let file_name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = dataset_name(name, &file_name)?;
+    let out = out.unwrap_or_else(|| PathBuf::from("datasets").join(format!("{name}.toml")));
+    if out.exists() && !force {
+        anyhow::bail!(
+            "{} exists already: give --force to replace it, or --out",
+            out.display()
+        );
+    }
+    let source = crate::import::ImportSource::file(file)?;
+    let mut csv = crate::import::csv_reader(source.reader, source.gzipped);
+    let mut inferrer = Inferrer::new(crate::import::header_names(&mut csv)?);
+    let mut record = csv::ByteRecord::new();
+    loop {
+        match csv.read_byte_record(&mut record) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(error) => match error.kind() {
+                csv::ErrorKind::Io(_) => {
+                    return Err(anyhow!(error).context(format!("cannot read {}", file.display())));
+                }
+                _ => {
+                    let line = error.position().map_or(0, |p| p.line());
+                    inferrer.malformed(line, error.to_string());
+                    continue;
+                }
+            },
+        }
+        let line = record.position().map_or(0, |p| p.line());
+        let fields: Result<Vec<&str>, _> = record.iter().map(std::str::from_utf8).collect();
+        match fields {
+            Ok(fields) => inferrer.observe(&fields, line),
+            Err(_) => inferrer.malformed(line, "not valid UTF-8".into()),
+        }
+    }
+    let inference = inferrer.finish();
+    // `source_file` only when the CSV sits beside the declaration, where a relative name works.
+    let beside = match (file.parent(), out.parent()) {
+        (Some(a), Some(b)) => std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok(),
+        _ => false,
+    };
+    let text = inference.render(&name, &file_name, beside.then_some(file_name.as_str()));
+    crate::datasets::parse_declaration(&text, out.parent())
+        .context("the declaration written is not valid (a bug in datasets init)")?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(&out, text).with_context(|| format!("cannot write {}", out.display()))?;
+    if inference.malformed > 0 {
+        eprintln!(
+            "warning: {} records of {} will be rejected by any import (see the declaration's first comments)",
+            thousands(inference.malformed),
+            file.display()
+        );
+    }
+    println!(
+        "wrote {} ({} columns) from {} rows of {}",
+        out.display(),
+        inference.columns.len(),
+        thousands(inference.rows),
+        file.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -13,7 +13,7 @@
 //! | 1 | [`breaker`] | the circuit breaker that skips a failing Redis or database for a moment |
 //! | 2 | [`telemetry`] | logs (JSON lines when serving), OpenTelemetry traces and metrics |
 //! | 2 | [`identity`] | Entra ID tokens from one lazily created credential per instance |
-//! | 3 | [`datasets`] | declarations (`datasets/*.toml`), typed values and rows, the value rules |
+//! | 3 | [`datasets`] | declarations (`datasets/*.toml`), typed values and rows, the value rules; a declaration inferred from a CSV |
 //! | 4 | [`query`] | a query string as typed filters, sort, limit, cursor; its canonical text |
 //! | 5 | [`storage`] | the `Storage` trait and the SQL engines (SQLite, PostgreSQL, MySQL, SQL Server) |
 //! | 5 | [`cache`] | cache-aside of finished answers, in process or in Redis; answer-aware invalidation, writes recorded before they commit |
@@ -25,7 +25,7 @@
 //! | 9 | [`http`] | the axum router from one endpoint table; handlers; problem+json; OpenAPI; Swagger UI docs |
 //! | 10 | [`app`] | wiring: settings → catalog → storage → router → listener |
 //! | 10 | `lambda` | the same router under AWS Lambda (feature `lambda`) |
-//! | 11 | [`cli`] | the `handler` subcommands |
+//! | 11 | [`cli`] | the `handler` subcommands (`datasets init` reads a CSV as `import` does) |
 
 pub mod app;
 pub mod auth;

@@ -4,6 +4,7 @@
 //! The declaration is the only source of SQL identifiers: table and column names are checked here
 //! (`[a-z][a-z0-9_]*`) so the SQL builders can quote them without ever touching user input.
 
+pub mod infer;
 pub mod rules;
 pub mod validate;
 mod value;

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, IsTerminal as _, Read};
+use std::io::{IsTerminal as _, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +22,10 @@ use crate::datasets::rules::{self, EngineRules};
 use crate::datasets::{Column, Dataset, Value};
 use crate::storage::{CommitGate, Committing, Row, Storage, Ungated};
 
+mod csv_source;
 mod report;
+
+pub use csv_source::{csv_reader, header_names};
 
 use report::{Groups, MAX_REPORTED_REJECTIONS, RejectsFile};
 pub use report::{ImportReport, Rejection, RejectionGroup};
@@ -129,15 +132,7 @@ pub async fn import(
     let reading = tokio::task::spawn_blocking({
         let dataset = dataset.clone();
         move || {
-            let reader: Box<dyn Read + Send> = if gzipped {
-                Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(counted)))
-            } else {
-                Box::new(counted)
-            };
-            let mut csv = csv::ReaderBuilder::new()
-                .flexible(true)
-                .buffer_capacity(1 << 16)
-                .from_reader(CrlfToLf::new(reader));
+            let mut csv = csv_reader(Box::new(counted), gzipped);
             let plan = match ReadPlan::new(&dataset, engine, &mut csv, rejects) {
                 Ok(plan) => plan,
                 Err(error) => {
@@ -282,26 +277,11 @@ impl ReadPlan {
         csv: &mut csv::Reader<R>,
         mut rejects: Option<RejectsFile>,
     ) -> anyhow::Result<ReadPlan> {
-        let headers = csv
-            .byte_headers()
-            .context("cannot read the header line")?
-            .clone();
         if let Some(rejects) = &mut rejects {
-            rejects.header(&headers)?;
+            let headers = csv.byte_headers().context("cannot read the header line")?;
+            rejects.header(headers)?;
         }
-        let names: Vec<String> = headers
-            .iter()
-            .enumerate()
-            .map(|(i, h)| {
-                let h = String::from_utf8_lossy(h);
-                // A byte-order mark is not part of the first column's name.
-                if i == 0 {
-                    h.trim_start_matches('\u{feff}').trim().to_owned()
-                } else {
-                    h.trim().to_owned()
-                }
-            })
-            .collect();
+        let names = header_names(csv)?;
         let mut sources = Vec::with_capacity(dataset.columns.len());
         for column in &dataset.columns {
             let Some(source) = &column.source else {
@@ -491,70 +471,6 @@ pub fn convert_field(
     Ok(value)
 }
 
-/// Turns `\r\n` into `\n`. The csv crate counts a CRLF record's line one short (it has not yet
-/// consumed the `\n` when the next record starts), and rejections must name the right line.
-struct CrlfToLf<R> {
-    inner: R,
-    buf: Box<[u8]>,
-    start: usize,
-    end: usize,
-    /// A `\r` that ended the last chunk: held back until we know whether `\n` follows.
-    pending_cr: bool,
-    eof: bool,
-}
-
-impl<R: Read> CrlfToLf<R> {
-    fn new(inner: R) -> Self {
-        CrlfToLf {
-            inner,
-            buf: vec![0; 1 << 16].into_boxed_slice(),
-            start: 0,
-            end: 0,
-            pending_cr: false,
-            eof: false,
-        }
-    }
-
-    fn fill(&mut self) -> std::io::Result<()> {
-        let offset = usize::from(self.pending_cr);
-        if self.pending_cr {
-            self.buf[0] = b'\r';
-        }
-        let n = self.inner.read(&mut self.buf[offset..])?;
-        self.start = 0;
-        if n == 0 {
-            self.eof = true;
-            self.pending_cr = false;
-            self.end = offset; // a lone final `\r` is kept
-            return Ok(());
-        }
-        let len = offset + n;
-        let mut write = 0;
-        for read in 0..len {
-            if self.buf[read] == b'\r' && read + 1 < len && self.buf[read + 1] == b'\n' {
-                continue;
-            }
-            self.buf[write] = self.buf[read];
-            write += 1;
-        }
-        self.pending_cr = self.buf[write - 1] == b'\r';
-        self.end = write - usize::from(self.pending_cr);
-        Ok(())
-    }
-}
-
-impl<R: Read> Read for CrlfToLf<R> {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.start == self.end && !self.eof {
-            self.fill()?;
-        }
-        let n = out.len().min(self.end - self.start);
-        out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
-        self.start += n;
-        Ok(n)
-    }
-}
-
 #[derive(Hash, PartialEq, Eq)]
 enum KeyOf {
     Integer(i64),
@@ -566,40 +482,6 @@ impl KeyOf {
         match value {
             Value::Integer(i) => KeyOf::Integer(*i),
             other => KeyOf::Text(other.to_text()),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn through(input: &[u8], chunk: usize) -> Vec<u8> {
-        /// Hands out at most `chunk` bytes per read, to split CRLFs across reads.
-        struct Trickle<'a>(&'a [u8], usize);
-        impl Read for Trickle<'_> {
-            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-                let n = self.1.min(buf.len()).min(self.0.len());
-                buf[..n].copy_from_slice(&self.0[..n]);
-                self.0 = &self.0[n..];
-                Ok(n)
-            }
-        }
-        let mut out = Vec::new();
-        CrlfToLf::new(Trickle(input, chunk))
-            .read_to_end(&mut out)
-            .unwrap();
-        out
-    }
-
-    #[test]
-    fn crlf_becomes_lf_even_split_across_reads() {
-        for chunk in [1, 2, 3, 1000] {
-            assert_eq!(
-                through(b"a\r\nb\r\n\r\nc\rd\r", chunk),
-                b"a\nb\n\nc\rd\r",
-                "chunk {chunk}"
-            );
         }
     }
 }
