@@ -40,9 +40,17 @@ const TAGS_DECLARATION: &str = r#"
 "#;
 
 fn things_catalog() -> Catalog {
+    named_things_catalog("things")
+}
+
+/// The same declaration under another name, for a test whose imports must not meet another
+/// test's imports of `things` (the tests of this file run at once against the same databases).
+fn named_things_catalog(name: &str) -> Catalog {
+    let declaration =
+        TAGS_DECLARATION.replacen("name = \"things\"", &format!("name = \"{name}\""), 1);
     let mut catalog = Catalog::default();
     catalog
-        .insert(parse_declaration(TAGS_DECLARATION, None).unwrap())
+        .insert(parse_declaration(&declaration, None).unwrap())
         .unwrap();
     catalog
 }
@@ -247,8 +255,10 @@ async fn a_second_concurrent_import_of_a_dataset_is_refused() {
     urls.extend(common::mssql_url().await);
     for url in urls {
         let storage = common::open(&url);
-        let catalog = things_catalog();
-        let things = catalog.get("things").unwrap();
+        // Its own name: the other tests here import `things` at the same time.
+        let catalog = named_things_catalog("lock_things");
+        let things = catalog.get("lock_things").unwrap();
+        storage.migrate(things).await.unwrap();
         let first = storage.begin_import(things).await.unwrap();
         let second = storage.begin_import(things).await;
         let error = second
@@ -256,7 +266,7 @@ async fn a_second_concurrent_import_of_a_dataset_is_refused() {
             .expect("the second import must not start")
             .to_string();
         assert_eq!(
-            error, "another import of dataset \"things\" is running",
+            error, "another import of dataset \"lock_things\" is running",
             "{url}"
         );
         first.abort().await.unwrap();
