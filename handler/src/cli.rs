@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::app::{Application, Context};
 use crate::config::Settings;
+use crate::datasets::ImportMode;
 use crate::import::ImportOptions;
 use crate::query::Query;
 use crate::service::ImportFrom;
@@ -65,6 +66,11 @@ enum Command {
         /// then its fields under the file's own header (fix them and import them again).
         #[arg(long, value_name = "FILE")]
         rejects: Option<PathBuf>,
+        /// `replace` every row (and every cached answer), or `sync`: change only the rows that
+        /// differ by key, ending only the cached answers they change. Default: the dataset's
+        /// `[import] mode`, else replace.
+        #[arg(long)]
+        mode: Option<ImportMode>,
     },
     /// Write dataset declarations.
     Datasets {
@@ -181,10 +187,12 @@ impl Cli {
                 file,
                 blob,
                 rejects,
+                mode,
             } => {
                 let options = ImportOptions {
                     show_progress: true,
                     rejects,
+                    mode,
                 };
                 run_import(
                     &context,
@@ -284,7 +292,7 @@ async fn demo_setup(context: &Context) -> anyhow::Result<()> {
         let from = ImportFrom::File(file.clone());
         let options = ImportOptions {
             show_progress: true,
-            rejects: None,
+            ..ImportOptions::default()
         };
         let report = context
             .service

@@ -42,6 +42,52 @@ pub struct Dataset {
     /// CSV exports write text cells as they are, formulas included (`csv_keep_formulas`): only
     /// for consumers that never open them in a spreadsheet. Off by default.
     pub csv_keep_formulas: bool,
+    /// How the dataset is imported again, and from where the `SyncDatasets` timer does it.
+    pub import: ImportSpec,
+}
+
+/// A dataset's `[import]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImportSpec {
+    /// What an import does when it names no mode.
+    pub mode: ImportMode,
+    /// A blob (CSV or .csv.gz) that the `SyncDatasets` timer imports again whenever it changes.
+    /// Read with Shared Key or Entra ID access: a SAS does not belong in a committed file.
+    pub blob: Option<String>,
+}
+
+/// How an import treats the rows already there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImportMode {
+    /// Every row replaced at once; every cached answer of the dataset ends.
+    #[default]
+    Replace,
+    /// Only the rows that differ (by key) are inserted, updated or deleted, and recorded with the
+    /// cache like writes, so only the answers they change end. A first import replaces.
+    Sync,
+}
+
+impl std::str::FromStr for ImportMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "replace" => Ok(ImportMode::Replace),
+            "sync" => Ok(ImportMode::Sync),
+            other => Err(format!("{other:?} is not an import mode: replace or sync")),
+        }
+    }
+}
+
+impl ImportMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImportMode::Replace => "replace",
+            ImportMode::Sync => "sync",
+        }
+    }
 }
 
 /// Who may do something: anyone, any signed-in account, or admins.
@@ -266,6 +312,8 @@ struct DatasetFile {
     access: Access,
     #[serde(default)]
     csv_keep_formulas: bool,
+    #[serde(default)]
+    import: ImportSpec,
 }
 
 #[derive(Deserialize)]
@@ -418,6 +466,7 @@ pub fn parse_declaration(text: &str, base: Option<&Path>) -> anyhow::Result<Data
         }),
         access: file.access,
         csv_keep_formulas: file.csv_keep_formulas,
+        import: file.import,
     })
 }
 

@@ -19,7 +19,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 
 use crate::datasets::rules::{self, EngineRules};
-use crate::datasets::{Column, Dataset, Value};
+use crate::datasets::{Column, Dataset, ImportMode, Value};
 use crate::storage::{CommitGate, Committing, Row, Storage, Ungated};
 
 mod csv_source;
@@ -37,6 +37,8 @@ pub struct ImportOptions {
     pub show_progress: bool,
     /// Every rejected line written here as CSV (see [`report::RejectsFile`]).
     pub rejects: Option<PathBuf>,
+    /// Replace every row, or change only the rows that differ; `None`: as the dataset declares.
+    pub mode: Option<ImportMode>,
 }
 
 /// Rows per staging write: large enough to amortise a round trip, small enough to stay flat.
@@ -88,7 +90,7 @@ pub async fn import_file(
     let source = ImportSource::file(path)?;
     let options = ImportOptions {
         show_progress,
-        rejects: None,
+        ..ImportOptions::default()
     };
     import(storage, dataset, source, &options, None, &Ungated).await
 }
