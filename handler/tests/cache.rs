@@ -62,6 +62,15 @@ impl Storage for CountingStorage {
     async fn begin_import(&self, dataset: &Dataset) -> storage::Result<Box<dyn ImportSink>> {
         self.inner.begin_import(dataset).await
     }
+    async fn sync(
+        &self,
+        dataset: &Dataset,
+        sink: Box<dyn ImportSink>,
+        gate: &dyn CommitGate,
+        record_rows: u64,
+    ) -> storage::Result<Option<storage::SyncCounts>> {
+        self.inner.sync(dataset, sink, gate, record_rows).await
+    }
     async fn write(
         &self,
         dataset: &Dataset,

@@ -62,28 +62,54 @@ impl Position {
     }
 }
 
-/// One write as the write log remembers it (create: `old` None; delete: `new` None).
+/// One row's change as the write log keeps it (create: `old` None; delete: `new` None).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RowChange {
+    pub old: Option<Vec<Value>>,
+    pub new: Option<Vec<Value>>,
+}
+
+/// One record of the write log: a write's row change, the row changes of a sync (recorded
+/// together, so they take one position and one freshness check, like one write), or a change of
+/// every answer.
 #[derive(Clone, Debug)]
 pub struct RecordedWrite {
     pub seq: u64,
-    pub old: Option<Vec<Value>>,
-    pub new: Option<Vec<Value>>,
+    pub rows: Vec<RowChange>,
     /// Every answer of the dataset changed (an import, a write too large to record).
     pub everything: bool,
 }
 
 impl RecordedWrite {
-    /// `[old, new]` as JSON, as a shared write log stores it (after `"<seq> "`).
-    pub fn encode_payload(old: &Option<Vec<Value>>, new: &Option<Vec<Value>>) -> String {
+    /// The record of one row's change.
+    #[cfg(test)]
+    pub fn row(seq: u64, old: Option<Vec<Value>>, new: Option<Vec<Value>>) -> RecordedWrite {
+        RecordedWrite {
+            seq,
+            rows: vec![RowChange { old, new }],
+            everything: false,
+        }
+    }
+
+    /// The changes as a shared write log stores them (after `"<seq> "`): `[old, new]` for one
+    /// row, `{"rows": [[old, new], ...]}` for several.
+    pub fn encode_payload(rows: &[RowChange]) -> String {
         let row = |r: &Option<Vec<Value>>| match r {
             Some(values) => serde_json::Value::Array(values.iter().map(Value::to_json).collect()),
             None => serde_json::Value::Null,
         };
-        serde_json::Value::Array(vec![row(old), row(new)]).to_string()
+        let pair =
+            |change: &RowChange| serde_json::Value::Array(vec![row(&change.old), row(&change.new)]);
+        match rows {
+            [one] => pair(one).to_string(),
+            many => {
+                serde_json::json!({ "rows": many.iter().map(pair).collect::<Vec<_>>() }).to_string()
+            }
+        }
     }
 
-    /// A `"<seq> [old, new]"` (or `"<seq> *"`) item of a shared write log; `None` when it does
-    /// not fit `dataset` (the caller then treats the answer as stale).
+    /// A `"<seq> [old, new]"`, `"<seq> {"rows": ...}"` or `"<seq> *"` item of a shared write
+    /// log; `None` when it does not fit `dataset` (the caller then treats the answer as stale).
     pub fn decode(dataset: &Dataset, item: &str) -> Option<RecordedWrite> {
         let (seq, payload) = item.split_once(' ')?;
         let seq = seq.parse().ok()?;
@@ -106,10 +132,22 @@ impl RecordedWrite {
                 _ => None,
             }
         };
+        let pair = |v: &serde_json::Value| -> Option<RowChange> {
+            Some(RowChange {
+                old: row(v.get(0)?)?,
+                new: row(v.get(1)?)?,
+            })
+        };
+        let rows = match json.get("rows") {
+            Some(serde_json::Value::Array(pairs)) => {
+                pairs.iter().map(pair).collect::<Option<Vec<_>>>()?
+            }
+            Some(_) => return None,
+            None => vec![pair(&json)?],
+        };
         Some(RecordedWrite {
             seq,
-            old: row(json.get(0)?)?,
-            new: row(json.get(1)?)?,
+            rows,
             everything: false,
         })
     }
@@ -117,8 +155,7 @@ impl RecordedWrite {
     pub fn everything(seq: u64) -> RecordedWrite {
         RecordedWrite {
             seq,
-            old: None,
-            new: None,
+            rows: Vec::new(),
             everything: true,
         }
     }
@@ -198,10 +235,21 @@ pub fn changes(
     page_end: Option<&PageEnd>,
     write: &RecordedWrite,
 ) -> bool {
-    if write.everything {
-        return true;
-    }
-    let (old, new) = (write.old.as_deref(), write.new.as_deref());
+    write.everything
+        || write
+            .rows
+            .iter()
+            .any(|row| row_changes(dataset, subject, page_end, row))
+}
+
+/// Whether one row's change can change the answer (see [`changes`]).
+fn row_changes(
+    dataset: &Dataset,
+    subject: &Subject<'_>,
+    page_end: Option<&PageEnd>,
+    change: &RowChange,
+) -> bool {
+    let (old, new) = (change.old.as_deref(), change.new.as_deref());
     match subject {
         Subject::Item(key) => [old, new]
             .into_iter()

@@ -164,12 +164,7 @@ fn a_write_left_alone_never_changes_the_answer() {
             (None, Some(row)) => after.push(row.clone()),
             (None, None) => unreachable!(),
         }
-        let write = RecordedWrite {
-            seq,
-            old,
-            new,
-            everything: false,
-        };
+        let write = RecordedWrite::row(seq, old, new);
         for query in &queries {
             let (before_rows, before_more) = page(&ds, query, &rows);
             let limited: Vec<Vec<Value>> = rows
@@ -241,12 +236,7 @@ fn removing_the_only_row_after_a_page_ends_it_and_others_do_not() {
     let end = PageEnd::of(&ds, &query, &rows);
     assert!(end.is_some(), "a full page followed by another has an end");
     let subject = Subject::Query(&query);
-    let write = |old: Option<Vec<Value>>, new: Option<Vec<Value>>| RecordedWrite {
-        seq: 1,
-        old,
-        new,
-        everything: false,
-    };
+    let write = |old: Option<Vec<Value>>, new: Option<Vec<Value>>| RecordedWrite::row(1, old, new);
     // A new row after the page, or the next row moving further: the page stays.
     assert!(!changes(
         &ds,
@@ -298,9 +288,15 @@ fn records_keep_values_as_the_database_compares_them() {
     let mut row = vec![Value::Null; ds.columns.len()];
     row[ds.key.column] = Value::Integer(7);
     row[box_office] = Value::Float(3.3 * 3.0);
-    let payload = RecordedWrite::encode_payload(&Some(row.clone()), &None);
+    let payload = RecordedWrite::encode_payload(&[RowChange {
+        old: Some(row.clone()),
+        new: None,
+    }]);
     let decoded = RecordedWrite::decode(&ds, &format!("1 {payload}")).unwrap();
-    assert_eq!(decoded.old.unwrap()[box_office], Value::Float(3.3 * 3.0));
+    assert_eq!(
+        decoded.rows[0].old.as_ref().unwrap()[box_office],
+        Value::Float(3.3 * 3.0)
+    );
     let export = Query::parse(&ds, QueryKind::Export, "box_office.lt=9.9").unwrap();
     let write = RecordedWrite::decode(&ds, &format!("1 {payload}")).unwrap();
     assert!(
@@ -318,4 +314,53 @@ fn records_keep_values_as_the_database_compares_them() {
         at("2026-01-01T12:00:01.000001Z"),
         at("2026-01-01T12:00:01Z")
     );
+}
+
+/// A sync's record of many rows reads back as the same row changes, and changes an answer when
+/// any one of them would.
+#[test]
+fn a_record_of_many_rows_round_trips_and_counts_each_row() {
+    let ds = movies();
+    let year = ds.column_index("year").unwrap();
+    let film = |id: i64, y: i64| {
+        let mut row = vec![Value::Null; ds.columns.len()];
+        row[ds.key.column] = Value::Integer(id);
+        row[year] = Value::Integer(y);
+        row
+    };
+    let rows = vec![
+        RowChange {
+            old: Some(film(1, 1990)),
+            new: Some(film(1, 1991)),
+        },
+        RowChange {
+            old: None,
+            new: Some(film(2, 2005)),
+        },
+        RowChange {
+            old: Some(film(3, 1970)),
+            new: None,
+        },
+    ];
+    let payload = RecordedWrite::encode_payload(&rows);
+    let decoded = RecordedWrite::decode(&ds, &format!("7 {payload}")).unwrap();
+    assert_eq!((decoded.seq, decoded.everything), (7, false));
+    assert_eq!(decoded.rows, rows);
+    let count = |filter: &str| Query::parse(&ds, QueryKind::Count, filter).unwrap();
+    for (filter, changed) in [
+        ("year=1991", true),
+        ("year=2005", true),
+        ("year=1970", true),
+        ("year=1980", false),
+    ] {
+        let query = count(filter);
+        assert_eq!(
+            changes(&ds, &Subject::Query(&query), None, &decoded),
+            changed,
+            "{filter}"
+        );
+    }
+    // A record that does not fit the dataset is not trusted.
+    assert!(RecordedWrite::decode(&ds, "8 {\"rows\": [[null]]}").is_none());
+    assert!(RecordedWrite::decode(&ds, "8 {\"rows\": 3}").is_none());
 }

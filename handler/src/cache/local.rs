@@ -41,8 +41,7 @@ impl WriteLog {
         self.seq += 1;
         self.recent.push_back(Arc::new(RecordedWrite {
             seq: self.seq,
-            old: write.old.clone(),
-            new: write.new.clone(),
+            rows: write.rows.clone(),
             everything: write.everything,
         }));
         while self.recent.len() > capacity {

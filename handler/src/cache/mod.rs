@@ -62,7 +62,7 @@ use tokio::sync::OnceCell;
 
 pub use entry::{CachedResponse, Outcome};
 pub use flight::{Claim, Computed, StreamClaim};
-pub use fresh::{PageEnd, Position, Stamp};
+pub use fresh::{PageEnd, Position, RowChange, Stamp};
 pub use store::Unavailable;
 pub use writes::{COMMIT_WITHIN, WRITE_IN_FLIGHT_FOR, WriteInFlight};
 

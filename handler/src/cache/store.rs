@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::entry::CachedResponse;
-use super::fresh::{Position, RecordedWrite};
-use crate::datasets::{Dataset, Value};
+use super::fresh::{Position, RecordedWrite, RowChange};
+use crate::datasets::Dataset;
 use crate::identity::Tokens;
 
 /// The store did not answer (Redis down, slow, refusing): the caller bypasses the cache.
@@ -22,8 +22,7 @@ pub struct Unavailable;
 /// caller).
 #[derive(Clone)]
 pub struct NewWrite {
-    pub old: Option<Vec<Value>>,
-    pub new: Option<Vec<Value>>,
+    pub rows: Vec<RowChange>,
     pub everything: bool,
     pub payload: String,
 }

@@ -219,14 +219,14 @@ async fn the_write_log_holds_what_freshness_needs_and_is_bounded() {
             "{backend}"
         );
     }
-    let record = RecordedWrite::encode_payload(
-        &None,
-        &Some(freshness_columns(&ds, {
+    let record = RecordedWrite::encode_payload(&[RowChange {
+        old: None,
+        new: Some(freshness_columns(&ds, {
             let mut row = film(&ds, 1, &["Drama"], 2015);
             row[director] = Value::Text("d".repeat(100_000));
             row
         })),
-    );
+    }]);
     assert!(record.len() < 300, "{} bytes: {record}", record.len());
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::fresh::{self, WRITE_LOG_CAPACITY, WRITE_RECORD_MAX_BYTES};
+use super::fresh::{self, RowChange, WRITE_LOG_CAPACITY, WRITE_RECORD_MAX_BYTES};
 use super::store::{InFlight, NewWrite};
 use super::{Cache, Unavailable};
 use crate::datasets::{Dataset, Value};
@@ -30,13 +30,38 @@ impl WriteInFlight {
     }
 }
 
+/// The most a record of many rows' changes (a sync) may hold, encoded. Each instance reads it
+/// once and keeps it with its copy of the log (`redis/mirror.rs` counts the rows it keeps).
+pub const CHANGES_RECORD_MAX_BYTES: usize = 4 << 20;
+
 /// The record of a change of every answer.
 fn everything() -> NewWrite {
     NewWrite {
-        old: None,
-        new: None,
+        rows: Vec::new(),
         everything: true,
         payload: fresh::EVERYTHING.to_owned(),
+    }
+}
+
+/// The record of these rows' changes, each cut to what freshness checks read; a change of every
+/// answer when its encoding would exceed `max_bytes`.
+fn recorded(dataset: &Dataset, changes: Vec<RowChange>, max_bytes: usize) -> NewWrite {
+    let rows: Vec<RowChange> = changes
+        .into_iter()
+        .map(|RowChange { old, new }| RowChange {
+            old: old.map(|row| fresh::freshness_columns(dataset, row)),
+            new: new.map(|row| fresh::freshness_columns(dataset, row)),
+        })
+        .collect();
+    let payload = fresh::RecordedWrite::encode_payload(&rows);
+    if payload.len() > max_bytes {
+        tracing::info!(dataset = %dataset.name, rows = rows.len(), bytes = payload.len(), "a change too large to record row by row: the dataset's answers end");
+        return everything();
+    }
+    NewWrite {
+        rows,
+        everything: false,
+        payload,
     }
 }
 
@@ -53,23 +78,26 @@ impl Cache {
         old: Option<Vec<Value>>,
         new: Option<Vec<Value>>,
     ) -> Result<WriteInFlight, Unavailable> {
-        let (old, new) = (
-            old.map(|row| fresh::freshness_columns(dataset, row)),
-            new.map(|row| fresh::freshness_columns(dataset, row)),
+        let write = recorded(
+            dataset,
+            vec![RowChange { old, new }],
+            WRITE_RECORD_MAX_BYTES,
         );
-        let payload = fresh::RecordedWrite::encode_payload(&old, &new);
-        let write = if payload.len() > WRITE_RECORD_MAX_BYTES {
-            tracing::info!(dataset = %dataset.name, bytes = payload.len(), "a write too large to record: the dataset's answers end");
-            everything()
-        } else {
-            NewWrite {
-                old,
-                new,
-                everything: false,
-                payload,
-            }
-        };
         self.begin(dataset, write, WRITE_IN_FLIGHT_FOR).await
+    }
+
+    /// Records the changes of many rows (a sync) as one record, before their transaction
+    /// commits, in flight for at most `lifetime`: to freshness, as if each were a write of its
+    /// own, at the cost of one. Larger than [`CHANGES_RECORD_MAX_BYTES`], it is a change of
+    /// every answer instead.
+    pub async fn begin_changes(
+        &self,
+        dataset: &Dataset,
+        changes: Vec<RowChange>,
+        lifetime: Duration,
+    ) -> Result<WriteInFlight, Unavailable> {
+        let write = recorded(dataset, changes, CHANGES_RECORD_MAX_BYTES);
+        self.begin(dataset, write, lifetime).await
     }
 
     /// Records a change of every row of the dataset (an import) before it commits, in flight for

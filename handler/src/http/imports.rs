@@ -11,7 +11,8 @@ use super::body::JsonBody;
 use super::{ApiError, AppState, json_response};
 use crate::service::{Caller, ServiceError};
 
-/// `POST /api/admin/imports` with `{"dataset": "...", "blob": "https://..."}`: 202 and
+/// `POST /api/admin/imports` with `{"dataset": "...", "blob": "https://...", "mode": "sync"}`
+/// (`mode` optional: the dataset's declared one): 202 and
 /// `Location` of the job's status.
 pub async fn start(
     State(state): State<AppState>,
@@ -31,7 +32,20 @@ pub async fn start(
             return Err(ApiError::unprocessable(invalid));
         }
     };
-    let job = importer.start(&dataset, &blob).await?;
+    let mode = match body.fields.get("mode") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(mode)) => Some(
+            mode.parse()
+                .map_err(|reason| ApiError::unprocessable(vec![("mode".to_owned(), reason)]))?,
+        ),
+        Some(_) => {
+            return Err(ApiError::unprocessable(vec![(
+                "mode".to_owned(),
+                "must be \"replace\" or \"sync\"".to_owned(),
+            )]));
+        }
+    };
+    let job = importer.start(&dataset, &blob, mode).await?;
     let mut response = json_response(StatusCode::ACCEPTED, job.body.to_string().into_bytes(), "");
     let location = format!("/api/admin/imports/{}", job.id);
     if let Ok(value) = HeaderValue::from_str(&location) {

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::datasets::rules::{self, EngineRules};
 use crate::datasets::{Column, Dataset, ImportMode, Value};
-use crate::storage::{CommitGate, Committing, Row, Storage, Ungated};
+use crate::storage::{CommitGate, Committing, ImportSink, Row, Storage, Ungated};
 
 mod csv_source;
 mod report;
@@ -45,6 +45,15 @@ pub struct ImportOptions {
 pub const BATCH_ROWS: usize = 10_000;
 /// A batch also ends at this many bytes of CSV, so wide rows (long texts) keep memory flat too.
 pub const BATCH_BYTES: usize = 4 << 20;
+/// A sync that changes at most this many rows records each with the cache (one record of all
+/// of them), so only the answers they change end; beyond it, it records a change of everything.
+/// Why 10,000: every cached answer older than the sync is checked once per instance against each
+/// recorded row (about a microsecond per row for a page), so 10,000 rows cost a check about as
+/// much as recomputing a cold page (a few milliseconds of server time); the record (the key,
+/// filter and sort columns of the old and new rows, about 2 MB for flights) stays well under the
+/// record limit; and the sync holds the changed rows in memory to record them. With more
+/// changes than that, few list, facet or export answers would survive anyway.
+pub const SYNC_RECORDED_ROWS: u64 = 10_000;
 /// Where an import reads its CSV from.
 pub struct ImportSource {
     /// How errors and the report name the source (a path, or a blob URL without its SAS).
@@ -197,16 +206,21 @@ pub async fn import(
         }
     };
     let staged = started.elapsed();
-    if let Err(reason) = gate.before_commit(Committing::Everything).await {
-        if let Err(abort_error) = sink.abort().await {
-            tracing::warn!(error = %abort_error, "could not discard the staged rows");
+    let sync = match options.mode.unwrap_or(dataset.import.mode) {
+        ImportMode::Replace => {
+            replace(sink, gate, &progress).await?;
+            None
         }
-        anyhow::bail!("the dataset's rows were left as they were: {reason}");
-    }
-    let spinner = spinner(&progress, "building indexes and swapping in the new rows");
-    let committed = sink.commit().await;
-    spinner.finish_and_clear();
-    committed.context("cannot replace the dataset's rows with the imported ones")?;
+        ImportMode::Sync => {
+            let spinner = spinner(
+                &progress,
+                "comparing with the live rows and applying changes",
+            );
+            let synced = storage.sync(dataset, sink, gate, SYNC_RECORDED_ROWS).await;
+            spinner.finish_and_clear();
+            synced.context("cannot sync the dataset's rows with the imported ones (they were left as they were)")?
+        }
+    };
     Ok(ImportReport {
         dataset: dataset.name.clone(),
         imported,
@@ -215,7 +229,27 @@ pub async fn import(
         groups: outcome.groups.into_sorted(),
         elapsed: started.elapsed(),
         staged,
+        sync,
     })
+}
+
+/// Swaps the staged rows in for every row of the dataset, the change of everything recorded
+/// with the gate first.
+async fn replace(
+    sink: Box<dyn ImportSink>,
+    gate: &dyn CommitGate,
+    progress: &ProgressBar,
+) -> anyhow::Result<()> {
+    if let Err(reason) = gate.before_commit(Committing::Everything).await {
+        if let Err(abort_error) = sink.abort().await {
+            tracing::warn!(error = %abort_error, "could not discard the staged rows");
+        }
+        anyhow::bail!("the dataset's rows were left as they were: {reason}");
+    }
+    let spinner = spinner(progress, "building indexes and swapping in the new rows");
+    let committed = sink.commit().await;
+    spinner.finish_and_clear();
+    committed.context("cannot replace the dataset's rows with the imported ones")
 }
 
 /// Counts the source's bytes for a watcher.

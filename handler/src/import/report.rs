@@ -3,6 +3,7 @@
 //! with its count and first line numbers; and, when asked, every rejected line written to a CSV
 //! file with its line number and reason.
 
+use crate::storage::SyncCounts;
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -115,8 +116,10 @@ pub struct ImportReport {
     pub groups: Vec<RejectionGroup>,
     pub elapsed: Duration,
     /// Of `elapsed`, the time spent reading, converting and staging rows; the rest built the
-    /// indexes and swapped the new rows in.
+    /// indexes and swapped the new rows in (a replace), or compared and applied them (a sync).
     pub staged: Duration,
+    /// What a sync changed; `None` for a replace (or a sync that found no rows to compare with).
+    pub sync: Option<SyncCounts>,
 }
 
 impl ImportReport {
@@ -124,8 +127,28 @@ impl ImportReport {
         self.imported as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
+    /// Rows that a sync found as they were.
+    pub fn unchanged(&self) -> Option<u64> {
+        let sync = self.sync?;
+        Some(self.imported.saturating_sub(sync.added + sync.changed))
+    }
+
     /// The one-line summary printed at the end of `handler import`.
     pub fn summary(&self) -> String {
+        if let (Some(sync), Some(unchanged)) = (self.sync, self.unchanged()) {
+            return format!(
+                "synced {} rows into {}: {} added, {} changed, {} removed, {unchanged} unchanged; rejected {}, {:.2} s (staged in {:.2} s, compared and applied in {:.2} s)",
+                self.imported,
+                self.dataset,
+                sync.added,
+                sync.changed,
+                sync.removed,
+                self.rejected,
+                self.elapsed.as_secs_f64(),
+                self.staged.as_secs_f64(),
+                (self.elapsed - self.staged).as_secs_f64(),
+            );
+        }
         format!(
             "imported {} rows into {}, rejected {}, {:.2} s (staged in {:.2} s, indexed and swapped in {:.2} s), {:.0} rows/s",
             self.imported,

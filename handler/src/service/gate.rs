@@ -7,7 +7,7 @@
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use crate::cache::{COMMIT_WITHIN, Cache, Unavailable, WriteInFlight};
+use crate::cache::{COMMIT_WITHIN, Cache, RowChange, Unavailable, WriteInFlight};
 use crate::datasets::Dataset;
 use crate::storage::{CommitGate, Committing};
 
@@ -59,6 +59,23 @@ impl CommitGate for CacheGate<'_> {
                     .begin_write(self.dataset, written.old.clone(), written.new.clone())
                     .await,
                 true,
+            ),
+            // A sync's changed rows: one record, in flight as long as an import's change.
+            Committing::Rows(written) => (
+                self.cache
+                    .begin_changes(
+                        self.dataset,
+                        written
+                            .iter()
+                            .map(|w| RowChange {
+                                old: w.old.clone(),
+                                new: w.new.clone(),
+                            })
+                            .collect(),
+                        IMPORT_IN_FLIGHT_FOR,
+                    )
+                    .await,
+                false,
             ),
             Committing::Everything => (
                 self.cache

@@ -23,7 +23,7 @@ use super::gate::CacheGate;
 use super::{Caller, Service, ServiceError};
 use crate::blob::{BlobAuth, BlobError, BlobLocation, BlobReader};
 use crate::cache::Cache;
-use crate::datasets::{Dataset, Level};
+use crate::datasets::{Dataset, ImportMode, Level};
 use crate::import::{self, ImportOptions, ImportProgress, ImportReport, ImportSource};
 use crate::storage::Storage;
 
@@ -93,7 +93,12 @@ impl Importer<'_> {
     /// status. A wrong dataset or URL, a missing blob or denied access is refused at once (the
     /// client's mistake); Blob Storage or Entra ID failing is a bad gateway.
     #[tracing::instrument(level = "debug", name = "service.start_import", skip_all, fields(dataset = name))]
-    pub async fn start(self, name: &str, blob: &str) -> Result<JobStatus, ServiceError> {
+    pub async fn start(
+        self,
+        name: &str,
+        blob: &str,
+        mode: Option<ImportMode>,
+    ) -> Result<JobStatus, ServiceError> {
         let service = self.service;
         let unprocessable = |field: &str, reason: String| {
             ServiceError::Unprocessable(vec![(field.to_owned(), reason)])
@@ -125,8 +130,10 @@ impl Importer<'_> {
                 _ => unprocessable("blob", format!("{error:#}")),
             }
         })?;
+        let mode = mode.unwrap_or(dataset.import.mode);
         let job = Arc::new(Job {
             id,
+            mode,
             dataset: dataset.name.clone(),
             source: display,
             size: source.size,
@@ -143,7 +150,10 @@ impl Importer<'_> {
             let (storage, cache) = (Arc::clone(&service.storage), Arc::clone(&service.cache));
             let progress = Arc::clone(&running.progress);
             let imported = tokio::spawn(async move {
-                let options = ImportOptions::default();
+                let options = ImportOptions {
+                    mode: Some(mode),
+                    ..ImportOptions::default()
+                };
                 import_gated(&storage, &cache, &dataset, source, &options, Some(progress)).await
             })
             .await
@@ -211,6 +221,7 @@ impl Drop for Slot {
 
 struct Job {
     id: String,
+    mode: ImportMode,
     dataset: String,
     source: String,
     size: u64,
@@ -278,6 +289,7 @@ impl Job {
             "dataset": self.dataset,
             "source": self.source,
             "state": state,
+            "mode": self.mode.as_str(),
             "started_at": timestamp(&self.started_at),
             "bytes_total": self.size,
             "bytes_read": self.progress.bytes_read.load(Ordering::Relaxed),
@@ -300,6 +312,12 @@ impl Job {
                         "seconds": report.elapsed.as_secs_f64(),
                         "rows_per_second": report.rows_per_second().round(),
                     });
+                    if let (Some(sync), Some(unchanged)) = (report.sync, report.unchanged()) {
+                        status["report"]["sync"] = json!({
+                            "added": sync.added, "changed": sync.changed,
+                            "removed": sync.removed, "unchanged": unchanged,
+                        });
+                    }
                 }
                 Err(error) => status["error"] = json!(error),
             }

@@ -27,6 +27,7 @@ mod sql;
 mod sqlite;
 mod sqlx_driver;
 mod store;
+mod sync;
 pub mod users;
 
 use std::sync::Arc;
@@ -81,10 +82,26 @@ pub enum StorageError {
     NotCommitted(String),
 }
 
-/// What is about to be committed: one row's change, or every row of a dataset (an import).
+/// What is about to be committed: one row's change, the changes of many (a sync), or every row
+/// of a dataset (an import, or a sync that changed too many rows to list).
 pub enum Committing<'a> {
     Row(&'a Written),
+    Rows(&'a [Written]),
     Everything,
+}
+
+/// What a sync changed, by key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncCounts {
+    pub added: u64,
+    pub changed: u64,
+    pub removed: u64,
+}
+
+impl SyncCounts {
+    pub fn total(&self) -> u64 {
+        self.added + self.changed + self.removed
+    }
 }
 
 /// Asked inside a change's transaction, just before its `COMMIT`, whether it may commit. The
@@ -215,6 +232,19 @@ pub trait Storage: Send + Sync + 'static {
     /// Starts a bulk import into a staging area; nothing is visible until [`ImportSink::commit`].
     async fn begin_import(&self, dataset: &Dataset) -> Result<Box<dyn ImportSink>>;
 
+    /// Makes the rows staged by `sink` (every batch written) the dataset's rows by changing only
+    /// those that differ by key, in one transaction that writers wait for; `gate` is asked just
+    /// before its commit, with every changed row when there are at most `record_rows`, else as a
+    /// change of everything. `None`: the dataset had no table yet, so the staged rows replaced
+    /// it. On any error the previous rows stay as they were. The sink is discarded either way.
+    async fn sync(
+        &self,
+        dataset: &Dataset,
+        sink: Box<dyn ImportSink>,
+        gate: &dyn CommitGate,
+        record_rows: u64,
+    ) -> Result<Option<SyncCounts>>;
+
     /// Applies one change in one transaction (the row locked from read to write) and returns the
     /// row before and after; `gate` is asked just before the commit. [`StorageError::NotFound`],
     /// [`StorageError::Conflict`] and [`StorageError::NotCommitted`] leave everything as it was.
@@ -240,6 +270,12 @@ pub trait Storage: Send + Sync + 'static {
 #[async_trait]
 pub trait ImportSink: Send {
     async fn write(&mut self, rows: &[Row]) -> Result<()>;
+
+    /// Ends loading: every row written is in the staged tables, readable by other connections
+    /// (PostgreSQL ends its `COPY` streams; the others commit each batch already).
+    async fn finish_loading(&mut self) -> Result<()> {
+        Ok(())
+    }
 
     /// Makes the imported rows the dataset's rows, replacing the previous ones atomically.
     async fn commit(self: Box<Self>) -> Result<()>;

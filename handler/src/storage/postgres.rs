@@ -123,8 +123,7 @@ impl Engine for Postgres {
             lock,
             dataset: Arc::new(dataset.clone()),
             live_schema,
-            main,
-            lists,
+            copies: Some(Copies { main, lists }),
         }))
     }
 }
@@ -144,8 +143,39 @@ struct PgImport {
     dataset: Arc<Dataset>,
     /// Where the staged tables move to: the schema the import's connection works in.
     live_schema: String,
+    /// The open COPY streams, until loading ends.
+    copies: Option<Copies>,
+}
+
+struct Copies {
     main: CopyStream,
     lists: Vec<(usize, CopyStream)>,
+}
+
+impl Copies {
+    fn into_streams(self) -> Vec<CopyStream> {
+        let mut streams = vec![self.main];
+        streams.extend(self.lists.into_iter().map(|(_, copy)| copy));
+        streams
+    }
+
+    /// Ends every stream, keeping its rows; after a failure the rest are aborted.
+    async fn finish(self) -> Result<()> {
+        let mut failed = None;
+        for copy in self.into_streams() {
+            if failed.is_some() {
+                let _ = copy.abort("import abandoned").await;
+                continue;
+            }
+            if let Err(error) = copy.finish().await {
+                failed = Some(error);
+            }
+        }
+        match failed {
+            Some(error) => Err(error.into()),
+            None => Ok(()),
+        }
+    }
 }
 
 impl PgImport {
@@ -171,6 +201,11 @@ impl PgImport {
 impl ImportSink for PgImport {
     async fn write(&mut self, rows: &[Row]) -> Result<()> {
         let dataset = Arc::clone(&self.dataset);
+        let Some(copies) = self.copies.as_mut() else {
+            return Err(StorageError::NotCommitted(
+                "rows written after the import's loading ended".to_owned(),
+            ));
+        };
         let stored = sql::stored_columns(&dataset);
         let mut data = Vec::with_capacity(rows.len() * 128);
         for row in rows {
@@ -182,8 +217,8 @@ impl ImportSink for PgImport {
             }
             data.push(b'\n');
         }
-        self.main.send(data).await?;
-        for (index, copy) in &mut self.lists {
+        copies.main.send(data).await?;
+        for (index, copy) in &mut copies.lists {
             let mut data = Vec::new();
             for row in rows {
                 for (key, value, value_key) in sql::list_elements(row, dataset.key.column, *index) {
@@ -202,33 +237,26 @@ impl ImportSink for PgImport {
         Ok(())
     }
 
-    async fn commit(self: Box<Self>) -> Result<()> {
+    async fn finish_loading(&mut self) -> Result<()> {
+        match self.copies.take() {
+            Some(copies) => copies.finish().await,
+            None => Ok(()),
+        }
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        if let Err(error) = self.finish_loading().await {
+            let PgImport { lock, dataset, .. } = *self;
+            PgImport::discard(lock, Vec::new(), &dataset).await?;
+            return Err(error);
+        }
         let PgImport {
             pool,
             mut lock,
             dataset,
             live_schema,
-            main,
-            lists,
+            ..
         } = *self;
-        let mut copies = vec![main];
-        copies.extend(lists.into_iter().map(|(_, copy)| copy));
-        let mut finishing = Vec::new();
-        let mut failed = None;
-        for copy in copies {
-            if failed.is_some() {
-                finishing.push(copy);
-                continue;
-            }
-            if let Err(error) = copy.finish().await {
-                failed = Some(error);
-            }
-        }
-        if let Some(error) = failed {
-            PgImport::discard(lock, finishing, &dataset).await?;
-            return Err(error.into());
-        }
-
         // Key and indexes on the staged tables, several at a time; readers are not affected.
         let plan = staging::swap(&dataset, Dialect::Postgres, Some(&live_schema));
         let built = futures_util::stream::iter(plan.build)
@@ -261,13 +289,11 @@ impl ImportSink for PgImport {
         let PgImport {
             lock,
             dataset,
-            main,
-            lists,
+            copies,
             ..
         } = *self;
-        let mut copies = vec![main];
-        copies.extend(lists.into_iter().map(|(_, copy)| copy));
-        PgImport::discard(lock, copies, &dataset).await
+        let streams = copies.map(Copies::into_streams).unwrap_or_default();
+        PgImport::discard(lock, streams, &dataset).await
     }
 }
 

@@ -13,7 +13,7 @@ use super::sql::{self, Decode, Dialect, Placement, Statement};
 use super::users::{self, NewUser, UserLookup, UserRecord, UserUpdate};
 use super::{
     Change, CommitGate, Committing, ImportSink, Result, Row, RowStream, Storage, StorageError,
-    Written,
+    SyncCounts, Written,
 };
 use crate::datasets::{ColumnType, Dataset, Value};
 use crate::query::Query;
@@ -64,7 +64,7 @@ pub trait Transaction: Send {
 }
 
 pub struct SqlStore<D> {
-    driver: D,
+    pub(super) driver: D,
     /// The accounts table is created on first use, once per instance.
     users_table: tokio::sync::OnceCell<()>,
     /// So is the table that serialises key assignment (MySQL only).
@@ -105,7 +105,7 @@ impl<D: Driver> SqlStore<D> {
     }
 
     /// The table's column names, or `None` when it does not exist.
-    async fn table_columns(&self, table: &str) -> Result<Option<Vec<String>>> {
+    pub(super) async fn table_columns(&self, table: &str) -> Result<Option<Vec<String>>> {
         let statement = sql::table_columns(D::DIALECT, table);
         let rows = self
             .driver
@@ -389,6 +389,17 @@ impl<D: Driver> Storage for SqlStore<D> {
     #[tracing::instrument(name = "db.import", skip_all, fields(otel.kind = "client", db.system = D::NAME, dataset = %dataset.name))]
     async fn begin_import(&self, dataset: &Dataset) -> Result<Box<dyn ImportSink>> {
         self.driver.begin_import(dataset).await
+    }
+
+    #[tracing::instrument(name = "db.sync", skip_all, fields(otel.kind = "client", db.system = D::NAME, dataset = %dataset.name))]
+    async fn sync(
+        &self,
+        dataset: &Dataset,
+        sink: Box<dyn ImportSink>,
+        gate: &dyn CommitGate,
+        record_rows: u64,
+    ) -> Result<Option<SyncCounts>> {
+        self.sync_staged(dataset, sink, gate, record_rows).await
     }
 
     #[tracing::instrument(name = "db.write", skip_all, fields(otel.kind = "client", db.system = D::NAME, dataset = %dataset.name))]

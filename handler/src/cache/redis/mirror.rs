@@ -10,16 +10,22 @@ use crate::cache::fresh::RecordedWrite;
 pub struct Mirror {
     pub epoch: u64,
     records: VecDeque<Arc<RecordedWrite>>,
+    /// Row changes in `records` (a sync's record holds many).
+    rows: usize,
 }
 
 /// Records kept per dataset: as many as a freshness check may read.
 const MIRRORED: usize = 1024;
+/// Row changes kept per dataset, so that a few large records (syncs) bound memory too; an entry
+/// whose records were let go is recomputed.
+const MIRRORED_ROWS: usize = 65_536;
 
 impl Mirror {
     pub fn new(epoch: u64) -> Self {
         Mirror {
             epoch,
             records: VecDeque::new(),
+            rows: 0,
         }
     }
 
@@ -51,6 +57,7 @@ impl Mirror {
         if !joins {
             self.epoch = epoch;
             self.records.clear();
+            self.rows = 0;
         }
         for record in fetched {
             if self
@@ -58,11 +65,15 @@ impl Mirror {
                 .back()
                 .is_none_or(|last| record.seq == last.seq + 1)
             {
+                self.rows += record.rows.len();
                 self.records.push_back(record);
             }
         }
-        while self.records.len() > MIRRORED {
-            self.records.pop_front();
+        while self.records.len() > MIRRORED || (self.rows > MIRRORED_ROWS && self.records.len() > 1)
+        {
+            if let Some(first) = self.records.pop_front() {
+                self.rows -= first.rows.len();
+            }
         }
     }
 }

@@ -194,6 +194,7 @@ fn operation(
             let request = json!({"type": "object", "required": ["dataset", "blob"], "properties": {
                 "dataset": {"enum": catalog_names(described.catalog), "description": "A declared dataset"},
                 "blob": {"type": "string", "format": "uri", "pattern": "^https://[^/?#]+/[^/?#]+/[^?#]+", "description": "https://<account>.blob.core.windows.net/<container>/<blob>, with a SAS or not (plain http only on loopback, for Azurite)"},
+                "mode": {"enum": ["replace", "sync"], "description": "replace every row (and every cached answer), or sync: change only the rows that differ by key, ending only the answers they change. Default: the dataset's declared mode"},
             }, "additionalProperties": false});
             let mut operation =
                 json!({"operationId": operation_id, "summary": summary, "responses": {}});
@@ -391,11 +392,14 @@ fn import_status_schema() -> Json {
             "id": {"type": "string"}, "dataset": {"type": "string"},
             "source": {"type": "string", "description": "The blob's URL without its SAS"},
             "state": {"type": "string", "enum": ["running", "succeeded", "failed"]},
+            "mode": {"type": "string", "enum": ["replace", "sync"]},
             "started_at": {"type": "string", "format": "date-time"},
             "finished_at": {"type": "string", "format": "date-time"},
             "bytes_total": count, "bytes_read": count, "rows_staged": count,
             "report": {"type": "object", "properties": {
                 "imported": count, "rejected": count, "seconds": {"type": "number"},
+                "sync": {"type": "object", "description": "What a sync changed, by key", "properties": {
+                    "added": count, "changed": count, "removed": count, "unchanged": count}},
                 "rows_per_second": {"type": "number"},
                 "rejections": {"type": "array", "items": {"type": "object", "properties": {
                     "line": count, "reason": {"type": "string"}}}},

@@ -7,6 +7,8 @@
 //! - [`layout`]: how a dataset is stored (hidden key columns, list tables) and where;
 //! - [`schema`]: the DDL of tables and indexes, and the catalog query of a table's columns;
 //! - [`staging`]: an import's staged tables and the swap that makes them live;
+//! - [`sync`]: a sync's differences between the staged rows and the live ones, and their
+//!   application;
 //! - [`builder`]: text and parameters written together; [`reads`] and [`writes`] use it for
 //!   the queries of the API and the changes of one row.
 
@@ -16,6 +18,7 @@ mod layout;
 mod reads;
 mod schema;
 pub mod staging;
+pub mod sync;
 mod writes;
 
 pub use dialect::{Dialect, MYSQL_INDEX_PREFIX_CHARS};

@@ -1,0 +1,186 @@
+//! A sync: an import's staged rows made the live rows by changing only the rows that differ by
+//! key (the statements: `sql::sync`). The differences are found and applied in one transaction
+//! that writers wait for and readers do not; the changed rows, read before and after, go to the
+//! commit gate (the cache records them like writes), so only the answers they change end.
+
+use super::sql::sync::{self, Kind};
+use super::sql::{Decode, Dialect, Statement};
+use super::store::{Driver, SqlStore, Transaction};
+use super::{
+    CommitGate, Committing, ImportSink, Result, Row, Storage as _, StorageError, SyncCounts,
+    Written,
+};
+use crate::datasets::{ColumnType, Dataset, Value};
+
+impl<D: Driver> SqlStore<D> {
+    /// [`super::Storage::sync`].
+    pub(super) async fn sync_staged(
+        &self,
+        dataset: &Dataset,
+        mut sink: Box<dyn ImportSink>,
+        gate: &dyn CommitGate,
+        record_rows: u64,
+    ) -> Result<Option<SyncCounts>> {
+        if let Err(error) = sink.finish_loading().await {
+            discard(sink).await;
+            return Err(error);
+        }
+        let live = match self.table_columns(&dataset.table).await {
+            Ok(live) => live,
+            Err(error) => {
+                discard(sink).await;
+                return Err(error);
+            }
+        };
+        if live.is_none() {
+            // A first import: the staged rows replace nothing.
+            if let Err(reason) = gate.before_commit(Committing::Everything).await {
+                discard(sink).await;
+                return Err(StorageError::NotCommitted(reason));
+            }
+            sink.commit().await?;
+            return Ok(None);
+        }
+        let applied = self.apply_staged(dataset, gate, record_rows).await;
+        // The staged tables are dropped either way, and the import lock released with them.
+        discard(sink).await;
+        applied.map(Some)
+    }
+
+    /// Finds and applies the differences, with a table of changes that lives as long as this.
+    async fn apply_staged(
+        &self,
+        dataset: &Dataset,
+        gate: &dyn CommitGate,
+        record_rows: u64,
+    ) -> Result<SyncCounts> {
+        // Columns the declaration gained since the live table was made.
+        self.migrate(dataset).await?;
+        for statement in sync::create(dataset, D::DIALECT) {
+            self.driver.execute(&statement).await?;
+        }
+        let applied = self.apply_in_transaction(dataset, gate, record_rows).await;
+        for statement in sync::discard(dataset, D::DIALECT) {
+            if let Err(error) = self.driver.execute(&statement).await {
+                tracing::warn!(dataset = %dataset.name, %error, "could not drop a sync's table of changes");
+            }
+        }
+        applied
+    }
+
+    async fn apply_in_transaction(
+        &self,
+        dataset: &Dataset,
+        gate: &dyn CommitGate,
+        record_rows: u64,
+    ) -> Result<SyncCounts> {
+        let dialect = D::DIALECT;
+        let mut tx = self.driver.begin_write().await?;
+        if let Some(lock) = sync::lock_live(dataset, dialect) {
+            tx.fetch(lock, &[]).await?;
+        }
+        for statement in sync::find_changes(dataset, dialect) {
+            tx.execute(plain(statement)).await?;
+        }
+        let counts = count(tx.as_mut(), dataset, dialect).await?;
+        if counts.total() == 0 {
+            return Ok(counts); // nothing to record or apply; the transaction rolls back
+        }
+        let writes = if counts.total() <= record_rows {
+            Some(changed_rows(tx.as_mut(), dataset, dialect).await?)
+        } else {
+            None
+        };
+        let committing = match &writes {
+            Some(writes) => Committing::Rows(writes),
+            None => Committing::Everything,
+        };
+        gate.before_commit(committing)
+            .await
+            .map_err(StorageError::NotCommitted)?;
+        for statement in sync::apply(dataset, dialect) {
+            tx.execute(plain(statement)).await?;
+        }
+        tx.commit().await?;
+        Ok(counts)
+    }
+}
+
+/// The staged tables dropped (and the import's lock released); a failure is only logged, since
+/// the next import drops what is left.
+async fn discard(sink: Box<dyn ImportSink>) {
+    if let Err(error) = sink.abort().await {
+        tracing::warn!(%error, "could not discard the staged rows");
+    }
+}
+
+fn plain(sql: String) -> Statement {
+    Statement {
+        sql,
+        params: vec![],
+    }
+}
+
+async fn count(
+    tx: &mut dyn Transaction,
+    dataset: &Dataset,
+    dialect: Dialect,
+) -> Result<SyncCounts> {
+    let integer = Decode::Scalar(ColumnType::Integer);
+    let decode = [integer.clone(), integer.clone(), integer];
+    let rows = tx
+        .fetch(sync::count_changes(dataset, dialect), &decode)
+        .await?;
+    let number = |row: &Row, i: usize| match row.get(i) {
+        Some(Value::Integer(n)) => u64::try_from(*n).unwrap_or(0),
+        _ => 0,
+    };
+    let row = rows.first().ok_or_else(|| StorageError::Decode {
+        column: "count".to_owned(),
+        reason: "the count of changes returned no row".to_owned(),
+    })?;
+    Ok(SyncCounts {
+        added: number(row, 0),
+        changed: number(row, 1),
+        removed: number(row, 2),
+    })
+}
+
+/// Every changed row before and after: changed keys (read live and staged, in the same key
+/// order, so they pair up), removed ones (live), added ones (staged).
+async fn changed_rows(
+    tx: &mut dyn Transaction,
+    dataset: &Dataset,
+    dialect: Dialect,
+) -> Result<Vec<Written>> {
+    let decode = Decode::row(dataset);
+    let rows = |kind: Kind, staged: bool| sync::changed_rows(dataset, dialect, &[kind], staged);
+    let before = tx.fetch(rows(Kind::Changed, false), &decode).await?;
+    let after = tx.fetch(rows(Kind::Changed, true), &decode).await?;
+    let removed = tx.fetch(rows(Kind::Removed, false), &decode).await?;
+    let added = tx.fetch(rows(Kind::Added, true), &decode).await?;
+    if before.len() != after.len() {
+        return Err(StorageError::Decode {
+            column: dataset.key_column().name.clone(),
+            reason: format!(
+                "{} changed keys read live but {} staged",
+                before.len(),
+                after.len()
+            ),
+        });
+    }
+    let mut writes = Vec::with_capacity(before.len() + removed.len() + added.len());
+    writes.extend(before.into_iter().zip(after).map(|(old, new)| Written {
+        old: Some(old),
+        new: Some(new),
+    }));
+    writes.extend(removed.into_iter().map(|old| Written {
+        old: Some(old),
+        new: None,
+    }));
+    writes.extend(added.into_iter().map(|new| Written {
+        old: None,
+        new: Some(new),
+    }));
+    Ok(writes)
+}

@@ -1,0 +1,400 @@
+//! `import --mode sync`: only the rows that differ by key change, in one transaction, recorded
+//! with the cache like writes. On SQLite, PostgreSQL and MariaDB (and SQL Server with MSSQL_URL).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures_util::TryStreamExt as _;
+use handler::datasets::{Dataset, ImportMode, Row, parse_declaration};
+use handler::import::{ImportOptions, ImportReport, ImportSource, import, import_file};
+use handler::query::{Query, QueryKind};
+use handler::service::ImportFrom;
+use handler::storage::{CommitGate, Committing, Storage, SyncCounts, Ungated};
+use parking_lot::Mutex;
+
+use common::TestApp as App;
+
+/// CSV columns of movies.csv.
+const ID: usize = 0;
+const IMDB: usize = 1;
+const TITLE: usize = 2;
+const YEAR: usize = 3;
+const GENRE: usize = 6;
+const BOX_OFFICE: usize = 14;
+
+/// The movies declaration under another name and table.
+fn movies_as(name: &str) -> Dataset {
+    let text = std::fs::read_to_string(common::repo_root().join("datasets/movies.toml")).unwrap();
+    let text = text
+        .replacen("name = \"movies\"", &format!("name = \"{name}\""), 1)
+        .replacen("table = \"movies\"", &format!("table = \"{name}\""), 1);
+    parse_declaration(&text, None).unwrap()
+}
+
+fn movies_records() -> (csv::StringRecord, Vec<csv::StringRecord>) {
+    let mut reader = csv::Reader::from_path(common::movies_csv()).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    let records = reader.records().map(Result::unwrap).collect();
+    (headers, records)
+}
+
+fn write_csv(name: &str, headers: &csv::StringRecord, records: &[csv::StringRecord]) -> PathBuf {
+    let path = std::env::temp_dir().join(common::unique_name(name) + ".csv");
+    let mut writer = csv::Writer::from_path(&path).unwrap();
+    writer.write_record(headers).unwrap();
+    for record in records {
+        writer.write_record(record).unwrap();
+    }
+    writer.flush().unwrap();
+    path
+}
+
+fn is_null(field: &str) -> bool {
+    matches!(field.trim(), "" | "NA" | "N/A")
+}
+
+/// The movies file with rows removed, changed (a title, its case only, a list column, a value
+/// made null) and added, and the counts a sync of it must report.
+fn edited_movies() -> (PathBuf, SyncCounts) {
+    let (headers, records) = movies_records();
+    let mut edited = Vec::new();
+    let mut counts = SyncCounts::default();
+    for (i, record) in records.iter().enumerate() {
+        let mut fields: Vec<String> = record.iter().map(str::to_owned).collect();
+        let before = fields.clone();
+        match i % 1000 {
+            1 => {
+                counts.removed += 1;
+                continue;
+            }
+            2 => fields[TITLE].push_str(" (restored)"),
+            3 => fields[TITLE] = fields[TITLE].to_uppercase(),
+            4 => fields[GENRE] = "Sync-Test".to_owned(),
+            5 => fields[BOX_OFFICE] = String::new(),
+            _ => {}
+        }
+        let null_both = i % 1000 == 5 && is_null(&before[BOX_OFFICE]);
+        if fields != before && !null_both {
+            counts.changed += 1;
+        }
+        edited.push(csv::StringRecord::from(fields));
+    }
+    for n in 0..3 {
+        let mut fields: Vec<String> = records[0].iter().map(str::to_owned).collect();
+        fields[ID] = (990_001 + n).to_string();
+        fields[IMDB] = format!("tt99{n:05}");
+        fields[YEAR] = "2031".to_owned();
+        edited.push(csv::StringRecord::from(fields));
+        counts.added += 1;
+    }
+    (write_csv("movies-edited", &headers, &edited), counts)
+}
+
+async fn every_row(storage: &dyn Storage, dataset: &Dataset) -> Vec<Row> {
+    let query = Query::parse(dataset, QueryKind::Export, "").unwrap();
+    let batches: Vec<Vec<Row>> = storage
+        .export(Arc::new(dataset.clone()), query)
+        .try_collect()
+        .await
+        .unwrap();
+    batches.into_iter().flatten().collect()
+}
+
+async fn genre_facets(storage: &dyn Storage, dataset: &Dataset) -> Vec<(String, u64)> {
+    let genres = dataset.column_index("genres").unwrap();
+    let query = Query::parse(dataset, QueryKind::Facets, "").unwrap();
+    let mut facets: Vec<(String, u64)> = storage
+        .facets(dataset, genres, &query)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(value, count)| (value.to_text(), count))
+        .collect();
+    facets.sort();
+    facets
+}
+
+async fn sync_file(storage: &dyn Storage, dataset: &Dataset, path: &Path) -> ImportReport {
+    let options = ImportOptions {
+        mode: Some(ImportMode::Sync),
+        ..ImportOptions::default()
+    };
+    let source = ImportSource::file(path).unwrap();
+    import(storage, dataset, source, &options, None, &Ungated)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_sync_leaves_the_rows_a_full_import_of_the_new_file_makes() {
+    let (edited, expected) = edited_movies();
+    for url in common::sql_backends().await {
+        let storage = common::open(&url);
+        let (synced, full) = (
+            movies_as(&common::unique_name("synced").replace('-', "_")),
+            movies_as(&common::unique_name("full").replace('-', "_")),
+        );
+        for dataset in [&synced, &full] {
+            storage.migrate(dataset).await.unwrap();
+        }
+        import_file(storage.as_ref(), &synced, &common::movies_csv(), false)
+            .await
+            .unwrap();
+        let report = sync_file(storage.as_ref(), &synced, &edited).await;
+        assert_eq!(report.sync, Some(expected), "{url}: {}", report.summary());
+        assert_eq!(
+            report.unchanged(),
+            Some(17_472 - expected.removed - expected.changed),
+            "{url}"
+        );
+        import_file(storage.as_ref(), &full, &edited, false)
+            .await
+            .unwrap();
+
+        let (synced_rows, full_rows) = (
+            every_row(storage.as_ref(), &synced).await,
+            every_row(storage.as_ref(), &full).await,
+        );
+        assert_eq!(synced_rows.len(), full_rows.len(), "{url}");
+        assert!(synced_rows == full_rows, "{url}: the synced rows differ");
+        // The list tables too: facets and element filters are read from them.
+        assert_eq!(
+            genre_facets(storage.as_ref(), &synced).await,
+            genre_facets(storage.as_ref(), &full).await,
+            "{url}"
+        );
+        let query = Query::parse(&synced, QueryKind::List, "genres=sync-test&limit=100").unwrap();
+        let tagged = storage.list(&synced, &query).await.unwrap();
+        let given_the_genre = (0..17_472).filter(|i| i % 1000 == 4).count();
+        assert_eq!(
+            tagged.len(),
+            given_the_genre,
+            "{url}: every row given the new genre"
+        );
+
+        // Syncing the same file again changes nothing.
+        let again = sync_file(storage.as_ref(), &synced, &edited).await;
+        assert_eq!(again.sync, Some(SyncCounts::default()), "{url}");
+    }
+}
+
+/// Remembers what the sync asked to commit, and refuses when told to.
+#[derive(Default)]
+struct Recorder {
+    refuse: bool,
+    seen: Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl CommitGate for Recorder {
+    async fn before_commit(&self, change: Committing<'_>) -> Result<(), String> {
+        let seen = match change {
+            Committing::Row(_) => "row".to_owned(),
+            Committing::Rows(rows) => format!("{} rows", rows.len()),
+            Committing::Everything => "everything".to_owned(),
+        };
+        self.seen.lock().push(seen);
+        if self.refuse {
+            return Err("refused by the test".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// Stages the rows of `path` and syncs them with `gate`, recording at most `record_rows`.
+async fn sync_with(
+    storage: &dyn Storage,
+    dataset: &Dataset,
+    path: &Path,
+    gate: &dyn CommitGate,
+    record_rows: u64,
+) -> Result<Option<SyncCounts>, handler::storage::StorageError> {
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    let rules = storage.engine_rules();
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record.unwrap();
+        let row = dataset
+            .columns
+            .iter()
+            .map(|column| {
+                let source = column.source.as_deref().unwrap();
+                let at = headers.iter().position(|h| h == source).unwrap();
+                let is_key = column.name == dataset.key_column().name;
+                handler::import::convert_field(column, is_key, &record[at], rules).unwrap()
+            })
+            .collect::<Row>();
+        rows.push(row);
+    }
+    let mut sink = storage.begin_import(dataset).await.unwrap();
+    for batch in rows.chunks(5_000) {
+        sink.write(batch).await.unwrap();
+    }
+    storage.sync(dataset, sink, gate, record_rows).await
+}
+
+#[tokio::test]
+async fn a_refused_sync_changes_nothing_and_a_large_one_is_recorded_as_everything() {
+    let (edited, expected) = edited_movies();
+    for url in common::sql_backends().await {
+        let storage = common::open(&url);
+        let dataset = movies_as(&common::unique_name("gated").replace('-', "_"));
+        import_file(storage.as_ref(), &dataset, &common::movies_csv(), false)
+            .await
+            .unwrap();
+        let before = every_row(storage.as_ref(), &dataset).await;
+
+        let refusing = Recorder {
+            refuse: true,
+            ..Recorder::default()
+        };
+        let refused = sync_with(storage.as_ref(), &dataset, &edited, &refusing, 10_000).await;
+        assert!(refused.is_err(), "{url}: the gate refused");
+        assert_eq!(
+            *refusing.seen.lock(),
+            vec![format!("{} rows", expected.total())],
+            "{url}: every changed row offered to the gate"
+        );
+        assert!(
+            every_row(storage.as_ref(), &dataset).await == before,
+            "{url}: a refused sync leaves every row as it was"
+        );
+
+        let recorder = Recorder::default();
+        let counts = sync_with(storage.as_ref(), &dataset, &edited, &recorder, 10)
+            .await
+            .unwrap();
+        assert_eq!(counts, Some(expected), "{url}");
+        assert_eq!(
+            *recorder.seen.lock(),
+            vec!["everything".to_owned()],
+            "{url}"
+        );
+
+        // And a new import may start: the sync released the import lock.
+        storage
+            .begin_import(&dataset)
+            .await
+            .unwrap()
+            .abort()
+            .await
+            .unwrap();
+    }
+}
+
+fn x_cache(response: &common::TestResponse) -> String {
+    App::header(response, "x-cache").to_owned()
+}
+
+/// Cached answers that no changed row can affect stay HITs on every instance; those a changed
+/// row affects are fresh at once on the other instance.
+#[tokio::test]
+async fn a_sync_ends_only_the_answers_its_rows_change() {
+    let (headers, records) = movies_records();
+    let field = |i: usize, column: usize| records[i][column].to_owned();
+    // Film 10 renamed, film 20 removed, a film of 2031 added.
+    let (renamed, removed) = (field(10, ID), field(20, ID));
+    let mut edited: Vec<csv::StringRecord> = records.clone();
+    let mut title_changed: Vec<String> = edited[10].iter().map(str::to_owned).collect();
+    title_changed[TITLE] = "A Title Changed By The Sync".to_owned();
+    edited[10] = csv::StringRecord::from(title_changed);
+    edited.remove(20);
+    let mut added: Vec<String> = records[0].iter().map(str::to_owned).collect();
+    added[ID] = "990100".to_owned();
+    added[IMDB] = "tt9900100".to_owned();
+    added[YEAR] = "2031".to_owned();
+    edited.push(csv::StringRecord::from(added));
+    let path = write_csv("movies-sync-cache", &headers, &edited);
+
+    // Questions no changed row touches: other films, and years none of them has.
+    let touched_years = [field(10, YEAR), field(20, YEAR), "2031".to_owned()];
+    let untouched: Vec<String> = (100..110)
+        .map(|i| format!("/api/movies/{}", field(i, ID)))
+        .chain(
+            ["1950", "1960", "1970", "1980"]
+                .into_iter()
+                .filter(|y| !touched_years.iter().any(|t| t == y))
+                .flat_map(|y| {
+                    [
+                        format!("/api/movies?year={y}"),
+                        format!("/api/movies/count?year={y}"),
+                        format!("/api/movies/facets/genres?year={y}"),
+                    ]
+                }),
+        )
+        .collect();
+    let touched = [
+        format!("/api/movies/{renamed}"),
+        format!("/api/movies/{removed}"),
+        format!("/api/movies/count?year={}", field(20, YEAR)),
+        "/api/movies/count?year=2031".to_owned(),
+        format!("/api/movies?year={}&limit=500", field(10, YEAR)),
+    ];
+
+    for (backend, a, b) in common::movies_backends().await {
+        for uri in untouched.iter().chain(&touched) {
+            let first = a.get(uri).await;
+            assert!(
+                first.status.is_success(),
+                "{backend} {uri}: {}",
+                first.status
+            );
+            assert_eq!(x_cache(&a.get(uri).await), "HIT", "{backend} {uri}");
+        }
+        let options = ImportOptions {
+            mode: Some(ImportMode::Sync),
+            ..ImportOptions::default()
+        };
+        let report = a
+            .state
+            .service
+            .import("movies", ImportFrom::File(path.clone()), &options)
+            .await
+            .unwrap();
+        assert_eq!(
+            report.sync,
+            Some(SyncCounts {
+                added: 1,
+                changed: 1,
+                removed: 1
+            }),
+            "{backend}"
+        );
+
+        for uri in &untouched {
+            assert_eq!(x_cache(&b.get(uri).await), "HIT", "{backend} {uri}");
+        }
+        let renamed_now = b.get(&touched[0]).await;
+        assert_eq!(x_cache(&renamed_now), "MISS", "{backend}");
+        assert_eq!(renamed_now.json()["title"], "A Title Changed By The Sync");
+        assert_eq!(b.get(&touched[1]).await.status, 404, "{backend}");
+        let removed_year = b.get(&touched[2]).await;
+        assert_eq!(x_cache(&removed_year), "MISS", "{backend}");
+        let fresh_count = a
+            .state
+            .storage
+            .count(
+                &a.dataset("movies"),
+                &Query::parse(
+                    &a.dataset("movies"),
+                    QueryKind::Count,
+                    &format!("year={}", field(20, YEAR)),
+                )
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(removed_year.json()["count"], fresh_count, "{backend}");
+        assert_eq!(b.get(&touched[3]).await.json()["count"], 1, "{backend}");
+        let page = b.get(&touched[4]).await;
+        assert_eq!(x_cache(&page), "MISS", "{backend}");
+        assert!(
+            page.text().contains("A Title Changed By The Sync"),
+            "{backend}"
+        );
+    }
+}
