@@ -576,7 +576,8 @@ def main():
     parser.add_argument("--runs", type=int, default=2, help="best of this many runs per measurement")
     parser.add_argument("--no-build", action="store_true")
     parser.add_argument("--handler", type=Path, help="benchmark this binary (implies --no-build)")
-    parser.add_argument("--only", choices=["import", "mariadb", "export", "cache", "large", "hostile", "zipf", "crud", "misses"],
+    parser.add_argument("--only", choices=["import", "mariadb", "export", "cache", "large", "hostile", "zipf", "crud", "misses",
+                                           "sync"],
                         help="run one part (export reuses the flights that the import part loaded)")
     parser.add_argument("--seconds", type=int, help="length of each load run (default 10; large 5; zipf 20)")
     parser.add_argument("--clients", type=int, default=8, help="zipf: concurrent clients over the two instances")
@@ -592,8 +593,9 @@ def main():
         HANDLER = args.handler.resolve()
     elif not args.no_build:
         sh("cargo", "build", "--release", "--quiet", "-p", "handler", capture=False)
-    for tool in ("psql", "sqlite3", "mariadb") if args.only not in ("cache", "large", "hostile", "zipf", "crud", "misses") else \
-            ("psql", "redis-cli") if args.only in ("zipf", "large", "crud") else ():
+    for tool in ("psql", "sqlite3", "mariadb") if args.only not in ("cache", "large", "hostile", "zipf", "crud", "misses",
+                                                                     "sync") else \
+            ("psql", "redis-cli") if args.only in ("zipf", "large", "crud", "sync") else ():
         if not shutil.which(tool):
             sys.exit(f"{tool} is needed: apt-get install postgresql-client sqlite3 mariadb-client redis-tools")
     print(f"machine: {os.cpu_count()} cores; best of {args.runs}")
@@ -646,6 +648,11 @@ def main():
             misses.bench_misses(HANDLER, handler_env, ROOT, OUT, args.seconds or 10, sh, free_port, get_status)
         else:
             print("\nUncached pages against Datasette skipped: wrk is not installed (apt-get install wrk)")
+    if args.only in (None, "sync"):
+        import sync
+
+        sync.bench_sync(HANDLER, handler_env, OUT, PG_ADMIN.rsplit("/", 1)[0] + "/" + sync.DATABASE, psql, flights_csv(),
+                        sh, free_port, get_status, args.runs)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@
 //! | 4 | [`query`] | a query string as typed filters, sort, limit, cursor; its canonical text |
 //! | 5 | [`storage`] | the `Storage` trait and the SQL engines (SQLite, PostgreSQL, MySQL, SQL Server) |
 //! | 5 | [`cache`] | cache-aside of finished answers, in process or in Redis; answer-aware invalidation, writes recorded before they commit |
-//! | 6 | [`import`] | CSV → typed rows → a storage's staging area → atomic swap; rejections grouped |
+//! | 6 | [`import`] | CSV → typed rows → a storage's staging area → atomic swap, or a sync of the rows that differ; rejections grouped |
 //! | 6 | [`auth`] | accounts, tokens, Firebase, sign-in limits |
 //! | 7 | [`blob`] | CSV blobs streamed from Azure Blob Storage (SAS, Shared Key or Entra ID) |
 //! | 8 | [`service`] | what the API does: reads, writes, imports, warm-up, accounts; one span each |
