@@ -178,6 +178,16 @@ async fn a_sync_leaves_the_rows_a_full_import_of_the_new_file_makes() {
         // Syncing the same file again changes nothing.
         let again = sync_file(storage.as_ref(), &synced, &edited).await;
         assert_eq!(again.sync, Some(SyncCounts::default()), "{url}");
+
+        // A first import in sync mode (the empty table reads made) is a replace.
+        let first = movies_as(&common::unique_name("first").replace('-', "_"));
+        storage.migrate(&first).await.unwrap();
+        let report = sync_file(storage.as_ref(), &first, &edited).await;
+        assert_eq!(report.sync, None, "{url}");
+        assert!(
+            every_row(storage.as_ref(), &first).await == full_rows,
+            "{url}: the first sync imported the file"
+        );
     }
 }
 

@@ -235,8 +235,8 @@ pub trait Storage: Send + Sync + 'static {
     /// Makes the rows staged by `sink` (every batch written) the dataset's rows by changing only
     /// those that differ by key, in one transaction that writers wait for; `gate` is asked just
     /// before its commit, with every changed row when there are at most `record_rows`, else as a
-    /// change of everything. `None`: the dataset had no table yet, so the staged rows replaced
-    /// it. On any error the previous rows stay as they were. The sink is discarded either way.
+    /// change of everything. `None`: the dataset had no rows (or no table) yet, so the staged rows
+    /// replaced them. On any error the previous rows stay as they were. The sink is discarded either way.
     async fn sync(
         &self,
         dataset: &Dataset,

@@ -11,6 +11,7 @@ use super::{
     Written,
 };
 use crate::datasets::{ColumnType, Dataset, Value};
+use crate::query::Query;
 
 impl<D: Driver> SqlStore<D> {
     /// [`super::Storage::sync`].
@@ -25,15 +26,16 @@ impl<D: Driver> SqlStore<D> {
             discard(sink).await;
             return Err(error);
         }
-        let live = match self.table_columns(&dataset.table).await {
-            Ok(live) => live,
+        let first = match self.holds_no_rows(dataset).await {
+            Ok(first) => first,
             Err(error) => {
                 discard(sink).await;
                 return Err(error);
             }
         };
-        if live.is_none() {
-            // A first import: the staged rows replace nothing.
+        if first {
+            // A first import (no table yet, or the empty one reads made): the swap is faster than
+            // inserting every row into indexed tables, and there is no cached answer to spare.
             if let Err(reason) = gate.before_commit(Committing::Everything).await {
                 discard(sink).await;
                 return Err(StorageError::NotCommitted(reason));
@@ -45,6 +47,14 @@ impl<D: Driver> SqlStore<D> {
         // The staged tables are dropped either way, and the import lock released with them.
         discard(sink).await;
         applied.map(Some)
+    }
+
+    /// Whether the dataset has no live rows (or no table) yet.
+    async fn holds_no_rows(&self, dataset: &Dataset) -> Result<bool> {
+        if self.table_columns(&dataset.table).await?.is_none() {
+            return Ok(true);
+        }
+        Ok(self.count(dataset, &Query::every_row(dataset)).await? == 0)
     }
 
     /// Finds and applies the differences, with a table of changes that lives as long as this.
