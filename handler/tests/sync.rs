@@ -408,3 +408,25 @@ async fn a_sync_ends_only_the_answers_its_rows_change() {
         );
     }
 }
+
+/// `POST /api/admin/imports` takes a `mode`; anything but replace or sync is named in a 422
+/// before any blob is opened.
+#[tokio::test]
+async fn an_http_import_names_a_wrong_mode() {
+    let app = App::movies_on_sqlite().await.as_admin().await;
+    for mode in [serde_json::json!("fast"), serde_json::json!(3)] {
+        let response = app
+            .post_json(
+                "/api/admin/imports",
+                &serde_json::json!({
+                    "dataset": "movies",
+                    "blob": "https://account.blob.core.windows.net/data/movies.csv",
+                    "mode": mode,
+                }),
+            )
+            .await;
+        assert_eq!(response.status, 422, "{}", response.text());
+        let problem = response.json();
+        assert_eq!(problem["invalid_params"][0]["name"], "mode", "{problem}");
+    }
+}
