@@ -21,6 +21,10 @@ pub const WRITE_LOG_CAPACITY: usize = 4096;
 /// rows, as JSON). A write whose record would be larger is recorded as a change of the whole
 /// dataset instead, so the log stays bounded in bytes and cheap to read.
 pub const WRITE_RECORD_MAX_BYTES: usize = 2048;
+/// Row changes a process keeps of one dataset's write log (its in-process log, or its copy of
+/// the shared one), so that a few records of many rows (syncs) bound memory too; an entry whose
+/// records were let go is recomputed.
+pub const KEPT_ROW_CHANGES: usize = 65_536;
 /// The most writes one freshness check reads (from the instance's copy of the log, so cheap);
 /// an entry with more writes since it was last checked is simply recomputed.
 const MAX_WRITES_CHECKED: u64 = 1024;

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use super::entry::CachedResponse;
-use super::fresh::{Position, RecordedWrite};
+use super::fresh::{KEPT_ROW_CHANGES, Position, RecordedWrite};
 use super::hot::LocalScores;
 use super::store::{InFlight, NewWrite, Store, Unavailable};
 use super::windows::LocalWindows;
@@ -32,6 +32,8 @@ struct WriteLog {
     seq: u64,
     /// Recent writes, oldest first.
     recent: VecDeque<Arc<RecordedWrite>>,
+    /// Row changes in `recent`.
+    rows: usize,
     /// Writes recorded and not yet ended, with the time they stop counting as in flight.
     in_flight: Vec<(InFlight, Instant)>,
 }
@@ -44,8 +46,13 @@ impl WriteLog {
             rows: write.rows.clone(),
             everything: write.everything,
         }));
-        while self.recent.len() > capacity {
-            self.recent.pop_front();
+        self.rows += write.rows.len();
+        while self.recent.len() > capacity
+            || (self.rows > KEPT_ROW_CHANGES && self.recent.len() > 1)
+        {
+            if let Some(first) = self.recent.pop_front() {
+                self.rows -= first.rows.len();
+            }
         }
         self.seq
     }
@@ -153,6 +160,7 @@ impl Store for LocalStore {
         log.epoch += 1;
         log.seq = 1;
         log.recent.clear();
+        log.rows = 0;
         log.recent.push_back(Arc::new(RecordedWrite::everything(1)));
         Ok(())
     }

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::cache::fresh::RecordedWrite;
+use crate::cache::fresh::{KEPT_ROW_CHANGES, RecordedWrite};
 
 /// Consecutive records of one epoch of a dataset's write log, as read from Redis.
 pub struct Mirror {
@@ -16,9 +16,6 @@ pub struct Mirror {
 
 /// Records kept per dataset: as many as a freshness check may read.
 const MIRRORED: usize = 1024;
-/// Row changes kept per dataset, so that a few large records (syncs) bound memory too; an entry
-/// whose records were let go is recomputed.
-const MIRRORED_ROWS: usize = 65_536;
 
 impl Mirror {
     pub fn new(epoch: u64) -> Self {
@@ -69,7 +66,8 @@ impl Mirror {
                 self.records.push_back(record);
             }
         }
-        while self.records.len() > MIRRORED || (self.rows > MIRRORED_ROWS && self.records.len() > 1)
+        while self.records.len() > MIRRORED
+            || (self.rows > KEPT_ROW_CHANGES && self.records.len() > 1)
         {
             if let Some(first) = self.records.pop_front() {
                 self.rows -= first.rows.len();
@@ -112,5 +110,30 @@ mod tests {
             (mirror.epoch, seqs(mirror.between(0, 2))),
             (8, Some(vec![1, 2]))
         );
+    }
+
+    #[test]
+    fn records_of_many_rows_are_let_go_past_the_row_budget() {
+        let sync = |seq: u64| {
+            let mut record = RecordedWrite::everything(seq);
+            record.everything = false;
+            record.rows = vec![
+                crate::cache::fresh::RowChange {
+                    old: None,
+                    new: None
+                };
+                KEPT_ROW_CHANGES / 2
+            ];
+            Arc::new(record)
+        };
+        let mut mirror = Mirror::new(1);
+        mirror.extend(1, vec![sync(1), sync(2)]);
+        assert_eq!(seqs(mirror.between(0, 2)), Some(vec![1, 2]));
+        mirror.extend(1, vec![sync(3)]);
+        assert_eq!(seqs(mirror.between(0, 3)), None, "the oldest was let go");
+        assert_eq!(seqs(mirror.between(1, 3)), Some(vec![2, 3]));
+        // Three more at once: only the newest two fit.
+        mirror.extend(1, vec![sync(4), sync(5), sync(6)]);
+        assert_eq!(seqs(mirror.between(4, 6)), Some(vec![5, 6]));
     }
 }
