@@ -157,7 +157,8 @@ resource "azurerm_storage_container" "deployments" {
   container_access_type = "private"
 }
 
-# Where CSV files to import are uploaded (POST /api/admin/imports reads them with the identity).
+# Where CSV files to import are uploaded (POST /api/admin/imports and the SyncDatasets timer read
+# them with the identity).
 resource "azurerm_storage_container" "datasets" {
   name                  = "datasets"
   storage_account_id    = azurerm_storage_account.main.id
@@ -372,6 +373,7 @@ resource "azurerm_linux_function_app" "main" {
     AZURE_STORAGE_AUTH                            = "identity"
     JWT_SECRET                                    = "@Microsoft.KeyVault(SecretUri=${azurerm_key_vault.main.vault_uri}secrets/${azurerm_key_vault_secret.jwt_secret.name}/)"
     WARMUP_SCHEDULE                               = "0 */5 * * * *"
+    SYNC_SCHEDULE                                 = "0 */15 * * * *"
   }
 
   depends_on = [

@@ -48,6 +48,9 @@ enum Command {
     /// Recompute the hottest cached answers that are missing or near expiry (what the
     /// WarmCache timer function does); useful with REDIS_URL, where hot keys are shared.
     Warm,
+    /// Import again each dataset whose declaration names a blob (`[import] blob`) if the blob
+    /// changed since its last sync (what the SyncDatasets timer function does).
+    Sync,
     /// Import a CSV file or Azure blob (optionally .gz) into a dataset, replacing its rows.
     #[command(group(clap::ArgGroup::new("source").required(true).args(["file", "blob"])))]
     Import {
@@ -210,22 +213,36 @@ impl Cli {
                 port,
                 content_encoding,
             } => bench_static(&file, port, content_encoding).await,
+            Command::Sync => {
+                let report = context.service.sync_datasets().await;
+                let total = format!(
+                    "sync: {} synced, {} unchanged, {} failed",
+                    report.synced, report.unchanged, report.failed
+                );
+                Ok(print_run(&report.lines(), &total, report.failed))
+            }
             Command::Warm => {
                 let report = context.service.warm(crate::service::WARM_LIMIT).await;
-                for line in &report.lines {
-                    println!("{line}");
-                }
-                println!(
+                let total = format!(
                     "warmed: {} refreshed, {} fresh, {} failed",
                     report.refreshed, report.fresh, report.failed
                 );
-                Ok(if report.failed == 0 {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(1)
-                })
+                Ok(print_run(&report.lines, &total, report.failed))
             }
         }
+    }
+}
+
+/// A timer's run done from the command line: its lines, then its total; failing if any part did.
+fn print_run(lines: &[String], total: &str, failed: usize) -> ExitCode {
+    for line in lines {
+        println!("{line}");
+    }
+    println!("{total}");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

@@ -15,12 +15,12 @@
 //! | 2 | [`identity`] | Entra ID tokens from one lazily created credential per instance |
 //! | 3 | [`datasets`] | declarations (`datasets/*.toml`), typed values and rows, the value rules; a declaration inferred from a CSV |
 //! | 4 | [`query`] | a query string as typed filters, sort, limit, cursor; its canonical text |
-//! | 5 | [`storage`] | the `Storage` trait and the SQL engines (SQLite, PostgreSQL, MySQL, SQL Server) |
+//! | 5 | [`storage`] | the `Storage` trait and the SQL engines (SQLite, PostgreSQL, MySQL, SQL Server); the service's own tables |
 //! | 5 | [`cache`] | cache-aside of finished answers, in process or in Redis; answer-aware invalidation, writes recorded before they commit |
 //! | 6 | [`import`] | CSV → typed rows → a storage's staging area → atomic swap, or a sync of the rows that differ; rejections grouped |
 //! | 6 | [`auth`] | accounts, tokens, Firebase, sign-in limits |
-//! | 7 | [`blob`] | CSV blobs streamed from Azure Blob Storage (SAS, Shared Key or Entra ID) |
-//! | 8 | [`service`] | what the API does: reads, writes, imports, warm-up, accounts; one span each |
+//! | 7 | [`blob`] | CSV blobs streamed from Azure Blob Storage (SAS, Shared Key or Entra ID); their versions |
+//! | 8 | [`service`] | what the API does: reads, writes, imports, warm-up, sync of declared blobs, accounts; one span each |
 //! | 9 | [`server`] | the listener of `handler serve`: timeouts and connection caps |
 //! | 9 | [`http`] | the axum router from one endpoint table; handlers; problem+json; OpenAPI; Swagger UI docs |
 //! | 10 | [`app`] | wiring: settings → catalog → storage → router → listener |

@@ -12,8 +12,8 @@ use common::TestApp;
 use handler::datasets::{Dataset, Value};
 use handler::query::Query;
 use handler::storage::{
-    self, Change, CommitGate, ImportSink, NewUser, Row, RowStream, Storage, UserLookup, UserRecord,
-    UserUpdate, Written,
+    self, Change, CommitGate, ImportSink, NewUser, Row, RowStream, SourceVersion, Storage,
+    UserLookup, UserRecord, UserUpdate, Written,
 };
 
 /// The real SQLite storage, with its list queries counted (a decorator, not a mock: every call
@@ -90,6 +90,16 @@ impl Storage for CountingStorage {
     }
     async fn delete_user(&self, id: i64) -> storage::Result<()> {
         self.inner.delete_user(id).await
+    }
+    async fn source_version(&self, dataset: &str) -> storage::Result<Option<SourceVersion>> {
+        self.inner.source_version(dataset).await
+    }
+    async fn record_source_version(
+        &self,
+        dataset: &str,
+        version: &SourceVersion,
+    ) -> storage::Result<()> {
+        self.inner.record_source_version(dataset, version).await
     }
 }
 

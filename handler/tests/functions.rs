@@ -56,7 +56,13 @@ fn declared_functions() -> Vec<Declared> {
                 1,
                 "{function}: a timer function has only its trigger"
             );
-            assert_eq!(timer["schedule"], "%WARMUP_SCHEDULE%", "{function}");
+            // Each timer's schedule is an app setting of its own.
+            let schedule = match function.as_str() {
+                "WarmCache" => "%WARMUP_SCHEDULE%",
+                "SyncDatasets" => "%SYNC_SCHEDULE%",
+                other => panic!("{other}: which setting holds its schedule?"),
+            };
+            assert_eq!(timer["schedule"], schedule, "{function}");
             assert_eq!(
                 timer["runOnStartup"], false,
                 "{function}: runOnStartup fires on every scale-out"
@@ -142,6 +148,7 @@ fn host_json_forwards_http_requests_under_api() {
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "DATASETS_DIR",
         "WARMUP_SCHEDULE",
+        "SYNC_SCHEDULE",
         "REDIS_AUTH",
         "AZURE_STORAGE_CONNECTION_STRING",
         "AZURE_STORAGE_AUTH",
@@ -311,7 +318,7 @@ fn invocation() -> serde_json::Value {
     })
 }
 
-/// The timer route answers the Functions host (loopback, when it started this process) or a
+/// The timer routes answer the Functions host (loopback, when it started this process) or a
 /// caller with `TIMER_SECRET`; anyone else gets a 403 and causes no work.
 #[tokio::test]
 async fn the_timer_route_refuses_everyone_but_the_host() {
@@ -334,28 +341,32 @@ async fn the_timer_route_refuses_everyone_but_the_host() {
         ),
         (true, Some(secret), "203.0.113.9", None, 403),
     ];
-    for (under_host, configured, peer, sent, expected) in cases {
-        let mut app = app.calling_from(peer);
-        app.state.timers = Arc::new(TimerAccess {
-            host_on_loopback: under_host,
-            secret: configured.map(handler::config::Secret::new),
-        });
-        let mut headers = vec![("content-type", "application/json")];
-        headers.extend(sent.map(|s| (handler::http::TIMER_SECRET_HEADER, s)));
-        let response = app
-            .send_raw_with(
-                "POST",
-                "/WarmCache",
-                &headers,
-                invocation().to_string().into_bytes(),
-            )
-            .await;
-        assert_eq!(
-            response.status, expected,
-            "host {under_host}, secret {configured:?}, peer {peer}, sent {sent:?}"
-        );
-        if expected == 403 {
-            assert_eq!(response.content_type(), "application/problem+json");
+    for route in ["/WarmCache", "/SyncDatasets"] {
+        for (under_host, configured, peer, sent, expected) in cases {
+            let mut app = app.calling_from(peer);
+            app.state.timers = Arc::new(TimerAccess {
+                host_on_loopback: under_host,
+                secret: configured.map(handler::config::Secret::new),
+            });
+            let mut headers = vec![("content-type", "application/json")];
+            headers.extend(sent.map(|s| (handler::http::TIMER_SECRET_HEADER, s)));
+            let response = app
+                .send_raw_with(
+                    "POST",
+                    route,
+                    &headers,
+                    invocation().to_string().into_bytes(),
+                )
+                .await;
+            assert_eq!(
+                response.status, expected,
+                "{route}: host {under_host}, secret {configured:?}, peer {peer}, sent {sent:?}"
+            );
+            if expected == 403 {
+                assert_eq!(response.content_type(), "application/problem+json");
+            } else {
+                assert!(response.json()["ReturnValue"].is_object(), "{route}");
+            }
         }
     }
 }

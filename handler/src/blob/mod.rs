@@ -1,5 +1,6 @@
 //! Imports from Azure Blob Storage: one GET of the blob, streamed to the importer's reader thread
-//! through a small bounded channel, so memory stays flat whatever the blob's size.
+//! through a small bounded channel, so memory stays flat whatever the blob's size; and a HEAD for
+//! its version (`ETag`, `Last-Modified`), which the `SyncDatasets` timer compares.
 //!
 //! Access, in this order: a SAS in the URL; the account key of `AZURE_STORAGE_CONNECTION_STRING`
 //! (Shared Key signing); else an Entra ID token from the instance's credential
@@ -121,6 +122,13 @@ pub struct BlobReader {
     location: BlobLocation,
 }
 
+/// A blob's version: its `ETag` (which any change of the blob changes) and `Last-Modified`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobVersion {
+    pub etag: String,
+    pub last_modified: Option<String>,
+}
+
 /// What the first answer said about the blob.
 struct Opened {
     response: reqwest::Response,
@@ -162,32 +170,103 @@ impl BlobReader {
         })
     }
 
+    /// The blob's current version, from a HEAD (nothing of its content is read): what the
+    /// `SyncDatasets` timer compares with the version it last imported.
+    pub async fn version(&self) -> Result<BlobVersion, BlobError> {
+        let request = self.request(reqwest::Method::HEAD, None, None).await?;
+        let response = self.send(request).await?;
+        if response.status().as_u16() != 200 {
+            return Err(self.refusal(&response));
+        }
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let etag = header("etag").ok_or_else(|| BlobError::Unexpected {
+            blob: self.location.display.clone(),
+            status: 200,
+            code: "the answer has no ETag".into(),
+        })?;
+        Ok(BlobVersion {
+            etag,
+            last_modified: header("last-modified"),
+        })
+    }
+
     /// One GET from `offset` (with `If-Match` when resuming).
     async fn get(&self, offset: u64, etag: Option<&str>) -> Result<Opened, BlobError> {
-        let blob = || self.location.display.clone();
-        let date = httpdate::fmt_http_date(SystemTime::now());
         let range = (offset > 0).then(|| format!("bytes={offset}-"));
-        let mut ms_headers = vec![("x-ms-date", date.as_str()), ("x-ms-version", API_VERSION)];
-        if let Some(range) = &range {
-            ms_headers.push(("x-ms-range", range.as_str()));
+        let request = self
+            .request(reqwest::Method::GET, range.as_deref(), etag)
+            .await?;
+        let response = self.send(request).await?;
+        let status = response.status().as_u16();
+        let resumed_at = response
+            .headers()
+            .get("content-range")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("bytes "))
+            .and_then(|v| v.split('-').next())
+            .and_then(|v| v.parse::<u64>().ok());
+        match status {
+            200 if offset == 0 => {}
+            // A resumed read must continue exactly where the last one stopped.
+            206 if offset > 0 && resumed_at == Some(offset) => {}
+            200 | 206 => {
+                return Err(BlobError::Unexpected {
+                    blob: self.location.display.clone(),
+                    status,
+                    code: format!("asked for bytes from {offset}, got {resumed_at:?}"),
+                });
+            }
+            _ => return Err(self.refusal(&response)),
         }
-        let mut request = self.http.get(self.location.url.clone());
+        let size = response.content_length().unwrap_or(0) + offset;
+        let etag = response
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok(Opened {
+            response,
+            size,
+            etag,
+        })
+    }
+
+    /// A request for the blob, authorised as [`BlobAuth`] says: nothing to add for a SAS, a
+    /// Shared Key signature of this very verb and these headers, or a bearer token.
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        range: Option<&str>,
+        if_match: Option<&str>,
+    ) -> Result<reqwest::Request, BlobError> {
+        let date = httpdate::fmt_http_date(SystemTime::now());
+        let mut ms_headers = vec![("x-ms-date", date.as_str()), ("x-ms-version", API_VERSION)];
+        if let Some(range) = range {
+            ms_headers.push(("x-ms-range", range));
+        }
+        let mut request = self.http.request(method.clone(), self.location.url.clone());
         for (name, value) in &ms_headers {
             request = request.header(*name, *value);
         }
-        if let Some(etag) = etag {
+        if let Some(etag) = if_match {
             request = request.header("If-Match", etag);
         }
         match &self.auth {
             BlobAuth::UrlOnly => {}
             BlobAuth::SharedKey { account, key } => {
                 let standard = StandardHeaders {
-                    if_match: etag,
+                    if_match,
                     ..Default::default()
                 };
                 let signature = shared_key_signature(
                     key,
-                    "GET",
+                    method.as_str(),
                     &standard,
                     &ms_headers,
                     account,
@@ -204,11 +283,29 @@ impl BlobReader {
                 request = request.bearer_auth(token.secret);
             }
         }
-        let response = request.send().await.map_err(|e| BlobError::Unreachable {
-            blob: blob(),
-            // Without the URL (it may carry a SAS), with the causes (refused, DNS, TLS).
-            cause: format!("{:#}", anyhow::Error::new(e.without_url())),
-        })?;
+        request.build().map_err(|e| self.unreachable(e))
+    }
+
+    async fn send(&self, request: reqwest::Request) -> Result<reqwest::Response, BlobError> {
+        self.http
+            .execute(request)
+            .await
+            .map_err(|e| self.unreachable(e))
+    }
+
+    /// A request that got no answer, said without its URL (it may carry a SAS) but with its
+    /// causes (refused, DNS, TLS).
+    fn unreachable(&self, error: reqwest::Error) -> BlobError {
+        BlobError::Unreachable {
+            blob: self.location.display.clone(),
+            cause: format!("{:#}", anyhow::Error::new(error.without_url())),
+        }
+    }
+
+    /// What an answer other than the one asked for means (a HEAD's as well as a GET's: Blob
+    /// Storage puts its reason in `x-ms-error-code`, which a HEAD's answer keeps).
+    fn refusal(&self, response: &reqwest::Response) -> BlobError {
+        let blob = self.location.display.clone();
         let status = response.status().as_u16();
         let code = response
             .headers()
@@ -216,46 +313,12 @@ impl BlobReader {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("no error code")
             .to_owned();
-        let resumed_at = response
-            .headers()
-            .get("content-range")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("bytes "))
-            .and_then(|v| v.split('-').next())
-            .and_then(|v| v.parse::<u64>().ok());
         match status {
-            200 if offset == 0 => {}
-            // A resumed read must continue exactly where the last one stopped.
-            206 if offset > 0 && resumed_at == Some(offset) => {}
-            200 | 206 => {
-                return Err(BlobError::Unexpected {
-                    blob: blob(),
-                    status,
-                    code: format!("asked for bytes from {offset}, got {resumed_at:?}"),
-                });
-            }
-            404 => return Err(BlobError::NotFound { blob: blob(), code }),
-            401 | 403 => return Err(BlobError::Denied { blob: blob(), code }),
-            412 => return Err(BlobError::Changed { blob: blob() }),
-            _ => {
-                return Err(BlobError::Unexpected {
-                    blob: blob(),
-                    status,
-                    code,
-                });
-            }
+            404 => BlobError::NotFound { blob, code },
+            401 | 403 => BlobError::Denied { blob, code },
+            412 => BlobError::Changed { blob },
+            _ => BlobError::Unexpected { blob, status, code },
         }
-        let size = response.content_length().unwrap_or(0) + offset;
-        let etag = response
-            .headers()
-            .get("etag")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        Ok(Opened {
-            response,
-            size,
-            etag,
-        })
     }
 
     /// Sends the blob's bytes to the reader, resuming after a dropped connection; ends when the

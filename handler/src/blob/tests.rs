@@ -155,3 +155,74 @@ fn keys_and_tokens_go_only_to_their_own_endpoints() {
     ));
     assert!(BlobLocation::parse("http://acct.blob.core.windows.net/c/b.csv").is_err());
 }
+
+/// A version check is a HEAD signed as a HEAD (the verb is the first line of what is signed):
+/// no If-Match, no range, the date and version headers, the blob as the resource.
+#[test]
+fn a_head_is_signed_with_its_own_verb() {
+    let date = ("x-ms-date", "Mon, 23 Nov 2026 00:00:00 GMT");
+    let version = ("x-ms-version", API_VERSION);
+    let head = string_to_sign(
+        "HEAD",
+        &StandardHeaders::default(),
+        &[date, version],
+        "acct",
+        &Url::parse("https://acct.blob.core.windows.net/data/flights.csv.gz").unwrap(),
+    );
+    assert_eq!(
+        head,
+        "HEAD\n\n\n\n\n\n\n\n\n\n\n\n\
+         x-ms-date:Mon, 23 Nov 2026 00:00:00 GMT\nx-ms-version:2021-08-06\n\
+         /acct/data/flights.csv.gz"
+    );
+}
+
+/// The request `version()` sends, as built: a HEAD whose Shared Key signature is that of a HEAD
+/// with the headers it carries; with a SAS, the URL alone and no Authorization header.
+#[tokio::test]
+async fn version_requests_are_heads_signed_as_heads() {
+    let url = "http://127.0.0.1:10000/devstoreaccount1/data/movies.csv";
+    let location = BlobLocation::parse(url).unwrap();
+    let auth = BlobAuth::SharedKey {
+        account: "devstoreaccount1".into(),
+        key: b"key".to_vec().into(),
+    };
+    let reader = BlobReader::new(location.clone(), auth).unwrap();
+    let request = reader
+        .request(reqwest::Method::HEAD, None, None)
+        .await
+        .unwrap();
+    assert_eq!(request.method(), reqwest::Method::HEAD);
+    assert_eq!(request.url().as_str(), url);
+    let header = |name: &str| request.headers()[name].to_str().unwrap().to_owned();
+    let date = header("x-ms-date");
+    assert_eq!(header("x-ms-version"), API_VERSION);
+    assert!(request.headers().get("if-match").is_none());
+    assert!(request.headers().get("x-ms-range").is_none());
+    let signed = string_to_sign(
+        "HEAD",
+        &StandardHeaders::default(),
+        &[("x-ms-date", &date), ("x-ms-version", API_VERSION)],
+        "devstoreaccount1",
+        &location.url,
+    );
+    assert!(signed.starts_with("HEAD\n"), "{signed}");
+    let mut mac = Hmac::<Sha256>::new_from_slice(b"key").unwrap();
+    mac.update(signed.as_bytes());
+    let expected = format!(
+        "SharedKey devstoreaccount1:{}",
+        STANDARD.encode(mac.finalize().into_bytes())
+    );
+    assert_eq!(header("authorization"), expected);
+
+    let with_sas = "https://acct.blob.core.windows.net/data/movies.csv?sv=2021-08-06&sig=c2VjcmV0";
+    let reader =
+        BlobReader::new(BlobLocation::parse(with_sas).unwrap(), BlobAuth::UrlOnly).unwrap();
+    let request = reader
+        .request(reqwest::Method::HEAD, None, None)
+        .await
+        .unwrap();
+    assert_eq!(request.method(), reqwest::Method::HEAD);
+    assert_eq!(request.url().as_str(), with_sas);
+    assert!(request.headers().get("authorization").is_none());
+}

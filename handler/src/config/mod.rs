@@ -22,12 +22,13 @@
 //! - `MAX_BODY_BYTES` (default 1 MiB): the largest request body accepted;
 //! - `CORS_ALLOWED_ORIGINS`: a comma list of origins allowed to call the API from a browser;
 //!   unset means no CORS headers at all;
-//! - `AZURE_STORAGE_CONNECTION_STRING`: the account key for imports from Blob Storage (else a SAS
-//!   in the blob URL, else the instance's Entra ID identity); `AZURE_STORAGE_AUTH` (`sas`, `key`,
-//!   `identity` or `anonymous`) forces one way;
+//! - `AZURE_STORAGE_CONNECTION_STRING`: the account key for imports and syncs from Blob Storage
+//!   (else a SAS in the blob URL, else the instance's Entra ID identity); `AZURE_STORAGE_AUTH`
+//!   (`sas`, `key`, `identity` or `anonymous`) forces one way;
 //! - `TRUSTED_PROXIES`: a comma list of addresses or CIDR ranges whose `X-Forwarded-For` is
 //!   believed (the Functions host on loopback is trusted when `FUNCTIONS_CUSTOMHANDLER_PORT` is
-//!   set); `TIMER_SECRET`: lets a caller other than the Functions host invoke `/WarmCache`;
+//!   set); `TIMER_SECRET`: lets a caller other than the Functions host invoke `/WarmCache` and
+//!   `/SyncDatasets`;
 //! - `CACHE_MAX_BYTES`: the in-process cache's budget (the near cache's with Redis);
 //! - `FIREBASE_ALLOW_UNVERIFIED_EMAIL`: accept Firebase accounts whose email is not verified;
 //! - the limits on what one client may make the server spend, each with a default in

@@ -1,5 +1,5 @@
-//! The cache's admin view and purge (admins; in Azure, a function key too), and the `WarmCache`
-//! timer's invocation (the Functions host only).
+//! The cache's admin view and purge (admins; in Azure, a function key too), and the invocations
+//! of the `WarmCache` and `SyncDatasets` timers (the Functions host only).
 
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -47,7 +47,7 @@ pub async fn warm(state: &AppState, limit: usize) -> WarmReport {
 
 /// Who may invoke the timer functions: the Functions host, which started this process and
 /// connects from loopback (the host forwards only its HTTP functions' routes, never
-/// `/WarmCache`, so outside callers cannot come in that way), or a caller that presents
+/// `/WarmCache` or `/SyncDatasets`, so outside callers cannot come in that way), or a caller that presents
 /// `TIMER_SECRET` in [`TIMER_SECRET_HEADER`].
 #[derive(Debug, Default)]
 pub struct TimerAccess {
@@ -83,6 +83,37 @@ pub async fn warm_cache_invocation(
     State(state): State<AppState>,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
+    accept_invocation(&state, request).await?;
+    let report = state.service.warm(WARM_LIMIT).await;
+    Ok(invocation_answer(
+        report.lines,
+        json!({
+            "refreshed": report.refreshed,
+            "fresh": report.fresh,
+            "failed": report.failed,
+            "skipped": report.skipped,
+        }),
+    ))
+}
+
+/// `POST /SyncDatasets`: the sync timer's invocation, answered like [`warm_cache_invocation`]:
+/// a line per dataset in `Logs`, the whole report in `ReturnValue`.
+pub async fn sync_datasets_invocation(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    accept_invocation(&state, request).await?;
+    let report = state.service.sync_datasets().await;
+    let value = serde_json::to_value(&report).unwrap_or_else(|_| json!({}));
+    Ok(invocation_answer(report.lines(), value))
+}
+
+/// Refuses anyone but the Functions host (or a holder of `TIMER_SECRET`) before any work, then
+/// reads the invocation's body (bounded in size and time) and drops it.
+async fn accept_invocation(
+    state: &AppState,
+    request: axum::extract::Request,
+) -> Result<(), ApiError> {
     let peer = request
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -97,24 +128,24 @@ pub async fn warm_cache_invocation(
         .await
         .map_err(|_| ApiError::BodyTimeout)?
         .map_err(|_| ApiError::PayloadTooLarge(MAX_INVOCATION_BYTES))?;
-    let report = state.service.warm(WARM_LIMIT).await;
+    Ok(())
+}
+
+/// A custom handler's invocation answer: no output bindings, the lines the host logs, and the
+/// return value.
+fn invocation_answer(logs: Vec<String>, return_value: serde_json::Value) -> Response {
     let body = json!({
         "Outputs": {},
-        "Logs": report.lines,
+        "Logs": logs,
         // An object, not a string: the host base64-decodes string values that look like base64.
-        "ReturnValue": {
-            "refreshed": report.refreshed,
-            "fresh": report.fresh,
-            "failed": report.failed,
-            "skipped": report.skipped,
-        },
+        "ReturnValue": return_value,
     });
-    Ok((
+    (
         StatusCode::OK,
         [("content-type", "application/json")],
         body.to_string(),
     )
-        .into_response())
+        .into_response()
 }
 
 #[cfg(test)]

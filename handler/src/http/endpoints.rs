@@ -45,7 +45,7 @@ pub(super) enum Handler {
 }
 
 /// Functions that the host invokes by POSTing JSON to `/<FunctionName>` (non-HTTP triggers).
-pub const INVOCATIONS: &[&str] = &["WarmCache"];
+pub const INVOCATIONS: &[&str] = &["WarmCache", "SyncDatasets"];
 
 pub const ENDPOINTS: &[Endpoint] = &[
     Endpoint {

@@ -137,10 +137,15 @@ pub fn router(state: AppState) -> Router {
     for (path, route) in paths {
         router = router.route(&path, route.fallback(method_not_allowed));
     }
-    router = router.route(
-        "/WarmCache",
-        axum::routing::post(admin::warm_cache_invocation),
-    );
+    router = router
+        .route(
+            "/WarmCache",
+            axum::routing::post(admin::warm_cache_invocation),
+        )
+        .route(
+            "/SyncDatasets",
+            axum::routing::post(admin::sync_datasets_invocation),
+        );
     let mut router = router.fallback(not_found);
     // No layer at all without configured origins: no CORS headers, and no cost per request.
     if !state.cors_allowed_origins.is_empty() {

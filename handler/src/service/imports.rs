@@ -67,12 +67,19 @@ impl Service {
     /// Opens a blob as an import's source, with the access the settings give; and the blob's
     /// name as it may be shown (no SAS).
     async fn open_blob(&self, url: &str) -> anyhow::Result<(ImportSource, String)> {
+        let (reader, display) = self.blob_reader(url)?;
+        Ok((reader.open().await?, display))
+    }
+
+    /// A reader of the blob at `url` with the access the settings give (nothing is sent yet),
+    /// and the blob's name as it may be shown (no SAS).
+    pub(super) fn blob_reader(&self, url: &str) -> anyhow::Result<(BlobReader, String)> {
         let location = BlobLocation::parse(url)?;
         let access = &self.blob_access;
         let connection_string = access.connection_string.as_ref().map(|s| s.expose());
         let auth = BlobAuth::for_location(&location, connection_string, access.auth.as_deref())?;
-        let source = BlobReader::new(location.clone(), auth)?.open().await?;
-        Ok((source, location.display))
+        let display = location.display.clone();
+        Ok((BlobReader::new(location, auth)?, display))
     }
 
     /// Imports over HTTP, for an admin (checked before the request's body is read).

@@ -1,14 +1,16 @@
 //! The service: what the API does, whichever front end asks (HTTP, the command line, the
-//! `WarmCache` timer, Lambda). Handlers parse a request, call one function here, and turn its
-//! result into a response; everything between (authorisation, cache keys and cache-aside, the
-//! database breaker and read slots, tables made on first use, export limits, recording writes and
-//! imports with the cache before they commit, warm-up) is here, each function one span.
+//! `WarmCache` and `SyncDatasets` timers, Lambda). Handlers parse a request, call one function
+//! here, and turn its result into a response; everything between (authorisation, cache keys and
+//! cache-aside, the database breaker and read slots, tables made on first use, export limits,
+//! recording writes and imports with the cache before they commit, warm-up, syncing declared
+//! blobs) is here, each function one span.
 //!
 //! ```text
 //!  http / cli / timer ──> Service::{list, item, facets, export}  ──> cache ──(miss)──> storage
 //!                         Service::write(..).{create, replace, …} ──> storage ──(gate)──> cache
 //!                         Service::import                          ──> import ──(gate)──> cache
 //!                         Service::warm                            ──> the reads above
+//!                         Service::sync_datasets                   ──> blob (HEAD), then the import above
 //! ```
 
 mod accounts;
@@ -20,6 +22,7 @@ mod gate;
 mod imports;
 mod questions;
 mod reads;
+mod sync;
 mod warm;
 mod writes;
 
@@ -33,6 +36,7 @@ use parking_lot::RwLock;
 pub use error::ServiceError;
 pub use imports::{ImportFrom, ImportJobs, Importer, JobStatus};
 pub use reads::Answer;
+pub use sync::{SyncAction, SyncOutcome, SyncRunReport};
 pub use warm::{WARM_LIMIT, WarmReport};
 pub use writes::{Action, Write, Written};
 

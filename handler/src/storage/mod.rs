@@ -16,13 +16,14 @@
 //!   import that SQLite and MySQL share (PostgreSQL's uses `COPY`);
 //! - `mssql/`: SQL Server's driver over tiberius (`connect`: its pool's connections; `import`:
 //!   TDS bulk load); `mssql_config` parses its connection strings;
-//! - `users`: the accounts table's statements.
+//! - `users`: the accounts table's statements; `sources`: those of the synced sources' versions.
 
 mod insert_import;
 pub mod mssql;
 pub mod mssql_config;
 mod mysql;
 mod postgres;
+pub mod sources;
 mod sql;
 mod sqlite;
 mod sqlx_driver;
@@ -38,6 +39,7 @@ use futures_util::stream::BoxStream;
 use crate::datasets::{Dataset, Value};
 use crate::query::Query;
 
+pub use sources::SourceVersion;
 pub use sql::Dialect;
 pub use store::SqlStore;
 pub use users::{NewUser, UserLookup, UserRecord, UserUpdate};
@@ -264,6 +266,13 @@ pub trait Storage: Send + Sync + 'static {
     async fn update_user(&self, id: i64, change: UserUpdate) -> Result<UserRecord>;
 
     async fn delete_user(&self, id: i64) -> Result<()>;
+
+    /// The version of `dataset`'s source blob that it was last synced from (`None` before the
+    /// first sync).
+    async fn source_version(&self, dataset: &str) -> Result<Option<SourceVersion>>;
+
+    /// Records the version of `dataset`'s source blob that it was just synced from.
+    async fn record_source_version(&self, dataset: &str, version: &SourceVersion) -> Result<()>;
 }
 
 /// Receives an import's rows. Dropping it without `commit` leaves the previous data in place.

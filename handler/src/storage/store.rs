@@ -9,6 +9,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use std::time::Instant;
 
+use super::sources::{self, SourceVersion};
 use super::sql::{self, Decode, Dialect, Placement, Statement};
 use super::users::{self, NewUser, UserLookup, UserRecord, UserUpdate};
 use super::{
@@ -69,6 +70,8 @@ pub struct SqlStore<D> {
     users_table: tokio::sync::OnceCell<()>,
     /// So is the table that serialises key assignment (MySQL only).
     key_locks_table: tokio::sync::OnceCell<()>,
+    /// And the table of synced sources' versions.
+    sources_table: tokio::sync::OnceCell<()>,
 }
 
 impl<D: Driver> SqlStore<D> {
@@ -77,6 +80,7 @@ impl<D: Driver> SqlStore<D> {
             driver,
             users_table: tokio::sync::OnceCell::new(),
             key_locks_table: tokio::sync::OnceCell::new(),
+            sources_table: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -87,6 +91,17 @@ impl<D: Driver> SqlStore<D> {
                     self.driver.execute(&statement).await?;
                 }
                 Ok::<_, StorageError>(())
+            })
+            .await
+            .copied()
+    }
+
+    async fn sources_table(&self) -> Result<()> {
+        self.sources_table
+            .get_or_try_init(|| async {
+                self.driver
+                    .execute(&sources::create_table(D::DIALECT))
+                    .await
             })
             .await
             .copied()
@@ -457,6 +472,21 @@ impl<D: Driver> Storage for SqlStore<D> {
         self.users_table().await?;
         let mut tx = self.driver.begin_write().await?;
         tx.execute(users::delete(id, D::DIALECT)).await?;
+        tx.commit().await
+    }
+
+    async fn source_version(&self, dataset: &str) -> Result<Option<SourceVersion>> {
+        self.sources_table().await?;
+        let statement = sources::find(dataset, D::DIALECT);
+        let rows = self.driver.fetch(statement, &sources::decode()).await?;
+        Ok(rows.into_iter().next().and_then(sources::record))
+    }
+
+    async fn record_source_version(&self, dataset: &str, version: &SourceVersion) -> Result<()> {
+        self.sources_table().await?;
+        let mut tx = self.driver.begin_write().await?;
+        tx.execute(sources::upsert(dataset, version, D::DIALECT))
+            .await?;
         tx.commit().await
     }
 }

@@ -53,9 +53,9 @@ pub struct UserUpdate {
 const COLUMNS: &str =
     "\"id\", \"email\", \"password_hash\", \"firebase_uid\", \"role\", \"active\", \"created_at\"";
 
-/// The statements below are written with `"quoted"` identifiers; T-SQL gets `[brackets]`,
-/// MySQL `` `backticks` ``.
-fn in_dialect(dialect: Dialect, sql: String) -> String {
+/// The statements below (and `sources`') are written with `"quoted"` identifiers; T-SQL gets
+/// `[brackets]`, MySQL `` `backticks` ``.
+pub(super) fn in_dialect(dialect: Dialect, sql: String) -> String {
     let (open_quote, close_quote) = match dialect {
         Dialect::SqlServer => ('[', ']'),
         Dialect::MySql => ('`', '`'),
