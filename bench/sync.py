@@ -54,34 +54,31 @@ def edited_copy(source, target):
 
 
 def questions(header, body):
-    """500 questions drawn from the file with a fixed seed: (kind, path)."""
+    """500 distinct questions drawn from the file with a fixed seed: (kind, path)."""
     rng = random.Random(SEED + 1)
     col = {name: header.index(name) for name in ("month", "day", "carrier", "origin", "dest")}
-    pick = lambda: body[rng.randrange(len(body))]
-    asked = []
-    for _ in range(150):
-        asked.append(("item", f"/api/flights/{rng.randrange(1, len(body) + 1)}"))
-    for n in range(150):
-        row = pick()
-        month, day, carrier = row[col["month"]], row[col["day"]], row[col["carrier"]]
-        origin, dest = row[col["origin"]], row[col["dest"]]
-        path = [f"/api/flights?month={month}&day={day}&limit=20",
-                f"/api/flights?origin={origin}&dest={dest}&limit=20",
-                f"/api/flights?carrier={carrier}&month={month}&sort=-dep_delay&limit=20"][n % 3]
-        asked.append(("list", path))
-    for n in range(100):
-        row = pick()
-        filters = [f"month={row[col['month']]}", f"month={row[col['month']]}&day={row[col['day']]}",
-                   f"origin={row[col['origin']]}&dest={row[col['dest']]}",
-                   f"carrier={row[col['carrier']]}&month={row[col['month']]}"][n % 4]
-        asked.append(("count", f"/api/flights/count?{filters}"))
-    for n in range(100):
-        row = pick()
-        facet = ["carrier", "origin", "dest"][n % 3]
-        filters = [f"month={row[col['month']]}", f"origin={row[col['origin']]}",
-                   f"month={row[col['month']]}&day={row[col['day']]}"][n % 3]
-        asked.append(("facets", f"/api/flights/facets/{facet}?{filters}"))
-    return list(dict.fromkeys(asked))  # distinct, in order
+
+    def drawn(quota, make):
+        paths = {}
+        for n in range(quota * 100):
+            if len(paths) == quota:
+                break
+            row = body[rng.randrange(len(body))]
+            paths.setdefault(make(n, {name: row[i] for name, i in col.items()}), None)
+        return list(paths)
+
+    items = drawn(150, lambda n, r: f"/api/flights/{rng.randrange(1, len(body) + 1)}")
+    lists = drawn(150, lambda n, r: [
+        f"/api/flights?month={r['month']}&day={r['day']}&limit=20",
+        f"/api/flights?origin={r['origin']}&dest={r['dest']}&limit=20",
+        f"/api/flights?carrier={r['carrier']}&month={r['month']}&sort=-dep_delay&limit=20"][n % 3])
+    counts = drawn(100, lambda n, r: "/api/flights/count?" + [
+        f"month={r['month']}", f"month={r['month']}&day={r['day']}", f"origin={r['origin']}&dest={r['dest']}",
+        f"carrier={r['carrier']}&month={r['month']}"][n % 4])
+    facets = drawn(100, lambda n, r: f"/api/flights/facets/{['carrier', 'origin', 'dest'][n % 3]}?" + [
+        f"month={r['month']}", f"origin={r['origin']}", f"month={r['month']}&day={r['day']}"][n % 3])
+    return ([("item", p) for p in items] + [("list", p) for p in lists] + [("count", p) for p in counts]
+            + [("facets", p) for p in facets])
 
 
 def ask_all(port, asked):
