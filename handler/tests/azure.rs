@@ -251,8 +251,10 @@ async fn a_blob_over_100_mb_imports_with_flat_memory() {
     let big = import_notes(endpoint, &dir, &database_url, 100_000).await;
     eprintln!("peak memory: {small} MiB for 22 MB, {big} MiB for 110 MB");
     assert!(big < 100, "peak memory {big} MiB for a 110 MB blob");
+    // Five times the rows may cost a few more batches in flight on a loaded machine (the reader
+    // outruns the database for a while; each batch is at most 4 MiB), never the blob: 88 MB more.
     assert!(
-        big <= small + 16,
+        big <= small + 32,
         "memory grew with the blob: {small} → {big} MiB"
     );
 }
