@@ -196,6 +196,8 @@ async fn a_sync_leaves_the_rows_a_full_import_of_the_new_file_makes() {
 struct Recorder {
     refuse: bool,
     seen: Mutex<Vec<String>>,
+    /// Changed rows offered with another key after than before.
+    mispaired: Mutex<usize>,
 }
 
 #[async_trait]
@@ -203,7 +205,16 @@ impl CommitGate for Recorder {
     async fn before_commit(&self, change: Committing<'_>) -> Result<(), String> {
         let seen = match change {
             Committing::Row(_) => "row".to_owned(),
-            Committing::Rows(rows) => format!("{} rows", rows.len()),
+            Committing::Rows(rows) => {
+                *self.mispaired.lock() += rows
+                    .iter()
+                    .filter(|w| match (&w.old, &w.new) {
+                        (Some(old), Some(new)) => old[0] != new[0],
+                        _ => false,
+                    })
+                    .count();
+                format!("{} rows", rows.len())
+            }
             Committing::Everything => "everything".to_owned(),
         };
         self.seen.lock().push(seen);
@@ -269,6 +280,11 @@ async fn a_refused_sync_changes_nothing_and_a_large_one_is_recorded_as_everythin
             vec![format!("{} rows", expected.total())],
             "{url}: every changed row offered to the gate"
         );
+        assert_eq!(
+            *refusing.mispaired.lock(),
+            0,
+            "{url}: old and new rows pair by key"
+        );
         assert!(
             every_row(storage.as_ref(), &dataset).await == before,
             "{url}: a refused sync leaves every row as it was"
@@ -293,7 +309,51 @@ async fn a_refused_sync_changes_nothing_and_a_large_one_is_recorded_as_everythin
             .abort()
             .await
             .unwrap();
+
+        // A declaration that gained a filterable text column, migrated (as serving does): its
+        // hidden normalised key is null in every live row, so every row differs from the staged
+        // one and is rewritten. (Unmigrated, the tables are not the declaration's: a replace.)
+        let declaration = std::fs::read_to_string(common::repo_root().join("datasets/movies.toml"))
+            .unwrap()
+            .replacen(
+                "name = \"movies\"",
+                &format!("name = \"{}\"", dataset.name),
+                1,
+            )
+            .replacen(
+                "table = \"movies\"",
+                &format!("table = \"{}\"", dataset.table),
+                1,
+            )
+            + "\n[[columns]]\nname = \"title_again\"\ntype = \"text\"\nsource = \"Title\"\nfilter = true\n";
+        let grown = parse_declaration(&declaration, None).unwrap();
+        storage.migrate(&grown).await.unwrap();
+        let report = sync_file(storage.as_ref(), &grown, &edited).await;
+        let rows = every_row(storage.as_ref(), &grown).await.len() as u64;
+        assert_eq!(
+            report.sync.map(|s| s.changed),
+            Some(rows),
+            "{url}: {}",
+            report.summary()
+        );
+        let title = grown.column_index("title").unwrap();
+        let first_title = every_row(storage.as_ref(), &grown).await[0][title].to_text();
+        let filter = format!("title_again={}", urlencode(&first_title));
+        let query = Query::parse(&grown, QueryKind::List, &filter).unwrap();
+        assert!(
+            !storage.list(&grown, &query).await.unwrap().is_empty(),
+            "{url}: the new column's hidden key was filled"
+        );
     }
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn x_cache(response: &common::TestResponse) -> String {

@@ -4,7 +4,7 @@
 //! commit gate (the cache records them like writes), so only the answers they change end.
 
 use super::sql::sync::{self, Kind};
-use super::sql::{Decode, Dialect, Statement};
+use super::sql::{self, Decode, Dialect, Statement};
 use super::store::{Driver, SqlStore, Transaction};
 use super::{
     CommitGate, Committing, ImportSink, Result, Row, Storage as _, StorageError, SyncCounts,
@@ -26,16 +26,17 @@ impl<D: Driver> SqlStore<D> {
             discard(sink).await;
             return Err(error);
         }
-        let first = match self.holds_no_rows(dataset).await {
-            Ok(first) => first,
+        let replace = match self.must_replace(dataset).await {
+            Ok(replace) => replace,
             Err(error) => {
                 discard(sink).await;
                 return Err(error);
             }
         };
-        if first {
+        if replace {
             // A first import (no table yet, or the empty one reads made): the swap is faster than
-            // inserting every row into indexed tables, and there is no cached answer to spare.
+            // inserting every row into indexed tables, and there is no cached answer to spare. A
+            // declaration whose columns changed: every row changes.
             if let Err(reason) = gate.before_commit(Committing::Everything).await {
                 discard(sink).await;
                 return Err(StorageError::NotCommitted(reason));
@@ -49,10 +50,30 @@ impl<D: Driver> SqlStore<D> {
         applied.map(Some)
     }
 
-    /// Whether the dataset has no live rows (or no table) yet.
-    async fn holds_no_rows(&self, dataset: &Dataset) -> Result<bool> {
-        if self.table_columns(&dataset.table).await?.is_none() {
+    /// Whether the staged rows must replace the live ones rather than be compared with them:
+    /// the dataset has no rows (or no table) yet, or its tables are not those the declaration
+    /// makes (a column or a list column added or removed since they were made).
+    async fn must_replace(&self, dataset: &Dataset) -> Result<bool> {
+        let Some(mut live) = self.table_columns(&dataset.table).await? else {
             return Ok(true);
+        };
+        let mut declared: Vec<String> = sql::stored_columns(dataset)
+            .into_iter()
+            .map(|c| sql::stored_name(dataset, c))
+            .collect();
+        live.sort();
+        declared.sort();
+        if live != declared {
+            return Ok(true);
+        }
+        for (_, column) in dataset.list_columns() {
+            if self
+                .table_columns(&dataset.list_table(column))
+                .await?
+                .is_none()
+            {
+                return Ok(true);
+            }
         }
         Ok(self.count(dataset, &Query::every_row(dataset)).await? == 0)
     }
@@ -64,8 +85,6 @@ impl<D: Driver> SqlStore<D> {
         gate: &dyn CommitGate,
         record_rows: u64,
     ) -> Result<SyncCounts> {
-        // Columns the declaration gained since the live table was made.
-        self.migrate(dataset).await?;
         for statement in sync::create(dataset, D::DIALECT) {
             self.driver.execute(&statement).await?;
         }
@@ -97,7 +116,10 @@ impl<D: Driver> SqlStore<D> {
             return Ok(counts); // nothing to record or apply; the transaction rolls back
         }
         let writes = if counts.total() <= record_rows {
-            Some(changed_rows(tx.as_mut(), dataset, dialect).await?)
+            let writes = changed_rows(tx.as_mut(), dataset, dialect).await?;
+            // Every change read, each changed row paired with itself: else answers it changes
+            // would be left out of the record, so the record becomes a change of everything.
+            complete(dataset, &writes, counts).then_some(writes)
         } else {
             None
         };
@@ -193,4 +215,19 @@ async fn changed_rows(
         new: Some(new),
     }));
     Ok(writes)
+}
+
+/// Whether `writes` are every change `counts` counted, with a changed row's old and new keys the
+/// same.
+fn complete(dataset: &Dataset, writes: &[Written], counts: SyncCounts) -> bool {
+    let key = dataset.key.column;
+    let complete = writes.len() as u64 == counts.total()
+        && writes.iter().all(|w| match (&w.old, &w.new) {
+            (Some(old), Some(new)) => old[key] == new[key],
+            _ => true,
+        });
+    if !complete {
+        tracing::warn!(dataset = %dataset.name, "a sync read other changed rows than it counted: recorded as a change of everything");
+    }
+    complete
 }

@@ -8,7 +8,7 @@
 //! normalised keys and the list tables follow from the declared columns.
 
 use super::staging::placement;
-use super::{Dialect, Placement, Statement, stored_columns, stored_name};
+use super::{Dialect, Placement, Statement, StoredColumn, stored_columns, stored_name};
 use crate::datasets::{ColumnType, Dataset};
 
 /// What happened to a key: in the staged rows only, in both but different, in the live ones only.
@@ -29,9 +29,11 @@ impl Kind {
     }
 }
 
-/// The table of changes, beside the staged tables (`smartcache_` names are the service's own).
+/// The table of changes, beside the staged tables. `<table>___sync` cannot be a list table's name
+/// (`<table>__<column>`, and a column starts with a letter), and stays within MySQL's 64
+/// characters with the staging suffix for any table name a declaration allows.
 fn changes_table(dataset: &Dataset, dialect: Dialect) -> String {
-    placement(dialect).table(dialect, &format!("smartcache_changes_{}", dataset.table))
+    placement(dialect).table(dialect, &format!("{}___sync", dataset.table))
 }
 
 fn drop_changes(dataset: &Dataset, dialect: Dialect) -> String {
@@ -65,15 +67,20 @@ pub fn discard(dataset: &Dataset, dialect: Dialect) -> Vec<String> {
 }
 
 /// The transaction's first statement: writers of the live rows wait until it ends, readers do
-/// not. PostgreSQL locks the table as key assignment does; MySQL reads every row with a shared
-/// lock (next-key locks, so no insert slips in); SQL Server holds a shared table lock; SQLite's
-/// write transaction already holds the database.
+/// not. PostgreSQL's `EXCLUSIVE` mode conflicts with a writer's `FOR UPDATE` (a weaker mode would
+/// let a writer lock a row first, then deadlock with the sync's delete of it) and not with plain
+/// reads; MySQL reads every row of the primary key (the clustered index: a secondary index's
+/// shared locks would not stop a writer's `FOR UPDATE`) with a shared lock, whose next-key locks
+/// also stop inserts; SQL Server holds a shared table lock; SQLite's write transaction already
+/// holds the database.
 pub fn lock_live(dataset: &Dataset, dialect: Dialect) -> Option<Statement> {
     let live = dialect.quote(&dataset.table);
     let sql = match dialect {
         Dialect::Sqlite => return None,
-        Dialect::Postgres => format!("LOCK TABLE {live} IN SHARE ROW EXCLUSIVE MODE"),
-        Dialect::MySql => format!("SELECT COUNT(*) FROM {live} LOCK IN SHARE MODE"),
+        Dialect::Postgres => format!("LOCK TABLE {live} IN EXCLUSIVE MODE"),
+        Dialect::MySql => {
+            format!("SELECT COUNT(*) FROM {live} FORCE INDEX (PRIMARY) LOCK IN SHARE MODE")
+        }
         Dialect::SqlServer => format!("SELECT COUNT(*) FROM {live} WITH (TABLOCK, HOLDLOCK)"),
     };
     Some(Statement {
@@ -82,7 +89,8 @@ pub fn lock_live(dataset: &Dataset, dialect: Dialect) -> Option<Statement> {
     })
 }
 
-/// `a` and `b` hold the same value, nulls included, byte for byte.
+/// `a` and `b` hold the same value, nulls included, byte for byte: true or false, never unknown
+/// (under `NOT`, an unknown would hide the change).
 fn same(dialect: Dialect, ty: ColumnType, a: &str, b: &str) -> String {
     let text = ty == ColumnType::Text;
     match dialect {
@@ -91,15 +99,19 @@ fn same(dialect: Dialect, ty: ColumnType, a: &str, b: &str) -> String {
         Dialect::MySql if text => format!("BINARY {a} <=> BINARY {b}"),
         Dialect::MySql => format!("{a} <=> {b}"),
         Dialect::SqlServer if text => format!(
-            "(({a} IS NULL AND {b} IS NULL) OR ({a} = {b} COLLATE Latin1_General_100_BIN2 \
+            "(({a} IS NULL AND {b} IS NULL) OR ({a} IS NOT NULL AND {b} IS NOT NULL \
+             AND {a} = {b} COLLATE Latin1_General_100_BIN2 \
              AND DATALENGTH({a}) = DATALENGTH({b})))"
         ),
-        Dialect::SqlServer => format!("(({a} IS NULL AND {b} IS NULL) OR {a} = {b})"),
+        Dialect::SqlServer => format!(
+            "(({a} IS NULL AND {b} IS NULL) OR ({a} IS NOT NULL AND {b} IS NOT NULL AND {a} = {b}))"
+        ),
     }
 }
 
 /// The three statements that fill the table of changes: keys only staged (added), only live
-/// (removed), and in both with any declared column different (changed).
+/// (removed), and in both with any stored column different (changed; the hidden normalised keys
+/// too, so a row whose key column a migration added as null is rewritten).
 pub fn find_changes(dataset: &Dataset, dialect: Dialect) -> Vec<String> {
     let q = |name: &str| dialect.quote(name);
     let key = q(&dataset.key_column().name);
@@ -109,16 +121,15 @@ pub fn find_changes(dataset: &Dataset, dialect: Dialect) -> Vec<String> {
     );
     let changes = changes_table(dataset, dialect);
     let into = format!("INSERT INTO {changes} ({}, {})", q("k"), q("kind"));
-    let differs = dataset
-        .columns
-        .iter()
-        .map(|column| {
-            let name = q(&column.name);
-            let ty = if column.is_list() {
-                ColumnType::Text // stored joined
-            } else {
-                column.ty
+    let differs = stored_columns(dataset)
+        .into_iter()
+        .map(|stored| {
+            let ty = match stored {
+                StoredColumn::Declared(i) if !dataset.columns[i].is_list() => dataset.columns[i].ty,
+                // A list is stored joined; a normalised key is text.
+                _ => ColumnType::Text,
             };
+            let name = q(&stored_name(dataset, stored));
             same(dialect, ty, &format!("l.{name}"), &format!("s.{name}"))
         })
         .collect::<Vec<_>>()
@@ -233,18 +244,26 @@ pub fn apply(dataset: &Dataset, dialect: Dialect) -> Vec<String> {
         .map(|c| q(&stored_name(dataset, c)))
         .collect::<Vec<_>>()
         .join(", ");
+    // MySQL before 8.0.21 and MariaDB before 11.1 run `DELETE … WHERE x IN (SELECT …)` as a
+    // dependent subquery over every row of the table: there it is a join.
+    let delete = |table: &str, column: &str| match dialect {
+        Dialect::MySql => format!(
+            "DELETE t FROM {} t JOIN {changes} c ON c.{} = t.{column} WHERE c.{} IN ({})",
+            live.table(dialect, table),
+            q("k"),
+            q("kind"),
+            quoted_kinds(&[Kind::Changed, Kind::Removed])
+        ),
+        _ => format!(
+            "DELETE FROM {} WHERE {column} IN {gone}",
+            live.table(dialect, table)
+        ),
+    };
     let mut statements = Vec::new();
     for list in &lists {
-        statements.push(format!(
-            "DELETE FROM {} WHERE {} IN {gone}",
-            live.table(dialect, list),
-            q("row_id")
-        ));
+        statements.push(delete(list, &q("row_id")));
     }
-    statements.push(format!(
-        "DELETE FROM {} WHERE {key} IN {gone}",
-        live.table(dialect, &dataset.table)
-    ));
+    statements.push(delete(&dataset.table, &key));
     statements.push(format!(
         "INSERT INTO {} ({main_columns}) SELECT {main_columns} FROM {} WHERE {key} IN {arriving}",
         live.table(dialect, &dataset.table),
