@@ -490,3 +490,78 @@ async fn an_http_import_names_a_wrong_mode() {
         assert_eq!(problem["invalid_params"][0]["name"], "mode", "{problem}");
     }
 }
+
+/// API writes during a sync wait for it or go first, on rows it changes and rows it does not:
+/// neither fails (no deadlock between a writer's row lock and the sync's delete), and each row
+/// ends as the file has it or as the last write left it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_during_a_sync_neither_fail_nor_deadlock() {
+    let (edited, _) = edited_movies();
+    let (_, records) = movies_records();
+    // Row 2 is changed by the file, row 7 is not.
+    let (changed, untouched): (i64, i64) = (
+        records[2][ID].parse().unwrap(),
+        records[7][ID].parse().unwrap(),
+    );
+    for url in common::sql_backends().await {
+        let storage = common::open(&url);
+        let dataset = movies_as(&common::unique_name("busy").replace('-', "_"));
+        import_file(storage.as_ref(), &dataset, &common::movies_csv(), false)
+            .await
+            .unwrap();
+        let runtime = dataset.column_index("runtime").unwrap();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (storage, dataset, done) =
+                (Arc::clone(&storage), dataset.clone(), Arc::clone(&done));
+            tokio::spawn(async move {
+                // Until the sync is over (bounded): before, during and after its transaction.
+                for n in 0..5_000 {
+                    if done.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Ok(n);
+                    }
+                    for key in [changed, untouched] {
+                        let change = handler::storage::Change::Patch(
+                            handler::datasets::Value::Integer(key),
+                            vec![(runtime, handler::datasets::Value::Integer(1000 + n))],
+                        );
+                        storage.write(&dataset, change, &Ungated).await?;
+                    }
+                }
+                Ok::<_, handler::storage::StorageError>(5_000)
+            })
+        };
+        let synced = sync_file(storage.as_ref(), &dataset, &edited).await;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let writes = writer
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{url}: a write failed: {e}"));
+        assert!(writes > 10, "{url}: only {writes} writes overlapped");
+        assert!(synced.sync.is_some(), "{url}");
+        let get = |key: i64| {
+            let (storage, dataset) = (Arc::clone(&storage), dataset.clone());
+            async move {
+                storage
+                    .get(&dataset, &handler::datasets::Value::Integer(key))
+                    .await
+                    .unwrap()
+                    .unwrap()
+            }
+        };
+        for key in [changed, untouched] {
+            let value = get(key).await[runtime].clone();
+            let from_file = records
+                .iter()
+                .find(|r| r[ID] == key.to_string())
+                .map(|r| r[5].trim().parse::<f64>().ok().map(|f| f as i64))
+                .unwrap();
+            let ok = match value {
+                handler::datasets::Value::Integer(n) => n >= 1000 || Some(n) == from_file,
+                handler::datasets::Value::Null => from_file.is_none(),
+                _ => false,
+            };
+            assert!(ok, "{url}: row {key} ends as {value:?}");
+        }
+    }
+}

@@ -67,9 +67,9 @@ pub fn discard(dataset: &Dataset, dialect: Dialect) -> Vec<String> {
 }
 
 /// The transaction's first statement: writers of the live rows wait until it ends, readers do
-/// not. PostgreSQL's `EXCLUSIVE` mode conflicts with a writer's `FOR UPDATE` (a weaker mode would
-/// let a writer lock a row first, then deadlock with the sync's delete of it) and not with plain
-/// reads; MySQL reads every row of the primary key (the clustered index: a secondary index's
+/// not. PostgreSQL's `EXCLUSIVE` mode conflicts with a writer's `FOR UPDATE` (under a weaker mode
+/// a writer locked a row first, then found it deleted by the sync, or deadlocked with it) and not
+/// with plain reads; MySQL reads every row of the primary key (the clustered index: a secondary index's
 /// shared locks would not stop a writer's `FOR UPDATE`) with a shared lock, whose next-key locks
 /// also stop inserts; SQL Server holds a shared table lock; SQLite's write transaction already
 /// holds the database.
