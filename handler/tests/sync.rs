@@ -565,3 +565,57 @@ async fn writes_during_a_sync_neither_fail_nor_deadlock() {
         }
     }
 }
+
+/// Records of many rows are bounded in bytes in Redis's write log too: past 16 MiB the oldest go,
+/// the newest stays.
+#[tokio::test]
+async fn redis_keeps_a_bounded_number_of_bytes_of_sync_records() {
+    let Some(redis_url) = common::redis_url().await else {
+        return;
+    };
+    let dataset = movies_as("movies");
+    let prefix = common::unique_prefix();
+    let cache = handler::cache::Cache::with_redis(
+        &redis_url,
+        &prefix,
+        std::time::Duration::from_secs(60),
+        handler::cache::DEFAULT_MAX_BYTES,
+    );
+    let title = dataset.column_index("title").unwrap();
+    let row = |id: i64| {
+        let mut row = vec![handler::datasets::Value::Null; dataset.columns.len()];
+        row[dataset.key.column] = handler::datasets::Value::Integer(id);
+        row[title] = handler::datasets::Value::Text("t".repeat(1_000));
+        row
+    };
+    for _ in 0..6 {
+        let changes = (0..3_000)
+            .map(|id| handler::cache::RowChange {
+                old: Some(row(id)),
+                new: None,
+            })
+            .collect();
+        let write = cache
+            .begin_changes(&dataset, changes, std::time::Duration::from_secs(60))
+            .await
+            .unwrap();
+        cache.end_write(write).await.unwrap();
+    }
+    let client = redis::Client::open(redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let log: Vec<String> = redis::cmd("LRANGE")
+        .arg(format!("{prefix}:{{movies}}:writes"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let bytes: usize = log.iter().map(String::len).sum();
+    let large = log.iter().filter(|r| r.len() > 1_000_000).count();
+    assert!(bytes <= 16 << 20, "{bytes} bytes in the log");
+    assert!((3..6).contains(&large), "{large} records of 3 MB kept");
+    assert!(
+        log.last().unwrap().len() > 1_000_000,
+        "the newest record stays"
+    );
+}

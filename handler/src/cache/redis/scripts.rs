@@ -3,6 +3,8 @@
 
 use redis::Script;
 
+use crate::cache::fresh::WRITE_RECORD_MAX_BYTES;
+
 /// The start of every script that reads or changes a dataset's position (`KEYS`: the stamp
 /// hash, the write log, the writes in flight). The position belongs to one run of the Redis
 /// server (its `run_id`): when the stamp is missing (a new prefix, an eviction, a restart
@@ -43,11 +45,32 @@ for _, member in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
 end
 return {epoch, seq, settled}";
 
-/// `ARGV`: the record, the log's capacity, the write's lifetime in flight (ms) → `{epoch, seq}`.
-const BEGIN_WRITE: &str = r"
+/// The most bytes of records a dataset's write log keeps. A write's record is at most 2 KB, so
+/// only records of many rows (syncs, up to 4 MiB each) can reach it; the oldest go first (an
+/// entry that needed them is recomputed), and the newest always stays.
+pub const LOG_MAX_BYTES: usize = 16 << 20;
+
+/// Appends `ARGV[1]` at the next seq and trims the log to `ARGV[2]` records and, after a record
+/// larger than a write's, to [`LOG_MAX_BYTES`] (summing the log only then: writes stay O(1)).
+const APPEND: &str = r"
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('RPUSH', KEYS[2], seq .. ' ' .. ARGV[1])
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
+if #ARGV[1] > WRITE_RECORD_MAX_BYTES then
+  local items = redis.call('LRANGE', KEYS[2], 0, -1)
+  local total = 0
+  for i = 1, #items do total = total + #items[i] end
+  local drop = 0
+  while total > LOG_MAX_BYTES and drop < #items - 1 do
+    drop = drop + 1
+    total = total - #items[drop]
+  end
+  if drop > 0 then redis.call('LTRIM', KEYS[2], drop, -1) end
+end
+";
+
+/// `ARGV`: the record, the log's capacity, the write's lifetime in flight (ms) → `{epoch, seq}`.
+const BEGIN_WRITE: &str = r"
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), epoch .. ':' .. seq)
 return {epoch, seq}";
 
@@ -59,9 +82,6 @@ return 0";
 
 /// `ARGV`: the record, the log's capacity.
 const RECORD_WRITE: &str = r"
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('RPUSH', KEYS[2], seq .. ' ' .. ARGV[1])
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
 return seq";
 
 /// A new epoch (the server clock in µs, or one above the old epoch), its log starting with a change
@@ -98,11 +118,18 @@ pub struct PositionScripts {
 
 pub static SCRIPTS: std::sync::LazyLock<PositionScripts> = std::sync::LazyLock::new(|| {
     let with_prelude = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
+    let append = APPEND
+        .replace(
+            "WRITE_RECORD_MAX_BYTES",
+            &WRITE_RECORD_MAX_BYTES.to_string(),
+        )
+        .replace("LOG_MAX_BYTES", &LOG_MAX_BYTES.to_string());
+    let appending = |body: &str| Script::new(&format!("{PRELUDE}{append}{body}"));
     PositionScripts {
         position: with_prelude(POSITION),
-        begin_write: with_prelude(BEGIN_WRITE),
+        begin_write: appending(BEGIN_WRITE),
         end_write: with_prelude(END_WRITE),
-        record_write: with_prelude(RECORD_WRITE),
+        record_write: appending(RECORD_WRITE),
         purge: with_prelude(PURGE),
     }
 });
