@@ -239,18 +239,27 @@ pub fn changes(
     page_end: Option<&PageEnd>,
     write: &RecordedWrite,
 ) -> bool {
-    write.everything
-        || write
-            .rows
-            .iter()
-            .any(|row| row_changes(dataset, subject, page_end, row))
+    if write.everything {
+        return true;
+    }
+    // Read back once per record, not once per row of a sync's record.
+    let page_end = match subject {
+        Subject::Query(query) if query.kind == QueryKind::List => {
+            page_end.and_then(|end| PageEndValues::decode(dataset, query, end))
+        }
+        _ => None,
+    };
+    write
+        .rows
+        .iter()
+        .any(|row| row_changes(dataset, subject, page_end.as_ref(), row))
 }
 
 /// Whether one row's change can change the answer (see [`changes`]).
 fn row_changes(
     dataset: &Dataset,
     subject: &Subject<'_>,
-    page_end: Option<&PageEnd>,
+    page_end: Option<&PageEndValues>,
     change: &RowChange,
 ) -> bool {
     let (old, new) = (change.old.as_deref(), change.new.as_deref());
@@ -285,7 +294,7 @@ fn row_changes(
 fn changes_page(
     dataset: &Dataset,
     query: &Query,
-    page_end: Option<&PageEnd>,
+    end: Option<&PageEndValues>,
     old: Option<&[Value]>,
     new: Option<&[Value]>,
 ) -> bool {
@@ -297,8 +306,9 @@ fn changes_page(
     if old.is_none() && new.is_none() {
         return false;
     }
-    // A page that ends the list: any eligible row is on it, or would be.
-    let Some(end) = page_end.and_then(|end| PageEndValues::decode(dataset, query, end)) else {
+    // A page that ends the list (or whose end cannot be read back): any eligible row is on it,
+    // or would be.
+    let Some(end) = end else {
         return true;
     };
     let beyond = |row: &[Value]| {
