@@ -94,34 +94,29 @@ pub fn unix_ms() -> u64 {
 
 impl CachedResponse {
     pub fn new(
-        body: &[u8],
+        body: impl Into<Vec<u8>>,
         content_type: &str,
         compute_time: Duration,
         stamp: Stamp,
         ttl: Duration,
     ) -> Self {
+        let body = body.into();
         let mut crc = flate2::Crc::new();
-        crc.update(body);
-        let mut encoder = flate2::write::GzEncoder::new(
-            Vec::with_capacity(body.len() / 4 + 64),
-            flate2::Compression::fast(),
-        );
-        encoder
-            .write_all(body)
-            .expect("writing to a Vec cannot fail");
-        let mut gzip = encoder.finish().expect("writing to a Vec cannot fail");
+        crc.update(&body);
+        let mut gzip = super::gzip::gzip(&body, crc.sum());
         gzip.shrink_to_fit();
         let gzip_body = Bytes::from(gzip);
+        let len = body.len();
         CachedResponse {
             gzip_body,
-            plain: std::sync::OnceLock::from(Bytes::copy_from_slice(body)),
+            plain: std::sync::OnceLock::from(Bytes::from(body)),
             brotli: std::sync::OnceLock::new(),
             brotli_started: AtomicBool::new(false),
             kept: AtomicBool::new(false),
             content_type: content_type.to_owned(),
-            gzip_etag: format!("\"{}-{:08x}-gzip\"", body.len(), crc.sum()),
-            brotli_etag: format!("\"{}-{:08x}-br\"", body.len(), crc.sum()),
-            etag: format!("\"{}-{:08x}\"", body.len(), crc.sum()),
+            gzip_etag: format!("\"{len}-{:08x}-gzip\"", crc.sum()),
+            brotli_etag: format!("\"{len}-{:08x}-br\"", crc.sum()),
+            etag: format!("\"{len}-{:08x}\"", crc.sum()),
             compute_time,
             stamp,
             expires_at_ms: unix_ms()

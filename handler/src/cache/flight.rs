@@ -135,7 +135,7 @@ impl Cache {
             let started = Instant::now();
             let computed = compute().await?;
             let entry = CachedResponse::new(
-                &computed.body,
+                computed.body,
                 computed.content_type,
                 started.elapsed(),
                 Default::default(),
@@ -248,7 +248,7 @@ impl Cache {
         let ttl = jittered(self.ttl(dataset));
         let entry = Arc::new(
             CachedResponse::new(
-                &computed.body,
+                computed.body,
                 computed.content_type,
                 started.elapsed(),
                 stamp,

@@ -35,13 +35,14 @@
 //! | [`fresh`] | write positions, the write log's records, the answer-aware freshness rule |
 //! | [`flight`] | one computation per cold key: flights, leases, streamed claims, STALE |
 //! | [`store`] | the store trait; [`local`] and [`redis`] implement it |
-//! | [`memory`], [`entry`] | the memory tier and what it holds |
+//! | [`memory`], [`entry`], [`gzip`] | the memory tier, what it holds, its gzip copies |
 //! | [`hot`], [`windows`], [`coalesce`], [`spread`] | hot paths, rate windows, shared stamp reads, jitter |
 
 mod coalesce;
 mod entry;
 mod flight;
 mod fresh;
+mod gzip;
 mod hot;
 mod keys;
 mod local;

@@ -466,7 +466,7 @@ fn the_store_stays_within_its_byte_budget() {
     for i in 0..100 {
         let body = vec![b'x'; 3000 + i];
         let entry = Arc::new(CachedResponse::new(
-            &body,
+            body.as_slice(),
             "application/json",
             Duration::ZERO,
             Stamp::default(),
@@ -488,7 +488,7 @@ fn the_store_stays_within_its_byte_budget() {
 fn answers_in_steady_use_outlive_a_scan_of_one_off_answers() {
     let entry = || {
         Arc::new(CachedResponse::new(
-            &[b'x'; 2000],
+            [b'x'; 2000],
             "application/json",
             Duration::ZERO,
             Stamp::default(),

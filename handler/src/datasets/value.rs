@@ -82,13 +82,16 @@ impl Value {
 
     /// Splits a list field on its delimiter, trimming elements and dropping empty ones.
     pub fn parse_list(raw: &str, delimiter: &str) -> Value {
-        Value::List(
-            raw.split(delimiter)
-                .map(str::trim)
-                .filter(|e| !e.is_empty())
-                .map(str::to_owned)
-                .collect(),
-        )
+        fn elements<'a>(parts: impl Iterator<Item = &'a str>) -> Value {
+            let kept = parts.map(str::trim).filter(|e| !e.is_empty());
+            Value::List(kept.map(str::to_owned).collect())
+        }
+        let mut chars = delimiter.chars();
+        match (chars.next(), chars.next()) {
+            // One character, the usual case (`|`, `,`): a search for a char is a memchr.
+            (Some(c), None) => elements(raw.split(c)),
+            _ => elements(raw.split(delimiter)),
+        }
     }
 
     pub fn is_null(&self) -> bool {
