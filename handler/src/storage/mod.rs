@@ -13,7 +13,8 @@
 //! - `sqlx_driver`: one `Driver` for the engines sqlx speaks, with a small `Engine` trait for
 //!   what differs (connecting, binding a value, decoding a column, starting an import);
 //!   `sqlite`, `postgres` and `mysql` implement it; `insert_import` is the multi-row `INSERT`
-//!   import that SQLite and MySQL share (PostgreSQL's uses `COPY`);
+//!   import that SQLite and MySQL share (PostgreSQL's uses `COPY`); `sqlite_reads` runs
+//!   SQLite's short reads (pages, rows, counts, facets) on connections of its own, past sqlx;
 //! - `mssql/`: SQL Server's driver over tiberius (`connect`: its pool's connections; `import`:
 //!   TDS bulk load); `mssql_config` parses its connection strings;
 //! - `users`: the accounts table's statements; `sources`: those of the synced sources' versions.
@@ -26,6 +27,7 @@ mod postgres;
 pub mod sources;
 mod sql;
 mod sqlite;
+mod sqlite_reads;
 mod sqlx_driver;
 mod store;
 mod sync;

@@ -14,6 +14,7 @@ use sqlx::{Arguments as _, Row as _, Sqlite};
 
 use super::insert_import::InsertImport;
 use super::sql::{Decode, Dialect};
+use super::sqlite_reads::SqliteReads;
 use super::sqlx_driver::{Engine, ImportConnection, Options, SqlxDriver};
 use super::{ImportSink, Result, StorageError};
 use crate::datasets::{ColumnType, Dataset, Value};
@@ -43,6 +44,10 @@ impl Engine for Sqlite {
             .row_buffer_size(1024))
     }
 
+    fn direct_reads(url: &str, options: &Options<Self>) -> Option<SqliteReads> {
+        SqliteReads::for_url(url, options.get_filename())
+    }
+
     /// Dates and timestamps are stored as fixed-width text so that text order is time order.
     fn bind(arguments: &mut SqliteArguments, value: Value) {
         let result = match value {
@@ -51,8 +56,8 @@ impl Engine for Sqlite {
             Value::Integer(i) => arguments.add(i),
             Value::Float(f) => arguments.add(f),
             Value::Boolean(b) => arguments.add(b),
-            Value::Date(d) => arguments.add(d.format("%Y-%m-%d").to_string()),
-            Value::Timestamp(t) => arguments.add(t.to_rfc3339_opts(SecondsFormat::Micros, true)),
+            Value::Date(d) => arguments.add(date_text(&d)),
+            Value::Timestamp(t) => arguments.add(timestamp_text(&t)),
             Value::List(items) => arguments.add(items.join(",")),
         };
         result.expect("encoding a plain SQLite value cannot fail");
@@ -61,10 +66,6 @@ impl Engine for Sqlite {
     fn decode(row: &SqliteRow, index: usize, decode: &Decode) -> Result<Value> {
         // SQLite is dynamically typed: ask for the type we stored without sqlx's strict check.
         let text = |row: &SqliteRow| row.try_get_unchecked::<Option<String>, _>(index);
-        let bad = |reason: String| StorageError::Decode {
-            column: index.to_string(),
-            reason,
-        };
         Ok(match decode {
             Decode::List(delimiter) => match text(row)? {
                 None => Value::Null,
@@ -83,18 +84,11 @@ impl Engine for Sqlite {
                     .map_or(Value::Null, Value::Boolean),
                 ColumnType::Date => match text(row)? {
                     None => Value::Null,
-                    Some(s) => Value::Date(
-                        NaiveDate::parse_from_str(&s, "%Y-%m-%d")
-                            .map_err(|e| bad(e.to_string()))?,
-                    ),
+                    Some(s) => date_from_text(&s, index)?,
                 },
                 ColumnType::Timestamp => match text(row)? {
                     None => Value::Null,
-                    Some(s) => Value::Timestamp(
-                        DateTime::parse_from_rfc3339(&s)
-                            .map_err(|e| bad(e.to_string()))?
-                            .with_timezone(&Utc),
-                    ),
+                    Some(s) => timestamp_from_text(&s, index)?,
                 },
             },
         })
@@ -104,5 +98,34 @@ impl Engine for Sqlite {
     async fn begin_import(driver: &SqliteDriver, dataset: &Dataset) -> Result<Box<dyn ImportSink>> {
         let conn = driver.pool().acquire().await?;
         InsertImport::<Sqlite>::begin(ImportConnection::Pooled(conn), dataset).await
+    }
+}
+
+/// A date as SQLite stores it: fixed-width text, so that text order is time order.
+pub(super) fn date_text(date: &NaiveDate) -> String {
+    date.format("%Y-%m-%d").to_string()
+}
+
+/// A timestamp as SQLite stores it: RFC 3339 in UTC with microseconds (fixed width).
+pub(super) fn timestamp_text(timestamp: &DateTime<Utc>) -> String {
+    timestamp.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+pub(super) fn date_from_text(text: &str, column: usize) -> Result<Value> {
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map(Value::Date)
+        .map_err(|e| undecodable(column, e.to_string()))
+}
+
+pub(super) fn timestamp_from_text(text: &str, column: usize) -> Result<Value> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| Value::Timestamp(t.with_timezone(&Utc)))
+        .map_err(|e| undecodable(column, e.to_string()))
+}
+
+pub(super) fn undecodable(column: usize, reason: String) -> StorageError {
+    StorageError::Decode {
+        column: column.to_string(),
+        reason,
     }
 }

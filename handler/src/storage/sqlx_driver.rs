@@ -13,6 +13,7 @@ use sqlx::{
 use tokio::sync::mpsc;
 
 use super::sql::{Decode, Dialect, Statement};
+use super::sqlite_reads::SqliteReads;
 use super::store::{Driver, Transaction, forward_rows};
 use super::{ImportSink, Result, Row};
 use crate::datasets::{Dataset, Value};
@@ -42,6 +43,11 @@ pub trait Engine: Database<Arguments: IntoArguments<Self>> {
     /// Column `index` of a row, read as `decode` says.
     fn decode(row: &Self::Row, index: usize, decode: &Decode) -> Result<Value>;
 
+    /// Where short reads can run past sqlx's pool, faster (SQLite: [`SqliteReads`]).
+    fn direct_reads(_url: &str, _options: &Options<Self>) -> Option<SqliteReads> {
+        None
+    }
+
     /// Whether a failed statement's work was done already (MySQL's "duplicate key name" for a
     /// `CREATE INDEX`, which it cannot make conditional).
     fn already_done(_error: &sqlx::Error) -> bool {
@@ -55,9 +61,15 @@ pub trait Engine: Database<Arguments: IntoArguments<Self>> {
     ) -> Result<Box<dyn ImportSink>>;
 }
 
+/// A pooled connection idle this long is pinged before it is used: servers, proxies and load
+/// balancers close idle connections (Azure's after 4 minutes at the least), and a request should
+/// not be the one to find out.
+const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(30);
+
 pub struct SqlxDriver<DB: Database> {
     pool: Pool<DB>,
     options: Options<DB>,
+    direct: Option<SqliteReads>,
 }
 
 impl<DB: Engine> SqlxDriver<DB> {
@@ -69,8 +81,25 @@ impl<DB: Engine> SqlxDriver<DB> {
         let pool = PoolOptions::<DB>::new()
             .max_connections(DB::POOL_SIZE as u32)
             .acquire_timeout(DB::ACQUIRE_TIMEOUT)
+            // sqlx pings every connection it hands out (a round trip to the server, or a
+            // hand-off to SQLite's worker thread) and again when it takes it back: only one
+            // idle long enough to have been dropped on the way is worth the first ping.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_WHEN_IDLE_FOR {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_lazy_with(options.clone());
-        Ok(SqlxDriver { pool, options })
+        let direct = DB::direct_reads(url, &options);
+        Ok(SqlxDriver {
+            pool,
+            options,
+            direct,
+        })
     }
 
     pub fn pool(&self) -> &Pool<DB> {
@@ -91,6 +120,12 @@ fn query<DB: Engine>(statement: Statement) -> sqlx::query::Query<'static, DB, DB
         DB::bind(&mut arguments, value);
     }
     sqlx::query_with(AssertSqlSafe(statement.sql), arguments)
+}
+
+fn is_select(sql: &str) -> bool {
+    sql.trim_start()
+        .get(..7)
+        .is_some_and(|start| start.eq_ignore_ascii_case("SELECT "))
 }
 
 fn decode_row<DB: Engine>(row: &DB::Row, decode: &[Decode]) -> Result<Row> {
@@ -145,6 +180,13 @@ where
     const POOL_SIZE: usize = DB::POOL_SIZE;
 
     async fn fetch(&self, statement: Statement, decode: &[Decode]) -> Result<Vec<Row>> {
+        // Only a read (`INSERT … RETURNING` also comes here): a direct connection cannot write.
+        if let Some(direct) = &self.direct
+            && is_select(&statement.sql)
+            && let Some(rows) = direct.fetch(&statement, decode).await
+        {
+            return rows;
+        }
         let rows = query::<DB>(statement).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|row| decode_row::<DB>(row, decode))
@@ -230,5 +272,19 @@ impl<DB: Database> ImportConnection<DB> {
             conn.close().await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_selects_are_reads() {
+        assert!(super::is_select("SELECT \"id\" FROM t"));
+        assert!(super::is_select("  select 1"));
+        assert!(!super::is_select("INSERT INTO t VALUES (1) RETURNING id"));
+        assert!(!super::is_select("SELECTED"));
+        assert!(!super::is_select(
+            "WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x"
+        ));
     }
 }
