@@ -100,7 +100,9 @@ impl CachedResponse {
         stamp: Stamp,
         ttl: Duration,
     ) -> Self {
-        let body = body.into();
+        let mut body = body.into();
+        // The memory tier counts the length: a body built with room to spare gives it back.
+        body.shrink_to_fit();
         let mut crc = flate2::Crc::new();
         crc.update(&body);
         let mut gzip = super::gzip::gzip(&body, crc.sum());

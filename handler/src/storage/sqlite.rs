@@ -30,6 +30,9 @@ impl Engine for Sqlite {
     const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
     /// Holds the write lock from the transaction's first read.
     const BEGIN: &'static str = "BEGIN IMMEDIATE";
+    /// A file has no server to close a connection: a ping is only a hand-off to the
+    /// connection's worker thread.
+    const PING_BEFORE_USE: bool = false;
 
     fn connect_options(url: &str) -> anyhow::Result<Options<Self>> {
         Ok(SqliteConnectOptions::from_str(url)

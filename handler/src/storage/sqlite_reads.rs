@@ -11,7 +11,7 @@
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ErrorCode, OpenFlags, ToSql};
@@ -32,9 +32,14 @@ const STATEMENTS_PER_CONNECTION: usize = 64;
 /// As sqlx's connections: how long a read waits for a lock (a WAL reader rarely meets one).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A connection is closed after this long, as sqlx's pool retires its own: a database file
+/// replaced on disk (a restore) is then read within minutes, not at the next restart.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(10 * 60);
+
 pub struct SqliteReads {
     path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
+    read_only: bool,
+    idle: Mutex<Vec<(Connection, Instant)>>,
     turns: Semaphore,
 }
 
@@ -46,8 +51,11 @@ impl SqliteReads {
         let plain_mode = |pair: &str| matches!(pair, "mode=rwc" | "mode=rw" | "mode=ro");
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let plain = query.is_empty() || query.split('&').all(plain_mode);
-        (plain && !in_memory).then(|| SqliteReads {
+        // No file name: SQLite gives each connection a private temporary database.
+        let file = !path.as_os_str().is_empty();
+        (plain && !in_memory && file).then(|| SqliteReads {
             path: path.to_owned(),
+            read_only: query == "mode=ro",
             idle: Mutex::new(Vec::new()),
             turns: Semaphore::new(CONCURRENT_READS),
         })
@@ -66,9 +74,9 @@ impl SqliteReads {
             return Some(Err(StorageError::Unavailable(waited.into())));
         };
         let run = || {
-            let conn = self.connection()?;
+            let (conn, opened) = self.connection()?;
             let rows = read(&conn, statement, decode);
-            self.give_back(conn);
+            self.give_back(conn, opened);
             Some(rows)
         };
         // A read is short but still blocks: on a multi-threaded runtime the thread's other
@@ -79,12 +87,12 @@ impl SqliteReads {
         }
     }
 
-    fn connection(&self) -> Option<Connection> {
-        if let Some(conn) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
-            return Some(conn);
+    fn connection(&self) -> Option<(Connection, Instant)> {
+        if let Some(kept) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            return Some(kept);
         }
         match self.open() {
-            Ok(conn) => Some(conn),
+            Ok(conn) => Some((conn, Instant::now())),
             Err(error) => {
                 tracing::debug!(%error, "no direct SQLite connection; reading through sqlx");
                 None
@@ -93,9 +101,15 @@ impl SqliteReads {
     }
 
     fn open(&self) -> rusqlite::Result<Connection> {
-        // Read-write without create: a read-only connection cannot always open a WAL database
-        // whose shared-memory file is missing. `query_only` keeps it from writing.
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        // Read-write without create (unless the URL says read-only): a read-only connection
+        // cannot always open a WAL database whose shared-memory file is missing. `query_only`
+        // keeps it from writing rows.
+        let access = if self.read_only {
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+        } else {
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+        };
+        let flags = access | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(&self.path, flags)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "query_only", true)?;
@@ -103,12 +117,14 @@ impl SqliteReads {
         Ok(conn)
     }
 
-    fn give_back(&self, conn: Connection) {
-        // At most one connection per turn was ever opened, so all are kept.
-        self.idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(conn);
+    fn give_back(&self, conn: Connection, opened: Instant) {
+        // At most one connection per turn was ever opened, so all are kept until they retire.
+        if opened.elapsed() < CONNECTION_LIFETIME {
+            self.idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((conn, opened));
+        }
     }
 }
 
@@ -147,8 +163,9 @@ impl ToSql for Bound<'_> {
     }
 }
 
-/// Column `index` of a row, as `decode` says; SQLite's own conversions where the stored type
-/// differs (as sqlx's unchecked reads make them).
+/// Column `index` of a row, as `decode` says. Where the stored type differs (only data written
+/// outside the service can do that) numbers convert as SQLite converts them, but text in a
+/// number or boolean column is an error, where sqlx's unchecked read made it 0.
 fn value(stored: ValueRef<'_>, decode: &Decode, index: usize) -> Result<Value> {
     if stored == ValueRef::Null {
         return Ok(Value::Null);
@@ -216,6 +233,9 @@ mod tests {
         assert!(SqliteReads::for_url("sqlite::memory:", path).is_none());
         assert!(SqliteReads::for_url("sqlite://x.db?mode=memory", path).is_none());
         assert!(SqliteReads::for_url("sqlite://x.db?immutable=true", path).is_none());
+        assert!(SqliteReads::for_url("sqlite://", Path::new("")).is_none());
+        let read_only = SqliteReads::for_url("sqlite://x.db?mode=ro", path).unwrap();
+        assert!(read_only.read_only);
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub trait Engine: Database<Arguments: IntoArguments<Self>> {
     const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
     /// What opens a write transaction (and an import's swap).
     const BEGIN: &'static str = "BEGIN";
+    /// Whether a pooled connection is pinged each time it is handed out: a server's may have
+    /// been closed under it (a restart, a failover), and the ping keeps that from a request.
+    const PING_BEFORE_USE: bool = true;
 
     /// The connection options that `DATABASE_URL` names, with the engine's own settings.
     fn connect_options(url: &str) -> anyhow::Result<Options<Self>>;
@@ -61,9 +64,7 @@ pub trait Engine: Database<Arguments: IntoArguments<Self>> {
     ) -> Result<Box<dyn ImportSink>>;
 }
 
-/// A pooled connection idle this long is pinged before it is used: servers, proxies and load
-/// balancers close idle connections (Azure's after 4 minutes at the least), and a request should
-/// not be the one to find out.
+/// Where connections are not pinged before each use, one idle this long still is.
 const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(30);
 
 pub struct SqlxDriver<DB: Database> {
@@ -81,13 +82,10 @@ impl<DB: Engine> SqlxDriver<DB> {
         let pool = PoolOptions::<DB>::new()
             .max_connections(DB::POOL_SIZE as u32)
             .acquire_timeout(DB::ACQUIRE_TIMEOUT)
-            // sqlx pings every connection it hands out (a round trip to the server, or a
-            // hand-off to SQLite's worker thread) and again when it takes it back: only one
-            // idle long enough to have been dropped on the way is worth the first ping.
-            .test_before_acquire(false)
+            .test_before_acquire(DB::PING_BEFORE_USE)
             .before_acquire(|conn, meta| {
                 Box::pin(async move {
-                    if meta.idle_for >= PING_WHEN_IDLE_FOR {
+                    if !DB::PING_BEFORE_USE && meta.idle_for >= PING_WHEN_IDLE_FOR {
                         conn.ping().await?;
                     }
                     Ok(true)
