@@ -12,7 +12,7 @@ use super::CachedResponse;
 
 pub struct MemoryStore {
     max_bytes: usize,
-    entries: moka::sync::Cache<String, Stored>,
+    entries: moka::sync::Cache<String, Stored, foldhash::fast::RandomState>,
 }
 
 #[derive(Clone)]
@@ -58,7 +58,7 @@ impl MemoryStore {
                 .max_capacity(max_bytes as u64)
                 .weigher(|_, stored: &Stored| stored.charge)
                 .expire_after(UntilItsExpiry)
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
         }
     }
 

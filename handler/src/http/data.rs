@@ -211,6 +211,8 @@ fn answer_response(answer: &Answer, call: &Call) -> Response {
         },
     };
     let out = response.headers_mut();
+    // Room for every header below at once, not grown (and rehashed) header by header.
+    out.reserve(10);
     if let (false, Some(coding)) = (not_modified, coding.header()) {
         out.insert(header::CONTENT_ENCODING, HeaderValue::from_static(coding));
     }

@@ -31,7 +31,7 @@ pub struct Questions {
 
 #[derive(Default)]
 struct Memo {
-    by_raw: HashMap<String, Arc<Question>>,
+    by_raw: HashMap<String, Arc<Question>, foldhash::fast::RandomState>,
     bytes: usize,
 }
 
