@@ -79,19 +79,22 @@ impl<DB: Engine> SqlxDriver<DB> {
         // Exports of whole datasets are long on purpose; warn only about the truly slow.
         let options = DB::connect_options(url)?
             .log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(30));
-        let pool = PoolOptions::<DB>::new()
+        let mut pool = PoolOptions::<DB>::new()
             .max_connections(DB::POOL_SIZE as u32)
-            .acquire_timeout(DB::ACQUIRE_TIMEOUT)
-            .test_before_acquire(DB::PING_BEFORE_USE)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if !DB::PING_BEFORE_USE && meta.idle_for >= PING_WHEN_IDLE_FOR {
-                        conn.ping().await?;
-                    }
-                    Ok(true)
-                })
-            })
-            .connect_lazy_with(options.clone());
+            .acquire_timeout(DB::ACQUIRE_TIMEOUT);
+        if !DB::PING_BEFORE_USE {
+            pool = pool
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for >= PING_WHEN_IDLE_FOR {
+                            conn.ping().await?;
+                        }
+                        Ok(true)
+                    })
+                });
+        }
+        let pool = pool.connect_lazy_with(options.clone());
         let direct = DB::direct_reads(url, &options);
         Ok(SqlxDriver {
             pool,
@@ -118,12 +121,6 @@ fn query<DB: Engine>(statement: Statement) -> sqlx::query::Query<'static, DB, DB
         DB::bind(&mut arguments, value);
     }
     sqlx::query_with(AssertSqlSafe(statement.sql), arguments)
-}
-
-fn is_select(sql: &str) -> bool {
-    sql.trim_start()
-        .get(..7)
-        .is_some_and(|start| start.eq_ignore_ascii_case("SELECT "))
 }
 
 fn decode_row<DB: Engine>(row: &DB::Row, decode: &[Decode]) -> Result<Row> {
@@ -178,9 +175,7 @@ where
     const POOL_SIZE: usize = DB::POOL_SIZE;
 
     async fn fetch(&self, statement: Statement, decode: &[Decode]) -> Result<Vec<Row>> {
-        // Only a read (`INSERT … RETURNING` also comes here): a direct connection cannot write.
         if let Some(direct) = &self.direct
-            && is_select(&statement.sql)
             && let Some(rows) = direct.fetch(&statement, decode).await
         {
             return rows;
@@ -270,19 +265,5 @@ impl<DB: Database> ImportConnection<DB> {
             conn.close().await?;
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn only_selects_are_reads() {
-        assert!(super::is_select("SELECT \"id\" FROM t"));
-        assert!(super::is_select("  select 1"));
-        assert!(!super::is_select("INSERT INTO t VALUES (1) RETURNING id"));
-        assert!(!super::is_select("SELECTED"));
-        assert!(!super::is_select(
-            "WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x"
-        ));
     }
 }

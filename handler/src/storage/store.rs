@@ -34,6 +34,8 @@ pub trait Driver: Send + Sync + 'static {
     /// Connections in the pool.
     const POOL_SIZE: usize;
 
+    /// Runs a read (a `SELECT`; a statement that writes goes through a [`Transaction`]): it may
+    /// run on a connection that cannot write (SQLite's direct reads).
     async fn fetch(&self, statement: Statement, decode: &[Decode]) -> Result<Vec<Row>>;
 
     /// Runs the statement in a task of its own and sends batches of rows as they arrive; the
@@ -247,15 +249,16 @@ impl<D: Driver> SqlStore<D> {
         statement: Statement,
         read_back: UserLookup,
     ) -> Result<Option<UserRecord>> {
-        if users::returns_rows(D::DIALECT) {
-            return self.one_user(statement).await;
-        }
         self.users_table().await?;
+        // In a transaction either way: `Driver::fetch` is for reads only.
         let mut tx = self.driver.begin_write().await?;
-        tx.execute(statement).await?;
-        let rows = tx
-            .fetch(users::find(&read_back, D::DIALECT), &users::decode())
-            .await?;
+        let rows = if users::returns_rows(D::DIALECT) {
+            tx.fetch(statement, &users::decode()).await?
+        } else {
+            tx.execute(statement).await?;
+            tx.fetch(users::find(&read_back, D::DIALECT), &users::decode())
+                .await?
+        };
         tx.commit().await?;
         Ok(rows.into_iter().next().and_then(users::record))
     }
