@@ -1,0 +1,152 @@
+"""Instructions per request, counted by callgrind (stable on a noisy machine, unlike req/s).
+
+    python3 bench/callgrind.py --handler target/release/handler [--kind miss|hit|hit-redis|static|all]
+                               [--requests 200]
+
+Imports the movies into a new SQLite file (`bench/out/callgrind.db`), then runs the handler
+under `valgrind --tool=callgrind --instr-atstart=no` and counts only the measured requests, one
+after another over one keep-alive connection (every thread of the process counted, the kernel
+not):
+- `miss`: distinct uncached 100-row pages (each checked to be a MISS), in-process cache;
+- `hit`: the same cached 100-row page (`genres=drama&limit=100`, gzip asked), in-process cache;
+- `hit-redis`: that hit with the cache in the local Redis (`REDIS_URL`, default
+  redis://127.0.0.1:6379), under a prefix of the run's own, deleted afterwards;
+- `static`: `handler bench-static` serving that page's gzip bytes from memory on the same HTTP
+  stack: the floor a hit is measured against.
+Prints the instructions per request of each; profiles stay in bench/out/callgrind.<kind>.out for
+`callgrind_annotate`.
+"""
+
+import argparse
+import http.client
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+PAGE = "/api/movies?genres=drama&limit=100"
+KINDS = ("miss", "hit", "hit-redis", "static")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def miss_path(i):
+    return f"/api/movies?runtime.gte={1 + i % 60}&year.gte={1950 + i // 60}&sort=runtime&limit=100"
+
+
+def connect(port, server):
+    for _ in range(240):
+        if server.poll() is not None:
+            sys.exit("the server under valgrind exited")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port)
+            conn.request("GET", "/api/health")
+            conn.getresponse().read()
+            return conn
+        except OSError:
+            time.sleep(0.25)
+    sys.exit("the server did not start under valgrind")
+
+
+def ask(conn, path, want_cache):
+    conn.request("GET", path, headers={"Accept-Encoding": "gzip"})
+    response = conn.getresponse()
+    body = response.read()
+    if (response.status != 200 or response.getheader("Content-Encoding") != "gzip"
+            or (want_cache and response.getheader("X-Cache") != want_cache)):
+        sys.exit(f"{path}: {response.status} {response.getheader('X-Cache')} {body[:200]!r}")
+    return body
+
+
+def count(kind, command, env, port, requests):
+    """Runs `command` under callgrind, warms it up, counts `requests` asks; → instructions each."""
+    profile = OUT / f"callgrind.{kind}.out"
+    server = subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                               f"--callgrind-out-file={profile}", *command],
+                              env=env, stderr=subprocess.DEVNULL)
+    try:
+        conn = connect(port, server)
+        if kind == "miss":
+            warm = [miss_path(i) for i in range(50)]
+            measured = [(miss_path(i), "MISS") for i in range(1000, 1000 + requests)]
+        else:
+            want = None if kind == "static" else "HIT"
+            warm = [PAGE] * 50
+            measured = [(PAGE, want)] * requests
+        for path in warm:
+            ask(conn, path, None)
+        control = ["callgrind_control", "-i"]
+        subprocess.run(control + ["on", str(server.pid)], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        body = b""
+        for path, want in measured:
+            body = ask(conn, path, want)
+        subprocess.run(control + ["off", str(server.pid)], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+    finally:
+        server.terminate()
+        server.wait()
+    annotate = subprocess.run(["callgrind_annotate", str(profile)], capture_output=True, text=True)
+    total = next(line for line in annotate.stdout.splitlines() if "PROGRAM TOTALS" in line)
+    return int(total.split()[0].replace(",", "")) / requests, profile, body
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--handler", type=Path, required=True)
+    parser.add_argument("--kind", choices=KINDS + ("all",), default="all")
+    parser.add_argument("--requests", type=int, default=200)
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    db = OUT / "callgrind.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    base = dict(os.environ, DATASETS_DIR=str(ROOT / "datasets"), DATABASE_URL=f"sqlite://{db}",
+                RUST_LOG="warn", JWT_SECRET="callgrind-bench-secret-0123456789abcdef")
+    base.pop("REDIS_URL", None)
+    subprocess.run([str(args.handler), "import", "--dataset", "movies",
+                    "--file", str(ROOT / "datasets" / "movies.csv")],
+                   env=base, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
+    prefix = f"bench-callgrind-{os.getpid()}"
+    page_file = OUT / "callgrind.page.gz"
+    kinds = KINDS if args.kind == "all" else (args.kind,)
+    results = []
+    try:
+        for kind in kinds:
+            port = free_port()
+            env = dict(base, FUNCTIONS_CUSTOMHANDLER_PORT=str(port))
+            command = [str(args.handler), "serve"]
+            if kind == "hit-redis":
+                env.update(REDIS_URL=redis_url, CACHE_PREFIX=prefix)
+            if kind == "static":
+                if not page_file.exists():
+                    sys.exit("static needs the page's bytes: run it with --kind all or after hit")
+                command = [str(args.handler), "bench-static", "--file", str(page_file),
+                           "--port", str(port), "--content-encoding", "gzip"]
+            per_request, profile, body = count(kind, command, env, port, args.requests)
+            results.append((kind, per_request, profile))
+            if kind == "hit":
+                page_file.write_bytes(body)  # the stored gzip bytes: the static baseline's body
+    finally:
+        if "hit-redis" in kinds:
+            keys = subprocess.run(["redis-cli", "-u", redis_url, "--scan", "--pattern", f"{prefix}*"],
+                                  capture_output=True, text=True).stdout.split()
+            if keys:
+                subprocess.run(["redis-cli", "-u", redis_url, "DEL", *keys], capture_output=True)
+    for kind, per_request, profile in results:
+        print(f"{kind:>9}: {per_request:>12,.0f} instructions per request "
+              f"({args.requests} requests; profile: {profile})")
+
+
+if __name__ == "__main__":
+    main()
