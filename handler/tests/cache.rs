@@ -363,6 +363,58 @@ async fn two_instances_share_entries_and_writes_through_redis() {
     );
 }
 
+/// The position read is sent prebuilt (`EVALSHA` of a script loaded once): a Redis that has
+/// forgotten its scripts (`SCRIPT FLUSH`, as after a restart) still answers every read, and a
+/// write recorded meanwhile still ends the answers it changes.
+#[tokio::test]
+async fn a_redis_that_forgot_its_scripts_still_answers_and_invalidates() {
+    let Some(url) = common::redis_url().await else {
+        return;
+    };
+    let (catalog, real) = movies_db().await;
+    let prefix = common::unique_prefix();
+    let ttl = std::time::Duration::from_secs(60);
+    let cache =
+        || handler::cache::Cache::with_redis(&url, &prefix, ttl, handler::cache::DEFAULT_MAX_BYTES);
+    let a = TestApp::with_cache(real.clone(), catalog.clone(), cache());
+    let b = TestApp::with_cache(real.clone(), catalog, cache());
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut forget_scripts = async || {
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    };
+    let uri = "/api/movies?genres=western&sort=-year";
+    assert_eq!(header(&a.get(uri).await, "x-cache"), "MISS");
+    forget_scripts().await;
+    assert_eq!(header(&a.get(uri).await, "x-cache"), "HIT");
+
+    let movies = a.dataset("movies");
+    let old = real
+        .get(&movies, &Value::Integer(595))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut new = old.clone();
+    new[movies.column_index("genres").unwrap()] = Value::List(vec!["Western".into()]);
+    forget_scripts().await;
+    b.state
+        .cache
+        .record_write(&movies, Some(old), Some(new))
+        .await
+        .unwrap();
+    forget_scripts().await;
+    assert_eq!(
+        header(&a.get(uri).await, "x-cache"),
+        "MISS",
+        "the write ended it"
+    );
+    assert_eq!(header(&a.get(uri).await, "x-cache"), "HIT");
+}
+
 /// The same sharing and invalidation on a three-node Redis Cluster the test starts itself.
 #[tokio::test]
 async fn a_redis_cluster_shares_entries_and_writes_too() {

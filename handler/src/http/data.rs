@@ -219,8 +219,15 @@ fn answer_response(answer: &Answer, call: &Call) -> Response {
     if !not_modified {
         out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     }
-    if let (false, Ok(content_type)) = (not_modified, HeaderValue::from_str(&entry.content_type)) {
-        out.insert(header::CONTENT_TYPE, content_type);
+    if !not_modified {
+        // Every list, item, count and facet is JSON: named without copying or checking it.
+        let content_type = match entry.content_type.as_str() {
+            "application/json" => Ok(HeaderValue::from_static("application/json")),
+            other => HeaderValue::from_str(other),
+        };
+        if let Ok(content_type) = content_type {
+            out.insert(header::CONTENT_TYPE, content_type);
+        }
     }
     out.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     out.insert(
@@ -235,7 +242,7 @@ fn answer_response(answer: &Answer, call: &Call) -> Response {
         out.insert(header::ETAG, etag);
     }
     out.insert(X_CACHE, HeaderValue::from_static(outcome.as_str()));
-    if let Ok(timing) = HeaderValue::from_bytes(&timing) {
+    if let Ok(timing) = HeaderValue::from_maybe_shared(Bytes::from(timing)) {
         out.insert(SERVER_TIMING, timing);
     }
     let disposition = attachment

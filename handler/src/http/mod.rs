@@ -40,7 +40,7 @@ pub use endpoints::{ENDPOINTS, Endpoint, INVOCATIONS};
 pub use error::ApiError;
 
 use endpoints::method_filter;
-use layers::{cors_headers, guard, method_not_allowed, not_found, trace_request};
+use layers::{around_request, cors_headers, method_not_allowed, not_found};
 
 /// What every handler shares: one `Arc`, so that the clone each request makes costs one atomic
 /// increment, not one per field (on two cores the shared counters' cache lines bounce). Its
@@ -157,9 +157,8 @@ pub fn router(state: AppState) -> Router {
     let max_uri_bytes = state.limits.max_uri_bytes;
     router
         .layer(middleware::from_fn(move |request, next| {
-            guard(max_uri_bytes, request, next)
+            around_request(max_uri_bytes, request, next)
         }))
-        .layer(middleware::from_fn(trace_request))
         .with_state(state)
 }
 
@@ -192,7 +191,7 @@ mod tests {
         let router = Router::new()
             .route("/boom", axum::routing::get(boom))
             .layer(middleware::from_fn(|request, next| {
-                guard(4096, request, next)
+                around_request(4096, request, next)
             }));
         let request = axum::http::Request::get("/boom")
             .body(axum::body::Body::empty())
