@@ -1,6 +1,7 @@
 //! Resumable downloads: byte ranges of a stored export, in both representations (plain and
 //! gzipped), first, middle and last; `If-Range` with the current ETag resumes, with an ETag from
-//! before a write gets the whole new answer; a range beyond the end is a 416.
+//! before a write gets the whole new answer; a range beyond the end is a 416. Over HTTP, a stored
+//! export is sent with its `Content-Length`.
 
 mod common;
 
@@ -109,4 +110,46 @@ async fn a_stored_export_is_served_in_ranges_of_either_representation() {
     assert_eq!(changed.status, 200, "the old validator no longer matches");
     assert_ne!(header(&changed, "etag"), header(&plain, "etag"));
     assert!(String::from_utf8_lossy(&changed.body).contains("Renamed for ranges"));
+}
+
+/// Over HTTP, a stored export (held by the responses sending it) is sent with its length, in
+/// either representation, not as a chunked stream: a download shows its progress and a client
+/// knows where to resume.
+#[tokio::test]
+async fn a_stored_export_is_sent_with_its_length() {
+    let database = common::served::movies_db().await;
+    let served = common::served::serve(&database, &[], std::process::Stdio::null()).await;
+    handler::tls::install_provider();
+    let client = reqwest::Client::new();
+    let url = served.url("/api/movies/export");
+    for encoding in ["identity", "gzip"] {
+        let mut hit = None;
+        for _ in 0..100 {
+            let response = client
+                .get(&url)
+                .header("accept-encoding", encoding)
+                .send()
+                .await
+                .unwrap();
+            if response.headers()["x-cache"] == "HIT" {
+                hit = Some(response);
+                break;
+            }
+            response.bytes().await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let response = hit.expect("the export is stored");
+        let headers = response.headers().clone();
+        assert!(
+            headers.get("transfer-encoding").is_none(),
+            "{encoding}: {headers:?}"
+        );
+        let length: usize = headers["content-length"].to_str().unwrap().parse().unwrap();
+        let body = response.bytes().await.unwrap();
+        assert_eq!(length, body.len(), "{encoding}");
+        assert!(
+            length > 1_000_000,
+            "{encoding}: the full export, {length} bytes"
+        );
+    }
 }

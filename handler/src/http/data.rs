@@ -296,11 +296,38 @@ fn held_body(entry: &Arc<CachedResponse>, bytes: Bytes) -> Body {
     if entry.is_small() {
         return Body::from(bytes);
     }
-    let entry = Arc::clone(entry);
-    Body::from_stream(futures_util::stream::once(async move {
-        let _held = entry;
-        Ok::<_, std::io::Error>(bytes)
-    }))
+    Body::new(HeldBytes {
+        bytes: Some(bytes),
+        _entry: Arc::clone(entry),
+    })
+}
+
+/// One frame of bytes whose entry stays held until the body is dropped. Its exact size is
+/// known, so the answer carries a `Content-Length` (a stream would be sent chunked: no download
+/// progress, and a chunk header to write).
+struct HeldBytes {
+    bytes: Option<Bytes>,
+    _entry: Arc<CachedResponse>,
+}
+
+impl http_body::Body for HeldBytes {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.bytes.take().map(|b| Ok(http_body::Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.bytes.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.bytes.as_ref().map_or(0, |b| b.len() as u64))
+    }
 }
 
 /// Decompresses 64 KiB at a time, each when the connection asks for more: a slow client costs
