@@ -1,18 +1,19 @@
 """Instructions per request, counted by callgrind (stable on a noisy machine, unlike req/s).
 
     python3 bench/callgrind.py --handler target/release/handler [--kind miss|hit|hit-redis|static|all]
-                               [--requests 200]
+                               [--requests 200] [--encoding gzip|identity]
 
 Imports the movies into a new SQLite file (`bench/out/callgrind.db`), then runs the handler
 under `valgrind --tool=callgrind --instr-atstart=no` and counts only the measured requests, one
 after another over one keep-alive connection (every thread of the process counted, the kernel
 not):
 - `miss`: distinct uncached 100-row pages (each checked to be a MISS), in-process cache;
-- `hit`: the same cached 100-row page (`genres=drama&limit=100`, gzip asked), in-process cache;
+- `hit`: the same cached 100-row page (`genres=drama&limit=100`, in `--encoding`: gzip unless
+  told), in-process cache;
 - `hit-redis`: that hit with the cache in the local Redis (`REDIS_URL`, default
   redis://127.0.0.1:6379), under a prefix of the run's own, deleted afterwards;
-- `static`: `handler bench-static` serving that page's gzip bytes from memory on the same HTTP
-  stack: the floor a hit is measured against.
+- `static`: `handler bench-static` serving that page's bytes (in the same encoding) from memory
+  on the same HTTP stack: the floor a hit is measured against.
 Prints the instructions per request of each; profiles stay in bench/out/callgrind.<kind>.out for
 `callgrind_annotate`.
 """
@@ -56,11 +57,15 @@ def connect(port, server):
     sys.exit("the server did not start under valgrind")
 
 
+ENCODING = "gzip"
+
+
 def ask(conn, path, want_cache):
-    conn.request("GET", path, headers={"Accept-Encoding": "gzip"})
+    conn.request("GET", path, headers={"Accept-Encoding": ENCODING})
     response = conn.getresponse()
     body = response.read()
-    if (response.status != 200 or response.getheader("Content-Encoding") != "gzip"
+    sent = response.getheader("Content-Encoding") or "identity"
+    if (response.status != 200 or sent != ENCODING
             or (want_cache and response.getheader("X-Cache") != want_cache)):
         sys.exit(f"{path}: {response.status} {response.getheader('X-Cache')} {body[:200]!r}")
     return body
@@ -104,7 +109,10 @@ def main():
     parser.add_argument("--handler", type=Path, required=True)
     parser.add_argument("--kind", choices=KINDS + ("all",), default="all")
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--encoding", choices=("gzip", "identity"), default="gzip")
     args = parser.parse_args()
+    global ENCODING
+    ENCODING = args.encoding
     OUT.mkdir(parents=True, exist_ok=True)
     db = OUT / "callgrind.db"
     for suffix in ("", "-wal", "-shm"):
@@ -118,7 +126,7 @@ def main():
 
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
     prefix = f"bench-callgrind-{os.getpid()}"
-    page_file = OUT / "callgrind.page.gz"
+    page_file = OUT / f"callgrind.page.{args.encoding}"
     kinds = KINDS if args.kind == "all" else (args.kind,)
     results = []
     try:
@@ -132,11 +140,13 @@ def main():
                 if not page_file.exists():
                     sys.exit("static needs the page's bytes: run it with --kind all or after hit")
                 command = [str(args.handler), "bench-static", "--file", str(page_file),
-                           "--port", str(port), "--content-encoding", "gzip"]
+                           "--port", str(port)]
+                if args.encoding != "identity":
+                    command += ["--content-encoding", args.encoding]
             per_request, profile, body = count(kind, command, env, port, args.requests)
             results.append((kind, per_request, profile))
             if kind == "hit":
-                page_file.write_bytes(body)  # the stored gzip bytes: the static baseline's body
+                page_file.write_bytes(body)  # the stored bytes: the static baseline's body
     finally:
         if "hit-redis" in kinds:
             keys = subprocess.run(["redis-cli", "-u", redis_url, "--scan", "--pattern", f"{prefix}*"],
@@ -145,7 +155,7 @@ def main():
                 subprocess.run(["redis-cli", "-u", redis_url, "DEL", *keys], capture_output=True)
     for kind, per_request, profile in results:
         print(f"{kind:>9}: {per_request:>12,.0f} instructions per request "
-              f"({args.requests} requests; profile: {profile})")
+              f"({args.requests} requests, {args.encoding}; profile: {profile})")
 
 
 if __name__ == "__main__":
