@@ -22,7 +22,7 @@
 //! | 7 | [`blob`] | CSV blobs streamed from Azure Blob Storage (SAS, Shared Key or Entra ID); their versions |
 //! | 8 | [`service`] | what the API does: reads, writes, imports, warm-up, sync of declared blobs, accounts; one span each |
 //! | 9 | [`server`] | the listener of `handler serve`: timeouts and connection caps |
-//! | 9 | [`http`] | the axum router from one endpoint table; handlers; problem+json; OpenAPI; Swagger UI docs |
+//! | 9 | [`http`] | the axum router from one endpoint table (its two hottest GETs matched before it); handlers; problem+json; OpenAPI; Swagger UI docs |
 //! | 10 | [`app`] | wiring: settings → catalog → storage → router → listener |
 //! | 10 | `lambda` | the same router under AWS Lambda (feature `lambda`) |
 //! | 11 | [`cli`] | the `handler` subcommands (`datasets init` reads a CSV as `import` does) |

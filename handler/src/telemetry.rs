@@ -300,6 +300,11 @@ pub mod metrics {
     use opentelemetry::KeyValue;
     use opentelemetry::metrics::{Counter, Histogram};
 
+    /// Whether per-request metrics are recorded (a meter provider exports them).
+    pub fn exporting() -> bool {
+        EXPORTING.load(Ordering::Relaxed)
+    }
+
     struct Instruments {
         request_duration: Histogram<f64>,
         cache_outcomes: Counter<u64>,

@@ -427,3 +427,81 @@ async fn cors_answers_only_configured_origins() {
         "https://app.example"
     );
 }
+
+/// The hot routes (lists and rows, matched by hand before the router) answer exactly as the
+/// router alone does: the same status, headers (but the cache outcome and timing) and body, for
+/// the requests they take and for those they must leave to the router.
+#[tokio::test]
+async fn the_hot_routes_answer_as_the_router_does() {
+    use axum::body::Body;
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+
+    let app = TestApp::movies_on_sqlite().await;
+    let long = format!("/api/movies?title={}", "x".repeat(20_000));
+    type Headers<'a> = Vec<(&'a str, &'a str)>;
+    let asks: Vec<(&str, &str, Headers)> = vec![
+        ("GET", "/api/movies?genres=drama&limit=3", vec![]),
+        (
+            "GET",
+            "/api/movies?genres=drama&limit=3",
+            vec![("accept-encoding", "gzip")],
+        ),
+        (
+            "GET",
+            "/api/movies?genres=drama&limit=3",
+            vec![("range", "bytes=0-9")],
+        ),
+        ("GET", "/api/movies?year=abc", vec![]),
+        (
+            "GET",
+            "/api/movies?sort=-metacritic&limit=2&cursor=nonsense",
+            vec![],
+        ),
+        ("GET", long.as_str(), vec![]),
+        ("GET", "/api/movies/595", vec![]),
+        ("GET", "/api/movies/595", vec![("if-none-match", "*")]),
+        ("GET", "/api/movies/99999999", vec![]),
+        ("GET", "/api/movies/abc", vec![]),
+        ("GET", "/api/nothing", vec![]),
+        ("GET", "/api/nothing/1", vec![]),
+        ("GET", "/api/mo%76ies/595", vec![]),
+        ("GET", "/api/movies/5%2095", vec![]),
+        ("GET", "/api/movies/", vec![]),
+        ("GET", "/api/movies/count?genres=drama", vec![]),
+        ("GET", "/api/movies/facets", vec![]),
+        ("GET", "/api/movies/facets/genres", vec![]),
+        ("GET", "/api/version", vec![]),
+        ("GET", "/api/auth/me", vec![]),
+        ("HEAD", "/api/movies/595", vec![]),
+        ("DELETE", "/api/movies/595", vec![]),
+    ];
+    for (method, uri, headers) in &asks {
+        let mut answers = Vec::new();
+        for hot in [true, false] {
+            let router = if hot {
+                handler::http::router(app.state.clone())
+            } else {
+                handler::http::endpoint_router(app.state.clone())
+            };
+            let mut request = axum::http::Request::builder().method(*method).uri(*uri);
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let response = router
+                .oneshot(request.body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let status = response.status();
+            let mut headers = response.headers().clone();
+            headers.remove("x-cache");
+            headers.remove("server-timing");
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            answers.push((status, headers, body));
+        }
+        let shown = &uri[..uri.len().min(60)];
+        assert_eq!(answers[0].0, answers[1].0, "{method} {shown}: status");
+        assert_eq!(answers[0].1, answers[1].1, "{method} {shown}: headers");
+        assert_eq!(answers[0].2, answers[1].2, "{method} {shown}: body");
+    }
+}

@@ -45,10 +45,17 @@ impl<T: Clone> Coalescer<T> {
         let (sender, receiver) = oneshot::channel();
         let lead_now = {
             let mut queues = self.queues.lock();
-            let queue = queues.entry(name.to_owned()).or_insert_with(|| Queue {
-                waiters: Vec::new(),
-                reading: false,
-            });
+            // The name is copied only the first time (every cached read passes here).
+            if !queues.contains_key(name) {
+                queues.insert(
+                    name.to_owned(),
+                    Queue {
+                        waiters: Vec::new(),
+                        reading: false,
+                    },
+                );
+            }
+            let queue = queues.get_mut(name).expect("inserted above");
             queue.waiters.push(sender);
             !std::mem::replace(&mut queue.reading, true)
         };

@@ -28,11 +28,36 @@ pub async fn around_request(max_uri_bytes: usize, request: Request, next: Next) 
     // The matched path is shared (an `Arc`), not copied.
     let matched = request.extensions().get::<MatchedPath>().cloned();
     let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    traced(route, request, |request| {
+        guard(max_uri_bytes, request, |request| next.run(request))
+    })
+    .await
+}
+
+/// [`around_request`] for a request routed by hand (`hot`): the same span, limits and catch.
+pub(super) async fn around_hot<F, Fut>(
+    max_uri_bytes: usize,
+    route: &str,
+    request: Request,
+    answer: F,
+) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    traced(route, request, |request| {
+        guard(max_uri_bytes, request, answer)
+    })
+    .await
+}
+
+/// The request's span and metrics around `inner`.
+async fn traced<F, Fut>(route: &str, request: Request, inner: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let method = request.method().clone();
-    let dataset = route
-        .contains("{dataset}")
-        .then(|| request.uri().path().split('/').nth(2).map(str::to_owned))
-        .flatten();
     let span = tracing::info_span!(
         "request",
         otel.name = %format!("{method} {route}"),
@@ -41,21 +66,25 @@ pub async fn around_request(max_uri_bytes: usize, request: Request, next: Next) 
         http.route = %route,
         http.response.status_code = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
-        dataset = dataset.as_deref().unwrap_or_default(),
+        dataset = tracing::field::Empty,
         cache.outcome = tracing::field::Empty,
     );
+    // The dataset is copied out of the path only for a span or metrics that take it.
+    let dataset = (route.contains("{dataset}")
+        && (!span.is_disabled() || crate::telemetry::metrics::exporting()))
+    .then(|| request.uri().path().split('/').nth(2).map(str::to_owned))
+    .flatten();
     // Before the span is first entered; nothing to continue when the span is off (its level
     // filtered out), which spares every request reading the trace headers.
     if !span.is_disabled() {
+        span.record("dataset", dataset.as_deref().unwrap_or_default());
         let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.extract(&opentelemetry_http::HeaderExtractor(request.headers()))
         });
         let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
     }
     let started = Instant::now();
-    let response = guard(max_uri_bytes, request, next)
-        .instrument(span.clone())
-        .await;
+    let response = inner(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
     span.record("http.response.status_code", status);
     if status >= 500 {
@@ -76,7 +105,11 @@ pub async fn around_request(max_uri_bytes: usize, request: Request, next: Next) 
 }
 
 /// The limits and the panic catch of [`around_request`].
-async fn guard(max_uri_bytes: usize, request: Request, next: Next) -> Response {
+async fn guard<F, Fut>(max_uri_bytes: usize, request: Request, inner: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     use futures_util::FutureExt as _;
     let length = request
         .uri()
@@ -85,7 +118,7 @@ async fn guard(max_uri_bytes: usize, request: Request, next: Next) -> Response {
     let mut response = if length > max_uri_bytes {
         ApiError::UriTooLong(max_uri_bytes).into_response()
     } else {
-        match std::panic::AssertUnwindSafe(next.run(request))
+        match std::panic::AssertUnwindSafe(inner(request))
             .catch_unwind()
             .await
         {

@@ -10,6 +10,7 @@ mod data;
 mod docs;
 mod endpoints;
 mod error;
+mod hot;
 mod imports;
 mod layers;
 mod meta;
@@ -119,8 +120,20 @@ impl AppState {
 }
 
 /// The whole application: every endpoint under `/api`, problem+json for unknown routes and
-/// methods, and a span per request.
+/// methods, and a span per request; the hottest routes answered before the router (`hot`).
 pub fn router(state: AppState) -> Router {
+    let max_uri_bytes = state.limits.max_uri_bytes;
+    let routed = endpoint_router(state.clone());
+    // The CORS layer lives in the router: with it, every request goes through the router.
+    if !state.cors_allowed_origins.is_empty() {
+        return routed;
+    }
+    Router::new().fallback_service(hot::HotRoutes::new(state, routed, max_uri_bytes))
+}
+
+/// [`router`] without the hot routes: every request matched by the router built from
+/// [`ENDPOINTS`] (what `router` hands everything else to; tests compare the two).
+pub fn endpoint_router(state: AppState) -> Router {
     let mut paths: BTreeMap<String, MethodRouter<AppState>> = BTreeMap::new();
     for endpoint in ENDPOINTS {
         let path = format!("/api/{}", endpoint.route);
