@@ -440,7 +440,7 @@ async fn the_hot_routes_answer_as_the_router_does() {
     let app = TestApp::movies_on_sqlite().await;
     let long = format!("/api/movies?title={}", "x".repeat(20_000));
     type Headers<'a> = Vec<(&'a str, &'a str)>;
-    let asks: Vec<(&str, &str, Headers)> = vec![
+    let mut asks: Vec<(&str, &str, Headers)> = vec![
         ("GET", "/api/movies?genres=drama&limit=3", vec![]),
         (
             "GET",
@@ -473,9 +473,46 @@ async fn the_hot_routes_answer_as_the_router_does() {
         ("GET", "/api/movies/facets/genres", vec![]),
         ("GET", "/api/version", vec![]),
         ("GET", "/api/auth/me", vec![]),
+        ("GET", "/api/auth", vec![]),
+        ("GET", "/api/admin", vec![]),
+        ("GET", "/api/docs", vec![]),
+        ("GET", "/api/docs/nothing.js", vec![]),
+        ("GET", "/api/health/x", vec![]),
+        ("GET", "/api/openapi.json", vec![]),
+        ("GET", "/api//595", vec![]),
+        ("GET", "/api/movies/595/", vec![]),
+        ("GET", "/api/", vec![]),
+        ("GET", "/api/Movies", vec![]),
+        (
+            "GET",
+            "/api/movies/595",
+            vec![("authorization", "Bearer forged")],
+        ),
+        (
+            "GET",
+            "/api/movies/595",
+            vec![("x-forwarded-for", "203.0.113.9")],
+        ),
+        (
+            "GET",
+            "/api/movies/595",
+            vec![("accept-encoding", "br;q=1, gzip;q=0.5")],
+        ),
+        ("GET", "/api/movies/export?genres=Western", vec![]),
+        ("GET", "/api/movies/export", vec![("range", "bytes=0-99")]),
         ("HEAD", "/api/movies/595", vec![]),
+        ("OPTIONS", "/api/movies/595", vec![]),
+        ("POST", "/api/movies", vec![]),
         ("DELETE", "/api/movies/595", vec![]),
     ];
+    let long_item = format!("/api/movies/{}", "9".repeat(20_000));
+    asks.push(("GET", long_item.as_str(), vec![]));
+    let etag = TestApp::header(&app.get("/api/movies/595").await, "etag").to_owned();
+    asks.push((
+        "GET",
+        "/api/movies/595",
+        vec![("if-none-match", etag.as_str())],
+    ));
     for (method, uri, headers) in &asks {
         let mut answers = Vec::new();
         for hot in [true, false] {
@@ -503,5 +540,15 @@ async fn the_hot_routes_answer_as_the_router_does() {
         assert_eq!(answers[0].0, answers[1].0, "{method} {shown}: status");
         assert_eq!(answers[0].1, answers[1].1, "{method} {shown}: headers");
         assert_eq!(answers[0].2, answers[1].2, "{method} {shown}: body");
+    }
+    // The hot routes do answer from the cache.
+    let uri = "/api/movies?genres=comedy&limit=2";
+    for expected in ["MISS", "HIT"] {
+        let request = axum::http::Request::get(uri).body(Body::empty()).unwrap();
+        let response = handler::http::router(app.state.clone())
+            .oneshot(request)
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["x-cache"], expected);
     }
 }

@@ -167,6 +167,7 @@ fn answer_response(answer: &Answer, call: &Call) -> Response {
         Coding::Identity if not_modified => (&entry.etag, None),
         Coding::Identity => (&entry.etag, entry.plain_body()),
     };
+    let whole = whole.map(|bytes| held(entry, bytes));
     let wanted = match &whole {
         Some(bytes) if !not_modified => ranges::wanted(
             call.range.as_ref(),
@@ -201,7 +202,7 @@ fn answer_response(answer: &Answer, call: &Call) -> Response {
             response
         }
         (false, Wanted::Whole) => match whole {
-            Some(bytes) => (StatusCode::OK, held_body(entry, bytes)).into_response(),
+            Some(bytes) => (StatusCode::OK, bytes).into_response(),
             // A very large answer is decompressed as it is sent, never whole in memory.
             None => (
                 StatusCode::OK,
@@ -290,43 +291,28 @@ fn server_timing(
     out
 }
 
-/// Bytes of the entry as a body that holds the entry until it is sent, so that a large answer
-/// counts as in use for as long as any response is sending it.
-fn held_body(entry: &Arc<CachedResponse>, bytes: Bytes) -> Body {
+/// Bytes of a large entry that hold the entry for as long as any part of them is alive (in
+/// hyper's write queue until a slow client has read the last byte, a range of them included), so
+/// the answer counts as in use (`EXPORT_MEMORY_BYTES`) until it is sent. Still plain `Bytes`: the
+/// answer keeps its `Content-Length` (a stream would be sent chunked).
+fn held(entry: &Arc<CachedResponse>, bytes: Bytes) -> Bytes {
     if entry.is_small() {
-        return Body::from(bytes);
+        return bytes;
     }
-    Body::new(HeldBytes {
-        bytes: Some(bytes),
+    Bytes::from_owner(Held {
+        bytes,
         _entry: Arc::clone(entry),
     })
 }
 
-/// One frame of bytes whose entry stays held until the body is dropped. Its exact size is
-/// known, so the answer carries a `Content-Length` (a stream would be sent chunked: no download
-/// progress, and a chunk header to write).
-struct HeldBytes {
-    bytes: Option<Bytes>,
+struct Held {
+    bytes: Bytes,
     _entry: Arc<CachedResponse>,
 }
 
-impl http_body::Body for HeldBytes {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        std::task::Poll::Ready(self.bytes.take().map(|b| Ok(http_body::Frame::data(b))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.bytes.is_none()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        http_body::SizeHint::with_exact(self.bytes.as_ref().map_or(0, |b| b.len() as u64))
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
     }
 }
 
@@ -508,5 +494,45 @@ mod tests {
             .collect()
             .await;
         assert!(chunks.last().unwrap().is_err(), "a truncated body fails");
+    }
+
+    #[test]
+    fn bytes_of_a_large_entry_hold_it_while_any_part_of_them_lives() {
+        use std::time::Duration;
+        // Incompressible (xorshift), so that even the gzip copy is large.
+        let mut x = 0x9E37_79B9_7F4A_7C15_u64;
+        let body: Vec<u8> = (0..1_200_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let ttl = Duration::from_secs(60);
+        let entry = |body: Vec<u8>| {
+            Arc::new(CachedResponse::new(
+                body,
+                "application/json",
+                Duration::ZERO,
+                Stamp::default(),
+                ttl,
+            ))
+        };
+        let large = entry(body);
+        assert!(!large.is_small());
+        let bytes = held(&large, large.gzip_body.clone());
+        let range = bytes.slice(10..20);
+        drop(bytes);
+        assert_eq!(
+            Arc::strong_count(&large),
+            2,
+            "a range still holds the entry"
+        );
+        drop(range);
+        assert_eq!(Arc::strong_count(&large), 1, "released with its last byte");
+        let small = entry(b"[]".to_vec());
+        let _bytes = held(&small, small.gzip_body.clone());
+        assert_eq!(Arc::strong_count(&small), 1, "small entries are not held");
     }
 }

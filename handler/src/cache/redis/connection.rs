@@ -174,6 +174,14 @@ impl Conn {
         }
     }
 
+    /// Loads `script` (on every primary of a cluster), so its `EVALSHA` runs again.
+    pub async fn load(&mut self, script: &redis::Script) -> redis::RedisResult<String> {
+        match self {
+            Conn::Standalone(c) => script.prepare_invoke().load_async(c).await,
+            Conn::Cluster(c) => script.prepare_invoke().load_async(c).await,
+        }
+    }
+
     pub async fn invoke<T: redis::FromRedisValue>(
         &mut self,
         invocation: &redis::ScriptInvocation<'_>,

@@ -35,6 +35,8 @@ mod scripts;
 use mirror::Mirror;
 use scripts::{SCRIPTS, WRITES_OF_EPOCH};
 
+const NO_SCRIPT: redis::ServerErrorKind = redis::ServerErrorKind::NoScript;
+
 /// How long one Redis call may take before the request goes to the database instead.
 const CALL_TIMEOUT: Duration = Duration::from_millis(250);
 /// How long a read of a possibly large entry (an export) may take.
@@ -205,29 +207,19 @@ impl RedisStore {
 
     async fn read_position(&self, dataset: &str) -> Result<Position, Unavailable> {
         let command = self.position_command(dataset);
-        let reply: Option<String> = self
+        let reply: String = self
             .run(|mut conn| async move {
                 match conn.query::<String>(&command).await {
-                    Ok(reply) => Ok(Some(reply)),
-                    // A Redis that has not seen the script yet (a restart, `SCRIPT FLUSH`):
-                    // the invocation below loads it.
-                    Err(error)
-                        if error.kind()
-                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                    {
-                        Ok(None)
+                    // A Redis that has not seen the script yet (a restart, `SCRIPT FLUSH`): load
+                    // it and send the command again, within the same call and timeout.
+                    Err(error) if error.kind() == redis::ErrorKind::Server(NO_SCRIPT) => {
+                        conn.load(&SCRIPTS.position).await?;
+                        conn.query::<String>(&command).await
                     }
-                    Err(error) => Err(error),
+                    answered => answered,
                 }
             })
             .await?;
-        let reply = match reply {
-            Some(reply) => reply,
-            None => {
-                self.run_position_script(&SCRIPTS.position, dataset, Vec::new())
-                    .await?
-            }
-        };
         parse_position(&reply).ok_or(Unavailable)
     }
 
