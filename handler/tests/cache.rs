@@ -415,7 +415,8 @@ async fn a_redis_that_forgot_its_scripts_still_answers_and_invalidates() {
     assert_eq!(header(&a.get(uri).await, "x-cache"), "HIT");
 }
 
-/// The same sharing and invalidation on a three-node Redis Cluster the test starts itself.
+/// The same sharing and invalidation on a three-node Redis Cluster the test starts itself, also
+/// after every node has forgotten its scripts.
 #[tokio::test]
 async fn a_redis_cluster_shares_entries_and_writes_too() {
     let Some(cluster) = common::RedisCluster::start().await else {
@@ -455,6 +456,15 @@ async fn a_redis_cluster_shares_entries_and_writes_too() {
         .record_write(&movies, Some(old), Some(new))
         .await
         .unwrap();
+    // Every node forgets its scripts: the position read loads it again on the node it reaches.
+    for node in cluster.url.split(',') {
+        let (host, port) = node.rsplit_once(':').unwrap();
+        let flushed = std::process::Command::new("redis-cli")
+            .args(["-h", host, "-p", port, "SCRIPT", "FLUSH"])
+            .output()
+            .unwrap();
+        assert!(flushed.status.success(), "{node}: {flushed:?}");
+    }
     for (uri, expected) in uris
         .iter()
         .zip(["MISS", "MISS", "HIT", "HIT", "MISS", "HIT"])
