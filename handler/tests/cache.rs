@@ -308,6 +308,19 @@ async fn a_recorded_write_ends_exactly_the_answers_it_touches() {
     assert_eq!(db.lists.load(Ordering::SeqCst), queries + 4);
 }
 
+/// Two instances over one movies database, sharing the Redis at `url` under a prefix of their
+/// own; and the database itself.
+async fn two_instances_on_redis(url: &str) -> (TestApp, TestApp, Arc<dyn Storage>) {
+    let (catalog, real) = movies_db().await;
+    let prefix = common::unique_prefix();
+    let ttl = std::time::Duration::from_secs(60);
+    let cache =
+        || handler::cache::Cache::with_redis(url, &prefix, ttl, handler::cache::DEFAULT_MAX_BYTES);
+    let a = TestApp::with_cache(real.clone(), catalog.clone(), cache());
+    let b = TestApp::with_cache(real.clone(), catalog, cache());
+    (a, b, real)
+}
+
 /// Two instances sharing one Redis: what one computed, the other serves; what one writes, the
 /// other never serves stale.
 #[tokio::test]
@@ -315,13 +328,7 @@ async fn two_instances_share_entries_and_writes_through_redis() {
     let Some(url) = common::redis_url().await else {
         return;
     };
-    let (catalog, real) = movies_db().await;
-    let prefix = common::unique_prefix();
-    let ttl = std::time::Duration::from_secs(60);
-    let cache =
-        || handler::cache::Cache::with_redis(&url, &prefix, ttl, handler::cache::DEFAULT_MAX_BYTES);
-    let a = TestApp::with_cache(real.clone(), catalog.clone(), cache());
-    let b = TestApp::with_cache(real.clone(), catalog, cache());
+    let (a, b, real) = two_instances_on_redis(&url).await;
 
     let first = a.get("/api/movies?genres=western&sort=-year").await;
     assert_eq!(header(&first, "x-cache"), "MISS");
@@ -371,13 +378,7 @@ async fn a_redis_that_forgot_its_scripts_still_answers_and_invalidates() {
     let Some(url) = common::redis_url().await else {
         return;
     };
-    let (catalog, real) = movies_db().await;
-    let prefix = common::unique_prefix();
-    let ttl = std::time::Duration::from_secs(60);
-    let cache =
-        || handler::cache::Cache::with_redis(&url, &prefix, ttl, handler::cache::DEFAULT_MAX_BYTES);
-    let a = TestApp::with_cache(real.clone(), catalog.clone(), cache());
-    let b = TestApp::with_cache(real.clone(), catalog, cache());
+    let (a, b, real) = two_instances_on_redis(&url).await;
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let mut forget_scripts = async || {

@@ -28,13 +28,11 @@ pub async fn around_request(max_uri_bytes: usize, request: Request, next: Next) 
     // The matched path is shared (an `Arc`), not copied.
     let matched = request.extensions().get::<MatchedPath>().cloned();
     let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
-    traced(route, request, |request| {
-        guard(max_uri_bytes, request, |request| next.run(request))
-    })
-    .await
+    around_hot(max_uri_bytes, route, request, |request| next.run(request)).await
 }
 
-/// [`around_request`] for a request routed by hand (`hot`): the same span, limits and catch.
+/// [`around_request`] for a request routed by hand (`hot`) as much as through the router: the
+/// same span, limits and catch around `answer`.
 pub(super) async fn around_hot<F, Fut>(
     max_uri_bytes: usize,
     route: &str,
