@@ -584,6 +584,8 @@ def main():
     parser.add_argument("--write-percent", type=float, default=1, help="zipf: writes in the second run")
     parser.add_argument("--synchronous-commit", choices=["off", "on"], default="off",
                         help="crud: PostgreSQL's setting for the bench database (off: as the profile's tmpfs Postgres)")
+    parser.add_argument("--crud-database", choices=["postgres", "sqlite", "both"], default="both",
+                        help="crud: the database the mix runs on")
     args = parser.parse_args()
     if args.write_percent <= 0:
         parser.error("--write-percent must be above 0 (the first run has none)")
@@ -637,8 +639,11 @@ def main():
         import crud
 
         if shutil.which("wrk"):
-            crud.bench_crud(HANDLER, handler_env, ROOT, OUT, PG_ADMIN.rsplit("/", 1)[0] + "/" + crud.DATABASE, psql,
-                            args.seconds or 10, args.synchronous_commit, sh, free_port, get_status)
+            databases = {"postgres": PG_ADMIN.rsplit("/", 1)[0] + "/" + crud.DATABASE, "sqlite": "sqlite"}
+            for name, url in databases.items():
+                if args.crud_database in (name, "both"):
+                    crud.bench_crud(HANDLER, handler_env, ROOT, OUT, url, psql, args.seconds or 10,
+                                    args.synchronous_commit, sh, free_port, get_status)
         else:
             print("\nCRUD-profile mix skipped: wrk is not installed (apt-get install wrk)")
     if args.only in (None, "misses"):

@@ -1,9 +1,11 @@
 """Instructions per request, counted by callgrind (stable on a noisy machine, unlike req/s).
 
-    python3 bench/callgrind.py --handler target/release/handler [--kind miss|hit|hit-redis|static|all]
-                               [--requests 200] [--encoding gzip|identity]
+    python3 bench/callgrind.py --handler target/release/handler
+                               [--kind miss|hit|hit-redis|static|write|all]
+                               [--requests 200] [--encoding gzip|identity] [--database-url URL]
 
-Imports the movies into a new SQLite file (`bench/out/callgrind.db`), then runs the handler
+Imports the movies into a new SQLite file (`bench/out/callgrind.db`; or the database of
+`--database-url`, whose `movies` table is replaced), then runs the handler
 under `valgrind --tool=callgrind --instr-atstart=no` and counts only the measured requests, one
 after another over one keep-alive connection (every thread of the process counted, the kernel
 not):
@@ -13,13 +15,17 @@ not):
 - `hit-redis`: that hit with the cache in the local Redis (`REDIS_URL`, default
   redis://127.0.0.1:6379), under a prefix of the run's own, deleted afterwards;
 - `static`: `handler bench-static` serving that page's bytes (in the same encoding) from memory
-  on the same HTTP stack: the floor a hit is measured against.
+  on the same HTTP stack: the floor a hit is measured against;
+- `write`: PATCHes of one film by an admin (made with `handler users create --admin`),
+  `metacritic` and `title` in turn, in-process cache (not part of `all`). Only the handler's
+  instructions: the database's own work (PostgreSQL's) is not counted.
 Prints the instructions per request of each; profiles stay in bench/out/callgrind.<kind>.out for
 `callgrind_annotate`.
 """
 
 import argparse
 import http.client
+import json
 import os
 import socket
 import subprocess
@@ -31,6 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 PAGE = "/api/movies?genres=drama&limit=100"
 KINDS = ("miss", "hit", "hit-redis", "static")
+WRITE_ID = 372  # the first film of the movies file; `write` PATCHes it
+ADMIN = ("callgrind-admin@example.com", "callgrind admin password")
 
 
 def free_port():
@@ -71,6 +79,29 @@ def ask(conn, path, want_cache):
     return body
 
 
+def login(conn):
+    email, password = ADMIN
+    conn.request("POST", "/api/auth/login", body=json.dumps({"email": email, "password": password}),
+                 headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    body = response.read()
+    if response.status != 200:
+        sys.exit(f"login: {response.status} {body[:200]!r}")
+    return json.loads(body)["access_token"]
+
+
+def patch(conn, token, n):
+    """PATCHes the film WRITE_ID: its metacritic, or its title, in turn."""
+    fields = {"metacritic": 1 + n % 100} if n % 2 else {"title": f"Callgrind title {n}"}
+    conn.request("PATCH", f"/api/movies/{WRITE_ID}", body=json.dumps(fields),
+                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    response = conn.getresponse()
+    body = response.read()
+    if response.status != 200:
+        sys.exit(f"PATCH: {response.status} {body[:200]!r}")
+    return body
+
+
 def count(kind, command, env, port, requests):
     """Runs `command` under callgrind, warms it up, counts `requests` asks; → instructions each."""
     profile = OUT / f"callgrind.{kind}.out"
@@ -79,21 +110,28 @@ def count(kind, command, env, port, requests):
                               env=env, stderr=subprocess.DEVNULL)
     try:
         conn = connect(port, server)
-        if kind == "miss":
+        if kind == "write":
+            token = login(conn)
+            warm = [lambda n=n: patch(conn, token, n) for n in range(50)]
+            measured = [lambda n=n: patch(conn, token, n) for n in range(50, 50 + requests)]
+        elif kind == "miss":
             warm = [miss_path(i) for i in range(50)]
             measured = [(miss_path(i), "MISS") for i in range(1000, 1000 + requests)]
         else:
             want = None if kind == "static" else "HIT"
             warm = [PAGE] * 50
             measured = [(PAGE, want)] * requests
-        for path in warm:
-            ask(conn, path, None)
+        if kind != "write":
+            warm = [lambda path=path: ask(conn, path, None) for path in warm]
+            measured = [lambda path=path, want=want: ask(conn, path, want) for path, want in measured]
+        for request in warm:
+            request()
         control = ["callgrind_control", "-i"]
         subprocess.run(control + ["on", str(server.pid)], check=True, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
         body = b""
-        for path, want in measured:
-            body = ask(conn, path, want)
+        for request in measured:
+            body = request()
         subprocess.run(control + ["off", str(server.pid)], check=True, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
     finally:
@@ -107,9 +145,10 @@ def count(kind, command, env, port, requests):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--handler", type=Path, required=True)
-    parser.add_argument("--kind", choices=KINDS + ("all",), default="all")
+    parser.add_argument("--kind", choices=KINDS + ("write", "all"), default="all")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--encoding", choices=("gzip", "identity"), default="gzip")
+    parser.add_argument("--database-url", help="instead of a new SQLite file (its movies replaced)")
     args = parser.parse_args()
     global ENCODING
     ENCODING = args.encoding
@@ -117,12 +156,16 @@ def main():
     db = OUT / "callgrind.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
-    base = dict(os.environ, DATASETS_DIR=str(ROOT / "datasets"), DATABASE_URL=f"sqlite://{db}",
+    database_url = args.database_url or f"sqlite://{db}"
+    base = dict(os.environ, DATASETS_DIR=str(ROOT / "datasets"), DATABASE_URL=database_url,
                 RUST_LOG="warn", JWT_SECRET="callgrind-bench-secret-0123456789abcdef")
     base.pop("REDIS_URL", None)
     subprocess.run([str(args.handler), "import", "--dataset", "movies",
                     "--file", str(ROOT / "datasets" / "movies.csv")],
                    env=base, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if args.kind == "write":
+        subprocess.run([str(args.handler), "users", "create", "--email", ADMIN[0], "--password-stdin", "--admin"],
+                       env=base, input=ADMIN[1] + "\n", text=True, capture_output=True)  # fails if it exists
 
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
     prefix = f"bench-callgrind-{os.getpid()}"

@@ -4,7 +4,8 @@ throughput as a ratio to the same binary's static route (`handler bench-static`)
 
 One `handler serve` (release) on PostgreSQL (`smartcache_bench_crud`, recreated, with
 `synchronous_commit` off unless `--synchronous-commit on`: the profile's Postgres is on tmpfs;
-the movies and 500 reserved rows imported afresh before each cache) with the in-process cache,
+the movies and 500 reserved rows imported afresh before each cache), then again on a new SQLite
+file (`bench/out/crud.db`; `--crud-database` picks one), with the in-process cache,
 then one with Redis (a cache prefix of the run's own, deleted afterwards). wrk drives the mix
 (`bench/crud.lua`, which counts answers by status and X-Cache) with the same threads, connections
 and duration as the static baseline (plain wrk, measured before the first run and after the
@@ -183,12 +184,21 @@ def summarise(c):
 
 
 def bench_crud(handler, env_for, root, out, database_url, psql, seconds, synchronous_commit, sh, free_port, get_status):
-    """`psql`, `sh`, `free_port` and `get_status` are the runner's helpers (bench.py)."""
-    print(f"\nCRUD-profile mix (movies on PostgreSQL, synchronous_commit={synchronous_commit}; wrk -t{THREADS} "
+    """`psql`, `sh`, `free_port` and `get_status` are the runner's helpers (bench.py). A
+    `database_url` of `sqlite` runs the mix on a new SQLite file (the embedded default)."""
+    if database_url == "sqlite":
+        path = out / "crud.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        database_url = f"sqlite://{path}"
+        where = "SQLite, WAL, synchronous=NORMAL"
+    else:
+        psql("test", "SET client_min_messages = warning", f"DROP DATABASE IF EXISTS {DATABASE}",
+             f"CREATE DATABASE {DATABASE}", f"ALTER DATABASE {DATABASE} SET synchronous_commit = {synchronous_commit}")
+        where = f"PostgreSQL, synchronous_commit={synchronous_commit}"
+    print(f"\nCRUD-profile mix (movies on {where}; wrk -t{THREADS} "
           f"-c{CONNECTIONS} -d{seconds}s; 75% GET by id over {HOT_IDS:,} hot ids, 15% PATCH of one, 5% list of {LISTS}, "
           "5% upsert (PUT of a reserved row or POST of a new one); each run warmed first)")
-    psql("test", "SET client_min_messages = warning", f"DROP DATABASE IF EXISTS {DATABASE}", f"CREATE DATABASE {DATABASE}",
-         f"ALTER DATABASE {DATABASE} SET synchronous_commit = {synchronous_commit}")
     movies = reserved_csv(root, out)
     ids_file, ids = hot_ids(root, out)
     lists = lua_lists(root)

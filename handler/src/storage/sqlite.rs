@@ -14,7 +14,8 @@ use sqlx::{Arguments as _, Row as _, Sqlite};
 
 use super::insert_import::InsertImport;
 use super::sql::{Decode, Dialect};
-use super::sqlite_reads::SqliteReads;
+use super::sqlite_reads::{SqliteReads, direct_file};
+use super::sqlite_writes::SqliteWrites;
 use super::sqlx_driver::{Engine, ImportConnection, Options, SqlxDriver};
 use super::{ImportSink, Result, StorageError};
 use crate::datasets::{ColumnType, Dataset, Value};
@@ -49,6 +50,12 @@ impl Engine for Sqlite {
 
     fn direct_reads(url: &str, options: &Options<Self>) -> Option<SqliteReads> {
         SqliteReads::for_url(url, options.get_filename())
+    }
+
+    fn direct_writes(url: &str, options: &Options<Self>) -> Option<SqliteWrites> {
+        let path = options.get_filename();
+        let read_only = direct_file(url, path)?;
+        (!read_only).then(|| SqliteWrites::new(path.to_owned()))
     }
 
     /// Dates and timestamps are stored as fixed-width text so that text order is time order.

@@ -2,8 +2,8 @@
 //! own, run on the calling thread. sqlx runs each SQLite connection on a worker thread: every
 //! statement, its rows and its pool's pings cross between threads, and every value is copied out
 //! of SQLite before it is decoded. Here a value is decoded straight from SQLite's row, and a
-//! prepared statement is kept per connection. Writes, transactions, imports and exports (long
-//! streams) stay on sqlx's pool.
+//! prepared statement is kept per connection. Write transactions have a connection of their own
+//! (`sqlite_writes`); imports and exports (long streams) stay on sqlx's pool.
 //!
 //! Only a database in a file is read this way: an in-memory database is private to its
 //! connection, so sqlx's pool reads it.
@@ -29,12 +29,12 @@ const CONCURRENT_READS: usize = 4;
 const TURN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Prepared statements kept per connection: one per shape of question, not per value.
 const STATEMENTS_PER_CONNECTION: usize = 64;
-/// As sqlx's connections: how long a read waits for a lock (a WAL reader rarely meets one).
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// As sqlx's connections: how long a statement waits for a lock (a WAL reader rarely meets one).
+pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection is closed after this long, as sqlx's pool retires its own: a database file
 /// replaced on disk (a restore) is then read within minutes, not at the next restart.
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(10 * 60);
+pub(super) const CONNECTION_LIFETIME: Duration = Duration::from_secs(10 * 60);
 
 pub struct SqliteReads {
     path: PathBuf,
@@ -47,15 +47,9 @@ impl SqliteReads {
     /// Reads of the database file at `path`, or `None` when the URL names one in memory or
     /// options that only sqlx's connections apply (which then read it all).
     pub fn for_url(url: &str, path: &Path) -> Option<Self> {
-        let query = url.split_once('?').map_or("", |(_, query)| query);
-        let plain_mode = |pair: &str| matches!(pair, "mode=rwc" | "mode=rw" | "mode=ro");
-        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let plain = query.is_empty() || query.split('&').all(plain_mode);
-        // No file name: SQLite gives each connection a private temporary database.
-        let file = !path.as_os_str().is_empty();
-        (plain && !in_memory && file).then(|| SqliteReads {
+        direct_file(url, path).map(|read_only| SqliteReads {
             path: path.to_owned(),
-            read_only: query == "mode=ro",
+            read_only,
             idle: Mutex::new(Vec::new()),
             turns: Semaphore::new(CONCURRENT_READS),
         })
@@ -73,18 +67,12 @@ impl SqliteReads {
             let waited = format!("no SQLite read could start within {TURN_TIMEOUT:?}");
             return Some(Err(StorageError::Unavailable(waited.into())));
         };
-        let run = || {
+        blocking(|| {
             let (conn, opened) = self.connection()?;
             let rows = read(&conn, statement, decode);
             self.give_back(conn, opened);
             Some(rows)
-        };
-        // A read is short but still blocks: on a multi-threaded runtime the thread's other
-        // tasks move to another thread meanwhile. Tests' single-threaded runtimes just wait.
-        match Handle::try_current().map(|handle| handle.runtime_flavor()) {
-            Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
-            _ => run(),
-        }
+        })
     }
 
     fn connection(&self) -> Option<(Connection, Instant)> {
@@ -128,16 +116,51 @@ impl SqliteReads {
     }
 }
 
+/// Whether the database of a sqlx URL (whose file is `path`) can be opened by a connection of
+/// our own, and if so whether read-only: a file, with no options that only sqlx's connections
+/// apply. An in-memory database is private to its connection; with no file name, SQLite gives
+/// each connection a private temporary one.
+pub(super) fn direct_file(url: &str, path: &Path) -> Option<bool> {
+    let query = url.split_once('?').map_or("", |(_, query)| query);
+    let plain_mode = |pair: &str| matches!(pair, "mode=rwc" | "mode=rw" | "mode=ro");
+    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+    let plain = query.is_empty() || query.split('&').all(plain_mode);
+    let file = !path.as_os_str().is_empty();
+    (plain && !in_memory && file).then_some(query == "mode=ro")
+}
+
+/// Runs a short statement's work where it is asked for. It still blocks: on a multi-threaded
+/// runtime the thread's other tasks move to another thread meanwhile; tests' single-threaded
+/// runtimes just wait.
+pub(super) fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match Handle::try_current().map(|handle| handle.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
 fn read(conn: &Connection, statement: &Statement, decode: &[Decode]) -> Result<Vec<Row>> {
-    let mut prepared = conn.prepare_cached(&statement.sql)?;
+    read_mapping(conn, statement, decode, StorageError::from)
+}
+
+/// Runs `statement` and decodes its rows, SQLite's errors told as `sqlite_error` says.
+pub(super) fn read_mapping(
+    conn: &Connection,
+    statement: &Statement,
+    decode: &[Decode],
+    sqlite_error: fn(rusqlite::Error) -> StorageError,
+) -> Result<Vec<Row>> {
+    let mut prepared = conn.prepare_cached(&statement.sql).map_err(sqlite_error)?;
     let params = statement.params.iter().map(Bound);
-    let mut rows = prepared.query(rusqlite::params_from_iter(params))?;
+    let mut rows = prepared
+        .query(rusqlite::params_from_iter(params))
+        .map_err(sqlite_error)?;
     let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
+    while let Some(row) = rows.next().map_err(sqlite_error)? {
         let row = decode
             .iter()
             .enumerate()
-            .map(|(index, decode)| value(row.get_ref(index)?, decode, index))
+            .map(|(index, decode)| value(row.get_ref(index).map_err(sqlite_error)?, decode, index))
             .collect::<Result<Row>>()?;
         out.push(row);
     }
@@ -145,7 +168,7 @@ fn read(conn: &Connection, statement: &Statement, decode: &[Decode]) -> Result<V
 }
 
 /// A parameter in SQLite's encoding, as `Engine::bind` of sqlx's SQLite binds it.
-struct Bound<'a>(&'a Value);
+pub(super) struct Bound<'a>(pub(super) &'a Value);
 
 impl ToSql for Bound<'_> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {

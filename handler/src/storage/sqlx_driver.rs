@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use super::sql::{Decode, Dialect, Statement};
 use super::sqlite_reads::SqliteReads;
+use super::sqlite_writes::SqliteWrites;
 use super::store::{Driver, Transaction, forward_rows};
 use super::{ImportSink, Result, Row};
 use crate::datasets::{Dataset, Value};
@@ -51,6 +52,11 @@ pub trait Engine: Database<Arguments: IntoArguments<Self>> {
         None
     }
 
+    /// Where write transactions can run past sqlx's pool, faster (SQLite: [`SqliteWrites`]).
+    fn direct_writes(_url: &str, _options: &Options<Self>) -> Option<SqliteWrites> {
+        None
+    }
+
     /// Whether a failed statement's work was done already (MySQL's "duplicate key name" for a
     /// `CREATE INDEX`, which it cannot make conditional).
     fn already_done(_error: &sqlx::Error) -> bool {
@@ -71,6 +77,7 @@ pub struct SqlxDriver<DB: Database> {
     pool: Pool<DB>,
     options: Options<DB>,
     direct: Option<SqliteReads>,
+    direct_writes: Option<SqliteWrites>,
 }
 
 impl<DB: Engine> SqlxDriver<DB> {
@@ -96,10 +103,12 @@ impl<DB: Engine> SqlxDriver<DB> {
         }
         let pool = pool.connect_lazy_with(options.clone());
         let direct = DB::direct_reads(url, &options);
+        let direct_writes = DB::direct_writes(url, &options);
         Ok(SqlxDriver {
             pool,
             options,
             direct,
+            direct_writes,
         })
     }
 
@@ -210,6 +219,11 @@ where
     }
 
     async fn begin_write(&self) -> Result<Box<dyn Transaction>> {
+        if let Some(direct) = &self.direct_writes
+            && let Some(write) = direct.begin().await
+        {
+            return Ok(Box::new(write?));
+        }
         Ok(Box::new(SqlxWrite(self.pool.begin_with(DB::BEGIN).await?)))
     }
 

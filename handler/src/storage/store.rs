@@ -216,7 +216,11 @@ impl<D: Driver> SqlStore<D> {
                     _ => None,
                 };
                 match &new {
-                    Some(row) => tx.execute(sql::update_row(dataset, row, dialect)).await?,
+                    Some(row) => {
+                        if let Some(update) = sql::update_row(dataset, &old, row, dialect) {
+                            tx.execute(update).await?;
+                        }
+                    }
                     None => tx.execute(sql::delete_row(dataset, &key, dialect)).await?,
                 }
                 write_list_elements(

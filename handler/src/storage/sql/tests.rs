@@ -92,8 +92,12 @@ fn t_sql_statements_for_every_query_shape() {
         "{}",
         insert.sql
     );
+    let mut old = row.clone();
+    old[ds.column_index("title").unwrap()] = Value::Text("Down".into());
+    old[ds.column_index("rating").unwrap()] = Value::Text("R".into());
     assert!(
-        update_row(&ds, &row, d)
+        update_row(&ds, &old, &row, d)
+            .unwrap()
             .sql
             .ends_with("[title__key] = CAST(@P2 AS NVARCHAR(450)), [rating__key] = CAST(NULL AS NVARCHAR(450)) WHERE [id] = @P3")
     );

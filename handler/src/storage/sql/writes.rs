@@ -111,16 +111,26 @@ pub fn insert_row(dataset: &Dataset, row: &Row, dialect: Dialect) -> Statement {
 }
 
 /// Sets every stored column but the key to the row's values.
-pub fn update_row(dataset: &Dataset, row: &Row, dialect: Dialect) -> Statement {
+/// Sets the stored columns whose value differs between `old` and `row` (the row with key
+/// `row[key]`), or `None` when none does: an index of an unchanged column is left alone (SQLite
+/// rewrites every index of a column that is set, even to the same value).
+pub fn update_row(dataset: &Dataset, old: &Row, row: &Row, dialect: Dialect) -> Option<Statement> {
+    let changed = |column: &StoredColumn| match *column {
+        StoredColumn::Declared(i) => i != dataset.key.column && old[i] != row[i],
+        StoredColumn::NormalisedKey(i) => old[i] != row[i],
+    };
+    let assigned: Vec<StoredColumn> = stored_columns(dataset)
+        .into_iter()
+        .filter(changed)
+        .collect();
+    if assigned.is_empty() {
+        return None;
+    }
     let mut b = Builder::new(dialect);
     b.push("UPDATE ")
         .push(&dialect.quote(&dataset.table))
         .push(" SET ");
-    let stored = stored_columns(dataset);
-    let assigned = stored
-        .iter()
-        .filter(|c| !matches!(c, StoredColumn::Declared(i) if *i == dataset.key.column));
-    for (i, &column) in assigned.enumerate() {
+    for (i, &column) in assigned.iter().enumerate() {
         if i > 0 {
             b.push(", ");
         }
@@ -135,7 +145,7 @@ pub fn update_row(dataset: &Dataset, row: &Row, dialect: Dialect) -> Statement {
         .push(&dialect.quote(&dataset.key_column().name))
         .push(" = ");
     b.bind(row[dataset.key.column].clone());
-    b.finish()
+    Some(b.finish())
 }
 
 pub fn delete_row(dataset: &Dataset, key: &Value, dialect: Dialect) -> Statement {
@@ -236,11 +246,15 @@ mod tests {
                 .contains(&Value::Text("it's \"quoted\"".into()))
         );
         assert!(insert.params.contains(&Value::Text("Drama,War".into())));
-        let update = update_row(&ds, &row, Dialect::Sqlite);
-        assert!(update.sql.contains("\"title__key\" = ?"), "{}", update.sql);
-        assert!(update.sql.ends_with("WHERE \"id\" = ?"), "{}", update.sql);
-        assert!(!update.sql.contains("SET \"id\""), "{}", update.sql);
+        let mut old = row.clone();
+        old[ds.column_index("title").unwrap()] = Value::Text("Down".into());
+        let update = update_row(&ds, &old, &row, Dialect::Sqlite).unwrap();
+        assert_eq!(
+            update.sql,
+            "UPDATE \"movies\" SET \"title\" = ?, \"title__key\" = ? WHERE \"id\" = ?"
+        );
         assert_eq!(update.params.last(), Some(&Value::Integer(9)));
+        assert!(update_row(&ds, &row, &row, Dialect::Sqlite).is_none());
         let genres = ds.column_index("genres").unwrap();
         let elements = insert_list_elements(&ds, genres, &row, Dialect::Postgres);
         assert_eq!(elements.len(), 1);
