@@ -347,6 +347,48 @@ async fn a_refused_sync_changes_nothing_and_a_large_one_is_recorded_as_everythin
     }
 }
 
+/// A live row the declaration can no longer read (here text where it declares an integer, as a
+/// column whose type changed would leave it) does not stop a sync: it is replaced by the file's,
+/// and the sync is recorded as a change of everything. (SQLite: it alone stores such a value.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_replaces_live_rows_the_declaration_can_no_longer_read() {
+    let (edited, expected) = edited_movies();
+    let url = common::sqlite_url();
+    let storage = common::open(&url);
+    let dataset = movies_as(&common::unique_name("unreadable").replace('-', "_"));
+    import_file(storage.as_ref(), &dataset, &common::movies_csv(), false)
+        .await
+        .unwrap();
+    // Record 2 is one the edited file changes (its title), so the sync reads it back.
+    let (_, records) = movies_records();
+    let id: i64 = records[2][ID].parse().unwrap();
+    let file = url.trim_start_matches("sqlite://");
+    rusqlite::Connection::open(file)
+        .unwrap()
+        .execute(
+            &format!(
+                "UPDATE \"{}\" SET \"year\" = 'nineteen' WHERE \"id\" = ?1",
+                dataset.table
+            ),
+            [id],
+        )
+        .unwrap();
+
+    let recorder = Recorder::default();
+    let counts = sync_with(storage.as_ref(), &dataset, &edited, &recorder, 10_000)
+        .await
+        .unwrap();
+    assert_eq!(counts, Some(expected));
+    assert_eq!(*recorder.seen.lock(), vec!["everything".to_owned()]);
+    let year = dataset.column_index("year").unwrap();
+    let row = every_row(storage.as_ref(), &dataset)
+        .await
+        .into_iter()
+        .find(|row| row[0] == handler::datasets::Value::Integer(id))
+        .unwrap();
+    assert_eq!(row[year].to_text(), records[2][YEAR].trim_end_matches(".0"));
+}
+
 fn urlencode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {

@@ -54,7 +54,8 @@ impl SqliteWrites {
             .is_none_or(|(_, opened)| opened.elapsed() >= CONNECTION_LIFETIME)
         {
             *turn = None;
-            match open(&self.path) {
+            // Setting WAL may wait for another process's lock, up to the busy timeout.
+            match blocking(|| open(&self.path)) {
                 Ok(conn) => *turn = Some((conn, Instant::now())),
                 Err(error) => {
                     tracing::debug!(%error, "no direct SQLite writer; writing through sqlx");

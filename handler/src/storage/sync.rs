@@ -116,10 +116,15 @@ impl<D: Driver> SqlStore<D> {
             return Ok(counts); // nothing to record or apply; the transaction rolls back
         }
         let writes = if counts.total() <= record_rows {
-            let writes = changed_rows(tx.as_mut(), dataset, dialect).await?;
-            // Every change read, each changed row paired with itself: else answers it changes
-            // would be left out of the record, so the record becomes a change of everything.
-            complete(dataset, &writes, counts).then_some(writes)
+            match changed_rows(tx.as_mut(), dataset, dialect).await {
+                // Every change read, each changed row paired with itself: else answers it changes
+                // would be left out of the record, so the record becomes a change of everything.
+                Ok(writes) => complete(dataset, &writes, counts).then_some(writes),
+                // A live row the declaration can no longer read (a column's type changed): the
+                // sync replaces it all the same, recorded as a change of everything.
+                Err(StorageError::Decode { .. }) => None,
+                Err(error) => return Err(error),
+            }
         } else {
             None
         };
