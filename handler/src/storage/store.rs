@@ -152,7 +152,7 @@ impl<D: Driver> SqlStore<D> {
         gate: &dyn CommitGate,
     ) -> Result<Written> {
         let dialect = D::DIALECT;
-        let decode = Decode::row(dataset);
+        let decode = Decode::stored_row(dataset);
         let assigns_key =
             matches!(&change, Change::Create(row) if row[dataset.key.column].is_null());
         if assigns_key {
@@ -194,12 +194,14 @@ impl<D: Driver> SqlStore<D> {
             }
             Change::Replace(ref key, _) | Change::Patch(ref key, _) | Change::Delete(ref key) => {
                 let key = key.clone();
-                let old = tx
+                let stored = tx
                     .fetch(sql::get_for_update(dataset, &key, dialect), &decode)
                     .await?
                     .into_iter()
                     .next()
                     .ok_or(StorageError::NotFound)?;
+                let mut old = stored.clone();
+                old.truncate(dataset.columns.len()); // the declared columns
                 let new = match change {
                     Change::Replace(_, mut row) => {
                         row[dataset.key.column] = key.clone();
@@ -217,7 +219,7 @@ impl<D: Driver> SqlStore<D> {
                 };
                 match &new {
                     Some(row) => {
-                        if let Some(update) = sql::update_row(dataset, &old, row, dialect) {
+                        if let Some(update) = sql::update_row(dataset, &stored, row, dialect) {
                             tx.execute(update).await?;
                         }
                     }

@@ -63,6 +63,14 @@ impl Decode {
     pub fn row(dataset: &Dataset) -> Vec<Decode> {
         dataset.columns.iter().map(Decode::of).collect()
     }
+
+    /// A row as `writes::get_for_update` reads it: the declared columns, then the normalised
+    /// keys as text.
+    pub fn stored_row(dataset: &Dataset) -> Vec<Decode> {
+        let keys = dataset.columns.iter().filter(|c| c.has_key_column());
+        let keys = keys.map(|_| Decode::Scalar(ColumnType::Text));
+        Decode::row(dataset).into_iter().chain(keys).collect()
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The write statements: a row read under lock, generated keys, a row inserted, updated or
 //! deleted, and the elements of its list columns.
 
-use super::builder::{Builder, select_from};
+use super::builder::Builder;
 use super::{
     Dialect, Statement, StoredColumn, list_elements, stored_columns, stored_name, stored_type,
     stored_value,
@@ -10,9 +10,20 @@ use crate::datasets::{Column, Dataset, Row, Value};
 
 /// The row as it is now, locked until the transaction ends where the engine locks rows
 /// (SQLite's `BEGIN IMMEDIATE` already holds the whole database).
+/// Every stored column: the declared ones, then the normalised keys (see [`super::Decode::stored_row`]),
+/// so that a write can tell which stored values its row changes.
 pub fn get_for_update(dataset: &Dataset, key: &Value, dialect: Dialect) -> Statement {
     let mut b = Builder::new(dialect);
-    select_from(dataset, &mut b);
+    b.push("SELECT ");
+    for (i, column) in stored_columns(dataset).into_iter().enumerate() {
+        if i > 0 {
+            b.push(", ");
+        }
+        b.column(&stored_name(dataset, column));
+    }
+    b.push(" FROM ")
+        .push(&dialect.quote(&dataset.table))
+        .push(" t");
     if dialect == Dialect::SqlServer {
         // HOLDLOCK also locks the gap where a missing key would go, against a concurrent create.
         b.push(" WITH (UPDLOCK, HOLDLOCK, ROWLOCK)");
@@ -111,17 +122,28 @@ pub fn insert_row(dataset: &Dataset, row: &Row, dialect: Dialect) -> Statement {
 }
 
 /// Sets every stored column but the key to the row's values.
-/// Sets the stored columns whose value differs between `old` and `row` (the row with key
-/// `row[key]`), or `None` when none does: an index of an unchanged column is left alone (SQLite
-/// rewrites every index of a column that is set, even to the same value).
-pub fn update_row(dataset: &Dataset, old: &Row, row: &Row, dialect: Dialect) -> Option<Statement> {
-    let changed = |column: &StoredColumn| match *column {
-        StoredColumn::Declared(i) => i != dataset.key.column && old[i] != row[i],
-        StoredColumn::NormalisedKey(i) => old[i] != row[i],
-    };
-    let assigned: Vec<StoredColumn> = stored_columns(dataset)
-        .into_iter()
-        .filter(changed)
+/// Sets the stored columns whose value differs from what is stored now (`stored`: the row as
+/// [`get_for_update`] reads it, normalised keys included), or `None` when none does: the index
+/// of an unchanged column is left alone (SQLite rewrites the index of every column an `UPDATE`
+/// sets, even to the same value). A normalised key is compared as stored, so one left null by a
+/// declaration that gained it is written by the row's next write.
+pub fn update_row(
+    dataset: &Dataset,
+    stored: &Row,
+    row: &Row,
+    dialect: Dialect,
+) -> Option<Statement> {
+    let columns = stored_columns(dataset);
+    let assigned: Vec<StoredColumn> = columns
+        .iter()
+        .enumerate()
+        .filter(|&(at, &column)| match column {
+            StoredColumn::Declared(i) => i != dataset.key.column && stored[i] != row[i],
+            StoredColumn::NormalisedKey(_) => {
+                stored.get(at) != Some(&stored_value(dataset, row, column))
+            }
+        })
+        .map(|(_, &column)| column)
         .collect();
     if assigned.is_empty() {
         return None;
@@ -213,7 +235,7 @@ pub fn insert_list_elements(
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::movies;
+    use super::super::tests::{as_stored, movies};
     use super::*;
 
     #[test]
@@ -248,13 +270,26 @@ mod tests {
         assert!(insert.params.contains(&Value::Text("Drama,War".into())));
         let mut old = row.clone();
         old[ds.column_index("title").unwrap()] = Value::Text("Down".into());
-        let update = update_row(&ds, &old, &row, Dialect::Sqlite).unwrap();
+        let update = update_row(&ds, &as_stored(&ds, &old), &row, Dialect::Sqlite).unwrap();
         assert_eq!(
             update.sql,
             "UPDATE \"movies\" SET \"title\" = ?, \"title__key\" = ? WHERE \"id\" = ?"
         );
         assert_eq!(update.params.last(), Some(&Value::Integer(9)));
-        assert!(update_row(&ds, &row, &row, Dialect::Sqlite).is_none());
+        assert!(update_row(&ds, &as_stored(&ds, &row), &row, Dialect::Sqlite).is_none());
+        // A normalised key left null (its column gained a filter since the row was stored) is
+        // written by the row's next write, whatever that write changes.
+        let mut stale = as_stored(&ds, &row);
+        let title_key = stored_columns(&ds)
+            .iter()
+            .position(|c| stored_name(&ds, *c) == "title__key")
+            .unwrap();
+        stale[title_key] = Value::Null;
+        let repair = update_row(&ds, &stale, &row, Dialect::Sqlite).unwrap();
+        assert_eq!(
+            repair.sql,
+            "UPDATE \"movies\" SET \"title__key\" = ? WHERE \"id\" = ?"
+        );
         let genres = ds.column_index("genres").unwrap();
         let elements = insert_list_elements(&ds, genres, &row, Dialect::Postgres);
         assert_eq!(elements.len(), 1);
