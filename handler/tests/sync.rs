@@ -27,11 +27,17 @@ const BOX_OFFICE: usize = 14;
 
 /// The movies declaration under another name and table.
 fn movies_as(name: &str) -> Dataset {
+    movies_edited_as(name, |text| text)
+}
+
+/// The movies declaration under another name and table, its text edited by `edit` (a
+/// declaration that changed since the table was made).
+fn movies_edited_as(name: &str, edit: impl FnOnce(String) -> String) -> Dataset {
     let text = std::fs::read_to_string(common::repo_root().join("datasets/movies.toml")).unwrap();
     let text = text
         .replacen("name = \"movies\"", &format!("name = \"{name}\""), 1)
         .replacen("table = \"movies\"", &format!("table = \"{name}\""), 1);
-    parse_declaration(&text, None).unwrap()
+    parse_declaration(&edit(text), None).unwrap()
 }
 
 fn movies_records() -> (csv::StringRecord, Vec<csv::StringRecord>) {
@@ -313,20 +319,9 @@ async fn a_refused_sync_changes_nothing_and_a_large_one_is_recorded_as_everythin
         // A declaration that gained a filterable text column, migrated (as serving does): its
         // hidden normalised key is null in every live row, so every row differs from the staged
         // one and is rewritten. (Unmigrated, the tables are not the declaration's: a replace.)
-        let declaration = std::fs::read_to_string(common::repo_root().join("datasets/movies.toml"))
-            .unwrap()
-            .replacen(
-                "name = \"movies\"",
-                &format!("name = \"{}\"", dataset.name),
-                1,
-            )
-            .replacen(
-                "table = \"movies\"",
-                &format!("table = \"{}\"", dataset.table),
-                1,
-            )
-            + "\n[[columns]]\nname = \"title_again\"\ntype = \"text\"\nsource = \"Title\"\nfilter = true\n";
-        let grown = parse_declaration(&declaration, None).unwrap();
+        let grown = movies_edited_as(&dataset.name, |text| {
+            text + "\n[[columns]]\nname = \"title_again\"\ntype = \"text\"\nsource = \"Title\"\nfilter = true\n"
+        });
         storage.migrate(&grown).await.unwrap();
         let report = sync_file(storage.as_ref(), &grown, &edited).await;
         let rows = every_row(storage.as_ref(), &grown).await.len() as u64;
@@ -358,24 +353,10 @@ async fn a_write_fills_the_normalised_key_a_migration_left_null() {
         import_file(storage.as_ref(), &dataset, &common::movies_csv(), false)
             .await
             .unwrap();
-        let declaration = std::fs::read_to_string(common::repo_root().join("datasets/movies.toml"))
-            .unwrap()
-            .replacen(
-                "name = \"movies\"",
-                &format!("name = \"{}\"", dataset.name),
-                1,
-            )
-            .replacen(
-                "table = \"movies\"",
-                &format!("table = \"{}\"", dataset.table),
-                1,
-            )
-            .replacen(
-                "name = \"director\"\ntype = \"text\"",
-                "name = \"director\"\ntype = \"text\"\nfilter = true",
-                1,
-            );
-        let grown = parse_declaration(&declaration, None).unwrap();
+        let grown = movies_edited_as(&dataset.name, |text| {
+            let director = "name = \"director\"\ntype = \"text\"";
+            text.replacen(director, &format!("{director}\nfilter = true"), 1)
+        });
         storage.migrate(&grown).await.unwrap();
 
         let director = grown.column_index("director").unwrap();

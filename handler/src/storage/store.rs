@@ -200,8 +200,7 @@ impl<D: Driver> SqlStore<D> {
                     .into_iter()
                     .next()
                     .ok_or(StorageError::NotFound)?;
-                let mut old = stored.clone();
-                old.truncate(dataset.columns.len()); // the declared columns
+                let old: Row = stored[..dataset.columns.len()].to_vec(); // the declared columns
                 let new = match change {
                     Change::Replace(_, mut row) => {
                         row[dataset.key.column] = key.clone();
