@@ -15,7 +15,8 @@
 //!   `sqlite`, `postgres` and `mysql` implement it; `insert_import` is the multi-row `INSERT`
 //!   import that SQLite and MySQL share (PostgreSQL's uses `COPY`); `sqlite_reads` runs
 //!   SQLite's short reads (pages, rows, counts, facets) on connections of its own, past sqlx;
-//!   `sqlite_writes` its write transactions, on one connection whose writers take turns;
+//!   `sqlite_writes` its write transactions, on one connection whose writers take turns, with
+//!   checkpoints of its own off the writers' way;
 //! - `mssql/`: SQL Server's driver over tiberius (`connect`: its pool's connections; `import`:
 //!   TDS bulk load); `mssql_config` parses its connection strings;
 //! - `users`: the accounts table's statements; `sources`: those of the synced sources' versions.

@@ -75,6 +75,26 @@ impl SqliteReads {
         })
     }
 
+    /// Runs a read of one row by its key (an item, an account), which never scans: on this
+    /// thread, with a connection already open, unless SQLite would have it wait (then, or with
+    /// none idle, as [`SqliteReads::fetch`] does). Taking it off the thread cost more than the
+    /// read itself.
+    pub async fn fetch_by_key(
+        &self,
+        statement: &Statement,
+        decode: &[Decode],
+    ) -> Option<Result<Vec<Row>>> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        if let Some((conn, opened)) = idle {
+            let rows = without_waiting(&conn, |conn| read(conn, statement, decode));
+            self.give_back(conn, opened);
+            if let Some(rows) = rows {
+                return Some(rows);
+            }
+        }
+        self.fetch(statement, decode).await
+    }
+
     fn connection(&self) -> Option<(Connection, Instant)> {
         if let Some(kept) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
             return Some(kept);
@@ -106,7 +126,8 @@ impl SqliteReads {
     }
 
     fn give_back(&self, conn: Connection, opened: Instant) {
-        // At most one connection per turn was ever opened, so all are kept until they retire.
+        // Connections are opened only for a turn (a read by key takes an idle one), so at most
+        // one per turn and one per async thread exist: all are kept until they retire.
         if opened.elapsed() < CONNECTION_LIFETIME {
             self.idle
                 .lock()
@@ -136,6 +157,21 @@ pub(super) fn blocking<T>(work: impl FnOnce() -> T) -> T {
     match Handle::try_current().map(|handle| handle.runtime_flavor()) {
         Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
         _ => work(),
+    }
+}
+
+/// Runs `work` with SQLite's busy handler off: `None` if it met a lock (for the caller to run
+/// it where it may wait), else what it gave.
+pub(super) fn without_waiting<T>(
+    conn: &Connection,
+    work: impl FnOnce(&Connection) -> Result<T>,
+) -> Option<Result<T>> {
+    conn.busy_timeout(Duration::ZERO).ok()?;
+    let done = work(conn);
+    conn.busy_timeout(BUSY_TIMEOUT).ok()?;
+    match done {
+        Err(StorageError::Unavailable(_)) => None,
+        done => Some(done),
     }
 }
 
@@ -292,5 +328,36 @@ mod tests {
         assert!(value(ValueRef::Text(&[0xff, 0xfe]), &text, 0).is_err());
         let date = Decode::Scalar(ColumnType::Date);
         assert!(value(ValueRef::Text(b"2024-02-30"), &date, 0).is_err());
+    }
+
+    #[test]
+    fn a_read_that_meets_a_lock_is_handed_back_to_run_where_it_may_wait() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.busy_timeout(BUSY_TIMEOUT).unwrap();
+        let busy_timeout = |conn: &Connection| -> i64 {
+            conn.query_row("PRAGMA busy_timeout", [], |row| row.get(0))
+                .unwrap()
+        };
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        );
+        let waited = without_waiting(&conn, |conn| {
+            assert_eq!(busy_timeout(conn), 0, "it would have waited");
+            Err::<(), _>(StorageError::from(busy))
+        });
+        assert!(waited.is_none(), "a busy read was not handed back");
+        assert_eq!(
+            busy_timeout(&conn),
+            10_000,
+            "the busy timeout was not restored"
+        );
+        let failed = without_waiting(&conn, |_| {
+            Err::<(), _>(StorageError::Decode {
+                column: "c".into(),
+                reason: "r".into(),
+            })
+        });
+        assert!(matches!(failed, Some(Err(StorageError::Decode { .. }))));
     }
 }

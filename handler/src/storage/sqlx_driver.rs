@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use super::sql::{Decode, Dialect, Statement};
 use super::sqlite_reads::SqliteReads;
 use super::sqlite_writes::SqliteWrites;
-use super::store::{Driver, Transaction, forward_rows};
+use super::store::{Driver, Reach, Transaction, forward_rows};
 use super::{ImportSink, Result, Row};
 use crate::datasets::{Dataset, Value};
 
@@ -174,6 +174,18 @@ where
     run::<DB>(conn, "COMMIT").await
 }
 
+impl<DB: Engine> SqlxDriver<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    async fn fetch_pooled(&self, statement: Statement, decode: &[Decode]) -> Result<Vec<Row>> {
+        let rows = query::<DB>(statement).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| decode_row::<DB>(row, decode))
+            .collect()
+    }
+}
+
 #[async_trait]
 impl<DB: Engine> Driver for SqlxDriver<DB>
 where
@@ -189,10 +201,16 @@ where
         {
             return rows;
         }
-        let rows = query::<DB>(statement).fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| decode_row::<DB>(row, decode))
-            .collect()
+        self.fetch_pooled(statement, decode).await
+    }
+
+    async fn fetch_by_key(&self, statement: Statement, decode: &[Decode]) -> Result<Vec<Row>> {
+        if let Some(direct) = &self.direct
+            && let Some(rows) = direct.fetch_by_key(&statement, decode).await
+        {
+            return rows;
+        }
+        self.fetch_pooled(statement, decode).await
     }
 
     fn stream(
@@ -218,9 +236,9 @@ where
         }
     }
 
-    async fn begin_write(&self) -> Result<Box<dyn Transaction>> {
+    async fn begin_write(&self, reach: Reach) -> Result<Box<dyn Transaction>> {
         if let Some(direct) = &self.direct_writes
-            && let Some(write) = direct.begin().await
+            && let Some(write) = direct.begin(reach).await
         {
             return Ok(Box::new(write?));
         }

@@ -38,6 +38,12 @@ pub trait Driver: Send + Sync + 'static {
     /// run on a connection that cannot write (SQLite's direct reads).
     async fn fetch(&self, statement: Statement, decode: &[Decode]) -> Result<Vec<Row>>;
 
+    /// [`Driver::fetch`] of a read of at most one row by a unique key, which never scans (some
+    /// engines run it where they would not run a longer read).
+    async fn fetch_by_key(&self, statement: Statement, decode: &[Decode]) -> Result<Vec<Row>> {
+        self.fetch(statement, decode).await
+    }
+
     /// Runs the statement in a task of its own and sends batches of rows as they arrive; the
     /// channel is bounded, so a slow client slows the query instead of filling memory.
     fn stream(
@@ -52,8 +58,19 @@ pub trait Driver: Send + Sync + 'static {
     async fn begin_import(&self, dataset: &Dataset) -> Result<Box<dyn ImportSink>>;
 
     /// A write transaction (SQLite: `BEGIN IMMEDIATE`, so it holds the write lock from its first
-    /// read). Dropped without [`Transaction::commit`], it rolls back.
-    async fn begin_write(&self) -> Result<Box<dyn Transaction>>;
+    /// read) whose statements reach as far as `reach` says. Dropped without
+    /// [`Transaction::commit`], it rolls back.
+    async fn begin_write(&self, reach: Reach) -> Result<Box<dyn Transaction>>;
+}
+
+/// How far a write transaction's statements reach, for an engine that runs short work where it
+/// would not run long work (SQLite's writer: on the async thread).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Rows found by a key (primary or unique): a row's write, an account's.
+    ByKey,
+    /// Statements over a whole table (a sync's differences): they may run long.
+    SetWide,
 }
 
 /// One open write transaction.
@@ -140,7 +157,10 @@ impl<D: Driver> SqlStore<D> {
 
     async fn one_user(&self, statement: Statement) -> Result<Option<UserRecord>> {
         self.users_table().await?;
-        let rows = self.driver.fetch(statement, &users::decode()).await?;
+        let rows = self
+            .driver
+            .fetch_by_key(statement, &users::decode())
+            .await?;
         Ok(rows.into_iter().next().and_then(users::record))
     }
 
@@ -158,7 +178,7 @@ impl<D: Driver> SqlStore<D> {
         if assigns_key {
             self.key_locks_table().await?;
         }
-        let mut tx = self.driver.begin_write().await?;
+        let mut tx = self.driver.begin_write(Reach::ByKey).await?;
         let written = match change {
             Change::Create(mut row) => {
                 // Validation leaves the key null only where the dataset assigns keys.
@@ -256,7 +276,7 @@ impl<D: Driver> SqlStore<D> {
     ) -> Result<Option<UserRecord>> {
         self.users_table().await?;
         // In a transaction either way: `Driver::fetch` is for reads only.
-        let mut tx = self.driver.begin_write().await?;
+        let mut tx = self.driver.begin_write(Reach::ByKey).await?;
         let rows = if users::returns_rows(D::DIALECT) {
             tx.fetch(statement, &users::decode()).await?
         } else {
@@ -370,7 +390,10 @@ impl<D: Driver> Storage for SqlStore<D> {
     async fn get(&self, dataset: &Dataset, key: &Value) -> Result<Option<Row>> {
         let statement = sql::get(dataset, key, D::DIALECT);
         let started = Instant::now();
-        let rows = self.driver.fetch(statement, &Decode::row(dataset)).await;
+        let rows = self
+            .driver
+            .fetch_by_key(statement, &Decode::row(dataset))
+            .await;
         metrics::db_call(D::NAME, "get", started.elapsed());
         Ok(rows?.into_iter().next())
     }
@@ -478,7 +501,7 @@ impl<D: Driver> Storage for SqlStore<D> {
 
     async fn delete_user(&self, id: i64) -> Result<()> {
         self.users_table().await?;
-        let mut tx = self.driver.begin_write().await?;
+        let mut tx = self.driver.begin_write(Reach::ByKey).await?;
         tx.execute(users::delete(id, D::DIALECT)).await?;
         tx.commit().await
     }
@@ -492,7 +515,7 @@ impl<D: Driver> Storage for SqlStore<D> {
 
     async fn record_source_version(&self, dataset: &str, version: &SourceVersion) -> Result<()> {
         self.sources_table().await?;
-        let mut tx = self.driver.begin_write().await?;
+        let mut tx = self.driver.begin_write(Reach::ByKey).await?;
         tx.execute(sources::upsert(dataset, version, D::DIALECT))
             .await?;
         tx.commit().await

@@ -5,7 +5,7 @@
 
 use super::sql::sync::{self, Kind};
 use super::sql::{self, Decode, Dialect, Statement};
-use super::store::{Driver, SqlStore, Transaction};
+use super::store::{Driver, Reach, SqlStore, Transaction};
 use super::{
     CommitGate, Committing, ImportSink, Result, Row, Storage as _, StorageError, SyncCounts,
     Written,
@@ -104,7 +104,7 @@ impl<D: Driver> SqlStore<D> {
         record_rows: u64,
     ) -> Result<SyncCounts> {
         let dialect = D::DIALECT;
-        let mut tx = self.driver.begin_write().await?;
+        let mut tx = self.driver.begin_write(Reach::SetWide).await?;
         if let Some(lock) = sync::lock_live(dataset, dialect) {
             tx.fetch(lock, &[]).await?;
         }

@@ -33,7 +33,12 @@ impl Mirror {
             return None;
         }
         let skip = usize::try_from(seq + 1 - first).ok()?;
-        Some(self.records.iter().skip(skip).cloned().collect())
+        Some(
+            self.records
+                .range(skip.min(self.records.len())..)
+                .cloned()
+                .collect(),
+        )
     }
 
     /// Where fetching may start so that the result joins these records (else at `seq`).

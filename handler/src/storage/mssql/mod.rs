@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use super::mssql_config::MssqlConfig;
 use super::sql::{Decode, Dialect, Statement};
-use super::store::{Driver, Transaction, forward_rows};
+use super::store::{Driver, Reach, Transaction, forward_rows};
 use super::{ImportSink, Result, Row, StorageError};
 use crate::datasets::{ColumnType, Dataset, Value};
 use crate::identity::Tokens;
@@ -244,7 +244,7 @@ impl Driver for MssqlDriver {
         run(&mut conn, sql).await
     }
 
-    async fn begin_write(&self) -> Result<Box<dyn Transaction>> {
+    async fn begin_write(&self, _reach: Reach) -> Result<Box<dyn Transaction>> {
         let mut conn = self.pool.get_owned().await?;
         run(&mut conn, BEGIN).await?;
         Ok(Box::new(MssqlWrite { conn: Some(conn) }))
