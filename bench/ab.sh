@@ -7,8 +7,9 @@
 # MIX is bench/crud.lua's (items,patches,lists,upserts; default 75,15,5,5; 0,100,0,0: PATCHes
 # only). One SQLite file of the movies (bench/out/ab.db, made once), the in-process cache, one
 # `handler serve` per run, every hot id asked once before it. Prints per run: requests, p50 and
-# p99 (µs), GET misses, and the handler's CPU ticks (user, system) over the run. With PERF=1 the
-# last run's CPU profile is kept in bench/out/ab.perf (`perf record -e cpu-clock`, 1 s).
+# p99 (µs), GET misses, and the handler's CPU ticks (user, system) over the run. With REDIS=1 the
+# cache is the local Redis (a prefix per run, deleted after it). With PERF=1 the last run's CPU
+# profile is kept in bench/out/ab.perf (`perf record -e cpu-clock`, 1 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OLD=$1 NEW=$2 MIX=${3:-75,15,5,5} C=${4:-64} S=${5:-5} ROUNDS=${6:-2}
@@ -27,6 +28,8 @@ open('$IDS', 'w').write(''.join(f'{i}\n' for i in random.Random(1).sample(ids, 1
   touch $DB.ready
 fi
 run() {
+  local prefix=bench-ab-$$-$RANDOM
+  if [ "${REDIS:-0}" = 1 ]; then export REDIS_URL=redis://127.0.0.1:6379 CACHE_PREFIX=$prefix; fi
   FUNCTIONS_CUSTOMHANDLER_PORT=$PORT "$1" serve & local pid=$!
   for _ in $(seq 100); do curl -sf localhost:$PORT/api/health >/dev/null && break; sleep 0.1; done
   local token
@@ -47,6 +50,9 @@ for i in open('$IDS'):
   t1=$(awk '{print $14" "$15}' /proc/$pid/stat)
   echo "ticks(user sys) $t0 -> $t1"
   sleep 1; kill $pid; wait $pid 2>/dev/null || true
+  if [ "${REDIS:-0}" = 1 ]; then
+    redis-cli --scan --pattern "$prefix:*" | xargs -r -n 1000 redis-cli unlink >/dev/null
+  fi
 }
 for round in $(seq "$ROUNDS"); do
   for build in "$OLD" "$NEW"; do echo -n "round $round $build: "; run "$build"; done

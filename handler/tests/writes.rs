@@ -10,8 +10,10 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use common::{TestApp, TestResponse};
 use handler::cache::Cache;
-use handler::datasets::Value;
-use handler::storage::{UserLookup, UserUpdate};
+use handler::datasets::{Dataset, Value};
+use handler::storage::{
+    Change, CommitGate, Committing, Storage, Ungated, UserLookup, UserUpdate, Written,
+};
 use serde_json::json;
 
 fn header<'a>(response: &'a TestResponse, name: &str) -> &'a str {
@@ -564,4 +566,81 @@ async fn concurrent_readers_never_see_data_older_than_an_acknowledged_write() {
             2 * WRITES
         );
     }
+}
+
+/// A gate that records slowly (as Redis does), and whose first record lets another writer
+/// change the same row before this write takes SQLite's lock.
+struct Interloper {
+    storage: Arc<dyn Storage>,
+    dataset: Arc<Dataset>,
+    title: usize,
+    seen: parking_lot::Mutex<Vec<Written>>,
+}
+
+#[async_trait::async_trait]
+impl CommitGate for Interloper {
+    async fn before_commit(&self, change: Committing<'_>) -> Result<(), String> {
+        let Committing::Row(written) = change else {
+            return Err("only a row's write was expected".to_owned());
+        };
+        let first = {
+            let mut seen = self.seen.lock();
+            seen.push(written.clone());
+            seen.len() == 1
+        };
+        if first {
+            let key = written.old.as_ref().ok_or("an update was expected")?[0].clone();
+            let title = Value::Text("Interloper's title".to_owned());
+            let other = Change::Patch(key, vec![(self.title, title)]);
+            let write = self.storage.write(&self.dataset, other, &Ungated);
+            tokio::time::timeout(std::time::Duration::from_secs(5), write)
+                .await
+                .map_err(|_| "the other writer waited for a lock this write held".to_owned())?
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn records_slowly(&self) -> bool {
+        true
+    }
+}
+
+/// On SQLite with a gate that records slowly, a row's write is recorded before it takes the
+/// database's write lock, from the row as read then. A row changed in between is recorded again
+/// under the lock, as found there: what the commit makes is what was recorded last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_changed_between_an_early_record_and_the_lock_is_recorded_again() {
+    let catalog = common::catalog();
+    let storage = common::open(&common::sqlite_url());
+    common::import_movies(storage.as_ref(), &catalog).await;
+    let dataset = catalog.get("movies").unwrap();
+    let (title, year) = (
+        dataset.column_index("title").unwrap(),
+        dataset.column_index("year").unwrap(),
+    );
+    let first = handler::query::Query::parse(dataset, handler::query::QueryKind::List, "limit=1");
+    let key = storage.list(dataset, &first.unwrap()).await.unwrap()[0][0].clone();
+    let gate = Interloper {
+        storage: storage.clone(),
+        dataset: dataset.clone(),
+        title,
+        seen: parking_lot::Mutex::default(),
+    };
+    let change = Change::Patch(key.clone(), vec![(year, Value::Integer(1999))]);
+    storage.write(dataset, change, &gate).await.unwrap();
+
+    let seen = gate.seen.lock().clone();
+    assert_eq!(seen.len(), 2, "recorded early, then again under the lock");
+    let interloper = Value::Text("Interloper's title".to_owned());
+    let (early, locked) = (&seen[0], &seen[1]);
+    assert_ne!(early.old.as_ref().unwrap()[title], interloper);
+    assert_eq!(locked.old.as_ref().unwrap()[title], interloper);
+    let new = locked.new.as_ref().unwrap();
+    assert_eq!(
+        (&new[title], &new[year]),
+        (&interloper, &Value::Integer(1999))
+    );
+    let stored = storage.get(dataset, &key).await.unwrap().unwrap();
+    assert_eq!(&stored, new, "the commit made what was recorded last");
 }

@@ -94,4 +94,16 @@ impl CommitGate for CacheGate<'_> {
         }
         Ok(())
     }
+
+    fn records_slowly(&self) -> bool {
+        self.cache.backend() == "redis"
+    }
+
+    /// A writer commits only within `COMMIT_WITHIN` of its record (see `cache::writes`).
+    fn still_recorded(&self) -> bool {
+        self.begun
+            .lock()
+            .last()
+            .is_some_and(|write| write.age() <= COMMIT_WITHIN)
+    }
 }

@@ -6,7 +6,8 @@
 //!      D = SqlxDriver<Sqlite | Postgres | MySql> (sqlx) or MssqlDriver (tiberius)
 //! ```
 //! - `store`: [`SqlStore`] (reads, writes in one transaction, migrations, accounts) and the
-//!   `Driver` and `Transaction` traits it runs statements through;
+//!   `Driver` and `Transaction` traits it runs statements through; `row_writes`: the row a
+//!   change leaves of the stored one, and its list columns' rows;
 //! - `sql/`: the SQL text of every statement, built from the dataset declaration only (every
 //!   value from a request or a CSV file travels as a bound parameter): `dialect`, `layout`,
 //!   `schema`, `staging` (an import's staged tables and swap), `builder`, `reads`, `writes`;
@@ -26,6 +27,7 @@ pub mod mssql;
 pub mod mssql_config;
 mod mysql;
 mod postgres;
+mod row_writes;
 pub mod sources;
 mod sql;
 mod sqlite;
@@ -111,12 +113,26 @@ impl SyncCounts {
     }
 }
 
-/// Asked inside a change's transaction, just before its `COMMIT`, whether it may commit. The
-/// service records the change with the cache here, so that once it is committed no instance can
-/// serve an answer it changed; a gate that refuses (`Err` with the reason) rolls it back.
+/// Asked before a change commits whether it may. The service records the change with the cache
+/// here, so that once it is committed no instance can serve an answer it changed; a gate that
+/// refuses (`Err` with the reason) rolls it back. Asked inside the change's transaction, just
+/// before its `COMMIT`; or, for a row's write where the engine locks the whole database to write
+/// (SQLite) and the gate records slowly (over the network), before the transaction begins, from
+/// the row as read then, and asked again inside it only if the row turned out different or that
+/// record is too old to commit under ([`CommitGate::still_recorded`]).
 #[async_trait]
 pub trait CommitGate: Send + Sync {
     async fn before_commit(&self, change: Committing<'_>) -> Result<(), String>;
+
+    /// Whether recording takes a round trip (so is worth making before a lock is taken).
+    fn records_slowly(&self) -> bool {
+        false
+    }
+
+    /// Whether the last change recorded may still commit now.
+    fn still_recorded(&self) -> bool {
+        true
+    }
 }
 
 /// A gate that lets everything commit (tools and tests that write without a cache).
@@ -188,7 +204,7 @@ pub enum Change {
 }
 
 /// The row before and after a committed change (`None` where it did not exist).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Written {
     pub old: Option<Row>,
     pub new: Option<Row>,

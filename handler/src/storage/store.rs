@@ -9,6 +9,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use std::time::Instant;
 
+use super::row_writes::{changed_row, write_list_elements};
 use super::sources::{self, SourceVersion};
 use super::sql::{self, Decode, Dialect, Placement, Statement};
 use super::users::{self, NewUser, UserLookup, UserRecord, UserUpdate};
@@ -178,6 +179,7 @@ impl<D: Driver> SqlStore<D> {
         if assigns_key {
             self.key_locks_table().await?;
         }
+        let early = self.record_early(dataset, &change, gate).await?;
         let mut tx = self.driver.begin_write(Reach::ByKey).await?;
         let written = match change {
             Change::Create(mut row) => {
@@ -221,21 +223,7 @@ impl<D: Driver> SqlStore<D> {
                     .next()
                     .ok_or(StorageError::NotFound)?;
                 let old: Row = stored[..dataset.columns.len()].to_vec(); // the declared columns
-                let new = match change {
-                    Change::Replace(_, mut row) => {
-                        row[dataset.key.column] = key.clone();
-                        Some(row)
-                    }
-                    Change::Patch(_, fields) => {
-                        let mut row = old.clone();
-                        for (index, value) in fields {
-                            row[index] = value;
-                        }
-                        row[dataset.key.column] = key.clone();
-                        Some(row)
-                    }
-                    _ => None,
-                };
+                let new = changed_row(dataset, &key, &old, change);
                 match &new {
                     Some(row) => {
                         if let Some(update) = sql::update_row(dataset, &stored, row, dialect) {
@@ -260,11 +248,55 @@ impl<D: Driver> SqlStore<D> {
             }
         };
         // Dropping the transaction without a commit rolls it back.
+        if early.as_ref() != Some(&written) || !gate.still_recorded() {
+            gate.before_commit(Committing::Row(&written))
+                .await
+                .map_err(StorageError::NotCommitted)?;
+        }
+        tx.commit().await?;
+        Ok(written)
+    }
+
+    /// Where a write locks the whole database (SQLite) and the gate records slowly (Redis), the
+    /// change as it would be from the row read now, recorded before the lock is taken: writers
+    /// then queue for the lock behind statements only, not behind round trips. `None` where it
+    /// was not recorded (the transaction records it).
+    async fn record_early(
+        &self,
+        dataset: &Dataset,
+        change: &Change,
+        gate: &dyn CommitGate,
+    ) -> Result<Option<Written>> {
+        if D::DIALECT != Dialect::Sqlite || !gate.records_slowly() {
+            return Ok(None);
+        }
+        let key = match change {
+            Change::Create(row) => &row[dataset.key.column],
+            Change::Replace(key, _) | Change::Patch(key, _) | Change::Delete(key) => key,
+        };
+        if key.is_null() {
+            return Ok(None); // a key the transaction assigns
+        }
+        let statement = sql::get(dataset, key, D::DIALECT);
+        let stored = self
+            .driver
+            .fetch_by_key(statement, &Decode::row(dataset))
+            .await?;
+        let written = match (change, stored.into_iter().next()) {
+            (Change::Create(row), None) => Written {
+                old: None,
+                new: Some(row.clone()),
+            },
+            (Change::Create(_), Some(_)) | (_, None) => return Ok(None), // a 409 or a 404
+            (change, Some(old)) => Written {
+                new: changed_row(dataset, key, &old, change.clone()),
+                old: Some(old),
+            },
+        };
         gate.before_commit(Committing::Row(&written))
             .await
             .map_err(StorageError::NotCommitted)?;
-        tx.commit().await?;
-        Ok(written)
+        Ok(Some(written))
     }
 
     /// Runs an insert or update of an account and returns the account as it is afterwards: from
@@ -287,34 +319,6 @@ impl<D: Driver> SqlStore<D> {
         tx.commit().await?;
         Ok(rows.into_iter().next().and_then(users::record))
     }
-}
-
-/// Writes `row`'s list elements after removing those of `old` (none for a new row); a list
-/// column whose value did not change is left as it is (a PATCH of a title rewrites no list).
-async fn write_list_elements(
-    tx: &mut dyn Transaction,
-    dataset: &Dataset,
-    dialect: Dialect,
-    key: &Value,
-    row: Option<&Row>,
-    old: Option<&Row>,
-) -> Result<()> {
-    for (index, column) in dataset.list_columns() {
-        if let (Some(old), Some(row)) = (old, row)
-            && old[index] == row[index]
-        {
-            continue;
-        }
-        if old.is_some() {
-            tx.execute(sql::delete_list_elements(dataset, column, key, dialect))
-                .await?;
-        }
-        let inserts = row.map(|r| sql::insert_list_elements(dataset, index, r, dialect));
-        for insert in inserts.into_iter().flatten() {
-            tx.execute(insert).await?;
-        }
-    }
-    Ok(())
 }
 
 #[async_trait]

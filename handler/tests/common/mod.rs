@@ -443,7 +443,8 @@ pub fn unique_prefix() -> String {
 }
 
 /// A database with the movies imported, and a cache shared by two instances over it: SQLite
-/// with one in-process cache (two handles on it), and, when they answer, PostgreSQL with Redis.
+/// with one in-process cache (two handles on it), and, when they answer, SQLite and PostgreSQL
+/// each with Redis.
 pub async fn movies_backends() -> Vec<(&'static str, TestApp, TestApp)> {
     let catalog = catalog();
     let ttl = std::time::Duration::from_secs(60);
@@ -451,19 +452,27 @@ pub async fn movies_backends() -> Vec<(&'static str, TestApp, TestApp)> {
     import_movies(sqlite.as_ref(), &catalog).await;
     let a = TestApp::new(sqlite, catalog.clone());
     let mut out: Vec<(&'static str, TestApp, TestApp)> = vec![("sqlite+in-process", a.clone(), a)];
-    if let (Some(pg), Some(redis)) = (postgres_url().await, redis_url().await) {
-        import_movies(open(&pg).as_ref(), &catalog).await;
-        let storage = open(&pg);
-        let prefix = unique_prefix();
-        let instance = |storage: Arc<dyn Storage>, catalog: Catalog| {
-            let cache = Cache::with_redis(&redis, &prefix, ttl, handler::cache::DEFAULT_MAX_BYTES);
-            TestApp::with_cache(storage, catalog, cache)
+    if let Some(redis) = redis_url().await {
+        // Two instances on one database and one Redis, under a prefix of their own.
+        let pair = |storage: Arc<dyn Storage>| {
+            let prefix = unique_prefix();
+            let instance = || {
+                let cache =
+                    Cache::with_redis(&redis, &prefix, ttl, handler::cache::DEFAULT_MAX_BYTES);
+                TestApp::with_cache(storage.clone(), catalog.clone(), cache)
+            };
+            (instance(), instance())
         };
-        out.push((
-            "postgres+redis",
-            instance(storage.clone(), catalog.clone()),
-            instance(storage, catalog.clone()),
-        ));
+        // SQLite with Redis: a row's write is recorded before it takes the database's lock.
+        let sqlite = open(&sqlite_url());
+        import_movies(sqlite.as_ref(), &catalog).await;
+        let (a, b) = pair(sqlite);
+        out.push(("sqlite+redis", a, b));
+        if let Some(pg) = postgres_url().await {
+            import_movies(open(&pg).as_ref(), &catalog).await;
+            let (a, b) = pair(open(&pg));
+            out.push(("postgres+redis", a, b));
+        }
     }
     let others = [
         ("mariadb+in-process", mysql_url().await),
