@@ -51,7 +51,7 @@ for i in open('$IDS'):
   echo "ticks(user sys) $t0 -> $t1"
   sleep 1; kill $pid; wait $pid 2>/dev/null || true
   if [ "${REDIS:-0}" = 1 ]; then
-    redis-cli --scan --pattern "$prefix:*" | xargs -r -n 1000 redis-cli unlink >/dev/null
+    redis-cli --scan --pattern "$prefix:*" | xargs -r -d '\n' -n 1000 redis-cli unlink >/dev/null
   fi
 }
 for round in $(seq "$ROUNDS"); do

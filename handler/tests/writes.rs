@@ -568,12 +568,13 @@ async fn concurrent_readers_never_see_data_older_than_an_acknowledged_write() {
     }
 }
 
-/// A gate that records slowly (as Redis does), and whose first record lets another writer
-/// change the same row before this write takes SQLite's lock.
+/// A gate that records slowly (as Redis does) and whose records hold; when it `interferes`, its
+/// first record lets another writer change the same row before this write takes SQLite's lock.
 struct Interloper {
     storage: Arc<dyn Storage>,
     dataset: Arc<Dataset>,
     title: usize,
+    interferes: bool,
     seen: parking_lot::Mutex<Vec<Written>>,
 }
 
@@ -588,7 +589,7 @@ impl CommitGate for Interloper {
             seen.push(written.clone());
             seen.len() == 1
         };
-        if first {
+        if first && self.interferes {
             let key = written.old.as_ref().ok_or("an update was expected")?[0].clone();
             let title = Value::Text("Interloper's title".to_owned());
             let other = Change::Patch(key, vec![(self.title, title)]);
@@ -604,11 +605,16 @@ impl CommitGate for Interloper {
     fn records_slowly(&self) -> bool {
         true
     }
+
+    fn still_recorded(&self) -> bool {
+        true
+    }
 }
 
 /// On SQLite with a gate that records slowly, a row's write is recorded before it takes the
-/// database's write lock, from the row as read then. A row changed in between is recorded again
-/// under the lock, as found there: what the commit makes is what was recorded last.
+/// database's write lock, from the row as read then, and only then if nothing came in between.
+/// A row changed in between is recorded again under the lock, as found there: what the commit
+/// makes is what was recorded last.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_changed_between_an_early_record_and_the_lock_is_recorded_again() {
     let catalog = common::catalog();
@@ -621,12 +627,19 @@ async fn a_row_changed_between_an_early_record_and_the_lock_is_recorded_again() 
     );
     let first = handler::query::Query::parse(dataset, handler::query::QueryKind::List, "limit=1");
     let key = storage.list(dataset, &first.unwrap()).await.unwrap()[0][0].clone();
-    let gate = Interloper {
+    let gate = |interferes| Interloper {
         storage: storage.clone(),
         dataset: dataset.clone(),
         title,
+        interferes,
         seen: parking_lot::Mutex::default(),
     };
+    let quiet = gate(false);
+    let change = Change::Patch(key.clone(), vec![(year, Value::Integer(1998))]);
+    storage.write(dataset, change, &quiet).await.unwrap();
+    assert_eq!(quiet.seen.lock().len(), 1, "recorded once, before the lock");
+
+    let gate = gate(true);
     let change = Change::Patch(key.clone(), vec![(year, Value::Integer(1999))]);
     storage.write(dataset, change, &gate).await.unwrap();
 

@@ -18,8 +18,9 @@ const IMPORT_IN_FLIGHT_FOR: std::time::Duration = std::time::Duration::from_secs
 pub(super) struct CacheGate<'a> {
     cache: &'a Cache,
     dataset: &'a Dataset,
-    /// Every change recorded, one per attempt (a write retried after a deadlock records again);
-    /// the last is the one that committed, if any did.
+    /// Every change recorded: one per attempt (a write retried after a deadlock records again),
+    /// two where a change recorded before its transaction is recorded again in it; the last is
+    /// the one that committed, if any did.
     begun: Mutex<Vec<WriteInFlight>>,
 }
 

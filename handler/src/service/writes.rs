@@ -1,6 +1,6 @@
 //! Writes: authorise (the dataset's `[access]` level, admins by default) before anything of the
 //! body is read, check it against the declaration (every bad field named), apply it in one
-//! transaction that records it with the cache just before its commit (old and new row, so
+//! transaction that records it with the cache before its commit (old and new row, so
 //! exactly the answers it could change end; see `gate`), and acknowledge it once the record is
 //! ended. A write the cache cannot record is not made (503).
 

@@ -129,9 +129,11 @@ pub trait CommitGate: Send + Sync {
         false
     }
 
-    /// Whether the last change recorded may still commit now.
+    /// Whether the last change recorded may still commit now (a gate that records early must
+    /// say how long its record holds: until it does, a change is recorded again in the
+    /// transaction).
     fn still_recorded(&self) -> bool {
-        true
+        false
     }
 }
 

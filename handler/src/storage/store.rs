@@ -179,7 +179,7 @@ impl<D: Driver> SqlStore<D> {
         if assigns_key {
             self.key_locks_table().await?;
         }
-        let early = self.record_early(dataset, &change, gate).await?;
+        let early = self.record_early(dataset, &change, gate).await;
         let mut tx = self.driver.begin_write(Reach::ByKey).await?;
         let written = match change {
             Change::Create(mut row) => {
@@ -260,43 +260,40 @@ impl<D: Driver> SqlStore<D> {
     /// Where a write locks the whole database (SQLite) and the gate records slowly (Redis), the
     /// change as it would be from the row read now, recorded before the lock is taken: writers
     /// then queue for the lock behind statements only, not behind round trips. `None` where it
-    /// was not recorded (the transaction records it).
+    /// was not recorded, the read or the record having failed too (the transaction records it,
+    /// or fails as it would have).
     async fn record_early(
         &self,
         dataset: &Dataset,
         change: &Change,
         gate: &dyn CommitGate,
-    ) -> Result<Option<Written>> {
+    ) -> Option<Written> {
         if D::DIALECT != Dialect::Sqlite || !gate.records_slowly() {
-            return Ok(None);
+            return None;
         }
         let key = match change {
             Change::Create(row) => &row[dataset.key.column],
             Change::Replace(key, _) | Change::Patch(key, _) | Change::Delete(key) => key,
         };
         if key.is_null() {
-            return Ok(None); // a key the transaction assigns
+            return None; // a key the transaction assigns
         }
         let statement = sql::get(dataset, key, D::DIALECT);
-        let stored = self
-            .driver
-            .fetch_by_key(statement, &Decode::row(dataset))
-            .await?;
+        let decode = Decode::row(dataset);
+        let stored = self.driver.fetch_by_key(statement, &decode).await.ok()?;
         let written = match (change, stored.into_iter().next()) {
             (Change::Create(row), None) => Written {
                 old: None,
                 new: Some(row.clone()),
             },
-            (Change::Create(_), Some(_)) | (_, None) => return Ok(None), // a 409 or a 404
+            (Change::Create(_), Some(_)) | (_, None) => return None, // a 409 or a 404
             (change, Some(old)) => Written {
                 new: changed_row(dataset, key, &old, change.clone()),
                 old: Some(old),
             },
         };
-        gate.before_commit(Committing::Row(&written))
-            .await
-            .map_err(StorageError::NotCommitted)?;
-        Ok(Some(written))
+        let recorded = gate.before_commit(Committing::Row(&written)).await;
+        recorded.is_ok().then_some(written)
     }
 
     /// Runs an insert or update of an account and returns the account as it is afterwards: from
