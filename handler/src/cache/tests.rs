@@ -644,3 +644,43 @@ fn early_refresh_grows_as_expiry_nears() {
         "50 ms before expiry some, not all, refresh: {share}"
     );
 }
+
+/// A freshness check on Redis reads the write log from the record after the seq it checked
+/// through, whatever landed after its position was read. Asking Redis for "the newest n" (n the
+/// writes up to that position) missed the oldest wanted as soon as one more write had landed:
+/// under a stream of writes most checks failed, and fresh answers were computed again.
+#[tokio::test]
+async fn a_log_read_starts_after_the_checked_seq_whatever_landed_since() {
+    let Some(url) = test_redis_url().await else {
+        return;
+    };
+    let dataset = movies();
+    let store = redis::RedisStore::new(&url, &unique_prefix("log-read"));
+    let record = || async {
+        let write = store::NewWrite {
+            rows: Vec::new(),
+            everything: true,
+            payload: fresh::EVERYTHING.to_owned(),
+        };
+        store
+            .record_write(&dataset.name, &write, fresh::WRITE_LOG_CAPACITY)
+            .await
+            .unwrap();
+    };
+    for _ in 0..10 {
+        record().await;
+    }
+    let position = store.position(&dataset.name).await.unwrap();
+    for _ in 0..5 {
+        record().await; // after the reader's position
+    }
+    let checked = position.seq - 4;
+    let writes = store
+        .writes_since(&dataset, position.epoch, checked, position.seq)
+        .await
+        .unwrap()
+        .expect("every record after the checked seq is in the log");
+    let seqs: Vec<u64> = writes.iter().map(|w| w.seq).collect();
+    let expected: Vec<u64> = (checked + 1..=position.seq + 5).collect();
+    assert_eq!(seqs, expected);
+}

@@ -64,6 +64,9 @@ pub struct RedisStore {
     mirrors: parking_lot::Mutex<std::collections::HashMap<String, Mirror>>,
 }
 
+/// Records a log read takes beyond the reader's position, for writes that landed since.
+const WRITES_AHEAD: u64 = 64;
+
 const COUNT_IN_WINDOW: &str = r"
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
@@ -223,17 +226,19 @@ impl RedisStore {
         parse_position(&reply).ok_or(Unavailable)
     }
 
-    /// The newest `count` items of the write log, if the dataset is still in `epoch`.
+    /// At most `count` items of the write log from the one after seq `after` on, if the
+    /// dataset is still in `epoch`.
     async fn fetch_writes(
         &self,
         dataset: &str,
         epoch: u64,
+        after: u64,
         count: u64,
     ) -> Result<Option<Vec<String>>, Unavailable> {
         let (stamp, writes) = (self.stamp_key(dataset), self.writes_key(dataset));
         self.run(|mut conn| async move {
             let mut invocation = WRITES_OF_EPOCH.key(stamp);
-            invocation.key(writes).arg(epoch).arg(count);
+            invocation.key(writes).arg(epoch).arg(after).arg(count);
             conn.invoke(&invocation).await
         })
         .await
@@ -392,8 +397,10 @@ impl Store for RedisStore {
                 _ => seq,
             }
         };
+        // Those that landed since the position was read come too (the mirror keeps them).
+        let wanted = current - fetch_after + WRITES_AHEAD;
         let Some(items) = self
-            .fetch_writes(&dataset.name, epoch, current - fetch_after)
+            .fetch_writes(&dataset.name, epoch, fetch_after, wanted)
             .await?
         else {
             return Ok(None); // the epoch is over

@@ -98,14 +98,21 @@ redis.call('DEL', KEYS[2])
 redis.call('RPUSH', KEYS[2], '1 *')
 return 1";
 
-/// The newest `ARGV[2]` records of the log, or nil when the dataset is no longer in epoch
-/// `ARGV[1]` (read atomically, so a purge between two calls cannot pass off a new epoch's
-/// records as the old one's).
+/// At most `ARGV[3]` records of the log from the one after seq `ARGV[2]` on (the oldest kept,
+/// if that one is gone), or nil when the dataset is no longer in epoch `ARGV[1]` (read
+/// atomically, so a purge between two calls cannot pass off a new epoch's records as the old
+/// one's). Records are consecutive (`APPEND`), so a seq's index is its distance from the first.
+/// Asking for "the newest n" instead missed the oldest wanted whenever a write landed after the
+/// reader's position: under a stream of writes, most freshness checks then failed.
 pub static WRITES_OF_EPOCH: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return false end
-return redis.call('LRANGE', KEYS[2], -tonumber(ARGV[2]), -1)",
+local first = redis.call('LINDEX', KEYS[2], 0)
+local first_seq = first and tonumber(string.match(first, '^(%d+) '))
+if not first_seq then return {} end
+local from = math.max(tonumber(ARGV[2]) + 1 - first_seq, 0)
+return redis.call('LRANGE', KEYS[2], from, from + tonumber(ARGV[3]) - 1)",
     )
 });
 
