@@ -184,6 +184,11 @@ impl Cache {
         self.store.backend()
     }
 
+    /// Whether the store is shared by instances (Redis), so a round trip away.
+    pub fn is_shared(&self) -> bool {
+        self.store.is_shared()
+    }
+
     /// The readable key: `<prefix>:<dataset>:<kind>:<canonical query>` (a long query cut, with
     /// a hash of the whole).
     pub fn key(&self, dataset: &Dataset, subject: &Subject<'_>) -> String {

@@ -96,8 +96,9 @@ impl CommitGate for CacheGate<'_> {
         Ok(())
     }
 
+    /// A shared store (Redis) is a round trip away.
     fn records_slowly(&self) -> bool {
-        self.cache.backend() == "redis"
+        self.cache.is_shared()
     }
 
     /// A writer commits only within `COMMIT_WITHIN` of its record (see `cache::writes`).

@@ -168,7 +168,9 @@ pub(super) fn without_waiting<T>(
 ) -> Option<Result<T>> {
     conn.busy_timeout(Duration::ZERO).ok()?;
     let done = work(conn);
-    conn.busy_timeout(BUSY_TIMEOUT).ok()?;
+    // Cannot fail (`sqlite3_busy_timeout` always succeeds), and what `work` began (a
+    // transaction) must reach the caller.
+    let _ = conn.busy_timeout(BUSY_TIMEOUT);
     match done {
         Err(StorageError::Unavailable(_)) => None,
         done => Some(done),

@@ -22,14 +22,16 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::sql::{Decode, Statement};
-use super::sqlite_reads::{BUSY_TIMEOUT, Bound, CONNECTION_LIFETIME, blocking, read_mapping};
+use super::sqlite_reads::{
+    BUSY_TIMEOUT, Bound, CONNECTION_LIFETIME, blocking, read_mapping, without_waiting,
+};
 use super::store::{Reach, Transaction};
 use super::{Result, Row, StorageError};
 
@@ -90,7 +92,7 @@ impl SqliteWrites {
                 write.open = true;
                 Some(Ok(write))
             }
-            Err(error) => Some(Err(error.into())),
+            Err(error) => Some(Err(error)),
         }
     }
 }
@@ -116,18 +118,9 @@ fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
 
 /// `BEGIN IMMEDIATE`, on this thread when the write lock is free (the attempt does not wait);
 /// when another process holds it, waited for off the async thread, up to the busy timeout.
-fn begin_immediate(conn: &Connection) -> rusqlite::Result<()> {
-    conn.busy_timeout(Duration::ZERO)?;
-    let attempt = conn.execute_batch("BEGIN IMMEDIATE");
-    // Cannot fail (`sqlite3_busy_timeout` always succeeds); and a begun transaction must reach
-    // the caller, who rolls it back if it is dropped.
-    let _ = conn.busy_timeout(BUSY_TIMEOUT);
-    match attempt {
-        Err(error) if error.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) => {
-            blocking(|| conn.execute_batch("BEGIN IMMEDIATE"))
-        }
-        done => done,
-    }
+fn begin_immediate(conn: &Connection) -> Result<()> {
+    let begin = |conn: &Connection| conn.execute_batch("BEGIN IMMEDIATE").map_err(write_error);
+    without_waiting(conn, begin).unwrap_or_else(|| blocking(|| begin(conn)))
 }
 
 /// Checkpoints of the writer's log, each on a blocking thread and a connection of their own, so
@@ -350,6 +343,8 @@ fn write_error(error: rusqlite::Error) -> StorageError {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::datasets::Value;
 
