@@ -12,6 +12,7 @@ use crate::query::{Query, QueryKind};
 
 use super::Subject;
 use super::entry::CachedResponse;
+use super::records::RecordKey;
 use super::store::{Store, Unavailable};
 
 /// Writes remembered per dataset for validating entries; an entry older than the oldest
@@ -82,34 +83,61 @@ pub struct RecordedWrite {
     pub rows: Vec<RowChange>,
     /// Every answer of the dataset changed (an import, a write too large to record).
     pub everything: bool,
+    /// The keys of the rows it touched ([`row_keys`]), for the log's index of them.
+    pub keys: Vec<RecordKey>,
 }
 
 impl RecordedWrite {
-    /// The record of one row's change.
+    /// The record of one row's change (without its keys: [`changes`] reads the rows).
     #[cfg(test)]
     pub fn row(seq: u64, old: Option<Vec<Value>>, new: Option<Vec<Value>>) -> RecordedWrite {
         RecordedWrite {
             seq,
             rows: vec![RowChange { old, new }],
             everything: false,
+            keys: Vec::new(),
         }
     }
 
     /// The changes as a shared write log stores them (after `"<seq> "`): `[old, new]` for one
     /// row, `{"rows": [[old, new], ...]}` for several.
     pub fn encode_payload(rows: &[RowChange]) -> String {
-        let row = |r: &Option<Vec<Value>>| match r {
-            Some(values) => serde_json::Value::Array(values.iter().map(Value::to_json).collect()),
-            None => serde_json::Value::Null,
+        // Written straight out: through `serde_json::Value`s it was most of a write's record.
+        let mut out = Vec::new();
+        let row = |out: &mut Vec<u8>, row: &Option<Vec<Value>>| match row {
+            Some(values) => {
+                out.push(b'[');
+                for (i, value) in values.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    value.write_json(out);
+                }
+                out.push(b']');
+            }
+            None => out.extend_from_slice(b"null"),
         };
-        let pair =
-            |change: &RowChange| serde_json::Value::Array(vec![row(&change.old), row(&change.new)]);
+        let pair = |out: &mut Vec<u8>, change: &RowChange| {
+            out.push(b'[');
+            row(out, &change.old);
+            out.push(b',');
+            row(out, &change.new);
+            out.push(b']');
+        };
         match rows {
-            [one] => pair(one).to_string(),
+            [one] => pair(&mut out, one),
             many => {
-                serde_json::json!({ "rows": many.iter().map(pair).collect::<Vec<_>>() }).to_string()
+                out.extend_from_slice(br#"{"rows":["#);
+                for (i, change) in many.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    pair(&mut out, change);
+                }
+                out.extend_from_slice(b"]}");
             }
         }
+        String::from_utf8(out).expect("write_json writes UTF-8")
     }
 
     /// A `"<seq> [old, new]"`, `"<seq> {"rows": ...}"` or `"<seq> *"` item of a shared write
@@ -151,6 +179,7 @@ impl RecordedWrite {
         };
         Some(RecordedWrite {
             seq,
+            keys: row_keys(dataset, &rows),
             rows,
             everything: false,
         })
@@ -161,6 +190,7 @@ impl RecordedWrite {
             seq,
             rows: Vec::new(),
             everything: true,
+            keys: Vec::new(),
         }
     }
 }
@@ -214,15 +244,28 @@ pub async fn is_fresh(
     if current.seq - checked > MAX_WRITES_CHECKED {
         return Ok(false);
     }
-    let fresh = match store
-        .writes_since(dataset, stamp.epoch, checked, current.seq)
-        .await?
-    {
-        Some(writes) => !writes
-            .iter()
-            .any(|write| changes(dataset, subject, entry.page_end.as_ref(), write)),
-        None => false,
+    let unchanged = match subject {
+        // One lookup in the log's index of keys, not a walk over every write since.
+        Subject::Item(key) => store
+            .key_touched_since(
+                dataset,
+                stamp.epoch,
+                checked,
+                current.seq,
+                &RecordKey::of(key),
+            )
+            .await?
+            .map(|touched| !touched),
+        _ => store
+            .writes_since(dataset, stamp.epoch, checked, current.seq)
+            .await?
+            .map(|writes| {
+                !writes
+                    .iter()
+                    .any(|write| changes(dataset, subject, entry.page_end.as_ref(), write))
+            }),
     };
+    let fresh = unchanged.unwrap_or(false);
     if fresh {
         entry
             .checked_through
@@ -384,6 +427,19 @@ fn same_key(recorded: &Value, key: &Value) -> bool {
         (Value::Text(a), Value::Text(b)) => normalise_text(a) == normalise_text(b),
         (a, b) => a == b,
     }
+}
+
+/// The keys of the rows that `changes` touch (old and new), as the log's index keeps them.
+pub fn row_keys(dataset: &Dataset, changes: &[RowChange]) -> Vec<RecordKey> {
+    let mut keys: Vec<RecordKey> = changes
+        .iter()
+        .flat_map(|change| [&change.old, &change.new])
+        .flatten()
+        .map(|row| RecordKey::of(&row[dataset.key.column]))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
 }
 
 /// The row as the write log keeps it: the key and the columns a cached answer can depend on

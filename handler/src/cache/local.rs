@@ -3,7 +3,7 @@
 //! in this mode is the whole cache, and leases are not needed: one process's flights already
 //! share each computation.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,8 +13,9 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use super::entry::CachedResponse;
-use super::fresh::{KEPT_ROW_CHANGES, Position, RecordedWrite};
+use super::fresh::{Position, RecordedWrite};
 use super::hot::LocalScores;
+use super::records::{RecordKey, RecordLog};
 use super::store::{InFlight, NewWrite, Store, Unavailable};
 use super::windows::LocalWindows;
 use crate::datasets::Dataset;
@@ -31,9 +32,7 @@ struct WriteLog {
     epoch: u64,
     seq: u64,
     /// Recent writes, oldest first.
-    recent: VecDeque<Arc<RecordedWrite>>,
-    /// Row changes in `recent`.
-    rows: usize,
+    recent: RecordLog,
     /// Writes recorded and not yet ended, with the time they stop counting as in flight.
     in_flight: Vec<(InFlight, Instant)>,
 }
@@ -41,20 +40,19 @@ struct WriteLog {
 impl WriteLog {
     fn push(&mut self, write: &NewWrite, capacity: usize) -> u64 {
         self.seq += 1;
-        self.recent.push_back(Arc::new(RecordedWrite {
+        let record = RecordedWrite {
             seq: self.seq,
             rows: write.rows.clone(),
             everything: write.everything,
-        }));
-        self.rows += write.rows.len();
-        while self.recent.len() > capacity
-            || (self.rows > KEPT_ROW_CHANGES && self.recent.len() > 1)
-        {
-            if let Some(first) = self.recent.pop_front() {
-                self.rows -= first.rows.len();
-            }
-        }
+            keys: write.keys.clone(),
+        };
+        self.recent.push(Arc::new(record), capacity);
         self.seq
+    }
+
+    /// The log of `epoch`, if it is the current one.
+    fn of_epoch(&self, epoch: u64) -> Option<&RecordLog> {
+        (self.epoch == epoch).then_some(&self.recent)
     }
 }
 
@@ -142,15 +140,26 @@ impl Store for LocalStore {
         let Some(log) = writes.get(&dataset.name) else {
             return Ok(Some(Vec::new()));
         };
-        // Every write since `seq` must still be remembered, in the same epoch.
-        let remembered_from = log.recent.front().map_or(log.seq + 1, |w| w.seq);
-        if remembered_from > seq + 1 || log.epoch != epoch {
-            return Ok(None);
-        }
-        // Only the newer ones, found by seq (the log is in order): not a walk of the whole log
-        // on every hit, which cost as much as the hit itself under a stream of writes.
-        let newer = log.recent.partition_point(|w| w.seq <= seq);
-        Ok(Some(log.recent.range(newer..).cloned().collect()))
+        Ok(log
+            .of_epoch(epoch)
+            .and_then(|recent| recent.after(seq, log.seq)))
+    }
+
+    async fn key_touched_since(
+        &self,
+        dataset: &Dataset,
+        epoch: u64,
+        seq: u64,
+        _current: u64,
+        key: &RecordKey,
+    ) -> Result<Option<bool>, Unavailable> {
+        let writes = self.writes.lock();
+        let Some(log) = writes.get(&dataset.name) else {
+            return Ok(Some(false));
+        };
+        Ok(log
+            .of_epoch(epoch)
+            .and_then(|recent| recent.touched_after(seq, log.seq, key)))
     }
 
     /// A new epoch that starts with a change of everything, so an answer computed in it while a
@@ -160,9 +169,8 @@ impl Store for LocalStore {
         let log = writes.entry(dataset.to_owned()).or_default();
         log.epoch += 1;
         log.seq = 1;
-        log.recent.clear();
-        log.rows = 0;
-        log.recent.push_back(Arc::new(RecordedWrite::everything(1)));
+        log.recent = RecordLog::default();
+        log.recent.push(Arc::new(RecordedWrite::everything(1)), 1);
         Ok(())
     }
 

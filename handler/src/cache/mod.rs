@@ -33,6 +33,7 @@
 //! | [`writes`] | recording writes before they commit: in flight, ended, recorded again |
 //! | [`keys`] | readable, bounded keys |
 //! | [`fresh`] | write positions, the write log's records, the answer-aware freshness rule |
+//! | [`records`] | the write log as a process holds it, indexed by the keys each record touched |
 //! | [`flight`] | one computation per cold key: flights, leases, streamed claims, STALE |
 //! | [`store`] | the store trait; [`local`] and [`redis`] implement it |
 //! | [`memory`], [`entry`], [`gzip`] | the memory tier, what it holds, its gzip copies |
@@ -47,6 +48,7 @@ mod hot;
 mod keys;
 mod local;
 mod memory;
+mod records;
 mod redis;
 mod spread;
 mod store;

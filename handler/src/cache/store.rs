@@ -9,6 +9,7 @@ use async_trait::async_trait;
 
 use super::entry::CachedResponse;
 use super::fresh::{Position, RecordedWrite, RowChange};
+use super::records::RecordKey;
 use crate::datasets::Dataset;
 use crate::identity::Tokens;
 
@@ -25,6 +26,8 @@ pub struct NewWrite {
     pub rows: Vec<RowChange>,
     pub everything: bool,
     pub payload: String,
+    /// The keys of the rows it touches (`fresh::row_keys`).
+    pub keys: Vec<RecordKey>,
 }
 
 /// Where a write recorded in flight sits in its dataset's log, to end it by.
@@ -83,6 +86,18 @@ pub trait Store: Send + Sync {
         seq: u64,
         current: u64,
     ) -> Result<Option<Vec<Arc<RecordedWrite>>>, Unavailable>;
+
+    /// Whether a write of `epoch` after `seq` (up to at least `current`) touched the row keyed
+    /// `key` or changed everything; `None` when some of them are no longer remembered (or the
+    /// epoch is over). [`Store::writes_since`] for an item, answered from an index.
+    async fn key_touched_since(
+        &self,
+        dataset: &Dataset,
+        epoch: u64,
+        seq: u64,
+        current: u64,
+        key: &RecordKey,
+    ) -> Result<Option<bool>, Unavailable>;
 
     /// Starts a new epoch of the dataset: every answer stamped before is stale (and, while a
     /// write of the old epoch is in flight, every answer computed in the new one).

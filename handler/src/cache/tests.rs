@@ -661,6 +661,7 @@ async fn a_log_read_starts_after_the_checked_seq_whatever_landed_since() {
             rows: Vec::new(),
             everything: true,
             payload: fresh::EVERYTHING.to_owned(),
+            keys: Vec::new(),
         };
         store
             .record_write(&dataset.name, &write, fresh::WRITE_LOG_CAPACITY)
@@ -683,4 +684,60 @@ async fn a_log_read_starts_after_the_checked_seq_whatever_landed_since() {
     let seqs: Vec<u64> = writes.iter().map(|w| w.seq).collect();
     let expected: Vec<u64> = (checked + 1..=position.seq + 5).collect();
     assert_eq!(seqs, expected);
+}
+
+/// An item's freshness check asks the log's index of keys; it must answer as the walk over the
+/// records it replaced does, for every seq an entry may have been checked through, on every
+/// store (the second instance reads Redis's log into a copy of its own).
+#[tokio::test]
+async fn the_index_of_keys_answers_as_the_walk_over_the_writes_does() {
+    let dataset = movies();
+    for (name, writer, reader) in instances("key-index").await {
+        let write = |old: Option<Vec<Value>>, new: Option<Vec<Value>>| {
+            let writer = writer.clone();
+            let dataset = &dataset;
+            async move {
+                let write = writer.begin_write(dataset, old, new).await.unwrap();
+                writer.end_write(write).await.unwrap();
+            }
+        };
+        write(None, Some(film(&dataset, 1, &["Drama"], 2000))).await;
+        write(
+            Some(film(&dataset, 1, &["Drama"], 2000)),
+            Some(film(&dataset, 1, &["Drama"], 2001)),
+        )
+        .await;
+        write(None, Some(film(&dataset, 2, &["Comedy"], 1990))).await;
+        write(Some(film(&dataset, 1, &["Drama"], 2001)), None).await;
+        write(None, Some(film(&dataset, 3, &[], 1980))).await;
+        let position = reader.store.position(&dataset.name).await.unwrap();
+        for key in [1, 2, 3, 4] {
+            let key = Value::Integer(key);
+            for seq in 0..position.seq {
+                let walked = reader
+                    .store
+                    .writes_since(&dataset, position.epoch, seq, position.seq)
+                    .await
+                    .unwrap()
+                    .map(|writes| {
+                        writes.iter().any(|write| {
+                            fresh::changes(&dataset, &Subject::Item(&key), None, write)
+                        })
+                    });
+                let indexed = reader
+                    .store
+                    .key_touched_since(
+                        &dataset,
+                        position.epoch,
+                        seq,
+                        position.seq,
+                        &records::RecordKey::of(&key),
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(indexed, walked, "{name}: key {key:?} after seq {seq}");
+                assert!(indexed.is_some(), "{name}: every write is remembered");
+            }
+        }
+    }
 }

@@ -40,6 +40,7 @@ fn everything() -> NewWrite {
         rows: Vec::new(),
         everything: true,
         payload: fresh::EVERYTHING.to_owned(),
+        keys: Vec::new(),
     }
 }
 
@@ -59,6 +60,7 @@ fn recorded(dataset: &Dataset, changes: Vec<RowChange>, max_bytes: usize) -> New
         return everything();
     }
     NewWrite {
+        keys: fresh::row_keys(dataset, &rows),
         rows,
         everything: false,
         payload,

@@ -1,17 +1,18 @@
 //! The write log's records already read from Redis, kept in process: a record never changes once
 //! written (a seq is given once per epoch), so a freshness check fetches only newer ones.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::cache::fresh::{KEPT_ROW_CHANGES, RecordedWrite};
+use super::{RedisStore, WRITES_AHEAD};
+use crate::cache::fresh::RecordedWrite;
+use crate::cache::records::{RecordKey, RecordLog};
+use crate::cache::store::Unavailable;
+use crate::datasets::Dataset;
 
 /// Consecutive records of one epoch of a dataset's write log, as read from Redis.
 pub struct Mirror {
     pub epoch: u64,
-    records: VecDeque<Arc<RecordedWrite>>,
-    /// Row changes in `records` (a sync's record holds many).
-    rows: usize,
+    records: RecordLog,
 }
 
 /// Records kept per dataset: as many as a freshness check may read.
@@ -21,30 +22,25 @@ impl Mirror {
     pub fn new(epoch: u64) -> Self {
         Mirror {
             epoch,
-            records: VecDeque::new(),
-            rows: 0,
+            records: RecordLog::default(),
         }
     }
 
     /// The records after `seq` through at least `current`, if all are here.
     pub fn between(&self, seq: u64, current: u64) -> Option<Vec<Arc<RecordedWrite>>> {
-        let (first, last) = (self.records.front()?.seq, self.records.back()?.seq);
-        if first > seq + 1 || last < current {
-            return None;
-        }
-        let skip = usize::try_from(seq + 1 - first).ok()?;
-        Some(
-            self.records
-                .range(skip.min(self.records.len())..)
-                .cloned()
-                .collect(),
-        )
+        self.records.after(seq, current)
+    }
+
+    /// Whether a record after `seq` touched `key` (see [`RecordLog::touched_after`]), if every
+    /// record through `current` is here.
+    pub fn touched_between(&self, seq: u64, current: u64, key: &RecordKey) -> Option<bool> {
+        self.records.touched_after(seq, current, key)
     }
 
     /// Where fetching may start so that the result joins these records (else at `seq`).
     pub fn newest_after(&self, seq: u64) -> u64 {
-        match (self.records.front(), self.records.back()) {
-            (Some(first), Some(last)) if first.seq <= seq + 1 && last.seq >= seq => last.seq,
+        match (self.records.first_seq(), self.records.last_seq()) {
+            (Some(first), Some(last)) if first <= seq + 1 && last >= seq => last,
             _ => seq,
         }
     }
@@ -52,38 +48,81 @@ impl Mirror {
     /// Adds consecutive records read from `epoch`'s log, restarting when they do not follow on.
     pub fn extend(&mut self, epoch: u64, fetched: Vec<Arc<RecordedWrite>>) {
         let joins = self.epoch == epoch
-            && match (self.records.back(), fetched.first()) {
-                (Some(last), Some(first)) => first.seq <= last.seq + 1,
+            && match (self.records.last_seq(), fetched.first()) {
+                (Some(last), Some(first)) => first.seq <= last + 1,
                 _ => false,
             };
         if !joins {
             self.epoch = epoch;
-            self.records.clear();
-            self.rows = 0;
+            self.records = RecordLog::default();
         }
         for record in fetched {
-            if self
-                .records
-                .back()
-                .is_none_or(|last| record.seq == last.seq + 1)
-            {
-                self.rows += record.rows.len();
-                self.records.push_back(record);
+            // Those already here are skipped (a record that does not follow on is).
+            if self.records.last_seq().is_none_or(|last| record.seq > last) {
+                self.records.push(record, MIRRORED);
             }
         }
-        while self.records.len() > MIRRORED
-            || (self.rows > KEPT_ROW_CHANGES && self.records.len() > 1)
-        {
-            if let Some(first) = self.records.pop_front() {
-                self.rows -= first.rows.len();
+    }
+}
+
+impl RedisStore {
+    /// `read` of this instance's copy of the dataset's write log once it holds every record of
+    /// `epoch` after `seq` through `current`, fetching the newer ones from Redis first; `None`
+    /// when Redis no longer has them all (or the epoch is over).
+    pub(super) async fn mirrored<T>(
+        &self,
+        dataset: &Dataset,
+        epoch: u64,
+        seq: u64,
+        current: u64,
+        read: impl Fn(&Mirror) -> Option<T>,
+    ) -> Result<Option<T>, Unavailable> {
+        let fetch_after = {
+            let mirrors = self.mirrors.lock();
+            match mirrors.get(&dataset.name) {
+                Some(mirror) if mirror.epoch == epoch => {
+                    if let Some(answer) = read(mirror) {
+                        return Ok(Some(answer));
+                    }
+                    mirror.newest_after(seq)
+                }
+                _ => seq,
             }
+        };
+        // Those that landed since the position was read come too (the mirror keeps them).
+        let wanted = current.saturating_sub(fetch_after) + WRITES_AHEAD;
+        let Some(items) = self
+            .fetch_writes(&dataset.name, epoch, fetch_after, wanted)
+            .await?
+        else {
+            return Ok(None); // the epoch is over
+        };
+        let fetched: Vec<Arc<RecordedWrite>> = items
+            .iter()
+            .filter_map(|item| RecordedWrite::decode(dataset, item).map(Arc::new))
+            .collect();
+        // Every write from fetch_after + 1 on must be there (more may have landed since).
+        let covered = fetched.len() == items.len()
+            && fetched.first().is_some_and(|w| w.seq <= fetch_after + 1)
+            && fetched
+                .windows(2)
+                .all(|pair| pair[1].seq == pair[0].seq + 1);
+        if !covered {
+            return Ok(None);
         }
+        let mut mirrors = self.mirrors.lock();
+        let mirror = mirrors
+            .entry(dataset.name.clone())
+            .or_insert_with(|| Mirror::new(epoch));
+        mirror.extend(epoch, fetched);
+        Ok(read(mirror))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::fresh::KEPT_ROW_CHANGES;
 
     fn records(seqs: std::ops::RangeInclusive<u64>) -> Vec<Arc<RecordedWrite>> {
         seqs.map(|seq| Arc::new(RecordedWrite::everything(seq)))

@@ -22,6 +22,7 @@ use tokio::sync::OnceCell;
 use super::coalesce::Coalescer;
 use super::entry::CachedResponse;
 use super::fresh::{Position, RecordedWrite};
+use super::records::RecordKey;
 use super::store::{InFlight, NewWrite, Store, Unavailable};
 use crate::breaker::Breaker;
 use crate::datasets::Dataset;
@@ -385,45 +386,28 @@ impl Store for RedisStore {
         if current <= seq {
             return Ok(Some(Vec::new()));
         }
-        let fetch_after = {
-            let mirrors = self.mirrors.lock();
-            match mirrors.get(&dataset.name) {
-                Some(mirror) if mirror.epoch == epoch => {
-                    if let Some(writes) = mirror.between(seq, current) {
-                        return Ok(Some(writes));
-                    }
-                    mirror.newest_after(seq)
-                }
-                _ => seq,
-            }
-        };
-        // Those that landed since the position was read come too (the mirror keeps them).
-        let wanted = current - fetch_after + WRITES_AHEAD;
-        let Some(items) = self
-            .fetch_writes(&dataset.name, epoch, fetch_after, wanted)
-            .await?
-        else {
-            return Ok(None); // the epoch is over
-        };
-        let fetched: Vec<Arc<RecordedWrite>> = items
-            .iter()
-            .filter_map(|item| RecordedWrite::decode(dataset, item).map(Arc::new))
-            .collect();
-        // Every write from fetch_after + 1 on must be there (more may have landed since).
-        let covered = fetched.len() == items.len()
-            && fetched.first().is_some_and(|w| w.seq <= fetch_after + 1)
-            && fetched
-                .windows(2)
-                .all(|pair| pair[1].seq == pair[0].seq + 1);
-        if !covered {
-            return Ok(None);
+        self.mirrored(dataset, epoch, seq, current, |mirror| {
+            mirror.between(seq, current)
+        })
+        .await
+    }
+
+    #[tracing::instrument(name = "redis.writes_since", skip_all, fields(otel.kind = "client", db.system = "redis"))]
+    async fn key_touched_since(
+        &self,
+        dataset: &Dataset,
+        epoch: u64,
+        seq: u64,
+        current: u64,
+        key: &RecordKey,
+    ) -> Result<Option<bool>, Unavailable> {
+        if current <= seq {
+            return Ok(Some(false));
         }
-        let mut mirrors = self.mirrors.lock();
-        let mirror = mirrors
-            .entry(dataset.name.clone())
-            .or_insert_with(|| Mirror::new(epoch));
-        mirror.extend(epoch, fetched);
-        Ok(mirror.between(seq, current))
+        self.mirrored(dataset, epoch, seq, current, |mirror| {
+            mirror.touched_between(seq, current, key)
+        })
+        .await
     }
 
     /// Counts one event under `name` in a fixed window: the count so far and the time until
