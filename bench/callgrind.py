@@ -3,6 +3,7 @@
     python3 bench/callgrind.py --handler target/release/handler
                                [--kind miss|hit|hit-redis|static|write|all]
                                [--requests 200] [--encoding gzip|identity] [--database-url URL]
+                               [--path /api/movies/372]
 
 Imports the movies into a new SQLite file (`bench/out/callgrind.db`; or the database of
 `--database-url`, whose `movies` table is replaced), then runs the handler
@@ -11,7 +12,7 @@ after another over one keep-alive connection (every thread of the process counte
 not):
 - `miss`: distinct uncached 100-row pages (each checked to be a MISS), in-process cache;
 - `hit`: the same cached 100-row page (`genres=drama&limit=100`, in `--encoding`: gzip unless
-  told), in-process cache;
+  told; `--path` asks another, e.g. the item `/api/movies/372`), in-process cache;
 - `hit-redis`: that hit with the cache in the local Redis (`REDIS_URL`, default
   redis://127.0.0.1:6379), under a prefix of the run's own, deleted afterwards;
 - `static`: `handler bench-static` serving that page's bytes (in the same encoding) from memory
@@ -149,9 +150,10 @@ def main():
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--encoding", choices=("gzip", "identity"), default="gzip")
     parser.add_argument("--database-url", help="instead of a new SQLite file (its movies replaced)")
+    parser.add_argument("--path", help="what hit, hit-redis and static ask (default: the 100-row page)")
     args = parser.parse_args()
-    global ENCODING
-    ENCODING = args.encoding
+    global ENCODING, PAGE
+    ENCODING, PAGE = args.encoding, args.path or PAGE
     OUT.mkdir(parents=True, exist_ok=True)
     db = OUT / "callgrind.db"
     for suffix in ("", "-wal", "-shm"):
@@ -169,7 +171,7 @@ def main():
 
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
     prefix = f"bench-callgrind-{os.getpid()}"
-    page_file = OUT / f"callgrind.page.{args.encoding}"
+    page_file = OUT / f"callgrind.page.{args.encoding}{''.join(c if c.isalnum() else '_' for c in PAGE)}"
     kinds = KINDS if args.kind == "all" else (args.kind,)
     results = []
     try:

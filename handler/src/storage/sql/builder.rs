@@ -1,8 +1,6 @@
 //! [`Builder`]: SQL text and its bound parameters written together, so the placeholders are
 //! numbered in the dialect's style and no value is ever spliced into the text.
 
-use std::fmt::Write as _;
-
 use super::{Dialect, Statement};
 use crate::datasets::{Dataset, Value};
 
@@ -56,8 +54,8 @@ impl Builder {
     }
 
     pub(super) fn column(&mut self, name: &str) -> &mut Self {
-        let quoted = self.dialect.quote(name);
-        write!(self.sql, "t.{quoted}").expect("writing to a String cannot fail");
+        self.sql.push_str("t.");
+        self.dialect.push_quoted(&mut self.sql, name);
         self
     }
 

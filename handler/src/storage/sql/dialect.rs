@@ -25,16 +25,26 @@ pub const MYSQL_INDEX_PREFIX_CHARS: usize = 255;
 
 impl Dialect {
     pub fn quote(self, ident: &str) -> String {
+        let mut quoted = String::with_capacity(ident.len() + 2);
+        self.push_quoted(&mut quoted, ident);
+        quoted
+    }
+
+    /// [`Dialect::quote`] onto the end of `sql` (statements quote every column they name).
+    pub fn push_quoted(self, sql: &mut String, ident: &str) {
         debug_assert!(
             ident
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_')
         );
-        match self {
-            Dialect::SqlServer => format!("[{ident}]"),
-            Dialect::MySql => format!("`{ident}`"),
-            _ => format!("\"{ident}\""),
-        }
+        let (open, close) = match self {
+            Dialect::SqlServer => ('[', ']'),
+            Dialect::MySql => ('`', '`'),
+            _ => ('"', '"'),
+        };
+        sql.push(open);
+        sql.push_str(ident);
+        sql.push(close);
     }
 
     pub(crate) fn placeholder(self, n: usize) -> String {
