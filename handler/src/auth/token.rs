@@ -113,7 +113,8 @@ impl TokenIssuer {
     }
 
     /// Verifies signature (HS256 only: a token naming any other algorithm is refused before its
-    /// signature is looked at), issuer, audience, `exp` and `nbf`.
+    /// signature is looked at), issuer, audience, `exp` and `nbf`. A token that passed before is
+    /// found by its text among those kept, and only its `exp` and `nbf` are checked again.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         self.verify_at(token, chrono::Utc::now().timestamp())
     }

@@ -18,7 +18,8 @@ pub enum RecordKey {
     /// A float's bits, `-0.0` counted as `0.0` (they compare equal).
     Float(u64),
     Text(String),
-    /// Any other value, as JSON (a key of another type only ever makes a check say "changed").
+    /// Any other value, as JSON (equal values write the same JSON; two that differ only where
+    /// JSON cannot tell them apart share an entry, which only makes a check say "changed").
     Other(String),
 }
 
@@ -63,7 +64,9 @@ impl RecordLog {
         for key in &record.keys {
             self.touched.insert(key.clone(), record.seq);
         }
-        if record.everything {
+        // A record of rows whose keys were not given cannot be looked up by key: it counts as a
+        // change of everything, never as a change of nothing.
+        if record.everything || (record.keys.is_empty() && !record.rows.is_empty()) {
             self.everything = record.seq;
         }
         self.rows += record.rows.len();

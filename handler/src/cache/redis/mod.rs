@@ -392,7 +392,7 @@ impl Store for RedisStore {
         .await
     }
 
-    #[tracing::instrument(name = "redis.writes_since", skip_all, fields(otel.kind = "client", db.system = "redis"))]
+    #[tracing::instrument(name = "redis.key_touched_since", skip_all, fields(otel.kind = "client", db.system = "redis"))]
     async fn key_touched_since(
         &self,
         dataset: &Dataset,
