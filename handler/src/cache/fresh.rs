@@ -6,7 +6,7 @@
 use std::cmp::Ordering;
 use std::sync::atomic::Ordering as AtomicOrdering;
 
-use crate::datasets::{Dataset, Value, normalise_text};
+use crate::datasets::{Dataset, Value};
 use crate::query::order::{Place, compare};
 use crate::query::{Query, QueryKind};
 
@@ -420,12 +420,13 @@ impl PageEndValues {
     }
 }
 
-/// Whether a recorded key is the key an answer is about (text keys compare normalised, as the
-/// item lookup does).
+/// Whether a recorded key is the key an answer is about: as the log's index compares keys
+/// ([`RecordKey`]: text normalised, as the item lookup does), so a walk over the records and a
+/// lookup in the index can never disagree.
 fn same_key(recorded: &Value, key: &Value) -> bool {
     match (recorded, key) {
-        (Value::Text(a), Value::Text(b)) => normalise_text(a) == normalise_text(b),
-        (a, b) => a == b,
+        (Value::Integer(a), Value::Integer(b)) => a == b,
+        (a, b) => RecordKey::of(a) == RecordKey::of(b),
     }
 }
 
