@@ -316,9 +316,10 @@ async fn a_refused_sync_changes_nothing_and_a_large_one_is_recorded_as_everythin
             .await
             .unwrap();
 
-        // A declaration that gained a filterable text column, migrated (as serving does): its
-        // hidden normalised key is null in every live row, so every row differs from the staged
-        // one and is rewritten. (Unmigrated, the tables are not the declaration's: a replace.)
+        // A declaration that gained a filterable text column, migrated (as serving does): the
+        // column is null in every live row, so every row differs from the staged one and is
+        // rewritten, its hidden key with it. (Unmigrated, the tables are not the declaration's:
+        // a replace.)
         let grown = movies_edited_as(&dataset.name, |text| {
             text + "\n[[columns]]\nname = \"title_again\"\ntype = \"text\"\nsource = \"Title\"\nfilter = true\n"
         });
@@ -342,11 +343,12 @@ async fn a_refused_sync_changes_nothing_and_a_large_one_is_recorded_as_everythin
     }
 }
 
-/// A declaration that makes an existing text column a filter gives it a normalised key, null in
-/// the rows stored before (until a sync or re-import fills it). A write of any column of such a
-/// row fills it: a write compares the keys as stored, not only the columns it changes.
+/// A declaration that makes an existing text column a filter gives it a normalised key, which the
+/// rows stored before lack: `migrate` fills it (in batches, so past the first thousand rows too),
+/// and a filter on the column finds every row it should at once, in any letter case. A write of
+/// such a row keeps it filled.
 #[tokio::test]
-async fn a_write_fills_the_normalised_key_a_migration_left_null() {
+async fn a_migration_fills_the_normalised_key_of_a_column_made_a_filter() {
     for url in common::sql_backends().await {
         let storage = common::open(&url);
         let dataset = movies_as(&common::unique_name("refiltered").replace('-', "_"));
@@ -361,25 +363,54 @@ async fn a_write_fills_the_normalised_key_a_migration_left_null() {
 
         let director = grown.column_index("director").unwrap();
         let year = grown.column_index("year").unwrap();
-        let row = every_row(storage.as_ref(), &grown)
+        let mut directed: Vec<Row> = every_row(storage.as_ref(), &grown)
             .await
             .into_iter()
-            .find(|row| !row[director].is_null())
-            .unwrap();
-        let filter = format!("director={}", urlencode(&row[director].to_text()));
-        let query = Query::parse(&grown, QueryKind::List, &filter).unwrap();
-        let found = |rows: Vec<Row>| rows.iter().any(|r| r[0] == row[0]);
-        assert!(
-            !found(storage.list(&grown, &query).await.unwrap()),
-            "{url}: the migrated key starts null"
-        );
+            .filter(|r| !r[director].is_null())
+            .collect();
+        assert!(directed.len() > 2_000, "{url}: more rows than a batch");
+        directed.sort_by_key(|r| match r[0] {
+            Value::Integer(id) => id,
+            _ => panic!("movies have integer ids"),
+        });
+        let count = |name: String| {
+            let (storage, grown, directed) = (storage.clone(), grown.clone(), &directed);
+            async move {
+                let expected = directed
+                    .iter()
+                    .filter(|r| {
+                        r[director].to_text().trim().to_lowercase() == name.trim().to_lowercase()
+                    })
+                    .count() as u64;
+                // In capitals: the filter compares normalised text.
+                let filter = format!("director={}", urlencode(&name.to_uppercase()));
+                let query = Query::parse(&grown, QueryKind::Count, &filter).unwrap();
+                (storage.count(&grown, &query).await.unwrap(), expected)
+            }
+        };
+        // Directors of rows spread over key order, the last included: every batch was filled.
+        // (Two directors of the file are longer than SQL Server's and MySQL's key types hold:
+        // those engines leave them out of the filter, as an import with the filter refuses them,
+        // and the migration goes on.)
+        let step = directed.len() / 10;
+        let samples = directed.iter().step_by(step).chain(directed.last());
+        for row in samples.filter(|r| r[director].to_text().chars().count() <= 450) {
+            let name = row[director].to_text();
+            let (found, expected) = count(name.clone()).await;
+            assert_eq!(
+                found, expected,
+                "{url}: the rows of {name:?} after the migration"
+            );
+        }
 
+        // Migrating again changes nothing, and a write keeps the key.
+        storage.migrate(&grown).await.unwrap();
+        let row = directed.last().unwrap();
         let change = Change::Patch(row[0].clone(), vec![(year, Value::Integer(1999))]);
         storage.write(&grown, change, &Ungated).await.unwrap();
-        assert!(
-            found(storage.list(&grown, &query).await.unwrap()),
-            "{url}: the write filled the row's normalised key"
-        );
+        let (found, expected) = count(row[director].to_text()).await;
+        assert_eq!(found, expected, "{url}");
+        assert!(found >= 1, "{url}");
     }
 }
 

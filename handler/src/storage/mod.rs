@@ -5,9 +5,10 @@
 //!  http / import ──> dyn Storage ──> SqlStore<D> ──(sql::Statement)──> D: Driver
 //!      D = SqlxDriver<Sqlite | Postgres | MySql> (sqlx) or MssqlDriver (tiberius)
 //! ```
-//! - `store`: [`SqlStore`] (reads, writes in one transaction, migrations, accounts) and the
-//!   `Driver` and `Transaction` traits it runs statements through; `row_writes`: the row a
-//!   change leaves of the stored one, and its list columns' rows;
+//! - `store`: [`SqlStore`] (reads, writes in one transaction, accounts) and the `Driver` and
+//!   `Transaction` traits it runs statements through; `row_writes`: the row a change leaves of
+//!   the stored one, and its list columns' rows; `migrate`: tables brought to the declaration,
+//!   hidden keys a column gained filled in;
 //! - `sql/`: the SQL text of every statement, built from the dataset declaration only (every
 //!   value from a request or a CSV file travels as a bound parameter): `dialect`, `layout`,
 //!   `schema`, `staging` (an import's staged tables and swap), `builder`, `reads`, `writes`;
@@ -23,6 +24,7 @@
 //! - `users`: the accounts table's statements; `sources`: those of the synced sources' versions.
 
 mod insert_import;
+mod migrate;
 pub mod mssql;
 pub mod mssql_config;
 mod mysql;

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use super::row_writes::{changed_row, write_list_elements};
 use super::sources::{self, SourceVersion};
-use super::sql::{self, Decode, Dialect, Placement, Statement};
+use super::sql::{self, Decode, Dialect, Statement};
 use super::users::{self, NewUser, UserLookup, UserRecord, UserUpdate};
 use super::{
     Change, CommitGate, Committing, ImportSink, Result, Row, RowStream, Storage, StorageError,
@@ -338,29 +338,7 @@ impl<D: Driver> Storage for SqlStore<D> {
 
     #[tracing::instrument(name = "db.migrate", skip_all, fields(otel.kind = "client", db.system = D::NAME, dataset = %dataset.name))]
     async fn migrate(&self, dataset: &Dataset) -> Result<()> {
-        let placement = Placement::default();
-        for statement in sql::create_tables(dataset, D::DIALECT, &placement, true) {
-            self.driver.execute(&statement).await?;
-        }
-        // A declaration may have gained columns since the table was created.
-        if let Some(existing) = self.table_columns(&dataset.table).await? {
-            for stored in sql::stored_columns(dataset) {
-                let name = sql::stored_name(dataset, stored);
-                if existing.iter().any(|e| e == &name) {
-                    continue;
-                }
-                self.driver
-                    .execute(&sql::add_column(dataset, stored, D::DIALECT))
-                    .await?;
-                tracing::info!(dataset = %dataset.name, column = %name, "added a column");
-            }
-        }
-        for index in sql::indexes(dataset, D::DIALECT) {
-            self.driver
-                .execute(&sql::create_index(D::DIALECT, &index, &placement))
-                .await?;
-        }
-        Ok(())
+        self.migrate_tables(dataset).await
     }
 
     async fn count(&self, dataset: &Dataset, query: &Query) -> Result<u64> {

@@ -28,8 +28,8 @@ pub use layout::{
 };
 pub use reads::{count, export, facet_decode, facets, get, list};
 pub use schema::{
-    add_column, create_index, create_table_if_missing, create_tables, drop_tables, index_columns,
-    indexes, table_columns,
+    add_column, create_index, create_table_if_missing, create_tables, drop_tables, fill_key,
+    index_columns, indexes, table_columns, unfilled_keys,
 };
 pub use writes::{
     delete_list_elements, delete_row, get_for_update, insert_list_elements, insert_row,

@@ -1,6 +1,7 @@
-//! DDL: the dataset's tables and indexes, a column a declaration gained, and the catalog query
-//! that tells which columns a table has.
+//! DDL: the dataset's tables and indexes, a column a declaration gained (and the filling of a
+//! normalised key it gained), and the catalog query that tells which columns a table has.
 
+use super::builder::Builder;
 use super::{
     Dialect, MYSQL_INDEX_PREFIX_CHARS, Placement, Statement, StoredColumn, stored_columns,
     stored_name, stored_type, tables,
@@ -102,6 +103,61 @@ pub fn add_column(dataset: &Dataset, column: StoredColumn, dialect: Dialect) -> 
         "ADD COLUMN"
     };
     format!("ALTER TABLE {table} {add} {name} {ty}")
+}
+
+/// Up to `limit` rows, after key `after` in key order, whose column `column` holds text but whose
+/// normalised key is null: `(key, text)`. A declaration that makes a text column a filter adds
+/// the key column to a table whose rows predate it; these are the rows it has to fill.
+pub fn unfilled_keys(
+    dataset: &Dataset,
+    column: usize,
+    after: Option<&Value>,
+    limit: i64,
+    dialect: Dialect,
+) -> Statement {
+    let key = &dataset.key_column().name;
+    let text = &dataset.columns[column].name;
+    let mut b = Builder::new(dialect);
+    b.push("SELECT ").column(key).push(", ").column(text);
+    b.push(" FROM ")
+        .push(&dialect.quote(&dataset.table))
+        .push(" t WHERE ");
+    b.column(&stored_name(dataset, StoredColumn::NormalisedKey(column)))
+        .push(" IS NULL AND ")
+        .column(text)
+        .push(" IS NOT NULL");
+    if let Some(after) = after {
+        b.push(" AND ").column(key).push(" > ").bind(after.clone());
+    }
+    b.push(" ORDER BY ").column(key);
+    b.limit(limit);
+    b.finish()
+}
+
+/// Sets the normalised key of column `column` in the row of key `key` to `normalised`.
+pub fn fill_key(
+    dataset: &Dataset,
+    column: usize,
+    key: Value,
+    normalised: String,
+    dialect: Dialect,
+) -> Statement {
+    let stored = StoredColumn::NormalisedKey(column);
+    let mut b = Builder::new(dialect);
+    b.push("UPDATE ")
+        .push(&dialect.quote(&dataset.table))
+        .push(" SET ")
+        .push(&dialect.quote(&stored_name(dataset, stored)))
+        .push(" = ");
+    b.bind_as(
+        Value::Text(normalised),
+        &stored_type(dataset, stored, dialect),
+    );
+    b.push(" WHERE ")
+        .push(&dialect.quote(&dataset.key_column().name))
+        .push(" = ")
+        .bind(key);
+    b.finish()
 }
 
 /// The names of a table's columns in order, one text column (no rows: the table does not

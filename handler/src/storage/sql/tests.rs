@@ -111,6 +111,17 @@ fn t_sql_statements_for_every_query_shape() {
             .sql
             .ends_with("[title__key] = CAST(@P2 AS NVARCHAR(450)), [rating__key] = CAST(NULL AS NVARCHAR(450)) WHERE [id] = @P3")
     );
+    // A migration's filling of a hidden key (run here on the other engines only).
+    let title = ds.column_index("title").unwrap();
+    assert_eq!(
+        unfilled_keys(&ds, title, Some(&Value::Integer(7)), 1000, d).sql,
+        "SELECT t.[id], t.[title] FROM [movies] t WHERE t.[title__key] IS NULL AND t.[title] IS NOT NULL \
+         AND t.[id] > @P1 ORDER BY t.[id] OFFSET 0 ROWS FETCH NEXT @P2 ROWS ONLY"
+    );
+    assert_eq!(
+        fill_key(&ds, title, Value::Integer(7), "up".into(), d).sql,
+        "UPDATE [movies] SET [title__key] = CAST(@P1 AS NVARCHAR(450)) WHERE [id] = @P2"
+    );
     // Types: indexable text is bounded, dates and times are native, keys compare by bytes.
     let ddl = create_tables(&ds, d, &Placement::default(), true);
     assert!(ddl[0].starts_with(
