@@ -116,10 +116,9 @@ impl Application {
             }
         });
         let trusted = (*self.state.trusted_proxies).clone();
-        let router = http::router(self.state);
         let served = crate::server::serve(
             self.listener,
-            router,
+            http::api(self.state),
             self.limits,
             trusted,
             shutdown_signal(),

@@ -29,9 +29,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
+use axum::http::{Request, Response};
 use bytes::Bytes;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -53,11 +53,31 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// earlier, by the router's own limit, with a problem document.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 
-/// Serves `router` on `listener` until `shutdown` completes, then lets open connections finish
+/// What the listener serves: an axum `Router`, or any service like one (`http::Api`: the hot
+/// routes before the router, with no router around them).
+pub trait App:
+    tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> App for S where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then lets open connections finish
 /// (at most [`SHUTDOWN_GRACE`]).
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    app: impl App,
     limits: ConnectionLimits,
     trusted: TrustedProxies,
     shutdown: impl Future<Output = ()>,
@@ -103,7 +123,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let tracker = Arc::new(RequestTracker::default());
         let io = GuardedIo::new(stream, Arc::clone(&tracker), &limits);
-        let service = connection_service(router.clone(), peer, tracker);
+        let service = connection_service(app.clone(), peer, tracker);
         let connection = graceful.watch(http.serve_connection(TokioIo::new(io), service));
         tokio::spawn(async move {
             if let Err(error) = connection.await {
@@ -122,10 +142,10 @@ pub async fn serve(
     Ok(())
 }
 
-/// The router as hyper calls it for one connection: the peer address for the handlers, and the
+/// The app as hyper calls it for one connection: the peer address for the handlers, and the
 /// start and end of every request for the connection's header timer.
 fn connection_service(
-    router: Router,
+    app: impl App,
     peer: SocketAddr,
     tracker: Arc<RequestTracker>,
 ) -> impl hyper::service::Service<
@@ -138,9 +158,9 @@ fn connection_service(
         tracker.request_started();
         let mut request = request.map(Body::new);
         request.extensions_mut().insert(ConnectInfo(peer));
-        let (router, tracker) = (router.clone(), Arc::clone(&tracker));
+        let (app, tracker) = (app.clone(), Arc::clone(&tracker));
         async move {
-            let response = router.oneshot(request).await?;
+            let response = app.oneshot(request).await?;
             Ok(response.map(|body| Body::new(TrackedBody { body, tracker })))
         }
     })
