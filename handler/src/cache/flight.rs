@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
 use super::entry::{CachedResponse, Outcome};
-use super::fresh::PageEnd;
 use super::fresh::is_fresh;
+use super::fresh::{PageEnd, Position};
 use super::spread::{jittered, lease_token};
+use super::store::Unavailable;
 use super::{Cache, STALE_GRACE, Subject};
 use crate::datasets::Dataset;
 
@@ -129,6 +130,25 @@ impl Cache {
             Ok(None) => self.position(&dataset.name).await,
             Err(unavailable) => Err(unavailable),
         };
+        // Boxed: inline, the miss's state (the query's future among it) would make every hit's
+        // future that much larger, and a hit moves its future several times (~1,500 bytes here).
+        Box::pin(self.miss(dataset, subject, key, stamp, compute, database_down)).await
+    }
+
+    /// [`Cache::get_or_compute_or_stale`] past a miss, from the position read for it.
+    async fn miss<F, Fut, E>(
+        &self,
+        dataset: &Dataset,
+        subject: Subject<'_>,
+        key: String,
+        stamp: Result<Position, Unavailable>,
+        compute: F,
+        database_down: impl Fn(&E) -> bool,
+    ) -> Result<(Arc<CachedResponse>, Outcome), E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Computed, E>>,
+    {
         let Ok(position) = stamp else {
             // The cache is down: answer from the database, store nothing.
             self.bypasses.fetch_add(1, Ordering::Relaxed);

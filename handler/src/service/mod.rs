@@ -223,6 +223,17 @@ impl Service {
         if level == Level::Anonymous {
             return Ok(None);
         }
+        // Boxed: a public read's future would otherwise carry this path's state (~1,200 bytes),
+        // moved with it several times on every hit.
+        Box::pin(self.authorize_account(caller, level)).await
+    }
+
+    /// [`Service::authorize`] above anonymous: the token, then the account as stored now.
+    async fn authorize_account(
+        &self,
+        caller: &Caller,
+        level: Level,
+    ) -> Result<Option<Principal>, ServiceError> {
         let auth = self.accounts()?;
         let token = caller.token.as_deref().ok_or(AuthError::MissingToken)?;
         let principal = auth.principal(token).await?;
