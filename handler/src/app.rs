@@ -1,4 +1,4 @@
-//! Wiring: settings → dataset catalog → storage (lazy) → router → listener.
+//! Wiring: settings → dataset catalog → storage (lazy) → API (hot routes, router) → listener.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -271,14 +271,37 @@ async fn serve(context: Context, started: Instant) -> anyhow::Result<ExitCode> {
 async fn migrate(context: &Context) -> anyhow::Result<()> {
     let storage = &context.service.storage;
     for dataset in context.service.catalog.iter() {
-        storage.migrate(dataset).await.with_context(|| {
+        let migrated = storage.migrate(dataset).await.with_context(|| {
             format!(
                 "cannot create the tables of {} in the {} database",
                 dataset.name,
                 storage.backend()
             )
         })?;
-        println!("migrated {} ({})", dataset.name, storage.backend());
+        // Also what an earlier migration, cut short, left to fill.
+        let finished = storage
+            .fill_keys(dataset)
+            .await
+            .with_context(|| format!("cannot fill the hidden keys of {}", dataset.name))?;
+        let filled = migrated.keys_filled + finished.keys_filled;
+        if filled > 0 {
+            context.service.cache.purge(&dataset.name).await.map_err(|_| {
+                anyhow::anyhow!(
+                    "filled {filled} hidden keys of {name}, but could not purge its cached answers: \
+                     purge them (DELETE /api/admin/cache?dataset={name}) once the cache is back",
+                    name = dataset.name
+                )
+            })?;
+        }
+        println!(
+            "migrated {} ({}){}",
+            dataset.name,
+            storage.backend(),
+            match filled {
+                0 => String::new(),
+                n => format!("; filled the case-insensitive keys of {n} rows"),
+            }
+        );
     }
     Ok(())
 }

@@ -33,8 +33,11 @@ impl Storage for CountingStorage {
     async fn ping(&self) -> storage::Result<()> {
         self.inner.ping().await
     }
-    async fn migrate(&self, dataset: &Dataset) -> storage::Result<()> {
+    async fn migrate(&self, dataset: &Dataset) -> storage::Result<storage::Migrated> {
         self.inner.migrate(dataset).await
+    }
+    async fn fill_keys(&self, dataset: &Dataset) -> storage::Result<storage::Migrated> {
+        self.inner.fill_keys(dataset).await
     }
     async fn count(&self, dataset: &Dataset, query: &Query) -> storage::Result<u64> {
         self.counts.fetch_add(1, Ordering::SeqCst);

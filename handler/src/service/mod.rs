@@ -148,6 +148,9 @@ pub struct Service {
     /// Datasets whose tables this instance has made sure of before a first read or write.
     /// Read on every data request, written once per dataset: a read-write lock.
     tables_ready: Arc<RwLock<HashSet<String>>>,
+    /// Held while a dataset's tables are made sure of: concurrent first queries would each run
+    /// the migration (and fill the same keys).
+    migrating: Arc<tokio::sync::Mutex<()>>,
     /// Questions parsed, with their cache keys, by their raw query strings.
     questions: Arc<questions::Questions>,
 }
@@ -178,6 +181,7 @@ impl Service {
             exports_by_client: Arc::default(),
             reads: Arc::new(tokio::sync::Semaphore::new(reads)),
             tables_ready: Arc::default(),
+            migrating: Arc::default(),
             questions: Arc::default(),
         }
     }
@@ -253,7 +257,15 @@ impl Service {
         if self.tables_ready.read().contains(&dataset.name) {
             return Ok(());
         }
-        self.storage.migrate(dataset).await?;
+        let _one_at_a_time = self.migrating.lock().await;
+        if self.tables_ready.read().contains(&dataset.name) {
+            return Ok(());
+        }
+        let migrated = self.storage.migrate(dataset).await?;
+        // Answers filtering on a column whose keys were just filled may have left rows out.
+        if migrated.keys_filled > 0 && self.cache.purge(&dataset.name).await.is_err() {
+            tracing::warn!(dataset = %dataset.name, "hidden keys filled; the cache could not be purged");
+        }
         self.tables_ready.write().insert(dataset.name.clone());
         Ok(())
     }

@@ -215,6 +215,14 @@ pub struct Written {
 }
 
 /// Everything the service asks of a database. Connections open lazily on first use.
+/// What a [`Storage::migrate`] or [`Storage::fill_keys`] changed that answers depend on.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Migrated {
+    /// Rows whose hidden key (of a text column made a filter) was filled: an answer filtering on
+    /// that column, computed before, may have left them out.
+    pub keys_filled: u64,
+}
+
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
     /// `sqlite`, `postgres`, ...
@@ -234,8 +242,13 @@ pub trait Storage: Send + Sync + 'static {
     /// A cheap round trip, for `/api/health`.
     async fn ping(&self) -> Result<()>;
 
-    /// Creates the dataset's tables and indexes, or adds what a changed declaration needs.
-    async fn migrate(&self, dataset: &Dataset) -> Result<()>;
+    /// Creates the dataset's tables and indexes, or adds what a changed declaration needs; a
+    /// hidden key it adds (a text column made a filter) is filled in the rows stored before.
+    async fn migrate(&self, dataset: &Dataset) -> Result<Migrated>;
+
+    /// Fills every hidden key still null where its column holds text: what a [`Storage::migrate`]
+    /// cut short left (`handler migrate` runs both).
+    async fn fill_keys(&self, dataset: &Dataset) -> Result<Migrated>;
 
     /// Rows passing the query's filters (0 when the dataset's table does not exist yet).
     async fn count(&self, dataset: &Dataset, query: &Query) -> Result<u64>;

@@ -14,8 +14,8 @@ use super::sources::{self, SourceVersion};
 use super::sql::{self, Decode, Dialect, Statement};
 use super::users::{self, NewUser, UserLookup, UserRecord, UserUpdate};
 use super::{
-    Change, CommitGate, Committing, ImportSink, Result, Row, RowStream, Storage, StorageError,
-    SyncCounts, Written,
+    Change, CommitGate, Committing, ImportSink, Migrated, Result, Row, RowStream, Storage,
+    StorageError, SyncCounts, Written,
 };
 use crate::datasets::{ColumnType, Dataset, Value};
 use crate::query::Query;
@@ -337,8 +337,13 @@ impl<D: Driver> Storage for SqlStore<D> {
     }
 
     #[tracing::instrument(name = "db.migrate", skip_all, fields(otel.kind = "client", db.system = D::NAME, dataset = %dataset.name))]
-    async fn migrate(&self, dataset: &Dataset) -> Result<()> {
+    async fn migrate(&self, dataset: &Dataset) -> Result<Migrated> {
         self.migrate_tables(dataset).await
+    }
+
+    #[tracing::instrument(name = "db.fill_keys", skip_all, fields(otel.kind = "client", db.system = D::NAME, dataset = %dataset.name))]
+    async fn fill_keys(&self, dataset: &Dataset) -> Result<Migrated> {
+        self.fill_every_key(dataset).await
     }
 
     async fn count(&self, dataset: &Dataset, query: &Query) -> Result<u64> {

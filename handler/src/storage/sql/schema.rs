@@ -106,8 +106,10 @@ pub fn add_column(dataset: &Dataset, column: StoredColumn, dialect: Dialect) -> 
 }
 
 /// Up to `limit` rows, after key `after` in key order, whose column `column` holds text but whose
-/// normalised key is null: `(key, text)`. A declaration that makes a text column a filter adds
-/// the key column to a table whose rows predate it; these are the rows it has to fill.
+/// normalised key is null: `(key, text)`, locked until the transaction ends (so that a write
+/// cannot change the text between this read and the key's fill). A declaration that makes a
+/// text column a filter adds the key column to a table whose rows predate it; these are the rows
+/// it has to fill.
 pub fn unfilled_keys(
     dataset: &Dataset,
     column: usize,
@@ -121,7 +123,11 @@ pub fn unfilled_keys(
     b.push("SELECT ").column(key).push(", ").column(text);
     b.push(" FROM ")
         .push(&dialect.quote(&dataset.table))
-        .push(" t WHERE ");
+        .push(" t");
+    if dialect == Dialect::SqlServer {
+        b.push(" WITH (UPDLOCK, ROWLOCK)");
+    }
+    b.push(" WHERE ");
     b.column(&stored_name(dataset, StoredColumn::NormalisedKey(column)))
         .push(" IS NULL AND ")
         .column(text)
@@ -131,6 +137,10 @@ pub fn unfilled_keys(
     }
     b.push(" ORDER BY ").column(key);
     b.limit(limit);
+    // SQLite's write transaction already holds the whole database.
+    if matches!(dialect, Dialect::Postgres | Dialect::MySql) {
+        b.push(" FOR UPDATE");
+    }
     b.finish()
 }
 

@@ -115,8 +115,8 @@ fn t_sql_statements_for_every_query_shape() {
     let title = ds.column_index("title").unwrap();
     assert_eq!(
         unfilled_keys(&ds, title, Some(&Value::Integer(7)), 1000, d).sql,
-        "SELECT t.[id], t.[title] FROM [movies] t WHERE t.[title__key] IS NULL AND t.[title] IS NOT NULL \
-         AND t.[id] > @P1 ORDER BY t.[id] OFFSET 0 ROWS FETCH NEXT @P2 ROWS ONLY"
+        "SELECT t.[id], t.[title] FROM [movies] t WITH (UPDLOCK, ROWLOCK) WHERE t.[title__key] IS NULL \
+         AND t.[title] IS NOT NULL AND t.[id] > @P1 ORDER BY t.[id] OFFSET 0 ROWS FETCH NEXT @P2 ROWS ONLY"
     );
     assert_eq!(
         fill_key(&ds, title, Value::Integer(7), "up".into(), d).sql,
