@@ -381,6 +381,60 @@ async fn the_openapi_document_describes_every_dataset() {
     );
 }
 
+/// Over HTTP the listener serves `http::Api`: the hot routes with no router around them, or with
+/// CORS configured the router for everything. Either way a list, a row, another route, an unknown
+/// path and a HEAD answer as the router does, and CORS headers come only where configured.
+#[tokio::test]
+async fn the_listener_answers_as_the_router_with_and_without_cors() {
+    let database = common::served::movies_db().await;
+    handler::tls::install_provider();
+    let client = reqwest::Client::new();
+    for cors in [false, true] {
+        let settings = match cors {
+            true => vec![("CORS_ALLOWED_ORIGINS", "https://app.example".to_owned())],
+            false => vec![],
+        };
+        let served = common::served::serve(&database, &settings, std::process::Stdio::null()).await;
+        let get = |path: &str| {
+            client
+                .get(served.url(path))
+                .header("origin", "https://app.example")
+                .send()
+        };
+        let list = get("/api/movies?limit=2").await.unwrap();
+        assert_eq!(list.status(), 200, "cors {cors}");
+        let allowed = list
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(allowed.as_deref(), cors.then_some("https://app.example"));
+        let page: serde_json::Value = list.json().await.unwrap();
+        assert_eq!(page["items"].as_array().unwrap().len(), 2, "cors {cors}");
+        let row: serde_json::Value = get("/api/movies/372").await.unwrap().json().await.unwrap();
+        assert_eq!(row["id"], 372, "cors {cors}");
+        let count: serde_json::Value = get("/api/movies/count")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(count["count"], 17_472, "cors {cors}");
+        let unknown = get("/api/movies/1/2/3").await.unwrap();
+        assert_eq!(unknown.status(), 404, "cors {cors}");
+        assert_eq!(
+            unknown.headers()["content-type"],
+            "application/problem+json",
+            "cors {cors}"
+        );
+        let head = client
+            .head(served.url("/api/movies?limit=1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status(), 200, "cors {cors}");
+    }
+}
+
 /// CORS is off unless origins are configured, and then only for them.
 #[tokio::test]
 async fn cors_answers_only_configured_origins() {
