@@ -12,6 +12,20 @@ pub struct EngineRules {
     pub indexed_text_chars: Option<usize>,
     /// The longest text a sortable column holds (SQL Server indexes only bounded text).
     pub sorted_text_chars: Option<usize>,
+    /// Whether lengths count UTF-16 code units, as SQL Server's `NVARCHAR(n)` does (an emoji is
+    /// two), rather than characters.
+    pub counts_utf16_units: bool,
+}
+
+impl EngineRules {
+    /// `text`'s length as this engine's bounded text types count it.
+    pub fn text_length(self, text: &str) -> usize {
+        if self.counts_utf16_units {
+            text.encode_utf16().count()
+        } else {
+            text.chars().count()
+        }
+    }
 }
 
 /// A value a request gives outside any row (a filter, a cursor, a key in the path), parsed as
@@ -58,7 +72,7 @@ pub fn check(
                     .then_some(engine.sorted_text_chars)
                     .flatten(),
             ];
-            check_text(column, text, limit.into_iter().flatten().min())
+            check_text(column, text, limit.into_iter().flatten().min(), engine)
         }
         Value::List(items) => {
             let separator = column.list_delimiter.as_deref().map(|d| match d.trim() {
@@ -78,7 +92,7 @@ pub fn check(
                     .filterable
                     .then_some(engine.indexed_text_chars)
                     .flatten();
-                check_text(column, item, limit)?;
+                check_text(column, item, limit, engine)?;
             }
             Ok(())
         }
@@ -95,8 +109,14 @@ fn years(year: i32) -> Result<(), String> {
     }
 }
 
-/// NUL, and the declared length or the engine's (`engine_limit`), whichever is shorter.
-fn check_text(column: &Column, text: &str, engine_limit: Option<usize>) -> Result<(), String> {
+/// NUL, and the declared length or the engine's (`engine_limit`), whichever is shorter, counted
+/// as the engine counts (`engine`).
+fn check_text(
+    column: &Column,
+    text: &str,
+    engine_limit: Option<usize>,
+    engine: EngineRules,
+) -> Result<(), String> {
     // PostgreSQL's text cannot hold NUL at all; elsewhere it would end strings early.
     if text.contains('\0') {
         return Err("must not contain NUL characters".into());
@@ -107,9 +127,12 @@ fn check_text(column: &Column, text: &str, engine_limit: Option<usize>) -> Resul
     };
     if let Some(max) = limit
         && column.ty == ColumnType::Text
-        && text.chars().count() > max
+        && engine.text_length(text) > max
     {
-        return Err(format!("longer than {max} characters"));
+        return Err(match engine.counts_utf16_units {
+            true => format!("longer than {max} characters (counted as UTF-16: an emoji is two)"),
+            false => format!("longer than {max} characters"),
+        });
     }
     Ok(())
 }
@@ -128,6 +151,12 @@ mod tests {
         let mysql = EngineRules {
             indexed_text_chars: Some(512),
             sorted_text_chars: None,
+            counts_utf16_units: false,
+        };
+        let sql_server = EngineRules {
+            indexed_text_chars: Some(450),
+            sorted_text_chars: Some(450),
+            counts_utf16_units: true,
         };
         let text = column(ColumnType::Text);
         let short = Column {
@@ -186,6 +215,30 @@ mod tests {
                 Some("longer than 512 characters"),
             ),
             (&text, false, long, mysql, None),
+            // 300 emoji: 300 characters, 600 UTF-16 units (what SQL Server's NVARCHAR counts).
+            (&filtered, false, Value::Text("🎬".repeat(300)), mysql, None),
+            (
+                &filtered,
+                false,
+                Value::Text("🎬".repeat(300)),
+                sql_server,
+                Some("longer than 450 characters (counted as UTF-16: an emoji is two)"),
+            ),
+            (
+                &filtered,
+                false,
+                Value::Text("é".repeat(450)),
+                sql_server,
+                None,
+            ),
+            (
+                &short,
+                false,
+                Value::Text("🎬🎬".into()),
+                sql_server,
+                Some("longer than 3 characters (counted as UTF-16: an emoji is two)"),
+            ),
+            (&short, false, Value::Text("🎬".into()), sql_server, None),
             (
                 &list,
                 false,

@@ -66,7 +66,7 @@ impl<D: Driver> SqlStore<D> {
     /// would have refused for a filter, keeps a null key: its row is left out of the column's
     /// filters, and counted. Returns how many keys it filled.
     async fn fill_normalised_keys(&self, dataset: &Dataset, column: usize) -> Result<u64> {
-        let longest = D::DIALECT.engine_rules().indexed_text_chars;
+        let engine = D::DIALECT.engine_rules();
         let decode = [
             Decode::Scalar(dataset.key_column().ty),
             Decode::Scalar(ColumnType::Text),
@@ -88,7 +88,9 @@ impl<D: Driver> SqlStore<D> {
                     continue;
                 };
                 let normalised = normalise_text(&text);
-                if longest.is_some_and(|max| normalised.chars().count() > max) {
+                if (engine.indexed_text_chars)
+                    .is_some_and(|max| engine.text_length(&normalised) > max)
+                {
                     too_long += 1;
                     continue;
                 }

@@ -80,6 +80,7 @@ impl Dialect {
         crate::datasets::rules::EngineRules {
             indexed_text_chars: indexed,
             sorted_text_chars: sorted,
+            counts_utf16_units: self == Dialect::SqlServer,
         }
     }
 
