@@ -571,14 +571,39 @@ def bench_stale(db):
               "database refusing connections)")
 
 
+def print_targets(scores):
+    """Issue 14's targets ("what it must show"), each with what this run measured: met or missed."""
+    zip_path = sh(sys.executable, str(ROOT / "package" / "build.py"), "--binary", str(HANDLER),
+                  "--out", str(OUT / "targets" / "smartcache-functions.zip"))
+    zip_mb = (OUT / "targets" / "smartcache-functions.zip").stat().st_size / 1e6
+    rows = []
+    rows += scores.get("large", [])
+    for where, figures in scores.get("crud", []):
+        for label, f in figures.items():
+            if label.startswith("mix,"):
+                rows.append((f"CRUD mix on {where.split(',')[0]}, {label.split(', ', 1)[1]}: {f['ratio']:.3f}x static, "
+                             f"{f['errors']} errors, GET hits {f['hits']:.1%}, p99 {f['p99_ms']:.1f} ms", ">= 0.6x, 0 errors",
+                             f["ratio"] >= 0.6 and f["errors"] == 0))
+    if "misses" in scores:
+        m = scores["misses"]
+        rows.append((f"uncached pages: {m['ratio']:.2f}x the fastest Datasette ({m['peer']})"
+                     + ("" if m["valid"] else ", NOT every answer a MISS"), ">= 6x", m["ratio"] >= 6 and m["valid"]))
+    rows.append((f"Functions zip: {zip_mb:.1f} MB", "<= 15 MB", zip_mb <= 15))
+    print("\nIssue 14's targets, from this run (Range requests: tests/ranges.rs and tests/encodings.rs, by cargo test)")
+    for what, target, ok in rows:
+        print(f"  {'met   ' if ok else 'MISSED'}  {what}  (target: {target})")
+    print(f"  {sum(ok for *_, ok in rows)} of {len(rows)} met; {zip_path.strip().splitlines()[-1] if zip_path.strip() else ''}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=2, help="best of this many runs per measurement")
     parser.add_argument("--no-build", action="store_true")
     parser.add_argument("--handler", type=Path, help="benchmark this binary (implies --no-build)")
     parser.add_argument("--only", choices=["import", "mariadb", "export", "cache", "large", "hostile", "zipf", "crud", "misses",
-                                           "sync"],
-                        help="run one part (export reuses the flights that the import part loaded)")
+                                           "sync", "targets"],
+                        help="run one part (export reuses the flights that the import part loaded); targets: issue 14's "
+                             "parts (large, crud, misses) and the Functions zip, then every target of the issue, met or not")
     parser.add_argument("--seconds", type=int, help="length of each load run (default 10; large 5; zipf 20)")
     parser.add_argument("--clients", type=int, default=8, help="zipf: concurrent clients over the two instances")
     parser.add_argument("--write-percent", type=float, default=1, help="zipf: writes in the second run")
@@ -596,11 +621,13 @@ def main():
     elif not args.no_build:
         sh("cargo", "build", "--release", "--quiet", "-p", "handler", capture=False)
     for tool in ("psql", "sqlite3", "mariadb") if args.only not in ("cache", "large", "hostile", "zipf", "crud", "misses",
-                                                                     "sync") else \
-            ("psql", "redis-cli") if args.only in ("zipf", "large", "crud", "sync") else ():
+                                                                     "sync", "targets") else \
+            ("psql", "redis-cli") if args.only in ("zipf", "large", "crud", "sync", "targets") else ():
         if not shutil.which(tool):
             sys.exit(f"{tool} is needed: apt-get install postgresql-client sqlite3 mariadb-client redis-tools")
     print(f"machine: {os.cpu_count()} cores; best of {args.runs}")
+    parts = {"large", "crud", "misses"} if args.only == "targets" else {args.only}
+    scores = {}
     if args.only in (None, "import"):
         csv = flights_csv()
         print(f"file: {csv} ({csv.stat().st_size / 1e6:.0f} MB)")
@@ -618,11 +645,11 @@ def main():
         bench_cached_export(handler_db, args.runs)
     if args.only in (None, "cache"):
         bench_cache(args.seconds or 10)
-    if args.only in (None, "large"):
+    if parts & {None, "large"}:
         if shutil.which("wrk"):
             import large
 
-            large.bench_large(HANDLER, handler_env, OUT, PG_ADMIN.rsplit("/", 1)[0] + "/" + large.DATABASE, psql,
+            scores["large"] = large.bench_large(HANDLER, handler_env, OUT, PG_ADMIN.rsplit("/", 1)[0] + "/" + large.DATABASE, psql,
                               args.seconds or 5, args.runs, sh, free_port, get_status, wrk_report)
         else:
             print("\nLarge cached answers: skipped, wrk is not installed (apt-get install wrk)")
@@ -635,24 +662,27 @@ def main():
 
         zipf.bench_zipf(HANDLER, handler_env, ROOT, PG_ADMIN.rsplit("/", 1)[0] + "/" + zipf.DATABASE, psql,
                         args.seconds or 20, args.clients, args.write_percent, sh, free_port, get_status)
-    if args.only in (None, "crud"):
+    if parts & {None, "crud"}:
         import crud
 
         if shutil.which("wrk"):
             databases = {"postgres": PG_ADMIN.rsplit("/", 1)[0] + "/" + crud.DATABASE, "sqlite": "sqlite"}
             for name, url in databases.items():
                 if args.crud_database in (name, "both"):
-                    crud.bench_crud(HANDLER, handler_env, ROOT, OUT, url, psql, args.seconds or 10,
-                                    args.synchronous_commit, sh, free_port, get_status)
+                    scores.setdefault("crud", []).append(
+                        crud.bench_crud(HANDLER, handler_env, ROOT, OUT, url, psql, args.seconds or 10,
+                                        args.synchronous_commit, sh, free_port, get_status))
         else:
             print("\nCRUD-profile mix skipped: wrk is not installed (apt-get install wrk)")
-    if args.only in (None, "misses"):
+    if parts & {None, "misses"}:
         import misses
 
         if shutil.which("wrk"):
-            misses.bench_misses(HANDLER, handler_env, ROOT, OUT, args.seconds or 10, sh, free_port, get_status)
+            scores["misses"] = misses.bench_misses(HANDLER, handler_env, ROOT, OUT, args.seconds or 10, sh, free_port, get_status)
         else:
             print("\nUncached pages against Datasette skipped: wrk is not installed (apt-get install wrk)")
+    if args.only == "targets":
+        print_targets(scores)
     if args.only in (None, "sync"):
         import sync
 

@@ -185,7 +185,8 @@ def summarise(c):
 
 def bench_crud(handler, env_for, root, out, database_url, psql, seconds, synchronous_commit, sh, free_port, get_status):
     """`psql`, `sh`, `free_port` and `get_status` are the runner's helpers (bench.py). A
-    `database_url` of `sqlite` runs the mix on a new SQLite file (the embedded default)."""
+    `database_url` of `sqlite` runs the mix on a new SQLite file (the embedded default). Returns where it ran
+    and, per run, its ratio to the static route, errors, p99 and GET hit ratio."""
     if database_url == "sqlite":
         path = out / "crud.db"
         for suffix in ("", "-wal", "-shm"):
@@ -272,3 +273,9 @@ def bench_crud(handler, env_for, root, out, database_url, psql, seconds, synchro
               + f"; socket errors {c['socket_errors']}; p99.9 {c['p99.9_us'] / 1000:.1f} ms, max {c['max_us'] / 1000:.1f} ms")
     print(f"  PUT of a missing id answers {put_missing} (PUT never creates): the upserts POST their new ids")
     print("  target: the mix at least 0.6x static with 0 errors (HttpArena's top frameworks: 0.50-0.77x of plain JSON)")
+    figures = {}
+    for label, c in runs.items():
+        s = summarise(c)
+        figures[label] = {"ratio": s["rps"] / base_rps, "errors": s["errors"], "p99_ms": c["p99_us"] / 1000,
+                          "hits": sum(s["hits"].values()) / max(sum(s["gets"].values()), 1)}
+    return where, figures

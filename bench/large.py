@@ -62,7 +62,8 @@ def size(n):
 
 
 def bench_large(handler, env_for, out, database_url, psql, seconds, runs, sh, free_port, get_status, wrk_report):
-    """`psql`, `sh`, `free_port`, `get_status` and `wrk_report` are the runner's helpers (bench.py)."""
+    """`psql`, `sh`, `free_port`, `get_status` and `wrk_report` are the runner's helpers (bench.py). Returns each
+    target as (what was measured, the target, whether it was met)."""
     print(f"\nLarge cached answers (movies on PostgreSQL; wrk, 2 threads, {CONNECTIONS} connections, {seconds} s each, "
           f"best of {runs} in alternating order; ratio = handler req/s / static req/s, same bytes)")
     psql("test", "SET client_min_messages = warning", f"DROP DATABASE IF EXISTS {DATABASE}", f"CREATE DATABASE {DATABASE}")
@@ -138,7 +139,7 @@ def bench_large(handler, env_for, out, database_url, psql, seconds, runs, sh, fr
                   "gzip bytes without a Content-Encoding header (wrk does not decompress either way)")
 
         print(f"  {'answer':<34} {'bytes':>8} {'server':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>6}  target")
-        met, missed = [], []
+        met, missed, scored = [], [], []
         for name, path, targets in ANSWERS:
             for encoding, headers in ENCODINGS.items():
                 body = bodies[name, encoding]
@@ -185,11 +186,14 @@ def bench_large(handler, env_for, out, database_url, psql, seconds, runs, sh, fr
                         ok = ok and not report["errors"]
                         target += ": met" if ok else ": MISSED"
                         (met if ok else missed).append(f"{label}, {server}")
+                        scored.append((f"cached {label}, {server}: {ratio:.2f}x static, p99 {report['p99']:.2f} ms",
+                                       target.rsplit(":", 1)[0], ok))
                     errors = "".join(f"  [{k}: {v}]" for k, v in report["errors"].items())
                     print(f"  {label if server == 'static' else '':<34} {size(len(body)) if server == 'static' else '':>8} "
                           f"{server:<10} {report['rps']:>8,.0f} {report['p50']:>8.2f} {report['p99']:>8.2f} "
                           f"{ratio:>5.2f}x  {target}{errors}")
         print(f"  targets met: {len(met)} of {len(met) + len(missed)}" + (f"; missed: {'; '.join(missed)}" if missed else ""))
+        return scored
     finally:
         for process in processes:
             process.terminate()

@@ -315,3 +315,4 @@ def bench_misses(handler, env_for, root, out, seconds, sh, free_port, get_status
         print(f"  ratio to {what} ({label.removeprefix('Datasette ')}, {s['rps']:,.0f} req/s): "
               f"{handler_rps / s['rps']:.2f}x throughput, {s['cpu_ms'] / handler_cpu:.2f}x less CPU per request"
               + ("  (target: at least 6x)" if label == best else ""))
+    return {"ratio": handler_rps / datasettes[best]["rps"], "valid": valid, "peer": best.removeprefix("Datasette ")}
