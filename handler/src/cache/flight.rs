@@ -192,7 +192,7 @@ impl Cache {
                     }
                 };
                 let entry = self
-                    .store_computed(dataset, &key, stamp, computed, started)
+                    .store_computed(dataset, &key, stamp, computed, started.elapsed())
                     .await;
                 self.release(lease).await;
                 Ok((entry, Outcome::Miss))
@@ -250,27 +250,27 @@ impl Cache {
         let started = Instant::now();
         let computed = compute().await?;
         let entry = self
-            .store_computed(dataset, &key, stamp, computed, started)
+            .store_computed(dataset, &key, stamp, computed, started.elapsed())
             .await;
         Ok((entry, Outcome::Miss))
     }
 
     /// A computed answer as an entry stamped `stamp`, kept in the memory tier and the store
     /// (a failed store costs the next reader a miss, nothing more).
-    async fn store_computed(
+    pub(super) async fn store_computed(
         &self,
         dataset: &Dataset,
         key: &str,
         stamp: super::Stamp,
         computed: Computed,
-        started: Instant,
+        compute_time: Duration,
     ) -> Arc<CachedResponse> {
         let ttl = jittered(self.ttl(dataset));
         let entry = Arc::new(
             CachedResponse::new(
                 computed.body,
                 computed.content_type,
-                started.elapsed(),
+                compute_time,
                 stamp,
                 ttl,
             )

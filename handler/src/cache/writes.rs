@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use super::fresh::{self, RowChange, WRITE_LOG_CAPACITY, WRITE_RECORD_MAX_BYTES};
+use super::flight::Computed;
+use super::fresh::{self, RowChange, Stamp, WRITE_LOG_CAPACITY, WRITE_RECORD_MAX_BYTES};
 use super::store::{InFlight, NewWrite};
-use super::{Cache, Unavailable};
+use super::{Cache, Subject, Unavailable};
 use crate::datasets::{Dataset, Value};
 
 /// How long a write counts as in flight at most: past it, a writer that died is forgotten. A
@@ -27,6 +28,14 @@ impl WriteInFlight {
     /// How long ago it was recorded (from before the store was asked).
     pub fn age(&self) -> Duration {
         self.began.elapsed()
+    }
+
+    /// The position it was recorded at.
+    fn stamp(&self) -> Stamp {
+        Stamp {
+            epoch: self.at.epoch,
+            seq: self.at.seq,
+        }
     }
 }
 
@@ -132,26 +141,51 @@ impl Cache {
     }
 
     /// Ends a write begun by [`Cache::begin_write`] (committed or not). `Ok`: its record stands
-    /// (or was made again, if the store lost it), so the write may be acknowledged. `Err`: the
-    /// store could not be told; this instance then serves none of the dataset's cached answers
-    /// until it has purged them, and the write must not be acknowledged as visible everywhere.
-    pub async fn end_write(&self, write: WriteInFlight) -> Result<(), Unavailable> {
+    /// (or was made again, if the store lost it), so the write may be acknowledged; with the
+    /// position it was recorded at when that record stood throughout (`None`: made again after
+    /// the commit). `Err`: the store could not be told; this instance then serves none of the
+    /// dataset's cached answers until it has purged them, and the write must not be acknowledged
+    /// as visible everywhere.
+    pub async fn end_write(&self, write: WriteInFlight) -> Result<Option<Stamp>, Unavailable> {
         let dataset = write.dataset.as_str();
+        let stamp = write.stamp();
         let ended = match self.store.end_write(dataset, write.at).await {
-            Ok(true) => Ok(()),
+            Ok(true) => Ok(Some(stamp)),
             // Lost (Redis restarted or the dataset was purged meanwhile): recorded again, after
             // the commit, so answers computed before it cannot stay fresh.
-            Ok(false) => {
-                self.store
-                    .record_write(dataset, &write.write, WRITE_LOG_CAPACITY)
-                    .await
-            }
+            Ok(false) => self
+                .store
+                .record_write(dataset, &write.write, WRITE_LOG_CAPACITY)
+                .await
+                .map(|_| None),
             Err(unavailable) => Err(unavailable),
         };
         if ended.is_err() {
             self.unrecorded.lock().insert(dataset.to_owned());
         }
         ended
+    }
+
+    /// Keeps the answer about the row a write has just committed (`body`, made from the row as
+    /// written), stamped with the write's own position, so that the row's next read is a hit
+    /// rather than a query. Call it only after the write's record stood through its commit
+    /// ([`Cache::end_write`] gave the position) and only for a write that changed the row. It is
+    /// sound because writes to one row are recorded in the order they commit: each records under
+    /// the row's lock, and one recorded before taking it records again unless the row it then
+    /// reads is the one its record was made from (which a write that changed the row rules out).
+    /// So no write to the row at or before the stamp is missing from `body`, and every later one
+    /// is in the log after it (ARCHITECTURE.md, "Cache").
+    pub async fn keep_written(
+        &self,
+        dataset: &Dataset,
+        key: &Value,
+        stamp: Stamp,
+        body: Vec<u8>,
+        took: Duration,
+    ) {
+        let key = self.key(dataset, &Subject::Item(key));
+        self.store_computed(dataset, &key, stamp, Computed::json(body), took)
+            .await;
     }
 
     /// Records a write made outside [`Cache::begin_write`]: begun and ended at once.
@@ -163,7 +197,7 @@ impl Cache {
     ) -> Result<(), Unavailable> {
         let write = self.begin_write(dataset, old, new).await;
         match write {
-            Ok(write) => self.end_write(write).await,
+            Ok(write) => self.end_write(write).await.map(drop),
             Err(unavailable) => {
                 self.unrecorded.lock().insert(dataset.name.clone());
                 Err(unavailable)

@@ -7,7 +7,7 @@
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use crate::cache::{COMMIT_WITHIN, Cache, RowChange, Unavailable, WriteInFlight};
+use crate::cache::{COMMIT_WITHIN, Cache, RowChange, Stamp, Unavailable, WriteInFlight};
 use crate::datasets::Dataset;
 use crate::storage::{CommitGate, Committing};
 
@@ -34,17 +34,18 @@ impl<'a> CacheGate<'a> {
     }
 
     /// Ends every record this gate made. `Ok` when the last one stands (the change may be
-    /// acknowledged); `Err` when the cache could not be told.
-    pub(super) async fn finish(self) -> Result<(), Unavailable> {
+    /// acknowledged), with the position that record was made at if it stood throughout (see
+    /// [`Cache::end_write`]); `Err` when the cache could not be told.
+    pub(super) async fn finish(self) -> Result<Option<Stamp>, Unavailable> {
         let begun = self.begun.into_inner();
-        let mut last = Ok(());
+        let mut last = Ok(None);
         for write in begun {
             // An import whose commit took longer than its record lasts: its in-flight record
             // may have lapsed before the swap, so every answer of the dataset ends once more.
             let lapsed = write.age() > IMPORT_IN_FLIGHT_FOR / 2;
             last = self.cache.end_write(write).await;
             if last.is_ok() && lapsed {
-                last = self.cache.purge(&self.dataset.name).await;
+                last = self.cache.purge(&self.dataset.name).await.map(|()| None);
             }
         }
         last

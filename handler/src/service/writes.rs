@@ -125,6 +125,7 @@ async fn apply_now(
     id: Option<&str>,
 ) -> Result<Written, ServiceError> {
     let create = matches!(change, Change::Create(_));
+    let started = std::time::Instant::now();
     service.ensure_tables(dataset).await?;
     let gate = CacheGate::new(&service.cache, dataset);
     let written = service.storage.write(dataset, change, &gate).await;
@@ -141,15 +142,27 @@ async fn apply_now(
         StorageError::NotCommitted(reason) => ServiceError::NotRecorded(reason),
         other => other.into(),
     })?;
-    if confirmed.is_err() {
+    let Ok(recorded_at) = confirmed else {
         tracing::warn!(dataset = %dataset.name, "a write was committed but the cache could not confirm it; this instance serves none of the dataset's cached answers until it has purged them");
         return Err(ServiceError::Unconfirmed);
-    }
+    };
     let row = written.new.as_ref().map(|row| {
         let mut body = Vec::with_capacity(512);
         encode::write_row_json(dataset, row, &mut body);
         body
     });
+    // The row's next read answers from the cache (see `Cache::keep_written` for when that is
+    // sound: a write that changed nothing proves nothing about the order of writes).
+    if let (Some(stamp), Some(new), Some(body)) = (recorded_at, &written.new, &row)
+        && written.old.as_ref() != Some(new)
+    {
+        let key = &new[dataset.key.column];
+        let took = started.elapsed();
+        service
+            .cache
+            .keep_written(dataset, key, stamp, body.clone(), took)
+            .await;
+    }
     let location = match (&written.new, create) {
         (Some(row), true) => Some(format!(
             "/api/{}/{}",
