@@ -97,11 +97,13 @@ impl Store for LocalStore {
         let mut writes = self.writes.lock();
         let log = writes.entry(dataset.to_owned()).or_default();
         let seq = log.push(write, capacity);
+        let now = Instant::now();
         let in_flight = InFlight {
             epoch: log.epoch,
             seq,
+            alone: log.in_flight.iter().all(|(_, until)| *until <= now),
         };
-        log.in_flight.push((in_flight, Instant::now() + lifetime));
+        log.in_flight.push((in_flight, now + lifetime));
         Ok(in_flight)
     }
 

@@ -35,6 +35,9 @@ pub struct NewWrite {
 pub struct InFlight {
     pub epoch: u64,
     pub seq: u64,
+    /// No other write of the dataset was in flight when this one was recorded: every record
+    /// before it had ended (see `Cache::keep_written`).
+    pub alone: bool,
 }
 
 #[async_trait]

@@ -741,3 +741,80 @@ async fn the_index_of_keys_answers_as_the_walk_over_the_writes_does() {
         }
     }
 }
+
+/// A write's answer may be kept (`Cache::keep_written`) only at the position of a record made
+/// while no other write of the dataset was in flight, and that stood through its end: a row
+/// changed A→B by a write whose early record waits while two others change it to C and back to
+/// A must not leave A's answer fresh; nor a write made while an import's change of everything
+/// is in flight (the swap may replace the row after the write commits).
+#[tokio::test]
+async fn a_kept_answer_is_stamped_only_by_a_write_recorded_alone() {
+    let ds = movies();
+    for (backend, writer, reader) in instances("kept").await {
+        let (a, b, c) = (
+            film(&ds, 9, &["Drama"], 2000),
+            film(&ds, 9, &["Drama"], 2001),
+            film(&ds, 9, &["Drama"], 2002),
+        );
+        let w1 = writer
+            .begin_write(&ds, Some(a.clone()), Some(b))
+            .await
+            .unwrap();
+        let w2 = writer
+            .begin_write(&ds, Some(a.clone()), Some(c.clone()))
+            .await
+            .unwrap();
+        assert_eq!(writer.end_write(w2).await.unwrap(), None, "{backend}");
+        let w3 = writer
+            .begin_write(&ds, Some(c), Some(a.clone()))
+            .await
+            .unwrap();
+        assert_eq!(writer.end_write(w3).await.unwrap(), None, "{backend}");
+        let stamp = writer.end_write(w1).await.unwrap().expect("recorded alone");
+        writer
+            .keep_written(&ds, &Value::Integer(9), stamp, b"{}".to_vec())
+            .await;
+        // Kept at w1's position, before the two writes after it: not fresh.
+        assert_eq!(
+            item_outcome(&reader, &ds, 9).await,
+            Outcome::Miss,
+            "{backend}"
+        );
+
+        let import = writer
+            .begin_change_of_everything(&ds, Duration::from_secs(600))
+            .await
+            .unwrap();
+        let during = writer
+            .begin_write(&ds, Some(a.clone()), Some(film(&ds, 9, &[], 2003)))
+            .await
+            .unwrap();
+        assert_eq!(writer.end_write(during).await.unwrap(), None, "{backend}");
+        writer.end_write(import).await.unwrap();
+
+        // Alone again: kept, and a hit on the other instance until the row's next write.
+        let alone = writer
+            .begin_write(&ds, Some(a.clone()), Some(film(&ds, 9, &[], 2004)))
+            .await
+            .unwrap();
+        let stamp = writer
+            .end_write(alone)
+            .await
+            .unwrap()
+            .expect("recorded alone");
+        writer
+            .keep_written(&ds, &Value::Integer(9), stamp, b"{}".to_vec())
+            .await;
+        assert_eq!(
+            item_outcome(&reader, &ds, 9).await,
+            Outcome::Hit,
+            "{backend}"
+        );
+        writer.record_write(&ds, Some(a), None).await.unwrap();
+        assert_eq!(
+            item_outcome(&reader, &ds, 9).await,
+            Outcome::Miss,
+            "{backend}"
+        );
+    }
+}

@@ -30,12 +30,12 @@ impl WriteInFlight {
         self.began.elapsed()
     }
 
-    /// The position it was recorded at.
-    fn stamp(&self) -> Stamp {
-        Stamp {
+    /// The position it was recorded at, if no other write was in flight then.
+    fn stamp_if_alone(&self) -> Option<Stamp> {
+        self.at.alone.then_some(Stamp {
             epoch: self.at.epoch,
             seq: self.at.seq,
-        }
+        })
     }
 }
 
@@ -142,15 +142,15 @@ impl Cache {
 
     /// Ends a write begun by [`Cache::begin_write`] (committed or not). `Ok`: its record stands
     /// (or was made again, if the store lost it), so the write may be acknowledged; with the
-    /// position it was recorded at when that record stood throughout (`None`: made again after
-    /// the commit). `Err`: the store could not be told; this instance then serves none of the
+    /// position it was recorded at when that record stood throughout and no other write was in
+    /// flight when it was made (the stamp [`Cache::keep_written`] needs; `None` otherwise). `Err`: the store could not be told; this instance then serves none of the
     /// dataset's cached answers until it has purged them, and the write must not be acknowledged
     /// as visible everywhere.
     pub async fn end_write(&self, write: WriteInFlight) -> Result<Option<Stamp>, Unavailable> {
         let dataset = write.dataset.as_str();
-        let stamp = write.stamp();
+        let stamp = write.stamp_if_alone();
         let ended = match self.store.end_write(dataset, write.at).await {
-            Ok(true) => Ok(Some(stamp)),
+            Ok(true) => Ok(stamp),
             // Lost (Redis restarted or the dataset was purged meanwhile): recorded again, after
             // the commit, so answers computed before it cannot stay fresh.
             Ok(false) => self
@@ -168,23 +168,16 @@ impl Cache {
 
     /// Keeps the answer about the row a write has just committed (`body`, made from the row as
     /// written), stamped with the write's own position, so that the row's next read is a hit
-    /// rather than a query. Call it only after the write's record stood through its commit
-    /// ([`Cache::end_write`] gave the position) and only for a write that changed the row. It is
-    /// sound because writes to one row are recorded in the order they commit: each records under
-    /// the row's lock, and one recorded before taking it records again unless the row it then
-    /// reads is the one its record was made from (which a write that changed the row rules out).
-    /// So no write to the row at or before the stamp is missing from `body`, and every later one
-    /// is in the log after it (ARCHITECTURE.md, "Cache").
-    pub async fn keep_written(
-        &self,
-        dataset: &Dataset,
-        key: &Value,
-        stamp: Stamp,
-        body: Vec<u8>,
-        took: Duration,
-    ) {
+    /// rather than a query. `stamp` must come from [`Cache::end_write`], which gives one only for
+    /// a record that stood through the commit and was made while no other write of the dataset
+    /// was in flight. Then every write recorded before
+    /// it had committed or failed before it was recorded, and those to this row are in the row
+    /// it read under the row's lock; every write recorded after it is in the log after the stamp
+    /// (ARCHITECTURE.md, "Cache", for the cases).
+    pub async fn keep_written(&self, dataset: &Dataset, key: &Value, stamp: Stamp, body: Vec<u8>) {
         let key = self.key(dataset, &Subject::Item(key));
-        self.store_computed(dataset, &key, stamp, Computed::json(body), took)
+        // Computed by no query: no early refresh (XFetch weighs an answer's compute time).
+        self.store_computed(dataset, &key, stamp, Computed::json(body), Duration::ZERO)
             .await;
     }
 

@@ -94,6 +94,15 @@ pub fn check(
                     .flatten();
                 check_text(column, item, limit, engine)?;
             }
+            // Elements that run into a delimiter of several characters ("a|" before "||") would
+            // read back split elsewhere.
+            if let Some(delimiter) = column.list_delimiter.as_deref()
+                && Value::parse_list(&value.to_text_with(delimiter), delimiter) != *value
+            {
+                return Err(format!(
+                    "elements must not run into the delimiter {delimiter:?}"
+                ));
+            }
             Ok(())
         }
         _ => Ok(()),
@@ -176,6 +185,11 @@ mod tests {
             filterable: true,
             ..column(ColumnType::Text)
         };
+        let piped = Column {
+            list_delimiter: Some("||".into()),
+            ..column(ColumnType::Text)
+        };
+        let pipes = |items: &[&str]| Value::List(items.iter().map(|i| (*i).to_owned()).collect());
         let date = column(ColumnType::Date);
         let long = Value::Text("x".repeat(600));
         let ymd = |y, m, d| Value::Date(chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap());
@@ -188,6 +202,15 @@ mod tests {
                 Some("must not contain NUL characters"),
             ),
             (&text, false, Value::Text("fine".into()), none, None),
+            (
+                &piped,
+                false,
+                pipes(&["a|", "b"]),
+                none,
+                Some("elements must not run into the delimiter \"||\""),
+            ),
+            (&piped, false, pipes(&["a", "|b"]), none, None),
+            (&piped, false, pipes(&["a|b", "c"]), none, None),
             (
                 &short,
                 false,

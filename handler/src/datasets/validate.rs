@@ -27,9 +27,11 @@ fn convert(
             }
             (false, ty) => format!("must be a {}", ty.name()),
         })?;
-    // List elements are stored trimmed, as an import's split stores them.
+    // List elements are stored trimmed, as an import's split stores them; a negative zero as
+    // the zero every engine compares it equal to (an update that changes only its sign is none).
     let value = match value {
         Value::List(items) => Value::List(items.iter().map(|i| i.trim().to_owned()).collect()),
+        Value::Float(f) => Value::Float(f + 0.0), // -0.0 + 0.0 is 0.0; all else unchanged
         other => other,
     };
     rules::check(column, is_key, &value, engine)?;

@@ -125,7 +125,6 @@ async fn apply_now(
     id: Option<&str>,
 ) -> Result<Written, ServiceError> {
     let create = matches!(change, Change::Create(_));
-    let started = std::time::Instant::now();
     service.ensure_tables(dataset).await?;
     let gate = CacheGate::new(&service.cache, dataset);
     let written = service.storage.write(dataset, change, &gate).await;
@@ -151,16 +150,12 @@ async fn apply_now(
         encode::write_row_json(dataset, row, &mut body);
         body
     });
-    // The row's next read answers from the cache (see `Cache::keep_written` for when that is
-    // sound: a write that changed nothing proves nothing about the order of writes).
-    if let (Some(stamp), Some(new), Some(body)) = (recorded_at, &written.new, &row)
-        && written.old.as_ref() != Some(new)
-    {
+    // The row's next read answers from the cache, where that is sound (`Cache::keep_written`).
+    if let (Some(stamp), Some(new), Some(body)) = (recorded_at, &written.new, &row) {
         let key = &new[dataset.key.column];
-        let took = started.elapsed();
         service
             .cache
-            .keep_written(dataset, key, stamp, body.clone(), took)
+            .keep_written(dataset, key, stamp, body.clone())
             .await;
     }
     let location = match (&written.new, create) {

@@ -341,12 +341,13 @@ impl Store for RedisStore {
             capacity.to_string(),
             lifetime_ms.to_string(),
         ];
-        let (epoch, seq): (String, u64) = self
+        let (epoch, seq, alone): (String, u64, i64) = self
             .run_position_script(&SCRIPTS.begin_write, dataset, args)
             .await?;
         Ok(InFlight {
             epoch: epoch.parse().map_err(|_| Unavailable)?,
             seq,
+            alone: alone == 1,
         })
     }
 

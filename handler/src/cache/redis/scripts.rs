@@ -71,10 +71,14 @@ if #ARGV[1] > WRITE_RECORD_MAX_BYTES then
 end
 ";
 
-/// `ARGV`: the record, the log's capacity, the write's lifetime in flight (ms) → `{epoch, seq}`.
+/// `ARGV`: the record, the log's capacity, the write's lifetime in flight (ms) → `{epoch, seq,
+/// alone}`, `alone` 1 when no other write was in flight (every earlier record had ended).
 const BEGIN_WRITE: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+local alone = 0
+if redis.call('ZCARD', KEYS[3]) == 0 then alone = 1 end
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), epoch .. ':' .. seq)
-return {epoch, seq}";
+return {epoch, seq, alone}";
 
 /// `ARGV`: the epoch and seq the write began at → 1 if its record still stands.
 const END_WRITE: &str = r"
