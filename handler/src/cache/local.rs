@@ -16,7 +16,7 @@ use super::entry::CachedResponse;
 use super::fresh::{Position, RecordedWrite};
 use super::hot::LocalScores;
 use super::records::{RecordKey, RecordLog};
-use super::store::{InFlight, NewWrite, Store, Unavailable};
+use super::store::{InFlight, NewWrite, Store, Unavailable, tags_conflict};
 use super::windows::LocalWindows;
 use crate::datasets::Dataset;
 
@@ -33,8 +33,9 @@ struct WriteLog {
     seq: u64,
     /// Recent writes, oldest first.
     recent: RecordLog,
-    /// Writes recorded and not yet ended, with the time they stop counting as in flight.
-    in_flight: Vec<(InFlight, Instant)>,
+    /// Writes recorded and not yet ended, with the time they stop counting as in flight and
+    /// their tag (`NewWrite::in_flight_tag`).
+    in_flight: Vec<(InFlight, Instant, String)>,
 }
 
 impl WriteLog {
@@ -72,14 +73,17 @@ impl Store for LocalStore {
             return Ok(Position::default());
         };
         let now = Instant::now();
-        log.in_flight.retain(|(_, until)| *until > now);
-        let settled = log.in_flight.iter().fold(log.seq, |settled, (write, _)| {
-            if write.epoch == log.epoch {
-                settled.min(write.seq - 1)
-            } else {
-                0 // a write of the previous epoch: nothing of this one is settled yet
-            }
-        });
+        log.in_flight.retain(|(_, until, _)| *until > now);
+        let settled = log
+            .in_flight
+            .iter()
+            .fold(log.seq, |settled, (write, _, _)| {
+                if write.epoch == log.epoch {
+                    settled.min(write.seq - 1)
+                } else {
+                    0 // a write of the previous epoch: nothing of this one is settled yet
+                }
+            });
         Ok(Position {
             epoch: log.epoch,
             seq: log.seq,
@@ -98,12 +102,16 @@ impl Store for LocalStore {
         let log = writes.entry(dataset.to_owned()).or_default();
         let seq = log.push(write, capacity);
         let now = Instant::now();
+        let tag = write.in_flight_tag();
         let in_flight = InFlight {
             epoch: log.epoch,
             seq,
-            alone: log.in_flight.iter().all(|(_, until)| *until <= now),
+            alone: !log
+                .in_flight
+                .iter()
+                .any(|(_, until, other)| *until > now && tags_conflict(other, &tag)),
         };
-        log.in_flight.push((in_flight, now + lifetime));
+        log.in_flight.push((in_flight, now + lifetime, tag));
         Ok(in_flight)
     }
 
@@ -113,7 +121,7 @@ impl Store for LocalStore {
             return Ok(false);
         };
         let before = log.in_flight.len();
-        log.in_flight.retain(|(w, _)| *w != write);
+        log.in_flight.retain(|(w, _, _)| *w != write);
         Ok(log.in_flight.len() < before && write.epoch == log.epoch)
     }
 

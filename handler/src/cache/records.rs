@@ -32,6 +32,16 @@ impl RecordKey {
             other => RecordKey::Other(other.to_json().to_string()),
         }
     }
+
+    /// A text that differs for different keys (a write's tag while it is in flight).
+    pub fn tag(&self) -> String {
+        match self {
+            RecordKey::Integer(i) => format!("i{i}"),
+            RecordKey::Float(bits) => format!("f{bits}"),
+            RecordKey::Text(text) => format!("t{text}"),
+            RecordKey::Other(json) => format!("o{json}"),
+        }
+    }
 }
 
 /// Consecutive records of one epoch of a dataset's write log.

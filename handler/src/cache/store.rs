@@ -30,13 +30,33 @@ pub struct NewWrite {
     pub keys: Vec<RecordKey>,
 }
 
+/// The in-flight tag of a write of many rows or of everything (see [`NewWrite::in_flight_tag`]).
+pub const SET_WIDE_TAG: &str = "*";
+
+/// Whether writes tagged `a` and `b` may touch the same row (the Redis scripts decide alike).
+pub fn tags_conflict(a: &str, b: &str) -> bool {
+    a == b || a == SET_WIDE_TAG || b == SET_WIDE_TAG
+}
+
+impl NewWrite {
+    /// What a write in flight is known by to the writes recorded after it: its row's key, or
+    /// [`SET_WIDE_TAG`] when it may touch more than one row. Two writes conflict when their
+    /// tags are equal or either is set-wide.
+    pub fn in_flight_tag(&self) -> String {
+        match self.keys.as_slice() {
+            [key] if !self.everything => key.tag(),
+            _ => SET_WIDE_TAG.to_owned(),
+        }
+    }
+}
+
 /// Where a write recorded in flight sits in its dataset's log, to end it by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InFlight {
     pub epoch: u64,
     pub seq: u64,
-    /// No other write of the dataset was in flight when this one was recorded: every record
-    /// before it had ended (see `Cache::keep_written`).
+    /// No other write of the same row (nor one of many rows or of everything) was in flight when
+    /// this one was recorded: every such record before it had ended (see `Cache::keep_written`).
     pub alone: bool,
 }
 

@@ -743,7 +743,8 @@ async fn the_index_of_keys_answers_as_the_walk_over_the_writes_does() {
 }
 
 /// A write's answer may be kept (`Cache::keep_written`) only at the position of a record made
-/// while no other write of the dataset was in flight, and that stood through its end: a row
+/// while no other write of its row (nor of many rows) was in flight, and that stood through its
+/// end: a row
 /// changed A→B by a write whose early record waits while two others change it to C and back to
 /// A must not leave A's answer fresh; nor a write made while an import's change of everything
 /// is in flight (the swap may replace the row after the write commits).
@@ -792,7 +793,12 @@ async fn a_kept_answer_is_stamped_only_by_a_write_recorded_alone() {
         assert_eq!(writer.end_write(during).await.unwrap(), None, "{backend}");
         writer.end_write(import).await.unwrap();
 
-        // Alone again: kept, and a hit on the other instance until the row's next write.
+        // Alone for its row (another row's write in flight does not count): kept, and a hit on
+        // the other instance until the row's next write.
+        let elsewhere = writer
+            .begin_write(&ds, None, Some(film(&ds, 10, &[], 1990)))
+            .await
+            .unwrap();
         let alone = writer
             .begin_write(&ds, Some(a.clone()), Some(film(&ds, 9, &[], 2004)))
             .await
@@ -802,6 +808,7 @@ async fn a_kept_answer_is_stamped_only_by_a_write_recorded_alone() {
             .await
             .unwrap()
             .expect("recorded alone");
+        writer.end_write(elsewhere).await.unwrap();
         writer
             .keep_written(&ds, &Value::Integer(9), stamp, b"{}".to_vec())
             .await;

@@ -30,7 +30,7 @@ impl WriteInFlight {
         self.began.elapsed()
     }
 
-    /// The position it was recorded at, if no other write was in flight then.
+    /// The position it was recorded at, if no other write of its row was in flight then.
     fn stamp_if_alone(&self) -> Option<Stamp> {
         self.at.alone.then_some(Stamp {
             epoch: self.at.epoch,
@@ -142,8 +142,9 @@ impl Cache {
 
     /// Ends a write begun by [`Cache::begin_write`] (committed or not). `Ok`: its record stands
     /// (or was made again, if the store lost it), so the write may be acknowledged; with the
-    /// position it was recorded at when that record stood throughout and no other write was in
-    /// flight when it was made (the stamp [`Cache::keep_written`] needs; `None` otherwise). `Err`: the store could not be told; this instance then serves none of the
+    /// position it was recorded at when that record stood throughout and no other write of its
+    /// row was in flight when it was made (the stamp [`Cache::keep_written`] needs; `None`
+    /// otherwise). `Err`: the store could not be told; this instance then serves none of the
     /// dataset's cached answers until it has purged them, and the write must not be acknowledged
     /// as visible everywhere.
     pub async fn end_write(&self, write: WriteInFlight) -> Result<Option<Stamp>, Unavailable> {
@@ -169,11 +170,11 @@ impl Cache {
     /// Keeps the answer about the row a write has just committed (`body`, made from the row as
     /// written), stamped with the write's own position, so that the row's next read is a hit
     /// rather than a query. `stamp` must come from [`Cache::end_write`], which gives one only for
-    /// a record that stood through the commit and was made while no other write of the dataset
-    /// was in flight. Then every write recorded before
-    /// it had committed or failed before it was recorded, and those to this row are in the row
-    /// it read under the row's lock; every write recorded after it is in the log after the stamp
-    /// (ARCHITECTURE.md, "Cache", for the cases).
+    /// a record that stood through the commit and was made while no other write of the same row
+    /// (nor one of many rows or of everything) was in flight. Then every such write recorded
+    /// before it had committed or failed before it was recorded, so it is in the row this one
+    /// read under the row's lock; every write recorded after it is in the log after the stamp.
+    /// Writes of other rows cannot change the answer (ARCHITECTURE.md, "Cache").
     pub async fn keep_written(&self, dataset: &Dataset, key: &Value, stamp: Stamp, body: Vec<u8>) {
         let key = self.key(dataset, &Subject::Item(key));
         // Computed by no query: no early refresh (XFetch weighs an answer's compute time).

@@ -4,9 +4,10 @@
 //! - `p:d:<kind>:<canonical query>`: an entry (header line + gzipped body), with a TTL;
 //! - `p:{d}:stamp` (hash: `epoch`, `seq`, `run`), `p:{d}:writes` (list of `"<seq> <json [old,
 //!   new]>"` or `"<seq> *"`) and `p:{d}:inflight` (sorted set of `"<epoch>:<seq>"` by the time
-//!   each write stops counting as in flight): the dataset's write position, recent writes, and
-//!   writes recorded but not yet committed. The `{d}` hash tag keeps the three in one cluster
-//!   slot, so the scripts that change them are atomic on a cluster too.
+//!   each write stops counting as in flight) with `p:{d}:inflight-tags` (hash: each of those
+//!   members' row tag): the dataset's write position, recent writes, and writes recorded but not
+//!   yet committed. The `{d}` hash tag keeps the four in one cluster slot, so the scripts that
+//!   change them are atomic on a cluster too.
 //!
 //! The connection opens lazily on first use and is shared by every request of the instance.
 //! Every call has a short timeout, and after a failure a breaker skips Redis for a moment, so a
@@ -105,12 +106,14 @@ impl RedisStore {
         format!("{}:{{{dataset}}}:writes", self.prefix)
     }
 
-    /// The three keys of a dataset's position, in the order the position scripts take them.
-    fn position_keys(&self, dataset: &str) -> [String; 3] {
+    /// The keys of a dataset's position, in the order the position scripts take them: the
+    /// stamp, the log, the writes in flight and their tags.
+    fn position_keys(&self, dataset: &str) -> [String; 4] {
         [
             self.stamp_key(dataset),
             self.writes_key(dataset),
             format!("{}:{{{dataset}}}:inflight", self.prefix),
+            format!("{}:{{{dataset}}}:inflight-tags", self.prefix),
         ]
     }
 
@@ -124,7 +127,7 @@ impl RedisStore {
         let keys = self.position_keys(dataset);
         self.run(|mut conn| async move {
             let mut invocation = script.key(&keys[0]);
-            invocation.key(&keys[1]).key(&keys[2]);
+            invocation.key(&keys[1]).key(&keys[2]).key(&keys[3]);
             for arg in &args {
                 invocation.arg(arg);
             }
@@ -194,7 +197,7 @@ impl RedisStore {
         if let Some(command) = self.position_commands.read().get(dataset) {
             return Arc::clone(command);
         }
-        let [stamp, writes, inflight] = self.position_keys(dataset);
+        let [stamp, writes, inflight, _] = self.position_keys(dataset);
         let mut command = redis::cmd("EVALSHA");
         command
             .arg(SCRIPTS.position.get_hash())
@@ -340,6 +343,7 @@ impl Store for RedisStore {
             write.payload.clone(),
             capacity.to_string(),
             lifetime_ms.to_string(),
+            write.in_flight_tag(),
         ];
         let (epoch, seq, alone): (String, u64, i64) = self
             .run_position_script(&SCRIPTS.begin_write, dataset, args)

@@ -71,17 +71,29 @@ if #ARGV[1] > WRITE_RECORD_MAX_BYTES then
 end
 ";
 
-/// `ARGV`: the record, the log's capacity, the write's lifetime in flight (ms) → `{epoch, seq,
-/// alone}`, `alone` 1 when no other write was in flight (every earlier record had ended).
+/// `ARGV`: the record, the log's capacity, the write's lifetime in flight (ms), its tag
+/// (`NewWrite::in_flight_tag`) → `{epoch, seq, alone}`, `alone` 1 when no write in flight may
+/// touch its row (`tags_conflict`; a write without a tag, from an older version, may). The
+/// tags sit in a hash beside the in-flight set (`KEYS[4]`), emptied whenever the set is.
 const BEGIN_WRITE: &str = r"
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-local alone = 0
-if redis.call('ZCARD', KEYS[3]) == 0 then alone = 1 end
-redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), epoch .. ':' .. seq)
+local others = redis.call('ZRANGE', KEYS[3], 0, -1)
+local alone = 1
+if #others == 0 then
+  redis.call('DEL', KEYS[4])
+else
+  for _, tag in ipairs(redis.call('HMGET', KEYS[4], unpack(others))) do
+    if (not tag) or tag == '*' or tag == ARGV[4] or ARGV[4] == '*' then alone = 0 end
+  end
+end
+local member = epoch .. ':' .. seq
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), member)
+redis.call('HSET', KEYS[4], member, ARGV[4])
 return {epoch, seq, alone}";
 
 /// `ARGV`: the epoch and seq the write began at → 1 if its record still stands.
 const END_WRITE: &str = r"
+redis.call('HDEL', KEYS[4], ARGV[1] .. ':' .. ARGV[2])
 local removed = redis.call('ZREM', KEYS[3], ARGV[1] .. ':' .. ARGV[2])
 if removed == 1 and epoch == ARGV[1] then return 1 end
 return 0";
