@@ -33,8 +33,10 @@ const MAX_WRITES_CHECKED: u64 = 1024;
 /// record row by row, the start of an epoch).
 pub const EVERYTHING: &str = "*";
 
-/// The write position an answer is stamped with: every write at or before it had finished (or
-/// could no longer commit) when the answer's database query started.
+/// The write position an answer is stamped with: every write at or before it that can change
+/// the answer had finished (or could no longer commit) when the answer was made (for an answer
+/// computed by a query, every write at all; for a row's answer kept by its write, every write of
+/// that row: `Cache::keep_written`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Stamp {
     pub epoch: u64,

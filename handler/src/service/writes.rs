@@ -12,7 +12,7 @@ use super::gate::CacheGate;
 use super::warm::url_segment;
 use super::{Caller, Service, ServiceError, encode};
 use crate::datasets::{Dataset, Value, rules, validate};
-use crate::storage::{Change, StorageError};
+use crate::storage::{Change, Row, StorageError};
 
 /// What a write does to its dataset's rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,8 +150,17 @@ async fn apply_now(
         encode::write_row_json(dataset, row, &mut body);
         body
     });
-    // The row's next read answers from the cache, where that is sound (`Cache::keep_written`).
-    if let (Some(stamp), Some(new), Some(body)) = (recorded_at, &written.new, &row) {
+    // The row's next read answers from the cache, where that is sound (`Cache::keep_written`)
+    // and the key was asked for as it is stored (else the body would carry another spelling).
+    let spelled_as_stored = |new: &Row| {
+        written
+            .old
+            .as_ref()
+            .is_none_or(|old| old[dataset.key.column] == new[dataset.key.column])
+    };
+    if let (Some(stamp), Some(new), Some(body)) = (recorded_at, &written.new, &row)
+        && spelled_as_stored(new)
+    {
         let key = &new[dataset.key.column];
         service
             .cache

@@ -5,10 +5,16 @@ use super::store::Transaction;
 use super::{Change, Result, Row};
 use crate::datasets::{Dataset, Value};
 
-/// The row `change` leaves of `old` (the stored row it addresses): `None` for a delete. The key
-/// is the stored one, which may differ from the one asked for where the engine's comparison
-/// ignores trailing spaces (MySQL's padded collations, SQL Server).
-pub(super) fn changed_row(dataset: &Dataset, old: &Row, change: Change) -> Option<Row> {
+/// The row `change` leaves of `old` (the row with `key`): `None` for a delete. The key is the
+/// one asked for, which may be spelled otherwise than the stored one where the engine's
+/// comparison ignores case, width or trailing spaces: the write's record then touches both
+/// spellings, so the answers cached under either end.
+pub(super) fn changed_row(
+    dataset: &Dataset,
+    key: &Value,
+    old: &Row,
+    change: Change,
+) -> Option<Row> {
     let mut row = match change {
         Change::Replace(_, row) | Change::Create(row) => row,
         Change::Patch(_, fields) => {
@@ -20,7 +26,7 @@ pub(super) fn changed_row(dataset: &Dataset, old: &Row, change: Change) -> Optio
         }
         Change::Delete(_) => return None,
     };
-    row[dataset.key.column] = old[dataset.key.column].clone();
+    row[dataset.key.column] = key.clone();
     Some(row)
 }
 

@@ -223,7 +223,7 @@ impl<D: Driver> SqlStore<D> {
                     .next()
                     .ok_or(StorageError::NotFound)?;
                 let old: Row = stored[..dataset.columns.len()].to_vec(); // the declared columns
-                let new = changed_row(dataset, &old, change);
+                let new = changed_row(dataset, &key, &old, change);
                 match &new {
                     Some(row) => {
                         if let Some(update) = sql::update_row(dataset, &stored, row, dialect) {
@@ -288,7 +288,7 @@ impl<D: Driver> SqlStore<D> {
             },
             (Change::Create(_), Some(_)) | (_, None) => return None, // a 409 or a 404
             (change, Some(old)) => Written {
-                new: changed_row(dataset, &old, change.clone()),
+                new: changed_row(dataset, key, &old, change.clone()),
                 old: Some(old),
             },
         };

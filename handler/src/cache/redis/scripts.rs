@@ -74,7 +74,9 @@ end
 /// `ARGV`: the record, the log's capacity, the write's lifetime in flight (ms), its tag
 /// (`NewWrite::in_flight_tag`) → `{epoch, seq, alone}`, `alone` 1 when no write in flight may
 /// touch its row (`tags_conflict`; a write without a tag, from an older version, may). The
-/// tags sit in a hash beside the in-flight set (`KEYS[4]`), emptied whenever the set is.
+/// tags sit in a hash beside the in-flight set (`KEYS[4]`). Members that leave the set by
+/// lapsing (here or in `POSITION`) or by a new epoch leave their tags behind: the hash is
+/// emptied when the set is, and pruned when it holds many more tags than the set has members.
 const BEGIN_WRITE: &str = r"
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 local others = redis.call('ZRANGE', KEYS[3], 0, -1)
@@ -82,8 +84,14 @@ local alone = 1
 if #others == 0 then
   redis.call('DEL', KEYS[4])
 else
-  for _, tag in ipairs(redis.call('HMGET', KEYS[4], unpack(others))) do
+  for _, member in ipairs(others) do
+    local tag = redis.call('HGET', KEYS[4], member)
     if (not tag) or tag == '*' or tag == ARGV[4] or ARGV[4] == '*' then alone = 0 end
+  end
+  if redis.call('HLEN', KEYS[4]) > 2 * #others + 64 then
+    for _, field in ipairs(redis.call('HKEYS', KEYS[4])) do
+      if not redis.call('ZSCORE', KEYS[3], field) then redis.call('HDEL', KEYS[4], field) end
+    end
   end
 end
 local member = epoch .. ':' .. seq
