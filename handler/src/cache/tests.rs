@@ -757,24 +757,19 @@ async fn a_kept_answer_is_stamped_only_by_a_write_recorded_alone() {
             film(&ds, 9, &["Drama"], 2001),
             film(&ds, 9, &["Drama"], 2002),
         );
-        let w1 = writer
-            .begin_write(&ds, Some(a.clone()), Some(b))
-            .await
-            .unwrap();
-        let w2 = writer
-            .begin_write(&ds, Some(a.clone()), Some(c.clone()))
-            .await
-            .unwrap();
+        let begin = |old: Option<Vec<Value>>, new: Vec<Value>| {
+            let writer = writer.clone();
+            let ds = &ds;
+            async move { writer.begin_write(ds, old, Some(new)).await.unwrap() }
+        };
+        let keep = |stamp| writer.keep_written(&ds, &Value::Integer(9), stamp, b"{}".to_vec());
+        let w1 = begin(Some(a.clone()), b).await;
+        let w2 = begin(Some(a.clone()), c.clone()).await;
         assert_eq!(writer.end_write(w2).await.unwrap(), None, "{backend}");
-        let w3 = writer
-            .begin_write(&ds, Some(c), Some(a.clone()))
-            .await
-            .unwrap();
+        let w3 = begin(Some(c), a.clone()).await;
         assert_eq!(writer.end_write(w3).await.unwrap(), None, "{backend}");
         let stamp = writer.end_write(w1).await.unwrap().expect("recorded alone");
-        writer
-            .keep_written(&ds, &Value::Integer(9), stamp, b"{}".to_vec())
-            .await;
+        keep(stamp).await;
         // Kept at w1's position, before the two writes after it: not fresh.
         assert_eq!(
             item_outcome(&reader, &ds, 9).await,
@@ -786,32 +781,21 @@ async fn a_kept_answer_is_stamped_only_by_a_write_recorded_alone() {
             .begin_change_of_everything(&ds, Duration::from_secs(600))
             .await
             .unwrap();
-        let during = writer
-            .begin_write(&ds, Some(a.clone()), Some(film(&ds, 9, &[], 2003)))
-            .await
-            .unwrap();
+        let during = begin(Some(a.clone()), film(&ds, 9, &[], 2003)).await;
         assert_eq!(writer.end_write(during).await.unwrap(), None, "{backend}");
         writer.end_write(import).await.unwrap();
 
         // Alone for its row (another row's write in flight does not count): kept, and a hit on
         // the other instance until the row's next write.
-        let elsewhere = writer
-            .begin_write(&ds, None, Some(film(&ds, 10, &[], 1990)))
-            .await
-            .unwrap();
-        let alone = writer
-            .begin_write(&ds, Some(a.clone()), Some(film(&ds, 9, &[], 2004)))
-            .await
-            .unwrap();
+        let elsewhere = begin(None, film(&ds, 10, &[], 1990)).await;
+        let alone = begin(Some(a.clone()), film(&ds, 9, &[], 2004)).await;
         let stamp = writer
             .end_write(alone)
             .await
             .unwrap()
             .expect("recorded alone");
         writer.end_write(elsewhere).await.unwrap();
-        writer
-            .keep_written(&ds, &Value::Integer(9), stamp, b"{}".to_vec())
-            .await;
+        keep(stamp).await;
         assert_eq!(
             item_outcome(&reader, &ds, 9).await,
             Outcome::Hit,
