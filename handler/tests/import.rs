@@ -281,6 +281,26 @@ async fn a_second_concurrent_import_of_a_dataset_is_refused() {
     }
 }
 
+/// An import's lock is released when it ends, not when the server notices its connection has
+/// closed: imports of one dataset back to back (an import, then a sync) never find it held.
+#[tokio::test]
+async fn an_import_may_start_as_soon_as_the_one_before_it_ended() {
+    let mut urls = Vec::new();
+    urls.extend(common::postgres_url().await);
+    urls.extend(common::mysql_url().await);
+    for url in urls {
+        let storage = common::open(&url);
+        let catalog = named_things_catalog("relock_things");
+        let things = catalog.get("relock_things").unwrap();
+        storage.migrate(things).await.unwrap();
+        for attempt in 0..40 {
+            let import = storage.begin_import(things).await;
+            let import = import.unwrap_or_else(|e| panic!("{url}, attempt {attempt}: {e}"));
+            import.abort().await.unwrap();
+        }
+    }
+}
+
 /// One set of value rules for imports and writes: a NUL byte in one field of the real movies
 /// file is that line's problem, reported with its own line number, on every engine; every other
 /// row imports (PostgreSQL's COPY would have refused the whole import).

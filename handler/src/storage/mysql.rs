@@ -25,6 +25,7 @@ pub type MySqlDriver = SqlxDriver<MySql>;
 impl Engine for MySql {
     const BACKEND: &'static str = "mysql";
     const DIALECT: Dialect = Dialect::MySql;
+    const RELEASE_IMPORT_LOCK: Option<&'static str> = Some("SELECT RELEASE_ALL_LOCKS()");
 
     /// `mysql://` or `mariadb://` (the same protocol).
     fn connect_options(url: &str) -> anyhow::Result<Options<Self>> {

@@ -12,10 +12,12 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{
     PgArguments, PgConnectOptions, PgConnection, PgCopyIn, PgPool, PgPoolCopyExt as _, PgRow,
 };
-use sqlx::{Arguments as _, AssertSqlSafe, Connection as _, Postgres, Row as _};
+use sqlx::{Arguments as _, AssertSqlSafe, Postgres, Row as _};
 
 use super::sql::{self, Decode, Dialect, staging};
-use super::sqlx_driver::{Engine, Options, SqlxDriver, run, run_in_transaction};
+use super::sqlx_driver::{
+    Engine, Options, SqlxDriver, close_releasing_lock, run, run_in_transaction,
+};
 use super::{ImportSink, Result, Row, StorageError};
 use crate::datasets::{ColumnType, Dataset, Value};
 
@@ -28,6 +30,7 @@ pub type PgDriver = SqlxDriver<Postgres>;
 impl Engine for Postgres {
     const BACKEND: &'static str = "postgres";
     const DIALECT: Dialect = Dialect::Postgres;
+    const RELEASE_IMPORT_LOCK: Option<&'static str> = Some("SELECT pg_advisory_unlock_all()");
 
     fn connect_options(url: &str) -> anyhow::Result<Options<Self>> {
         PgConnectOptions::from_str(url)
@@ -192,7 +195,7 @@ impl PgImport {
         for statement in staging::discard(dataset, Dialect::Postgres) {
             run::<Postgres>(&mut lock, &statement).await?;
         }
-        lock.close().await?;
+        close_releasing_lock::<Postgres>(lock).await?;
         Ok(())
     }
 }
@@ -281,7 +284,7 @@ impl ImportSink for PgImport {
 
         // The swap: readers of the old tables wait only for this short transaction.
         run_in_transaction::<Postgres>(&mut lock, &plan.swap).await?;
-        lock.close().await?;
+        close_releasing_lock::<Postgres>(lock).await?;
         Ok(())
     }
 

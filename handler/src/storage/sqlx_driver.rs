@@ -37,6 +37,10 @@ pub trait Engine: Database<Arguments: IntoArguments<Self>> {
     /// Whether a pooled connection is pinged each time it is handed out: a server's may have
     /// been closed under it (a restart, a failover), and the ping keeps that from a request.
     const PING_BEFORE_USE: bool = true;
+    /// What releases the session's import lock, run before its connection closes: the server
+    /// releases a closed session's locks only once it has noticed the close, so an import that
+    /// followed at once could find the lock still held ("another import … is running").
+    const RELEASE_IMPORT_LOCK: Option<&'static str> = None;
 
     /// The connection options that `DATABASE_URL` names, with the engine's own settings.
     fn connect_options(url: &str) -> anyhow::Result<Options<Self>>;
@@ -289,13 +293,33 @@ impl<DB: Database> ImportConnection<DB> {
             ImportConnection::Dedicated(conn) => conn,
         }
     }
+}
 
-    /// Ends the connection: a dedicated one closes (which releases its lock), a pooled one goes
+impl<DB: Engine> ImportConnection<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    /// Ends the connection: a dedicated one releases its lock and closes, a pooled one goes
     /// back to the pool.
     pub async fn close(self) -> Result<()> {
         if let ImportConnection::Dedicated(conn) = self {
-            conn.close().await?;
+            close_releasing_lock::<DB>(conn).await?;
         }
         Ok(())
     }
+}
+
+/// Releases an import's lock ([`Engine::RELEASE_IMPORT_LOCK`]) on its dedicated connection, then
+/// closes it.
+pub async fn close_releasing_lock<DB: Engine>(mut conn: DB::Connection) -> Result<()>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    if let Some(release) = DB::RELEASE_IMPORT_LOCK {
+        sqlx::raw_sql(AssertSqlSafe(release))
+            .execute(&mut conn)
+            .await?;
+    }
+    conn.close().await?;
+    Ok(())
 }
